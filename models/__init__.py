@@ -1,0 +1,1 @@
+"""PyTorch side of dicomnode: network, datasets, training, evaluation and the released artifact."""

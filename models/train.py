@@ -1,0 +1,139 @@
+"""Train the LV segmenter on ACDC: ``python -m models.train``.
+
+The best checkpoint (by mean validation Dice of LV blood pool and myocardium) and the per-epoch
+history are written under ``models/runs/`` (ignored by git); ``python -m export`` releases it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models.augment import sample
+from models.data import (
+    ACDC_NOMINAL_SPACING_MM,
+    AcdcCase,
+    acdc_patients,
+    data_root,
+    load_acdc,
+    split_patients,
+)
+from models.network import UNet
+from models.predict import dice, predict_labels
+from models.spec import CHANNELS, INPUT, OUTPUT, artifact_stem
+
+RUNS = Path(__file__).resolve().parent / "runs"
+CROP_SIZES = (112, 128, 144, 160)
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy plus soft Dice over the foreground classes."""
+    ce = F.cross_entropy(logits, target)
+    probs = logits.softmax(dim=1)
+    onehot = F.one_hot(target, probs.shape[1]).permute(0, 3, 1, 2).float()
+    inter = (probs * onehot).sum(dim=(0, 2, 3))
+    union = probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
+    soft_dice = (2 * inter + 1.0) / (union + 1.0)
+    return ce + (1.0 - soft_dice[1:]).mean()
+
+
+def validate(model: torch.nn.Module, cases: list[AcdcCase]) -> dict[str, float]:
+    """Mean per-volume Dice for each foreground class at ED and ES."""
+    scores: dict[str, list[float]] = {}
+    spacing = (ACDC_NOMINAL_SPACING_MM, ACDC_NOMINAL_SPACING_MM)
+    for case in cases:
+        volumes = (("ed", case.ed_image, case.ed_label), ("es", case.es_image, case.es_label))
+        for phase, image, label in volumes:
+            predicted = predict_labels(model, image, spacing, INPUT)
+            for index, name in enumerate(OUTPUT.classes[1:], start=1):
+                scores.setdefault(f"{phase}_{name}", []).append(dice(predicted == index, label == index))
+    return {key: float(np.mean(values)) for key, values in scores.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=100, help="optimiser steps per epoch")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RUNS / artifact_stem())
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    root = data_root()
+    train_ids, val_ids = split_patients(acdc_patients(root))
+    train_cases = [load_acdc(root, p, INPUT.normalisation) for p in train_ids]
+    val_cases = [load_acdc(root, p, INPUT.normalisation) for p in val_ids]
+    frames = [
+        (image[i], label[i])
+        for case in train_cases
+        for image, label in ((case.ed_image, case.ed_label), (case.es_image, case.es_label))
+        for i in range(image.shape[0])
+    ]
+    print(f"train patients {len(train_ids)} ({len(frames)} frames), validation patients {len(val_ids)}")
+
+    model = UNet(CHANNELS, len(OUTPUT.classes))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    total = args.epochs * args.steps
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=args.lr, total_steps=total, pct_start=0.1
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    history: list[dict[str, float]] = []
+    best = -math.inf
+    started = time.monotonic()
+    for epoch in range(args.epochs):
+        model.train()
+        size = CROP_SIZES[epoch % len(CROP_SIZES)]
+        bar = tqdm(range(args.steps), desc=f"epoch {epoch + 1}/{args.epochs} crop {size}", leave=False)
+        running = 0.0
+        for step in bar:
+            picks = rng.integers(0, len(frames), args.batch)
+            drawn = [sample(frames[i][0], frames[i][1], size, INPUT.spacing_mm, rng) for i in picks]
+            images = torch.stack([d[0] for d in drawn])
+            targets = torch.stack([d[1] for d in drawn])
+            loss = loss_fn(model(images), targets)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            running += loss.item()
+            bar.set_postfix(loss=f"{running / (step + 1):.3f}")
+        metrics = validate(model, val_cases)
+        score = (
+            metrics["ed_lv_blood_pool"] + metrics["es_lv_blood_pool"]
+            + metrics["ed_lv_myocardium"] + metrics["es_lv_myocardium"]
+        ) / 4
+        record = {"epoch": epoch + 1, "loss": running / args.steps, "score": score, **metrics}
+        history.append(record)
+        marker = ""
+        if score > best:
+            best = score
+            checkpoint = {"state_dict": model.state_dict(), "epoch": epoch + 1, "metrics": metrics}
+            torch.save(checkpoint, args.out / "best.pt")
+            marker = " *best*"
+        print(
+            f"epoch {epoch + 1:3d} loss {record['loss']:.3f} "
+            f"LV Dice ED {metrics['ed_lv_blood_pool']:.3f} ES {metrics['es_lv_blood_pool']:.3f} "
+            f"myo ED {metrics['ed_lv_myocardium']:.3f} ES {metrics['es_lv_myocardium']:.3f} "
+            f"RV ED {metrics['ed_right_ventricle']:.3f} [{time.monotonic() - started:.0f}s]{marker}",
+            flush=True,
+        )
+        (args.out / "history.json").write_text(json.dumps(history, indent=1))
+    print(f"best score {best:.4f}; checkpoint {args.out / 'best.pt'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Settings: loaded once (defaults, then an optional TOML file, then the environment) and passed down.
+
+Every key is settable as ``DICOMNODE_<SECTION>__<KEY>``; a TOML file is named by ``--config FILE`` or
+``DICOMNODE_CONFIG``. Environment values override the file, the file overrides the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from node.errors import ConfigError
+
+ENV_PREFIX = "DICOMNODE_"
+CONFIG_ENV = "DICOMNODE_CONFIG"
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no controls
+
+
+def _check_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or not _AE_TITLE.match(value):
+        raise ValueError("an AE title is 1-16 printable characters without backslash")
+    return stripped
+
+
+class CallerRule(BaseModel):
+    """One allowed calling AE title, optionally only from one host address."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ae_title: str
+    host: str | None = None
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @classmethod
+    def parse(cls, text: str) -> CallerRule:
+        """Parse ``AE`` or ``AE@host``."""
+        title, _, host = text.strip().partition("@")
+        return cls(ae_title=title, host=host.strip() or None)
+
+    def allows(self, ae_title: str, address: str) -> bool:
+        """Whether this rule admits a caller."""
+        return ae_title.strip() == self.ae_title and (self.host is None or self.host == address)
+
+
+class DicomSettings(BaseModel):
+    """The DICOM listener (``[dicom]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ae_title: str = "DICOMNODE"
+    host: str = "0.0.0.0"
+    port: int = Field(default=11112, ge=1, le=65535)
+    allowed_callers: Annotated[list[CallerRule], NoDecode] = Field(default_factory=list)
+    max_associations: int = Field(default=32, ge=1, le=1000)
+    max_pdu_size: int = Field(
+        default=262144, ge=0, description="largest PDU the node accepts; 0 means no limit"
+    )
+    network_timeout_s: float = Field(default=60.0, gt=0)
+    acse_timeout_s: float = Field(default=30.0, gt=0)
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @field_validator("allowed_callers", mode="before")
+    @classmethod
+    def _callers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                value = json.loads(text)
+            else:
+                value = [part for part in text.split(",") if part.strip()]
+        if isinstance(value, list):
+            return [CallerRule.parse(item) if isinstance(item, str) else item for item in value]
+        return value
+
+
+class StorageSettings(BaseModel):
+    """Spool and index (``[storage]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: Path = Path("./dicomnode-data")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file inside data_dir"
+    )
+    min_free_mb: int = Field(default=1024, ge=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite:", "postgresql")):
+            raise ValueError("expected a sqlite:/// or postgresql+psycopg:// URL")
+        return value
+
+    def effective_database_url(self) -> str:
+        """The configured URL, or the SQLite file inside the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
+
+
+class LoggingSettings(BaseModel):
+    """Log output (``[logging]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
+    pynetdicom_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+
+class Settings(BaseSettings):
+    """All of the node's settings, one object passed to constructors."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+
+def _env_name(location: tuple[int | str, ...]) -> str:
+    names = [str(part) for part in location if not isinstance(part, int)]
+    return ENV_PREFIX + "__".join(name.upper() for name in names)
+
+
+def load_settings(config_file: Path | None = None) -> Settings:
+    """Load settings once: defaults < TOML file < environment.
+
+    Raises
+    ------
+    ConfigError
+        One line per invalid key, naming it as its environment variable.
+    """
+    path = config_file or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"{CONFIG_ENV}: config file not found: {path}")
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+            if path is not None:
+                sources += (TomlConfigSettingsSource(settings_cls, toml_file=path),)
+            return sources
+
+    try:
+        loaded = _Loaded()
+    except ValidationError as error:
+        lines = [f"{_env_name(item['loc'])}: {item['msg']}" for item in error.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    except ValueError as error:  # malformed TOML or JSON in an environment value
+        raise ConfigError(f"{ENV_PREFIX}*: {error}") from None
+    return loaded

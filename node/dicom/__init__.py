@@ -1,0 +1,1 @@
+"""DICOM networking: presentation contexts, the storage SCP, and SCUs."""

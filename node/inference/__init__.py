@@ -1,0 +1,1 @@
+"""Model registry, card-driven preprocessing, ONNX Runtime inference, measurements and QC."""

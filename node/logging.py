@@ -1,0 +1,118 @@
+"""structlog configured once: JSON lines (readable on a TTY), stdlib loggers through the same chain.
+
+No patient data is written: a processor drops identifying keys and replaces identifiers the node
+needs to correlate (study, patient) by a keyed hash before anything is rendered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import sys
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import pydicom.config
+import structlog
+
+from node.config import LoggingSettings
+
+#: Keys that must never be written; their values are dropped, not hashed.
+PHI_KEYS = frozenset(
+    {
+        "patient_name",
+        "patient_id",
+        "patient_birth_date",
+        "birth_date",
+        "accession_number",
+        "study_instance_uid",
+        "series_instance_uid",
+        "sop_instance_uid",
+        "referring_physician",
+        "institution_name",
+    }
+)
+
+
+class Pseudonymiser:
+    """Keyed hash of identifiers, so logs can be correlated without revealing them."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    @classmethod
+    def from_key_file(cls, path: Path) -> Pseudonymiser:
+        """Read the node's log key, creating it (mode 0600) on first use."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return cls(path.read_bytes())
+        key = secrets.token_bytes(32)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return cls(key)
+
+    def __call__(self, value: str) -> str:
+        digest = hmac.new(self._key, value.encode("utf-8", "replace"), hashlib.sha256)
+        return digest.hexdigest()[:16]
+
+
+def drop_phi(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: remove every key that could carry patient data."""
+    for key in PHI_KEYS.intersection(event_dict):
+        del event_dict[key]
+    return event_dict
+
+
+def configure_logging(settings: LoggingSettings) -> None:
+    """Configure structlog and the stdlib root logger once for the process."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        drop_phi,
+    ]
+    use_console = settings.format == "console" or (settings.format == "auto" and sys.stderr.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.level)
+    # pynetdicom logs dataset contents at DEBUG; keep it at its own, higher level by default.
+    logging.getLogger("pynetdicom").setLevel(settings.pynetdicom_level)
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    # pydicom's value validation warns with the offending value, which may be a UID or a name.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """A structlog logger named after its module."""
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+    return logger

@@ -1,0 +1,26 @@
+"""Every DIMSE status the node sends or expects, by name (PS3.7 Annex C and PS3.4 B.2.3)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Status(IntEnum):
+    """DIMSE status codes used by the node; never write a bare number."""
+
+    SUCCESS = 0x0000
+    #: C-STORE warning: coercion of data elements (PS3.4 Table B.2-1).
+    WARNING_COERCION = 0xB000
+    #: Refused: Out of Resources (PS3.4 Table B.2-1); sent when the disk is below its floor.
+    OUT_OF_RESOURCES = 0xA700
+    #: Error: Data Set does not match SOP Class (PS3.4 Table B.2-1).
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    #: Error: Cannot understand (PS3.4 Table B.2-1, 0xC000-0xCFFF); sent for unparseable data.
+    CANNOT_UNDERSTAND = 0xC000
+    #: Processing failure (PS3.7 C.4.1.1.1); an unexpected failure inside the node.
+    PROCESSING_FAILURE = 0x0110
+
+    @property
+    def is_success(self) -> bool:
+        """True for Success and Warning statuses (the instance was stored)."""
+        return self in (Status.SUCCESS, Status.WARNING_COERCION)

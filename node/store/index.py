@@ -1,0 +1,157 @@
+"""The index: SQLAlchemy Core over SQLite (WAL, synchronous FULL) or PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from node.store.instance import InstanceHeader
+from node.store.schema import instances, metadata, studies
+
+_STUDY_FIELDS = (
+    "patient_id",
+    "patient_name",
+    "patient_birth_date",
+    "accession_number",
+    "study_date",
+    "study_time",
+    "study_description",
+)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+def create_index_engine(url: str) -> Engine:
+    """An engine for the index; SQLite gets WAL and full fsync on commit."""
+    if url.startswith("sqlite:"):
+        database = url.split("///", 1)[-1]
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=32
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_size=8, max_overflow=32, pool_pre_ping=True)
+
+
+class Index:
+    """Typed access to the index tables."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        metadata.create_all(engine)
+
+    @classmethod
+    def open(cls, url: str) -> Index:
+        """Open (and create when new) the index at a SQLAlchemy URL."""
+        return cls(create_index_engine(url))
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    def _insert_ignore(self, table: Any, key: str) -> Any:
+        if self.engine.dialect.name == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing(index_elements=[key])
+        if self.engine.dialect.name == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing(index_elements=[key])
+        return insert(table)
+
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        """Whether an instance is already indexed."""
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(instances.c.id).where(instances.c.sop_instance_uid == sop_instance_uid)
+            ).first()
+        return row is not None
+
+    def add_instance(
+        self,
+        header: InstanceHeader,
+        path: str,
+        size_bytes: int,
+        calling_ae: str | None,
+        received_at: datetime,
+    ) -> bool:
+        """Index a stored instance and touch its study, in one transaction.
+
+        Returns
+        -------
+        bool
+            True when the instance is new, False when it was already indexed (a resend).
+        """
+        row = asdict(header)
+        study_values = {field: row.pop(field) for field in _STUDY_FIELDS}
+        row.update(
+            image_type=list(header.image_type),
+            image_position=list(header.image_position) if header.image_position else None,
+            image_orientation=list(header.image_orientation) if header.image_orientation else None,
+            pixel_spacing=list(header.pixel_spacing) if header.pixel_spacing else None,
+            path=path,
+            size_bytes=size_bytes,
+            calling_ae=calling_ae,
+            received_at=received_at,
+        )
+        with self.engine.begin() as connection:
+            result = connection.execute(self._insert_ignore(instances, "sop_instance_uid").values(**row))
+            if result.rowcount == 0:
+                return False
+            self._touch_study(connection, header.study_instance_uid, study_values, received_at)
+        return True
+
+    def _touch_study(
+        self, connection: Connection, study_uid: str, values: dict[str, Any], received_at: datetime
+    ) -> None:
+        connection.execute(
+            self._insert_ignore(studies, "study_instance_uid").values(
+                study_instance_uid=study_uid,
+                first_received_at=received_at,
+                last_received_at=received_at,
+                instance_count=0,
+                **values,
+            )
+        )
+        connection.execute(
+            update(studies)
+            .where(studies.c.study_instance_uid == study_uid)
+            .values(
+                last_received_at=func.max(studies.c.last_received_at, received_at)
+                if self.engine.dialect.name == "sqlite"
+                else func.greatest(studies.c.last_received_at, received_at),
+                instance_count=studies.c.instance_count + 1,
+            )
+        )
+
+    def series_counts(self) -> dict[str, int]:
+        """Number of indexed instances per SeriesInstanceUID."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(instances.c.series_instance_uid, func.count()).group_by(
+                    instances.c.series_instance_uid
+                )
+            ).all()
+        return {str(uid): int(count) for uid, count in rows}
+
+    def instance_paths(self) -> dict[str, str]:
+        """Spool path (relative) of every indexed instance, by SOP Instance UID."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(instances.c.sop_instance_uid, instances.c.path)).all()
+        return {str(uid): str(path) for uid, path in rows}
+

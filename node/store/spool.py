@@ -1,0 +1,102 @@
+"""The spool: received instances as files, written durably before they are acknowledged.
+
+Layout ``spool/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``. A UID that is not made
+of digits and dots (PS3.5 9.1; leading zeros are tolerated, the Sunnybrook files have them) is
+replaced by a hash, so a path stays inside the spool whatever a sender puts in a UID.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import threading
+import uuid
+from pathlib import Path
+
+_SAFE_UID = re.compile(r"^[0-9][0-9.]{0,63}$")
+
+
+def safe_component(uid: str) -> str:
+    """A path component for a UID: the UID itself when safe, else ``h-<sha256 prefix>``."""
+    if _SAFE_UID.match(uid) and ".." not in uid:
+        return uid
+    return "h-" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Durable, atomic file writes under one root directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._tmp = root / ".incoming"
+        self._durable_dirs: set[Path] = set()
+        self._lock = threading.Lock()
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        self._ensure_dir(self._tmp)
+
+    def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        """Where an instance lives, relative to the spool root."""
+        return Path(safe_component(study_uid), safe_component(series_uid), safe_component(sop_uid) + ".dcm")
+
+    def free_bytes(self) -> int:
+        """Free space on the spool's filesystem."""
+        return shutil.disk_usage(self.root).free
+
+    def write(self, relative: Path, data: bytes) -> Path:
+        """Write ``data`` to ``relative`` atomically and durably; return the absolute path.
+
+        The bytes go to a temporary file that is fsync'd, renamed over the target and the directory
+        is fsync'd, so after return the file survives a crash or power loss with either the old or
+        the new content, never a torn one.
+        """
+        target = self.root / relative
+        self._ensure_dir(target.parent)
+        temporary = self._tmp / f"{uuid.uuid4().hex}.part"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            temporary.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(temporary, target)
+        _fsync_dir(target.parent)
+        return target
+
+    def _ensure_dir(self, directory: Path) -> None:
+        """Create a directory chain and make each new entry durable in its parent."""
+        if directory in self._durable_dirs:
+            return
+        with self._lock:
+            missing: list[Path] = []
+            current = directory
+            while not current.exists():
+                missing.append(current)
+                current = current.parent
+            for path in reversed(missing):
+                path.mkdir(exist_ok=True)
+                _fsync_dir(path.parent)
+            self._durable_dirs.add(directory)
+
+    def clear_incoming(self) -> int:
+        """Remove temporary files a crash left behind; they were never acknowledged."""
+        removed = 0
+        for leftover in self._tmp.glob("*.part"):
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        return removed
