@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from node.store.instance import InstanceHeader
+from node.store.instance import InstanceHeader, SpooledInstance
 from node.store.schema import instances, metadata, studies
 
 _STUDY_FIELDS = (
@@ -139,6 +139,17 @@ class Index:
             )
         )
 
+    def study_instances(self, study_instance_uid: str) -> list[SpooledInstance]:
+        """Every indexed instance of a study, in arrival order, with its header."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(instances, studies)
+                .join(studies, studies.c.study_instance_uid == instances.c.study_instance_uid)
+                .where(instances.c.study_instance_uid == study_instance_uid)
+                .order_by(instances.c.id)
+            ).mappings().all()
+        return [SpooledInstance(header=_header(row), path=str(row["path"])) for row in rows]
+
     def series_counts(self) -> dict[str, int]:
         """Number of indexed instances per SeriesInstanceUID."""
         with self.engine.connect() as connection:
@@ -155,3 +166,17 @@ class Index:
             rows = connection.execute(select(instances.c.sop_instance_uid, instances.c.path)).all()
         return {str(uid): str(path) for uid, path in rows}
 
+
+
+def _tuple(value: Any) -> tuple[Any, ...] | None:
+    return tuple(value) if value is not None else None
+
+
+def _header(row: Any) -> InstanceHeader:
+    """Rebuild an :class:`InstanceHeader` from a joined instances/studies row."""
+    values = {name: row[name] for name in InstanceHeader.__dataclass_fields__}
+    values["image_type"] = tuple(row["image_type"] or ())
+    values["image_position"] = _tuple(row["image_position"])
+    values["image_orientation"] = _tuple(row["image_orientation"])
+    values["pixel_spacing"] = _tuple(row["pixel_spacing"])
+    return InstanceHeader(**values)

@@ -214,3 +214,11 @@ def parse_instance(
         study_time=_value(dataset, "StudyTime", _text),
         study_description=_value(dataset, "StudyDescription", _text),
     )
+
+
+@dataclass(frozen=True)
+class SpooledInstance:
+    """An indexed instance: its header and where its file lives, relative to the spool root."""
+
+    header: InstanceHeader
+    path: str
