@@ -17,9 +17,7 @@ INPUT = InputSpec(
     spacing_mm=2.0,
     size_multiple=2 ** (len(CHANNELS) - 1),
     pad_value=0.0,
-    normalisation=Normalisation(
-        low_percentile=1.0, high_percentile=99.0, clip_min=0.0, clip_max=1.0
-    ),
+    normalisation=Normalisation(low_percentile=1.0, high_percentile=99.0, clip_min=0.0, clip_max=1.0),
 )
 
 OUTPUT = OutputSpec(

@@ -113,8 +113,10 @@ def main() -> None:
             bar.set_postfix(loss=f"{running / (step + 1):.3f}")
         metrics = validate(model, val_cases)
         score = (
-            metrics["ed_lv_blood_pool"] + metrics["es_lv_blood_pool"]
-            + metrics["ed_lv_myocardium"] + metrics["es_lv_myocardium"]
+            metrics["ed_lv_blood_pool"]
+            + metrics["es_lv_blood_pool"]
+            + metrics["ed_lv_myocardium"]
+            + metrics["es_lv_myocardium"]
         ) / 4
         record = {"epoch": epoch + 1, "loss": running / args.steps, "score": score, **metrics}
         history.append(record)

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from dataclasses import dataclass
-from types import FrameType
 
+from node.background import BackgroundLoops, Step
 from node.clock import Clock, SystemClock
 from node.config import Settings
+from node.delivery.sender import DeliverySender
 from node.dicom.scp import StorageSCP
+from node.inference.runner import load_segmenter
 from node.logging import Pseudonymiser, get_logger
+from node.pipeline.assembler import Assembler
+from node.pipeline.measure import StackMeasurer
+from node.pipeline.worker import PipelineWorker
+from node.signals import StopSignals
+from node.store.claims import claimant_id, claimant_is_dead
 from node.store.index import Index
 from node.store.ingest import Ingest
+from node.store.jobs import JobQueue
+from node.store.outbox import Outbox
 from node.store.spool import Spool
 
 log = get_logger(__name__)
+
+
+def _worker_step(worker: PipelineWorker) -> Step:
+    def step() -> bool:
+        return worker.run_once() is not None
+
+    return step
 
 
 @dataclass
@@ -25,11 +39,19 @@ class Node:
     settings: Settings
     index: Index
     spool: Spool
+    ingest: Ingest
+    queue: JobQueue
+    outbox: Outbox
     scp: StorageSCP
+    assembler: Assembler
+    workers: list[PipelineWorker]
+    sender: DeliverySender
+    loops: BackgroundLoops
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None) -> Node:
-        """Create the data directory, open the index and prepare the listener."""
+        """Create the data directory, open the index, load the model and prepare every service."""
+        clock = clock or SystemClock()
         data_dir = settings.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         spool = Spool(data_dir / "spool")
@@ -38,30 +60,81 @@ class Node:
             log.info("removed unacknowledged partial files", count=removed)
         index = Index.open(settings.storage.effective_database_url())
         pseudonymise = Pseudonymiser.from_key_file(data_dir / "log-key")
-        ingest = Ingest(spool, index, clock or SystemClock(), settings.storage.min_free_mb * 1024 * 1024)
+        ingest = Ingest(spool, index, clock, settings.storage.min_free_mb * 1024 * 1024)
         scp = StorageSCP(settings.dicom, ingest, pseudonymise)
-        return cls(settings=settings, index=index, spool=spool, scp=scp)
+
+        segmenter = load_segmenter(settings.inference)
+        log.info(
+            "model loaded",
+            model=segmenter.card.name,
+            version=segmenter.card.version,
+            providers=segmenter.providers,
+        )
+        measurer = StackMeasurer(segmenter)
+        queue = JobQueue(index)
+        requeued = queue.requeue_abandoned(claimant_is_dead)
+        outbox = Outbox(index, Spool(data_dir / "outbox"))
+        released = outbox.release_abandoned(claimant_is_dead)
+        if requeued or released:
+            log.info("resumed work of a stopped process", jobs=requeued, deliveries=released)
+        results_spool = Spool(data_dir / "results")
+        workers = [
+            PipelineWorker(
+                index=index,
+                queue=queue,
+                measurer=measurer,
+                spool_root=spool.root,
+                results_spool=results_spool,
+                clock=clock,
+                pseudonymise=pseudonymise,
+                worker_id=claimant_id(f"worker-{number}"),
+            )
+            for number in range(settings.pipeline.workers)
+        ]
+        assembler = Assembler(queue, clock, settings.pipeline, pseudonymise)
+        sender = DeliverySender(
+            outbox=outbox,
+            settings=settings.delivery,
+            calling_ae_title=settings.delivery.calling_ae_title or settings.dicom.ae_title,
+            clock=clock,
+            claimant=claimant_id("sender"),
+        )
+        loops = BackgroundLoops(min(settings.pipeline.poll_seconds, settings.delivery.poll_seconds))
+        loops.add("assembler", lambda: bool(assembler.tick()))
+        for number, worker in enumerate(workers):
+            loops.add(f"worker-{number}", _worker_step(worker))
+        loops.add("sender", lambda: sender.run_once() > 0)
+        return cls(
+            settings=settings,
+            index=index,
+            spool=spool,
+            ingest=ingest,
+            queue=queue,
+            outbox=outbox,
+            scp=scp,
+            assembler=assembler,
+            workers=workers,
+            sender=sender,
+            loops=loops,
+        )
 
     def start(self) -> None:
-        """Start serving."""
+        """Start the background loops, then the listener."""
+        self.loops.start()
         self.scp.start()
 
     def stop(self) -> None:
         """Stop accepting, finish in-flight work within the grace period, close the index."""
-        self.scp.stop(self.settings.dicom.shutdown_grace_s)
+        grace = self.settings.dicom.shutdown_grace_s
+        self.scp.stop(grace)
+        self.loops.stop(grace)
         self.index.close()
         log.info("stopped")
 
     def run_until_signalled(self) -> None:
-        """Serve until SIGTERM or SIGINT, then stop gracefully."""
-        stopping = threading.Event()
-
-        def _request_stop(signum: int, _frame: FrameType | None) -> None:
-            log.info("stop requested", signal=signal.Signals(signum).name)
-            stopping.set()
-
-        signal.signal(signal.SIGTERM, _request_stop)
-        signal.signal(signal.SIGINT, _request_stop)
-        self.start()
-        stopping.wait()
-        self.stop()
+        """Serve until SIGTERM or SIGINT, then stop gracefully (see :mod:`node.signals`)."""
+        with StopSignals() as signals:
+            self.start()
+            received = signals.wait()
+            log.info("stop requested", signal=received.name)
+            self.stop()

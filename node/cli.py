@@ -72,6 +72,65 @@ def echo(
     raise typer.Exit(0 if status.is_success else 1)
 
 
+@app.command()
+def measure(
+    paths: Annotated[
+        list[Path], typer.Argument(help="DICOM files or folders (searched recursively).", exists=True)
+    ],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON array, one object per stack.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Measure every short-axis cine stack in files or folders, offline (exit 1 when none is found)."""
+    import sys
+
+    from node.inference.runner import load_segmenter
+    from node.pipeline.measure import StackMeasurer
+    from node.pipeline.offline import measure_paths
+
+    settings = _settings(config)
+    configure_logging(settings.logging)
+    measurer = StackMeasurer(load_segmenter(settings.inference))
+    if sys.stderr.isatty():
+        with typer.progressbar(length=1, label="measuring", file=sys.stderr) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.length = total
+                bar.update(1)
+
+            run = measure_paths(paths, measurer, progress)
+    else:
+        run = measure_paths(paths, measurer)
+    for path, reason in run.unreadable:
+        typer.echo(f"skipped {path}: {reason}", err=True)
+    for series, reason in run.failed_stacks:
+        typer.echo(f"stack of {len(series)} series not measured: {reason}", err=True)
+    if run.studies_without_stack:
+        typer.echo(f"{len(run.studies_without_stack)} study(ies): no short-axis cine found", err=True)
+    if as_json:
+        typer.echo(json.dumps([result.to_json() for result in run.results], indent=2))
+    else:
+        _print_table([result.to_json() for result in run.results])
+    raise typer.Exit(0 if run.results else 1)
+
+
+def _print_table(rows: list[dict[str, object]]) -> None:
+    header = (
+        f"{'stack':>5} {'slices x phases':>15} {'EDV mL':>7} {'ESV mL':>7} {'EF %':>5} {'SV mL':>6} "
+        f"{'mass g':>6} {'ED':>3} {'ES':>3} {'conf':>5}  QC flags"
+    )
+    typer.echo(header)
+    for number, row in enumerate(rows, start=1):
+        flags = row["qc_flags"]
+        typer.echo(
+            f"{number:>5} {str(row['slices']) + ' x ' + str(row['phases']):>15} {row['edv_ml']:>7} "
+            f"{row['esv_ml']:>7} {row['ef_pct']:>5} {row['sv_ml']:>6} {row['lv_mass_g']:>6} "
+            f"{row['ed_phase']:>3} {row['es_phase']:>3} {row['confidence']:>5}  "
+            f"{', '.join(flags) if isinstance(flags, list) and flags else '-'}"
+        )
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -47,11 +47,16 @@ class CallerRule(BaseModel):
     def _ae(cls, value: str) -> str:
         return _check_ae_title(value)
 
+    @staticmethod
+    def fields(text: str) -> dict[str, str | None]:
+        """Split ``AE`` or ``AE@host`` into this model's fields, without validating them."""
+        title, _, host = text.strip().partition("@")
+        return {"ae_title": title, "host": host.strip() or None}
+
     @classmethod
     def parse(cls, text: str) -> CallerRule:
         """Parse ``AE`` or ``AE@host``."""
-        title, _, host = text.strip().partition("@")
-        return cls(ae_title=title, host=host.strip() or None)
+        return cls.model_validate(cls.fields(text))
 
     def allows(self, ae_title: str, address: str) -> bool:
         """Whether this rule admits a caller."""
@@ -93,7 +98,8 @@ class DicomSettings(BaseModel):
             else:
                 value = [part for part in text.split(",") if part.strip()]
         if isinstance(value, list):
-            return [CallerRule.parse(item) if isinstance(item, str) else item for item in value]
+            # Fields, not models: pydantic then validates each item and reports it at its list index.
+            return [CallerRule.fields(item) if isinstance(item, str) else item for item in value]
         return value
 
 
@@ -122,6 +128,81 @@ class StorageSettings(BaseModel):
         return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
 
 
+class InferenceSettings(BaseModel):
+    """The model and ONNX Runtime (``[inference]``)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_dir: Path = Field(
+        default_factory=lambda: Path(__file__).resolve().parents[1] / "models",
+        description="folder of released models (.onnx + card .json); default: the shipped one",
+    )
+    model_name: str = "lvseg-unet"
+    model_version: str | None = None
+    providers: Annotated[list[str], NoDecode] | None = Field(
+        default=None, description="ONNX Runtime providers; default CUDA when available, else CPU"
+    )
+    intra_op_threads: int = Field(default=0, ge=0, description="0 lets ONNX Runtime choose")
+    batch_size: int = Field(default=8, ge=1, le=512)
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _providers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()] or None
+        return value
+
+
+class PipelineSettings(BaseModel):
+    """Study readiness and workers (``[pipeline]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stable_seconds: float = Field(default=10.0, gt=0)
+    max_wait_seconds: float = Field(default=600.0, gt=0)
+    workers: int = Field(default=1, ge=1, le=64)
+    poll_seconds: float = Field(default=1.0, gt=0)
+
+
+class Destination(BaseModel):
+    """A DICOM peer the node sends results to (usually the PACS)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @property
+    def key(self) -> str:
+        """``AE@host:port``: how the destination is named in the delivery records."""
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class DeliverySettings(BaseModel):
+    """Sending results (``[delivery]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    destinations: list[Destination] = Field(default_factory=list)
+    calling_ae_title: str | None = Field(default=None, description="default: the node's AE title")
+    max_attempts: int = Field(default=10, ge=1)
+    backoff_initial_s: float = Field(default=5.0, gt=0)
+    backoff_max_s: float = Field(default=900.0, gt=0)
+    batch_size: int = Field(default=50, ge=1)
+    poll_seconds: float = Field(default=1.0, gt=0)
+    timeout_s: float = Field(default=30.0, gt=0)
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds before retry number ``attempts`` + 1: exponential, capped."""
+        return float(min(self.backoff_max_s, self.backoff_initial_s * 2 ** max(0, attempts - 1)))
+
+
 class LoggingSettings(BaseModel):
     """Log output (``[logging]``)."""
 
@@ -142,10 +223,18 @@ class Settings(BaseSettings):
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
 
 
 def _env_name(location: tuple[int | str, ...]) -> str:
-    names = [str(part) for part in location if not isinstance(part, int)]
+    """The variable that sets a value: a list is one variable, so stop at the first list index."""
+    names: list[str] = []
+    for part in location:
+        if isinstance(part, int):
+            break
+        names.append(str(part))
     return ENV_PREFIX + "__".join(name.upper() for name in names)
 
 

@@ -1,7 +1,8 @@
 """structlog configured once: JSON lines (readable on a TTY), stdlib loggers through the same chain.
 
 No patient data is written: a processor drops identifying keys and replaces identifiers the node
-needs to correlate (study, patient) by a keyed hash before anything is rendered.
+needs to correlate (study, patient) by a keyed hash before anything is rendered; UIDs quoted inside
+messages (other libraries' warnings, tracebacks) are redacted last.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 import sys
 from collections.abc import MutableMapping
@@ -73,6 +75,32 @@ def drop_phi(
     return event_dict
 
 
+#: A UID of five or more components (PS3.5 9.1) standing alone in a text.
+_UID_IN_TEXT = re.compile(r"(?<![\w.])[0-2](?:\.\d+){4,}(?![\w.])")
+#: UIDs defined by the standard (SOP classes, transfer syntaxes) identify nobody and stay readable.
+_STANDARD_UID_ROOT = "1.2.840.10008."
+
+
+def _redact_uid(match: re.Match[str]) -> str:
+    uid = match.group(0)
+    return uid if uid.startswith(_STANDARD_UID_ROOT) else "<uid>"
+
+
+def redact_uids(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: replace instance UIDs inside text values by ``<uid>``.
+
+    Messages of other libraries (pynetdicom warns "Non-conformant 'Affected SOP Instance UID' value
+    ...") and rendered tracebacks may quote study, series or instance UIDs that ``drop_phi`` cannot
+    see, because they are not separate keys.
+    """
+    for key, value in event_dict.items():
+        if isinstance(value, str) and "." in value:
+            event_dict[key] = _UID_IN_TEXT.sub(_redact_uid, value)
+    return event_dict
+
+
 def configure_logging(settings: LoggingSettings) -> None:
     """Configure structlog and the stdlib root logger once for the process."""
     shared: list[Any] = [
@@ -97,6 +125,7 @@ def configure_logging(settings: LoggingSettings) -> None:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            redact_uids,
             renderer,
         ],
     )

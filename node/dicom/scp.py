@@ -19,6 +19,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import ThreadedAssociationServer
 
+from node.clock import monotonic
 from node.config import CallerRule, DicomSettings
 from node.dicom.contexts import storage_contexts
 from node.errors import NodeError
@@ -122,20 +123,25 @@ class StorageSCP:
         log.info("listening", ae_title=self._settings.ae_title, host=self._settings.host, port=self.port)
 
     def stop(self, grace_s: float) -> None:
-        """Stop accepting, let in-flight associations finish within ``grace_s``, then abort the rest."""
+        """Stop accepting, let established associations finish within ``grace_s``, abort the rest.
+
+        A connection that has not negotiated an association (a TCP health check, a port scan) has
+        nothing in flight and is not waited for; ``grace_s`` bounds the whole wait, not each join.
+        """
         server = self._server
         if server is None:
             return
+        server.shutdown()  # no new connections from here on
+        deadline = monotonic() + grace_s
         active = list(server.active_associations)
-        server.shutdown()
-        deadline = grace_s
-        for association in active:
-            association.join(timeout=max(0.0, deadline))
-        leftovers = [a for a in active if a.is_alive()]
-        for association in leftovers:
+        established = [a for a in active if a.is_established]
+        for association in established:
+            association.join(timeout=max(0.0, deadline - monotonic()))
+        unfinished = [a for a in established if a.is_alive()]
+        for association in [a for a in active if a.is_alive()]:
             association.abort()
         self._server = None
-        log.info("listener stopped", unfinished_associations=len(leftovers))
+        log.info("listener stopped", unfinished_associations=len(unfinished))
 
     # -- event handlers (association threads) ------------------------------------------------------
 

@@ -136,6 +136,7 @@ class Index:
                 if self.engine.dialect.name == "sqlite"
                 else func.greatest(studies.c.last_received_at, received_at),
                 instance_count=studies.c.instance_count + 1,
+                pending_since=func.coalesce(studies.c.pending_since, received_at),
             )
         )
 

@@ -1,8 +1,9 @@
 """Parse a received instance once: check it is whole, and extract the header fields the index keeps.
 
 pydicom reads truncated data without complaint, so the checks here are explicit: every top-level
-element holds as many bytes as it declares, native pixel data is at least Rows x Columns x frames,
-encapsulated pixel data is a whole sequence of items (PS3.5 A.4), and the identifying UIDs exist.
+element holds as many bytes as it declares, no bytes are left after the last whole element, an image
+has pixel data, native pixel data is at least Rows x Columns x frames, encapsulated pixel data is a
+whole sequence of items (PS3.5 A.4), and the identifying UIDs exist.
 """
 
 from __future__ import annotations
@@ -14,13 +15,20 @@ from io import BytesIO
 from typing import Any, TypeVar
 
 import pydicom
+import pydicom.config
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from node.errors import MalformedInstance, SopClassMismatch
 
+# Real-world headers break PS3.5 (UIDs with leading zeros, dates like 20120000). The node must accept
+# them, and pydicom's warnings would print the offending values (identifiers) to the log.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
 _PIXEL_DATA = Tag(0x7FE0, 0x0010)
+_FLOAT_PIXEL_DATA = (Tag(0x7FE0, 0x0008), Tag(0x7FE0, 0x0009))
+_DELIMITATION_ITEM_BYTES = 8
 _UNDEFINED = 0xFFFFFFFF
 _T = TypeVar("_T")
 
@@ -92,6 +100,34 @@ def _check_element_lengths(dataset: Dataset) -> None:
             raise MalformedInstance(f"element {tag} holds {len(value)} of {length} declared bytes")
 
 
+def _check_fully_read(dataset: Dataset, size: int, transfer_syntax: UID) -> None:
+    """Check the last top-level element ends where the data ends.
+
+    pydicom stops reading without a word at an element header cut short (fewer than 8 bytes left)
+    or at a stray delimiter, so a dataset truncated between elements would otherwise look whole.
+    """
+    if transfer_syntax.is_deflated:
+        return  # element offsets refer to the inflated stream
+    last_start = -1
+    last_end: int | None = None
+    for tag in list(dataset.keys()):
+        raw = dataset.get_item(tag)
+        start = getattr(raw, "value_tell", None)
+        if not isinstance(start, int) or start <= last_start:
+            continue
+        length = getattr(raw, "length", None)
+        value = getattr(raw, "value", None)
+        if isinstance(length, int) and length != _UNDEFINED:
+            last_end = start + length
+        elif isinstance(value, bytes):  # undefined length, read up to its sequence delimiter
+            last_end = start + len(value) + _DELIMITATION_ITEM_BYTES
+        else:
+            last_end = None  # a parsed sequence: its end is not known here
+        last_start = start
+    if last_end is not None and last_end < size:
+        raise MalformedInstance(f"{size - last_end} bytes after the last whole element")
+
+
 def _check_encapsulated(value: bytes) -> None:
     offset, items = 0, 0
     while offset < len(value):
@@ -111,6 +147,11 @@ def _check_encapsulated(value: bytes) -> None:
 
 def _check_pixel_data(dataset: Dataset, transfer_syntax: UID) -> None:
     if _PIXEL_DATA not in dataset:
+        # Image Pixel Module (PS3.3 C.7.6.3): an image described by Rows, Columns and Bits Allocated
+        # carries pixel data, so its absence means the dataset was cut before it.
+        described = all(keyword in dataset for keyword in ("Rows", "Columns", "BitsAllocated"))
+        if described and not any(tag in dataset for tag in _FLOAT_PIXEL_DATA):
+            raise MalformedInstance("image attributes without pixel data")
         return
     raw = dataset.get_item(_PIXEL_DATA)
     value = getattr(raw, "value", None)
@@ -159,9 +200,13 @@ def parse_instance(
         raise MalformedInstance(f"unreadable dataset: {type(error).__name__}") from None
     try:
         transfer_syntax = UID(str(dataset.file_meta.TransferSyntaxUID))
+        known = transfer_syntax.is_transfer_syntax
     except Exception:  # noqa: BLE001
         raise MalformedInstance("no transfer syntax in file meta") from None
+    if not known:
+        raise MalformedInstance("file meta names an unknown transfer syntax")
     _check_element_lengths(dataset)
+    _check_fully_read(dataset, len(data), transfer_syntax)
     _check_pixel_data(dataset, transfer_syntax)
 
     required = {

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -14,7 +17,30 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite would return naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the index; use timezone-aware UTC")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
 
 metadata = MetaData()
 
@@ -46,7 +72,7 @@ instances = Table(
     Column("path", Text, nullable=False),
     Column("size_bytes", BigInteger, nullable=False),
     Column("calling_ae", String(16)),
-    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
     Index("ix_instances_study", "study_instance_uid"),
     Index("ix_instances_series", "series_instance_uid"),
 )
@@ -63,7 +89,92 @@ studies = Table(
     Column("study_date", String(16)),
     Column("study_time", String(32)),
     Column("study_description", Text),
-    Column("first_received_at", DateTime(timezone=True), nullable=False),
-    Column("last_received_at", DateTime(timezone=True), nullable=False),
+    Column("first_received_at", UtcDateTime(), nullable=False),
+    Column("last_received_at", UtcDateTime(), nullable=False),
     Column("instance_count", Integer, nullable=False),
+    #: Arrival time of the first instance not yet covered by a job (None: nothing pending).
+    Column("pending_since", UtcDateTime()),
+)
+
+#: Processing jobs: one per study version. A study is (re)queued when new instances have arrived
+#: and it has been quiet for the stable period (or waited the maximum); ``version`` increases.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study_instance_uid", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("state", String(16), nullable=False),  # queued | running | done | failed
+    Column("outcome", String(40)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("claimed_by", String(200)),
+    Column("queued_at", UtcDateTime(), nullable=False),
+    Column("claimed_at", UtcDateTime()),
+    Column("finished_at", UtcDateTime()),
+    Column("error", Text),
+    UniqueConstraint("study_instance_uid", "version", name="uq_jobs_study_version"),
+    Index("ix_jobs_state", "state"),
+)
+
+#: One row per measured stack (or one per study for "no short-axis cine found" / failed).
+results = Table(
+    "results",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("job_id", Integer, nullable=False),
+    Column("study_instance_uid", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("stack_index", Integer, nullable=False),
+    Column("outcome", String(40), nullable=False),
+    Column("series_instance_uids", JSON, nullable=False),
+    Column("edv_ml", Float),
+    Column("esv_ml", Float),
+    Column("ef_pct", Float),
+    Column("sv_ml", Float),
+    Column("lv_mass_g", Float),
+    Column("qc_flags", JSON, nullable=False),
+    Column("confidence", Float),
+    Column("model_name", String(100)),
+    Column("model_version", String(40)),
+    Column("record", JSON, nullable=False),
+    Column("labels_path", Text),
+    Column("superseded", Boolean, nullable=False, default=False),
+    #: True once the result's reports (draft SR, SC, SEG) are in the outbox.
+    Column("published", Boolean, nullable=False, default=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("job_id", "stack_index", name="uq_results_job_stack"),
+    Index("ix_results_study", "study_instance_uid"),
+)
+
+#: Every object the node will send, stored (file under ``outbox/``) before any attempt.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("sop_instance_uid", Text, nullable=False, unique=True),
+    Column("sop_class_uid", Text, nullable=False),
+    Column("study_instance_uid", Text, nullable=False),
+    Column("result_id", String(36)),
+    Column("kind", String(32), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_outbox_result", "result_id"),
+)
+
+#: Delivery state of each outbox object to each destination.
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("outbox_id", Integer, nullable=False),
+    Column("destination", String(200), nullable=False),
+    Column("state", String(16), nullable=False),  # pending | sending | delivered | dead
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("claimed_by", String(200)),
+    Column("last_status", Integer),
+    Column("last_error", Text),
+    Column("delivered_at", UtcDateTime()),
+    UniqueConstraint("outbox_id", "destination", name="uq_deliveries_object_destination"),
+    Index("ix_deliveries_state", "state", "next_attempt_at"),
 )

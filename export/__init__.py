@@ -1,0 +1,1 @@
+"""Torch to ONNX export, graph checks and numeric parity against torch, and the model card."""

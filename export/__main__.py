@@ -1,0 +1,201 @@
+"""Release the trained model: ``python -m export``.
+
+Exports the best checkpoint to ONNX in a scratch folder, checks the graph, compares ONNX Runtime
+with torch on real frames, evaluates the exported file, and only then writes
+``models/<name>-<version>.onnx`` and its card ``models/<name>-<version>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from export.card import (
+    ACDC_CITATION,
+    ARCHITECTURE_NOTE,
+    SUNNYBROOK_CITATION,
+    build_card,
+    write_card,
+)
+from export.onnx_export import check_graph, export_onnx
+from export.parity import MAX_ABS_LOGIT_DIFF, MIN_ARGMAX_AGREEMENT, check_parity
+from models.data import (
+    ACDC_NOMINAL_SPACING_MM,
+    SPLIT_SEED,
+    VALIDATION_PATIENTS,
+    acdc_patients,
+    data_root,
+    load_acdc,
+    load_sunnybrook,
+    split_patients,
+)
+from models.network import UNet
+from models.spec import CHANNELS, INPUT, MODEL_NAME, MODEL_VERSION, OUTPUT, artifact_stem
+from models.train import RUNS
+from node.inference.card import InputSpec, sha256_of
+from node.inference.preprocess import normalise, plan_geometry, to_model_grid
+from node.inference.registry import ReleasedModel
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+TRAIN_COMMAND = "python -m models.train --epochs 50 --steps 120"
+EXPORT_COMMAND = "python -m export"
+
+
+def parity_batches(root: Path, spec: InputSpec) -> list[npt.NDArray[np.float32]]:
+    """Real frames on the model grid: a Sunnybrook mid-ventricular slice over the cycle and ACDC frames.
+
+    Falls back to smooth synthetic frames when ``../shared/data`` is absent.
+    """
+    batches: list[npt.NDArray[np.float32]] = []
+    sunnybrook = root / "sunnybrook" / "SCD0000101"
+    if sunnybrook.is_dir():
+        case = load_sunnybrook(root, "SCD0000101")
+        frames = normalise(case.frames, spec.normalisation)[case.frames.shape[0] // 2]
+        geometry = plan_geometry(frames.shape[1], frames.shape[2], case.pixel_spacing, spec)
+        batches.append(to_model_grid(frames, geometry, spec.pad_value))
+    patients = acdc_patients(root) if (root / "acdc").is_dir() else []
+    if patients:
+        _, validation = split_patients(patients)
+        case_acdc = load_acdc(root, validation[0], spec.normalisation)
+        spacing = (ACDC_NOMINAL_SPACING_MM, ACDC_NOMINAL_SPACING_MM)
+        image = case_acdc.ed_image
+        geometry = plan_geometry(image.shape[1], image.shape[2], spacing, spec)
+        batches.append(to_model_grid(image, geometry, spec.pad_value))
+    if not batches:
+        grid = np.linspace(0, 4 * np.pi, 96, dtype=np.float32)
+        smooth = (np.sin(grid)[:, None] * np.cos(grid)[None, :] + 1) / 2
+        batches.append(np.stack([smooth, smooth.T, 1 - smooth])[:, None].astype(np.float32))
+    return batches
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--checkpoint", type=Path, default=RUNS / artifact_stem() / "best.pt")
+    parser.add_argument("--out-dir", type=Path, default=MODELS_DIR)
+    parser.add_argument("--skip-evaluation", action="store_true", help="card without metrics (tests)")
+    args = parser.parse_args(argv)
+
+    model = UNet(CHANNELS, len(OUTPUT.classes))
+    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    stem = artifact_stem()
+    root = data_root()
+    with tempfile.TemporaryDirectory(prefix="dicomnode-export-") as scratch:
+        onnx_path = Path(scratch) / f"{stem}.onnx"
+        export_onnx(model, onnx_path, INPUT, OUTPUT)
+        graph = check_graph(onnx_path, INPUT, OUTPUT)
+        parity = check_parity(model, onnx_path, parity_batches(root, INPUT), INPUT.name)
+        print(
+            f"parity on {parity.frames} frames: max |logit diff| {parity.max_abs_logit_diff:.2e} "
+            f"(<= {MAX_ABS_LOGIT_DIFF:.0e}), argmax agreement {parity.argmax_agreement:.5f} "
+            f"(>= {MIN_ARGMAX_AGREEMENT})"
+        )
+        if not parity.passed:
+            print("parity check failed; nothing released", file=sys.stderr)
+            return 1
+        digest = sha256_of(onnx_path)
+        extra = {
+            "created": datetime.now(UTC).date().isoformat(),
+            "framework": {"torch": torch.__version__, "onnx_opset": graph["opset"]},
+            "architecture": {
+                "family": "U-Net",
+                "channels": list(CHANNELS),
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "justification": ARCHITECTURE_NOTE,
+            },
+            "preprocessing": (
+                "Normalise all frames of a stack together: (x - p_low) / (p_high - p_low) with the "
+                "stack's percentiles, clipped to [clip_min, clip_max]; resample each frame linearly to "
+                "spacing_mm; pad centred with pad_value to a multiple of size_multiple. Postprocessing: "
+                "crop the padding, resample logits linearly to the original grid, softmax, argmax."
+            ),
+            "training_data": [
+                {
+                    "name": "ACDC (Automated Cardiac Diagnosis Challenge, MICCAI 2017) training cases",
+                    "use": (
+                        f"training; patients split by a fixed seed ({SPLIT_SEED}): "
+                        f"{VALIDATION_PATIENTS} validation patients held out"
+                    ),
+                    "citation": ACDC_CITATION,
+                    "licence": (
+                        "Research use; published copies are CC BY-NC-SA 4.0. A model trained on it "
+                        "carries those non-commercial, share-alike terms."
+                    ),
+                    "spacing_note": (
+                        f"ACDC carries no spacing; frames are taken as {ACDC_NOMINAL_SPACING_MM} mm "
+                        "and scale augmentation 0.8-1.25 covers the real 1.37-1.68 mm spread."
+                    ),
+                }
+            ],
+            "validation_data": [
+                {
+                    "name": "Sunnybrook Cardiac Data, 3 heart-failure SAX cine series with expert contours",
+                    "use": "validation only, never training",
+                    "citation": SUNNYBROOK_CITATION,
+                    "licence": "CC0 1.0 (public domain)",
+                }
+            ],
+            "licence": "Model weights: CC BY-NC-SA 4.0 terms inherited from ACDC (non-commercial research).",
+            "intended_use": (
+                "Decision support for LV volumes on short-axis cine MR. Every result must be verified "
+                "by a radiologist; not a diagnosis."
+            ),
+            "training": {
+                "best_epoch": int(checkpoint.get("epoch", 0)),
+                "validation_dice_at_best_epoch": checkpoint.get("metrics", {}),
+                "augmentation": (
+                    "any in-plane rotation, flips, scale 0.8-1.25, translation/cropping, crop sizes "
+                    "112-160, gamma 0.7-1.5, contrast/brightness, smooth multiplicative bias field, "
+                    "blur, Gaussian noise"
+                ),
+                "loss": "cross-entropy + soft Dice over foreground classes",
+            },
+            "parity": {
+                "frames": parity.frames,
+                "max_abs_logit_diff": parity.max_abs_logit_diff,
+                "argmax_agreement": parity.argmax_agreement,
+                "thresholds": {
+                    "max_abs_logit_diff": MAX_ABS_LOGIT_DIFF,
+                    "argmax_agreement": MIN_ARGMAX_AGREEMENT,
+                },
+            },
+            "commands": {
+                "train": TRAIN_COMMAND,
+                "export": EXPORT_COMMAND,
+                "evaluate": "python -m models.evaluate",
+            },
+        }
+        identity = {
+            "name": MODEL_NAME,
+            "version": MODEL_VERSION,
+            "file": f"{stem}.onnx",
+            "sha256": digest,
+            "spec": INPUT,
+            "output": OUTPUT,
+        }
+        card = build_card(**identity, extra=extra)  # type: ignore[arg-type]
+        if not args.skip_evaluation:
+            from models.evaluate import evaluate, print_report
+            from node.inference.runner import Segmenter
+
+            metrics = evaluate(Segmenter(ReleasedModel(card=card, path=onnx_path)), root)
+            print_report(metrics)
+            card = build_card(**identity, extra={**extra, "metrics": metrics})  # type: ignore[arg-type]
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(onnx_path, args.out_dir / f"{stem}.onnx")
+        write_card(card, args.out_dir / f"{stem}.json")
+    print(f"released {args.out_dir / (stem + '.onnx')} sha256 {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Domain types shared across layers: what a measured stack is, independent of how it is stored."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Outcome(StrEnum):
+    """How processing a study (version) ended."""
+
+    MEASURED = "measured"
+    NO_SHORT_AXIS_CINE = "no short-axis cine found"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Name and version of the model that produced a result (from its card)."""
+
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class StackResult:
+    """Measurements, QC and provenance for one short-axis cine stack."""
+
+    study_instance_uid: str
+    series_instance_uids: tuple[str, ...]
+    frame_of_reference_uid: str | None
+    edv_ml: float
+    esv_ml: float
+    ef_pct: float
+    sv_ml: float
+    lv_mass_g: float
+    ed_phase: int
+    es_phase: int
+    slices: int
+    phases: int
+    volume_curve_ml: tuple[float, ...]
+    slice_spacing_mm: float
+    pixel_spacing_mm: tuple[float, float]
+    qc_flags: tuple[str, ...]
+    confidence: float
+    flip_disagreement_ml: float
+    model: ModelIdentity
+    #: SOP Instance UID per slice at the ED and ES phases (None where the cell is missing).
+    ed_sop_instance_uids: tuple[str | None, ...]
+    es_sop_instance_uids: tuple[str | None, ...]
+    #: Blood-pool and myocardium areas in mm^2, [slice][phase].
+    blood_pool_mm2: tuple[tuple[float, ...], ...]
+    myocardium_mm2: tuple[tuple[float, ...], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The public JSON object of ``dicomnode measure --json``."""
+        return {
+            "study_instance_uid": self.study_instance_uid,
+            "series_instance_uids": list(self.series_instance_uids),
+            "edv_ml": round(self.edv_ml, 1),
+            "esv_ml": round(self.esv_ml, 1),
+            "ef_pct": round(self.ef_pct, 1),
+            "sv_ml": round(self.sv_ml, 1),
+            "lv_mass_g": round(self.lv_mass_g, 1),
+            "ed_phase": self.ed_phase,
+            "es_phase": self.es_phase,
+            "slices": self.slices,
+            "phases": self.phases,
+            "qc_flags": list(self.qc_flags),
+            "confidence": round(self.confidence, 3),
+            "model": {"name": self.model.name, "version": self.model.version},
+        }
+
+    def as_record(self) -> dict[str, Any]:
+        """Every field as plain JSON-able values (for the index)."""
+        return asdict(self)

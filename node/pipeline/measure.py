@@ -1,0 +1,151 @@
+"""Measure one planned stack: pixels -> ONNX segmentation -> areas -> volumes, ED/ES and QC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from node.domain import ModelIdentity, StackResult
+from node.inference.measurements import measure, volume_curve_ml
+from node.inference.preprocess import normalise
+from node.inference.qc import assess, fragmented_fraction
+from node.inference.runner import Segmenter
+from node.pipeline.pixels import load_pixels
+from node.pipeline.stacks import StackPlan
+
+BLOOD_POOL = "lv_blood_pool"
+MYOCARDIUM = "lv_myocardium"
+
+
+@dataclass(frozen=True)
+class MeasuredStack:
+    """A result and the label volume ``[slice, phase, row, col]`` it was measured from."""
+
+    result: StackResult
+    labels: npt.NDArray[np.uint8]
+
+
+def _fill_missing(areas: npt.NDArray[np.float64], present: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+    """Interpolate a slice's missing phases from its neighbours over the (cyclic) cardiac cycle."""
+    filled = areas.copy()
+    phases = areas.shape[1]
+    for slice_index in range(areas.shape[0]):
+        known = np.flatnonzero(present[slice_index])
+        if known.size == 0 or known.size == phases:
+            continue
+        missing = np.flatnonzero(~present[slice_index])
+        filled[slice_index, missing] = np.interp(missing, known, areas[slice_index, known], period=phases)
+    return filled
+
+
+class StackMeasurer:
+    """Measures stacks with one long-lived :class:`Segmenter`."""
+
+    def __init__(self, segmenter: Segmenter) -> None:
+        self.segmenter = segmenter
+        card = segmenter.card
+        self._blood = card.class_index(BLOOD_POOL)
+        self._myo = card.class_index(MYOCARDIUM)
+        self.model = ModelIdentity(name=card.name, version=card.version)
+
+    def measure(self, plan: StackPlan, root: Path) -> MeasuredStack:
+        """Segment every frame of the stack and derive measurements and QC."""
+        pixels = load_pixels(plan, root)
+        present = pixels.present
+        values = normalise(pixels.frames[present], self.segmenter.card.input.normalisation)
+        segmentation = self.segmenter.segment(values, plan.pixel_spacing, normalised=True)
+        labels = np.zeros(pixels.frames.shape, dtype=np.uint8)
+        labels[present] = segmentation.labels
+
+        pixel_area = plan.pixel_spacing[0] * plan.pixel_spacing[1]
+        blood_px = _fill_missing((labels == self._blood).sum(axis=(2, 3)).astype(np.float64), present)
+        myo_px = _fill_missing((labels == self._myo).sum(axis=(2, 3)).astype(np.float64), present)
+        result = measure(blood_px, myo_px, pixel_area, plan.slice_spacing_mm)
+        ed, es = result.ed_phase, result.es_phase
+
+        flip_ml = self._flip_disagreement(values, present, labels, plan, (ed, es))
+        cells = np.zeros(present.shape, dtype=np.int64)
+        cells[present] = np.arange(int(present.sum()))
+        key = [(s, p) for p in (ed, es) for s in range(plan.slices) if present[s, p]]
+        blood_key = [labels[s, p] == self._blood for s, p in key]
+        total_blood = sum(int(mask.sum()) for mask in blood_key)
+        fragments = (
+            sum(fragmented_fraction(mask) * int(mask.sum()) for mask in blood_key) / total_blood
+            if total_blood
+            else 0.0
+        )
+        uncertain = sum(int(segmentation.uncertain_px[cells[s, p]]) for s, p in key)
+        quality = assess(
+            edv_ml=result.edv_ml,
+            esv_ml=result.esv_ml,
+            ef_pct=result.ef_pct,
+            curve_ml=np.asarray(result.volume_curve_ml),
+            blood_pool_ed_mm2=blood_px[:, ed] * pixel_area,
+            flip_disagreement_ml=flip_ml,
+            fragment_fraction=fragments,
+            uncertain_fraction=uncertain / max(total_blood, 1),
+            stack_flags=plan.flags,
+        )
+
+        def uids(phase: int) -> tuple[str | None, ...]:
+            return tuple(
+                row[phase].header.sop_instance_uid if row[phase] is not None else None  # type: ignore[union-attr]
+                for row in plan.grid
+            )
+
+        stack_result = StackResult(
+            study_instance_uid=plan.study_instance_uid,
+            series_instance_uids=plan.series_instance_uids,
+            frame_of_reference_uid=plan.frame_of_reference_uid,
+            edv_ml=result.edv_ml,
+            esv_ml=result.esv_ml,
+            ef_pct=result.ef_pct,
+            sv_ml=result.sv_ml,
+            lv_mass_g=result.lv_mass_g,
+            ed_phase=ed,
+            es_phase=es,
+            slices=plan.slices,
+            phases=plan.phases,
+            volume_curve_ml=result.volume_curve_ml,
+            slice_spacing_mm=plan.slice_spacing_mm,
+            pixel_spacing_mm=plan.pixel_spacing,
+            qc_flags=quality.flags,
+            confidence=quality.confidence,
+            flip_disagreement_ml=flip_ml,
+            model=self.model,
+            ed_sop_instance_uids=uids(ed),
+            es_sop_instance_uids=uids(es),
+            blood_pool_mm2=tuple(tuple(float(v) for v in row * pixel_area) for row in blood_px),
+            myocardium_mm2=tuple(tuple(float(v) for v in row * pixel_area) for row in myo_px),
+        )
+        return MeasuredStack(result=stack_result, labels=labels)
+
+    def _flip_disagreement(
+        self,
+        values: npt.NDArray[np.float32],
+        present: npt.NDArray[np.bool_],
+        labels: npt.NDArray[np.uint8],
+        plan: StackPlan,
+        phases: tuple[int, int],
+    ) -> float:
+        """Largest |volume difference| (mL) at ED or ES between the prediction and a mirrored input."""
+        cells = np.full(present.shape, -1, dtype=np.int64)
+        cells[present] = np.arange(int(present.sum()))
+        pixel_area = plan.pixel_spacing[0] * plan.pixel_spacing[1]
+        worst = 0.0
+        for phase in phases:
+            indices = cells[:, phase][cells[:, phase] >= 0]
+            if indices.size == 0:
+                continue
+            mirrored = np.ascontiguousarray(values[indices][:, :, ::-1])
+            flipped = self.segmenter.segment(mirrored, plan.pixel_spacing, normalised=True).labels
+            flipped_px = (flipped[:, :, ::-1] == self._blood).sum(axis=(1, 2)).astype(np.float64)
+            original_px = (labels[present[:, phase], phase] == self._blood).sum(axis=(1, 2))
+            difference = volume_curve_ml(
+                (flipped_px - original_px)[:, None], pixel_area, plan.slice_spacing_mm
+            )
+            worst = max(worst, abs(float(difference[0])))
+        return worst

@@ -1,0 +1,616 @@
+"""Find short-axis (SAX) cine stacks among a study's instances and lay each out as a slice x phase grid.
+
+Selection is by geometry and timing, never by SeriesDescription: a SAX cine stack is a set of MR
+images whose planes are parallel (Image Orientation (Patient) (0020,0037) within
+:data:`PARALLEL_TOLERANCE_DEG`), at :data:`MIN_SLICES` or more distinct positions along the plane
+normal (Image Position (Patient) (0020,0032), PS3.3 C.7.6.2.1.1), each with :data:`MIN_PHASES` or
+more Trigger Times (0018,1060). A stack may arrive as one series or as one series per slice, so
+images are grouped across series by study, Frame of Reference UID (0020,0052) and orientation.
+
+Odd input is reported, never raised: every instance that does not end up in a grid cell is counted
+under a :class:`SkipReason`, and every irregularity of a stack that was kept is named by a
+:class:`StackFlag`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final, TypeVar
+
+from pydicom.uid import (
+    EnhancedMRColorImageStorage,
+    EnhancedMRImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+    MRImageStorage,
+)
+
+from node.store.instance import SpooledInstance
+
+Vector = tuple[float, float, float]
+Orientation = tuple[float, float, float, float, float, float]
+#: A hashable, orderable key (orientations, matrix geometries).
+_K = TypeVar("_K", bound=tuple[object, ...])
+
+#: Planes whose normals (sign-agnostic) and row directions differ by at most this are parallel.
+PARALLEL_TOLERANCE_DEG: Final = 5.0
+#: Images whose positions along the slice normal differ by at most this are one slice position.
+POSITION_TOLERANCE_MM: Final = 0.5
+#: Trigger Times (0018,1060) closer than this are one cardiac phase.
+TRIGGER_TIME_TOLERANCE_MS: Final = 0.5
+#: Pixel Spacing (0028,0030) values closer than this agree.
+PIXEL_SPACING_TOLERANCE_MM: Final = 1e-3
+#: A stack needs at least this many slice positions with a cine at each.
+MIN_SLICES: Final = 3
+#: A cine needs at least this many trigger times at one position (ED/ES-only stacks have two).
+MIN_PHASES: Final = 2
+#: A gap between neighbouring slices at least this many times the median spacing means missing slices.
+MISSING_SLICE_RATIO: Final = 1.75
+#: Spacings differing from the median by more than this fraction of it make the spacing irregular.
+IRREGULAR_SPACING_FRACTION: Final = 0.1
+#: Row and column direction cosines whose length differs from 1 by more than this are unusable.
+UNIT_LENGTH_TOLERANCE: Final = 0.05
+#: Row and column direction cosines whose dot product exceeds this are not orthogonal.
+ORTHOGONALITY_TOLERANCE: Final = 0.05
+
+_PARALLEL_COSINE: Final = math.cos(math.radians(PARALLEL_TOLERANCE_DEG))
+_SECONDS_PER_MINUTE: Final = 60
+_SECONDS_PER_HOUR: Final = 3600
+_TM_FIELD_DIGITS: Final = 2
+_MULTI_FRAME_MR_CLASSES: Final = frozenset(
+    str(uid)
+    for uid in (EnhancedMRImageStorage, EnhancedMRColorImageStorage, LegacyConvertedEnhancedMRImageStorage)
+)
+_DERIVED: Final = "DERIVED"
+_LOCALIZER: Final = "LOCALIZER"
+
+
+class StackFlag(StrEnum):
+    """Irregularities of a stack that was kept; the stack is still usable, the caller decides."""
+
+    #: Some slice has fewer phases than the longest one; its missing cells are None.
+    MISSING_PHASES = "missing_phases"
+    #: Some gap between neighbouring slices is about twice the median spacing or more.
+    MISSING_SLICES = "missing_slices"
+    #: Slice spacing varies by more than :data:`IRREGULAR_SPACING_FRACTION` without a missing slice.
+    IRREGULAR_SLICE_SPACING = "irregular_slice_spacing"
+    #: Images whose Rows, Columns or Pixel Spacing disagree with the stack's majority were dropped.
+    INCONSISTENT_GEOMETRY = "inconsistent_geometry"
+    #: A position (or a phase of it) was acquired twice; the later acquisition was kept.
+    DUPLICATE_POSITIONS_REPLACED = "duplicate_positions_replaced"
+    #: A series' instances disagree on Frame of Reference UID (0020,0052), which PS3.3 C.7.4.1 makes
+    #: series-wide; the stack was grouped as if it had none (seen in anonymised exports).
+    INCONSISTENT_FRAME_OF_REFERENCE = "inconsistent_frame_of_reference"
+
+
+class SkipReason(StrEnum):
+    """Why an instance is in no grid cell; the keys of :attr:`StackSearch.skipped`."""
+
+    #: The same SOP Instance UID appeared again later in the input; the later copy was used.
+    DUPLICATE_INSTANCE = "duplicate_instance"
+    #: Not an image: a non-MR SOP Class without Rows (SR, presentation state, key object ...).
+    NOT_AN_IMAGE = "not_an_image"
+    #: An image, but not of MR Image Storage (CT, secondary capture ...), PS3.4 B.5.
+    NOT_MR_IMAGE = "not_mr_image"
+    #: Enhanced MR multi-frame (PS3.3 A.36) or MR Image Storage with Number of Frames > 1.
+    MULTI_FRAME_UNSUPPORTED = "multi_frame_unsupported"
+    #: Image Type (0008,0008) value 1 is DERIVED (PS3.3 C.7.6.1.1.2).
+    DERIVED = "derived"
+    #: Image Type (0008,0008) contains LOCALIZER.
+    LOCALIZER = "localizer"
+    #: Rows, Columns, Pixel Spacing, Image Position or Image Orientation (Patient) absent or unusable.
+    NO_GEOMETRY = "no_geometry"
+    #: In a stack's plane, but its series has fewer than :data:`MIN_PHASES` trigger times at every
+    #: position (a late-enhancement or other single-phase series planned like the cine).
+    NOT_CINE = "not_cine"
+    #: Rows, Columns or Pixel Spacing disagree with the stack's majority.
+    INCONSISTENT_GEOMETRY = "inconsistent_geometry"
+    #: Superseded by a later acquisition of the same position (and phase).
+    SUPERSEDED = "superseded_by_later_acquisition"
+    #: In a group of parallel images that is not a SAX cine stack (long-axis view, localizer ...).
+    NOT_SAX_GROUP = "not_sax_group"
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    """One SAX cine stack: which instance fills each slice x phase cell, and the stack's geometry.
+
+    Attributes
+    ----------
+    study_instance_uid
+        Study Instance UID (0020,000D) of every instance in the grid.
+    frame_of_reference_uid
+        Frame of Reference UID (0020,0052) shared by the grid; None where the instances lack it, or
+        where a series' instances disagree on it (then flagged ``inconsistent_frame_of_reference``).
+    series_instance_uids
+        Series Instance UIDs (0020,000E) contributing to the grid, sorted.
+    orientation
+        Image Orientation (Patient) (0020,0037) of the stack: the most common among its instances.
+    normal
+        Unit slice normal, row direction x column direction of :attr:`orientation`.
+    slice_positions_mm
+        Image Position (Patient) (0020,0032) projected on :attr:`normal`, one per slice, ascending.
+    slice_spacing_mm
+        Median distance between neighbouring slice positions; not Slice Thickness (0018,0050).
+    pixel_spacing
+        Pixel Spacing (0028,0030): (row spacing, column spacing) in mm.
+    rows, columns
+        Rows (0028,0010) and Columns (0028,0011) of every image in the grid.
+    trigger_times_ms
+        Per phase index, the median Trigger Time (0018,1060) over slices; None when unknown.
+    grid
+        ``grid[slice][phase]``; None where that slice lacks that phase.
+    flags
+        :class:`StackFlag` values naming the irregularities found, in declaration order.
+    """
+
+    study_instance_uid: str
+    frame_of_reference_uid: str | None
+    series_instance_uids: tuple[str, ...]
+    orientation: Orientation
+    normal: Vector
+    slice_positions_mm: tuple[float, ...]
+    slice_spacing_mm: float
+    pixel_spacing: tuple[float, float]
+    rows: int
+    columns: int
+    trigger_times_ms: tuple[float | None, ...]
+    grid: tuple[tuple[SpooledInstance | None, ...], ...]
+    flags: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.grid) != len(self.slice_positions_mm):
+            raise ValueError("grid and slice_positions_mm differ in number of slices")
+        if any(len(row) != len(self.trigger_times_ms) for row in self.grid):
+            raise ValueError("every grid row needs one cell per phase of trigger_times_ms")
+
+    @property
+    def slices(self) -> int:
+        """Number of slice positions."""
+        return len(self.grid)
+
+    @property
+    def phases(self) -> int:
+        """Number of phase indices (the longest slice's cine)."""
+        return len(self.trigger_times_ms)
+
+
+@dataclass(frozen=True)
+class StackSearch:
+    """Every SAX cine stack found, and how many instances were left out, by :class:`SkipReason`."""
+
+    stacks: tuple[StackPlan, ...]
+    skipped: dict[str, int]
+
+
+@dataclass(frozen=True)
+class _Image:
+    """An instance that passed the per-instance checks, with its geometry decoded."""
+
+    instance: SpooledInstance
+    arrival: int
+    orientation: Orientation
+    position: Vector
+    row: Vector
+    normal: Vector
+    pixel_spacing: tuple[float, float]
+    rows: int
+    columns: int
+
+    @property
+    def trigger_time(self) -> float | None:
+        """Trigger Time (0018,1060) in ms; None when absent or not a finite number."""
+        value = self.instance.header.trigger_time
+        return value if value is not None and math.isfinite(value) else None
+
+
+def _dot(a: Vector, b: Vector) -> float:
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+def _cross(a: Vector, b: Vector) -> Vector:
+    return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
+
+
+def _unit(a: Vector) -> Vector:
+    length = math.sqrt(_dot(a, a))
+    return (a[0] / length, a[1] / length, a[2] / length)
+
+
+def _axes(orientation: Orientation) -> tuple[Vector, Vector] | None:
+    """Unit row direction and unit normal of an Image Orientation (Patient), None when unusable."""
+    if not all(math.isfinite(value) for value in orientation):
+        return None
+    row: Vector = (orientation[0], orientation[1], orientation[2])
+    column: Vector = (orientation[3], orientation[4], orientation[5])
+    for vector in (row, column):
+        if abs(math.sqrt(_dot(vector, vector)) - 1.0) > UNIT_LENGTH_TOLERANCE:
+            return None
+    row, column = _unit(row), _unit(column)
+    if abs(_dot(row, column)) > ORTHOGONALITY_TOLERANCE:
+        return None
+    return row, _unit(_cross(row, column))
+
+
+def _parallel(a: _Image, b: _Image) -> bool:
+    """Normals parallel (either sign) and row directions pointing the same way, within tolerance."""
+    return abs(_dot(a.normal, b.normal)) >= _PARALLEL_COSINE and _dot(a.row, b.row) >= _PARALLEL_COSINE
+
+
+def _screen(instance: SpooledInstance, arrival: int) -> _Image | SkipReason:
+    """Decode one instance's geometry, or say why it cannot be part of a SAX cine stack."""
+    header = instance.header
+    if header.sop_class_uid in _MULTI_FRAME_MR_CLASSES:
+        return SkipReason.MULTI_FRAME_UNSUPPORTED
+    if header.sop_class_uid != MRImageStorage:
+        return SkipReason.NOT_AN_IMAGE if header.rows is None else SkipReason.NOT_MR_IMAGE
+    if (header.number_of_frames or 1) > 1:
+        return SkipReason.MULTI_FRAME_UNSUPPORTED
+    image_type = tuple(value.strip().upper() for value in header.image_type)
+    if image_type and image_type[0] == _DERIVED:
+        return SkipReason.DERIVED
+    if _LOCALIZER in image_type:
+        return SkipReason.LOCALIZER
+    position, orientation = header.image_position, header.image_orientation
+    spacing, rows, columns = header.pixel_spacing, header.rows, header.columns
+    if position is None or orientation is None or spacing is None or rows is None or columns is None:
+        return SkipReason.NO_GEOMETRY
+    axes = _axes(orientation)
+    if (
+        axes is None
+        or rows <= 0
+        or columns <= 0
+        or not all(math.isfinite(value) for value in position)
+        or not all(math.isfinite(value) and value > 0 for value in spacing)
+    ):
+        return SkipReason.NO_GEOMETRY
+    return _Image(instance, arrival, orientation, position, axes[0], axes[1], spacing, rows, columns)
+
+
+def _tm_seconds(value: str | None) -> float | None:
+    """Seconds since midnight of a TM value (HHMMSS.FFFFFF, or the old HH:MM:SS), None if unusable."""
+    if not value:
+        return None
+    text = value.strip().replace(":", "")
+    whole, _, fraction = text.partition(".")
+    if not whole.isdigit() or len(whole) % _TM_FIELD_DIGITS or (fraction and not fraction.isdigit()):
+        return None
+    fields = [int(whole[i : i + _TM_FIELD_DIGITS]) for i in range(0, len(whole), _TM_FIELD_DIGITS)]
+    weights = (_SECONDS_PER_HOUR, _SECONDS_PER_MINUTE, 1)
+    if len(fields) > len(weights):
+        return None
+    seconds = sum(field * weight for field, weight in zip(fields, weights, strict=False))
+    return seconds + (float("0." + fraction) if fraction else 0.0)
+
+
+def _recency(images: Sequence[_Image]) -> tuple[bool, float, bool, int, int]:
+    """Sort key, larger is later: Acquisition Time (0008,0032), Series Number (0020,0011), arrival."""
+    times = [t for t in (_tm_seconds(i.instance.header.acquisition_time) for i in images) if t is not None]
+    numbers = [n for n in (i.instance.header.series_number for i in images) if n is not None]
+    return (
+        bool(times),
+        min(times) if times else 0.0,
+        bool(numbers),
+        max(numbers) if numbers else 0,
+        max(i.arrival for i in images),
+    )
+
+
+def _cluster(values: Sequence[float], tolerance: float) -> list[list[int]]:
+    """Indices of ``values`` grouped so each group spans at most ``tolerance``, groups ascending."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    groups: list[list[int]] = []
+    start = -math.inf
+    for index in order:
+        if values[index] - start > tolerance:
+            groups.append([])
+            start = values[index]
+        groups[-1].append(index)
+    return groups
+
+
+def _phase_count(images: Sequence[_Image]) -> int:
+    """Distinct Trigger Times at one position; the image count when some Trigger Time is missing."""
+    times = [image.trigger_time for image in images]
+    if any(t is None for t in times):
+        return len(images)
+    return len(_cluster([t for t in times if t is not None], TRIGGER_TIME_TOLERANCE_MS))
+
+
+def _phase_order(images: Sequence[_Image]) -> tuple[list[_Image], list[_Image]]:
+    """One position's images in phase order, and those superseded by a later image of the same phase.
+
+    Phases are ordered by Trigger Time (0018,1060), or by Instance Number (0020,0013) when any
+    Trigger Time is missing.
+    """
+    if any(image.trigger_time is None for image in images):
+        ordered = sorted(images, key=lambda i: (i.instance.header.instance_number or 0, i.arrival))
+        return ordered, []
+    times = [image.trigger_time or 0.0 for image in images]
+    kept: list[_Image] = []
+    replaced: list[_Image] = []
+    for group in _cluster(times, TRIGGER_TIME_TOLERANCE_MS):
+        members = sorted(
+            (images[i] for i in group),
+            key=lambda i: (*_recency([i]), i.instance.header.instance_number or 0),
+        )
+        kept.append(members[-1])
+        replaced.extend(members[:-1])
+    return kept, replaced
+
+
+def _align(times: Sequence[float], targets: Sequence[float]) -> list[int]:
+    """Increasing phase indices for ``times`` minimising the summed distance to ``targets``.
+
+    ``len(times) <= len(targets)``; dynamic programming over (image, phase), ties to the earlier phase.
+    """
+    count, phases = len(times), len(targets)
+    cost = [[math.inf] * phases for _ in range(count)]
+    back = [[-1] * phases for _ in range(count)]
+    for phase in range(phases):
+        cost[0][phase] = abs(times[0] - targets[phase])
+    for index in range(1, count):
+        best, best_phase = math.inf, -1
+        for phase in range(1, phases):
+            if cost[index - 1][phase - 1] < best:
+                best, best_phase = cost[index - 1][phase - 1], phase - 1
+            if best_phase >= 0:
+                cost[index][phase] = best + abs(times[index] - targets[phase])
+                back[index][phase] = best_phase
+    last = min(range(phases), key=lambda phase: (cost[count - 1][phase], phase))
+    path = [last]
+    for index in range(count - 1, 0, -1):
+        path.append(back[index][path[-1]])
+    return path[::-1]
+
+
+def _median_or_none(values: Iterable[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return float(statistics.median(known)) if known else None
+
+
+def _grid(
+    slices: Sequence[Sequence[_Image]],
+) -> tuple[list[list[_Image | None]], tuple[float | None, ...]]:
+    """Place each slice's phase-ordered images on a common phase axis.
+
+    Phase k is the k-th trigger time of the slices with the most phases. A shorter slice is aligned by
+    nearest Trigger Time to the per-phase median of the full slices, leaving None where it has no image.
+    """
+    phases = max(len(images) for images in slices)
+    full = [images for images in slices if len(images) == phases]
+    timed = [images for images in full if all(image.trigger_time is not None for image in images)]
+    targets = [_median_or_none(images[k].trigger_time for images in timed) for k in range(phases)]
+    grid: list[list[_Image | None]] = []
+    for images in slices:
+        row: list[_Image | None] = [None] * phases
+        times = [image.trigger_time for image in images]
+        known_times = [t for t in times if t is not None]
+        known_targets = [t for t in targets if t is not None]
+        if len(images) < phases and len(known_times) == len(times) and len(known_targets) == phases:
+            indices = _align(known_times, known_targets)
+        else:
+            indices = list(range(len(images)))
+        for image, index in zip(images, indices, strict=True):
+            row[index] = image
+        grid.append(row)
+    trigger_times = tuple(
+        _median_or_none(cell.trigger_time for row in grid if (cell := row[k]) is not None)
+        for k in range(phases)
+    )
+    return grid, trigger_times
+
+
+def _spacing_flags(positions: Sequence[float]) -> tuple[float, set[StackFlag]]:
+    """Median slice spacing, and the flags its gaps and irregularities raise."""
+    gaps = [b - a for a, b in itertools.pairwise(positions)]
+    spacing = float(statistics.median(gaps))
+    flags: set[StackFlag] = set()
+    for gap in gaps:
+        if gap >= MISSING_SLICE_RATIO * spacing:
+            flags.add(StackFlag.MISSING_SLICES)
+        elif abs(gap - spacing) > IRREGULAR_SPACING_FRACTION * spacing:
+            flags.add(StackFlag.IRREGULAR_SLICE_SPACING)
+    return spacing, flags
+
+
+def _modal(values: Iterable[_K]) -> _K:
+    """The most common value; ties go to the smallest, so the result does not depend on input order."""
+    counts = Counter(values)
+    return min(counts, key=lambda key: (-counts[key], key))
+
+
+def _majority_geometry(images: Sequence[_Image]) -> tuple[int, int, tuple[float, float]]:
+    """The most common (Rows, Columns, Pixel Spacing) of a stack's images."""
+    return _modal((image.rows, image.columns, image.pixel_spacing) for image in images)
+
+
+def _agrees(image: _Image, geometry: tuple[int, int, tuple[float, float]]) -> bool:
+    rows, columns, spacing = geometry
+    return (
+        image.rows == rows
+        and image.columns == columns
+        and abs(image.pixel_spacing[0] - spacing[0]) <= PIXEL_SPACING_TOLERANCE_MM
+        and abs(image.pixel_spacing[1] - spacing[1]) <= PIXEL_SPACING_TOLERANCE_MM
+    )
+
+
+def _orientation_groups(images: Sequence[_Image]) -> list[list[_Image]]:
+    """Group images whose planes are parallel; the most common orientation of each group is its reference.
+
+    Orientations are visited from most to least common, so the grouping does not depend on arrival order.
+    """
+    by_orientation: dict[Orientation, list[_Image]] = defaultdict(list)
+    for image in images:
+        by_orientation[image.orientation].append(image)
+    references: list[_Image] = []
+    groups: list[list[_Image]] = []
+    for orientation in sorted(by_orientation, key=lambda o: (-len(by_orientation[o]), o)):
+        members = by_orientation[orientation]
+        for reference, group in zip(references, groups, strict=True):
+            if _parallel(reference, members[0]):
+                group.extend(members)
+                break
+        else:
+            references.append(members[0])
+            groups.append(list(members))
+    return groups
+
+
+def _build(
+    images: Sequence[_Image], frame_of_reference_uid: str | None, skipped: Counter[str]
+) -> StackPlan | None:
+    """The SAX cine stack formed by one group of parallel images, or None (counting why) if there is none."""
+    flags: set[StackFlag] = set()
+    pending: Counter[str] = Counter()
+    reference = _modal(image.orientation for image in images)
+    normal = next(image.normal for image in images if image.orientation == reference)
+    projections = [_dot(image.position, normal) for image in images]
+
+    # Units: one acquisition (series, Acquisition Number (0020,0012)) at one position.
+    units: dict[tuple[int, str, int], list[_Image]] = defaultdict(list)
+    for slot, indices in enumerate(_cluster(projections, POSITION_TOLERANCE_MM)):
+        for index in indices:
+            header = images[index].instance.header
+            units[(slot, header.series_instance_uid, header.acquisition_number or 0)].append(images[index])
+    cine_series = {key[1] for key, unit in units.items() if _phase_count(unit) >= MIN_PHASES}
+    for key in [key for key in units if key[1] not in cine_series]:
+        pending[SkipReason.NOT_CINE.value] += len(units.pop(key))
+
+    if units:
+        geometry = _majority_geometry([image for unit in units.values() for image in unit])
+        for key, unit in list(units.items()):
+            kept = [image for image in unit if _agrees(image, geometry)]
+            if len(kept) < len(unit):
+                flags.add(StackFlag.INCONSISTENT_GEOMETRY)
+                pending[SkipReason.INCONSISTENT_GEOMETRY.value] += len(unit) - len(kept)
+            if kept:
+                units[key] = kept
+            else:
+                del units[key]
+
+    by_slot: dict[int, list[list[_Image]]] = defaultdict(list)
+    for key, unit in units.items():
+        by_slot[key[0]].append(unit)
+    slices: list[list[_Image]] = []
+    for slot in sorted(by_slot):
+        candidates = sorted(by_slot[slot], key=_recency)
+        for superseded in candidates[:-1]:
+            flags.add(StackFlag.DUPLICATE_POSITIONS_REPLACED)
+            pending[SkipReason.SUPERSEDED.value] += len(superseded)
+        ordered, replaced = _phase_order(candidates[-1])
+        if replaced:
+            flags.add(StackFlag.DUPLICATE_POSITIONS_REPLACED)
+            pending[SkipReason.SUPERSEDED.value] += len(replaced)
+        slices.append(ordered)
+
+    if sum(len(cine) >= MIN_PHASES for cine in slices) < MIN_SLICES:
+        skipped[SkipReason.NOT_SAX_GROUP.value] += len(images)
+        return None
+    skipped.update(pending)
+    return _plan(slices, frame_of_reference_uid, flags)
+
+
+def _plan(
+    slices: Sequence[Sequence[_Image]], frame_of_reference_uid: str | None, flags: set[StackFlag]
+) -> StackPlan:
+    """Lay out the chosen slices on the stack's own normal, ascending, and measure their spacing."""
+    placed = [image for images in slices for image in images]
+    orientation = _modal(image.orientation for image in placed)
+    normal = next(image.normal for image in placed if image.orientation == orientation)
+    positioned = sorted(
+        ((float(statistics.median(_dot(i.position, normal) for i in images)), images) for images in slices),
+        key=lambda pair: pair[0],
+    )
+    positions = [position for position, _ in positioned]
+    grid, trigger_times = _grid([images for _, images in positioned])
+    if any(cell is None for row in grid for cell in row):
+        flags.add(StackFlag.MISSING_PHASES)
+    spacing, spacing_flags = _spacing_flags(positions)
+    flags |= spacing_flags
+    if any(i.instance.header.frame_of_reference_uid != frame_of_reference_uid for i in placed):
+        flags.add(StackFlag.INCONSISTENT_FRAME_OF_REFERENCE)
+    first = placed[0]
+    rows, columns, pixel_spacing = _majority_geometry(placed)
+    return StackPlan(
+        study_instance_uid=first.instance.header.study_instance_uid,
+        frame_of_reference_uid=frame_of_reference_uid,
+        series_instance_uids=tuple(sorted({i.instance.header.series_instance_uid for i in placed})),
+        orientation=orientation,
+        normal=normal,
+        slice_positions_mm=tuple(positions),
+        slice_spacing_mm=spacing,
+        pixel_spacing=pixel_spacing,
+        rows=rows,
+        columns=columns,
+        trigger_times_ms=trigger_times,
+        grid=tuple(tuple(cell.instance if cell else None for cell in row) for row in grid),
+        flags=tuple(flag.value for flag in StackFlag if flag in flags),
+    )
+
+
+def find_sax_stacks(instances: Sequence[SpooledInstance]) -> StackSearch:
+    """Find every short-axis cine stack among indexed instances and lay each out as slice x phase.
+
+    Parameters
+    ----------
+    instances
+        Instances in arrival order, as :meth:`node.store.index.Index.study_instances` returns them;
+        several studies may be mixed, each stack belongs to one.
+
+    Returns
+    -------
+    StackSearch
+        One :class:`StackPlan` per group of parallel images (same Study Instance UID, Frame of
+        Reference UID and orientation) at :data:`MIN_SLICES` or more positions with
+        :data:`MIN_PHASES` or more trigger times each, sorted by study, frame of reference and
+        series; and the count of every instance left out, by :class:`SkipReason`. Empty ``stacks``
+        means the study has no usable SAX cine. Nothing is raised for odd input.
+
+    Notes
+    -----
+    A series whose instances disagree on Frame of Reference UID is grouped with the study's images
+    that have none. Within a group, a series with fewer than :data:`MIN_PHASES` trigger times at every
+    position (late enhancement planned like the cine, say) is left out as ``not_cine`` rather than
+    mixed into the stack. Where a position was acquired twice, the later acquisition wins: by
+    Acquisition Time (0008,0032), then Series Number (0020,0011), then arrival order.
+    """
+    skipped: Counter[str] = Counter()
+    latest: dict[str, int] = {}
+    for arrival, instance in enumerate(instances):
+        latest[instance.header.sop_instance_uid] = arrival
+    screened: list[_Image] = []
+    for arrival, instance in enumerate(instances):
+        if latest[instance.header.sop_instance_uid] != arrival:
+            skipped[SkipReason.DUPLICATE_INSTANCE.value] += 1
+            continue
+        result = _screen(instance, arrival)
+        if isinstance(result, SkipReason):
+            skipped[result.value] += 1
+        else:
+            screened.append(result)
+
+    frames: dict[tuple[str, str], set[str | None]] = defaultdict(set)
+    for image in screened:
+        header = image.instance.header
+        frames[(header.study_instance_uid, header.series_instance_uid)].add(header.frame_of_reference_uid)
+    groups: dict[tuple[str, str | None], list[_Image]] = defaultdict(list)
+    for image in screened:
+        header = image.instance.header
+        series_frames = frames[(header.study_instance_uid, header.series_instance_uid)]
+        frame = next(iter(series_frames)) if len(series_frames) == 1 else None
+        groups[(header.study_instance_uid, frame)].append(image)
+
+    stacks: list[StackPlan] = []
+    for key in sorted(groups, key=lambda k: (k[0], k[1] or "")):
+        for group in _orientation_groups(groups[key]):
+            plan = _build(group, key[1], skipped)
+            if plan is not None:
+                stacks.append(plan)
+    stacks.sort(key=lambda p: (p.study_instance_uid, p.frame_of_reference_uid or "", p.series_instance_uids))
+    return StackSearch(stacks=tuple(stacks), skipped=dict(sorted(skipped.items())))

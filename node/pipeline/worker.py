@@ -1,0 +1,112 @@
+"""Pipeline worker: claim a job, find the study's stacks, measure each, record the results.
+
+Runs on worker threads, never on an association thread. Every output is written durably before the
+job is marked done, so a crash at any point leaves the job to be resumed, never half-recorded.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from node.clock import Clock
+from node.domain import Outcome
+from node.logging import Pseudonymiser, get_logger
+from node.pipeline.measure import StackMeasurer
+from node.pipeline.stacks import find_sax_stacks
+from node.store.index import Index
+from node.store.jobs import Job, JobQueue, ResultRow
+from node.store.spool import Spool, safe_component
+
+log = get_logger(__name__)
+
+#: Attempts before a job whose processing keeps failing is recorded as failed.
+MAX_ATTEMPTS = 3
+
+
+def encode_labels(labels: npt.NDArray[np.uint8]) -> bytes:
+    """Compressed ``.npz`` bytes of a label volume ``[slice, phase, row, col]``."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, labels=labels)
+    return buffer.getvalue()
+
+
+def decode_labels(data: bytes) -> npt.NDArray[np.uint8]:
+    """Inverse of :func:`encode_labels`."""
+    with np.load(io.BytesIO(data)) as archive:
+        labels: npt.NDArray[np.uint8] = archive["labels"]
+    return labels
+
+
+@dataclass
+class PipelineWorker:
+    """Processes queued jobs one at a time."""
+
+    index: Index
+    queue: JobQueue
+    measurer: StackMeasurer
+    spool_root: Path
+    results_spool: Spool
+    clock: Clock
+    pseudonymise: Pseudonymiser
+    worker_id: str
+
+    def run_once(self) -> Job | None:
+        """Claim and process one job; None when the queue had nothing to run."""
+        job = self.queue.claim(self.worker_id, self.clock.now())
+        if job is None:
+            return None
+        study = self.pseudonymise(job.study_instance_uid)
+        try:
+            self._process(job, study)
+        except Exception as error:
+            final = self.queue.fail(job, f"{type(error).__name__}: {error}", MAX_ATTEMPTS, self.clock.now())
+            log.exception("job failed", study=study, version=job.version, final=final)
+        return job
+
+    def _process(self, job: Job, study: str) -> None:
+        instances = self.index.study_instances(job.study_instance_uid)
+        search = find_sax_stacks(instances)
+        if not search.stacks:
+            row = ResultRow(
+                stack_index=0,
+                outcome=Outcome.NO_SHORT_AXIS_CINE,
+                series_instance_uids=(),
+                record={"skipped": search.skipped},
+            )
+            self.queue.complete(job, Outcome.NO_SHORT_AXIS_CINE, [row], self.clock.now())
+            log.info("no short-axis cine found", study=study, version=job.version, skipped=search.skipped)
+            return
+        rows = []
+        for stack_index, plan in enumerate(search.stacks):
+            measured = self.measurer.measure(plan, self.spool_root)
+            relative = Path(safe_component(job.study_instance_uid), f"job{job.id}-stack{stack_index}.npz")
+            self.results_spool.write(relative, encode_labels(measured.labels))
+            rows.append(
+                ResultRow(
+                    stack_index=stack_index,
+                    outcome=Outcome.MEASURED,
+                    series_instance_uids=plan.series_instance_uids,
+                    record=measured.result.as_record(),
+                    labels_path=relative.as_posix(),
+                )
+            )
+            result = measured.result
+            log.info(
+                "stack measured",
+                study=study,
+                version=job.version,
+                stack_index=stack_index,
+                slices=result.slices,
+                phases=result.phases,
+                edv_ml=round(result.edv_ml, 1),
+                esv_ml=round(result.esv_ml, 1),
+                ef_pct=round(result.ef_pct, 1),
+                qc_flags=list(result.qc_flags),
+                confidence=round(result.confidence, 3),
+            )
+        self.queue.complete(job, Outcome.MEASURED, rows, self.clock.now())

@@ -1,0 +1,247 @@
+"""The job queue and result records, in the index, so that a crash at any point resumes cleanly.
+
+A job is one version of one study. Claiming is a single UPDATE (``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL, so several node processes never get the same job); results are written in the same
+transaction that marks the job done, so a job is either finished with all its results or not at all.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from node.domain import Outcome
+from node.store.index import Index
+from node.store.schema import jobs, results, studies
+
+QUEUED = "queued"
+RUNNING = "running"
+DONE = "done"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed job."""
+
+    id: int
+    study_instance_uid: str
+    version: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One result to record with a finished job."""
+
+    stack_index: int
+    outcome: Outcome
+    series_instance_uids: tuple[str, ...]
+    record: dict[str, Any]
+    labels_path: str | None = None
+
+
+class JobQueue:
+    """Queue operations over the index's ``jobs``, ``studies`` and ``results`` tables."""
+
+    def __init__(self, index: Index) -> None:
+        self._engine = index.engine
+
+    def enqueue_ready(self, now: datetime, stable_seconds: float, max_wait_seconds: float) -> list[Job]:
+        """Queue a new version of every study that is quiet (or has waited long enough).
+
+        A study is ready when it has instances not covered by a job (``pending_since`` set) and no
+        instance arrived for ``stable_seconds``, or its first pending instance arrived
+        ``max_wait_seconds`` ago.
+        """
+        quiet = now - timedelta(seconds=stable_seconds)
+        waited = now - timedelta(seconds=max_wait_seconds)
+        with self._engine.connect() as connection:
+            ready = connection.execute(
+                select(studies.c.study_instance_uid, studies.c.pending_since).where(
+                    studies.c.pending_since.is_not(None),
+                    or_(studies.c.last_received_at <= quiet, studies.c.pending_since <= waited),
+                )
+            ).all()
+        queued: list[Job] = []
+        for study_uid, pending_since in ready:
+            try:
+                with self._engine.begin() as connection:
+                    cleared = connection.execute(
+                        update(studies)
+                        .where(
+                            studies.c.study_instance_uid == study_uid,
+                            studies.c.pending_since == pending_since,
+                        )
+                        .values(pending_since=None)
+                    )
+                    if cleared.rowcount != 1:
+                        continue  # another process queued it, or an instance just arrived
+                    version = 1 + int(
+                        connection.execute(
+                            select(func.coalesce(func.max(jobs.c.version), 0)).where(
+                                jobs.c.study_instance_uid == study_uid
+                            )
+                        ).scalar_one()
+                    )
+                    job_id = connection.execute(
+                        insert(jobs)
+                        .values(
+                            study_instance_uid=study_uid,
+                            version=version,
+                            state=QUEUED,
+                            attempts=0,
+                            queued_at=now,
+                        )
+                        .returning(jobs.c.id)
+                    ).scalar_one()
+                queued.append(Job(id=int(job_id), study_instance_uid=study_uid, version=version, attempts=0))
+            except IntegrityError:
+                continue  # the same version was queued concurrently elsewhere
+        return queued
+
+    def claim(self, worker_id: str, now: datetime) -> Job | None:
+        """Atomically take the oldest queued job whose study has no job running."""
+        running = jobs.alias("running")
+        candidate = (
+            select(jobs.c.id)
+            .where(
+                jobs.c.state == QUEUED,
+                ~exists().where(
+                    and_(
+                        running.c.study_instance_uid == jobs.c.study_instance_uid,
+                        running.c.state == RUNNING,
+                    )
+                ),
+            )
+            .order_by(jobs.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        with self._engine.begin() as connection:
+            row = connection.execute(
+                update(jobs)
+                .where(jobs.c.id == candidate, jobs.c.state == QUEUED)
+                .values(state=RUNNING, claimed_by=worker_id, claimed_at=now, attempts=jobs.c.attempts + 1)
+                .returning(jobs.c.id, jobs.c.study_instance_uid, jobs.c.version, jobs.c.attempts)
+            ).first()
+        if row is None:
+            return None
+        return Job(id=int(row[0]), study_instance_uid=str(row[1]), version=int(row[2]), attempts=int(row[3]))
+
+    def complete(self, job: Job, outcome: Outcome, rows: list[ResultRow], now: datetime) -> list[str]:
+        """Record a job's results and mark it done, superseding older versions' results, atomically.
+
+        Returns the new result ids.
+        """
+        ids = [str(uuid.uuid4()) for _ in rows]
+        with self._engine.begin() as connection:
+            newer = connection.execute(
+                select(func.count())
+                .select_from(results)
+                .where(
+                    results.c.study_instance_uid == job.study_instance_uid, results.c.version > job.version
+                )
+            ).scalar_one()
+            for result_id, row in zip(ids, rows, strict=True):
+                record = row.record
+                connection.execute(
+                    insert(results).values(
+                        id=result_id,
+                        job_id=job.id,
+                        study_instance_uid=job.study_instance_uid,
+                        version=job.version,
+                        stack_index=row.stack_index,
+                        outcome=str(row.outcome),
+                        series_instance_uids=list(row.series_instance_uids),
+                        edv_ml=record.get("edv_ml"),
+                        esv_ml=record.get("esv_ml"),
+                        ef_pct=record.get("ef_pct"),
+                        sv_ml=record.get("sv_ml"),
+                        lv_mass_g=record.get("lv_mass_g"),
+                        qc_flags=list(record.get("qc_flags", ())),
+                        confidence=record.get("confidence"),
+                        model_name=(record.get("model") or {}).get("name"),
+                        model_version=(record.get("model") or {}).get("version"),
+                        record=record,
+                        labels_path=row.labels_path,
+                        superseded=newer > 0,
+                        published=False,
+                        created_at=now,
+                    )
+                )
+            connection.execute(
+                update(results)
+                .where(
+                    results.c.study_instance_uid == job.study_instance_uid, results.c.version < job.version
+                )
+                .values(superseded=True)
+            )
+            connection.execute(
+                update(jobs)
+                .where(jobs.c.id == job.id)
+                .values(state=DONE, outcome=str(outcome), finished_at=now, error=None)
+            )
+        return ids
+
+    def fail(self, job: Job, error: str, max_attempts: int, now: datetime) -> bool:
+        """Record a failed attempt: requeue it, or after ``max_attempts`` finish it as failed.
+
+        Returns True when the job is finally failed (a "failed" result row is then recorded).
+        """
+        if job.attempts < max_attempts:
+            with self._engine.begin() as connection:
+                connection.execute(
+                    update(jobs).where(jobs.c.id == job.id).values(state=QUEUED, error=error, claimed_by=None)
+                )
+            return False
+        row = ResultRow(
+            stack_index=0, outcome=Outcome.FAILED, series_instance_uids=(), record={"error": error}
+        )
+        self.complete(job, Outcome.FAILED, [row], now)
+        with self._engine.begin() as connection:
+            connection.execute(update(jobs).where(jobs.c.id == job.id).values(state=FAILED, error=error))
+        return True
+
+    def requeue_abandoned(self, is_abandoned: Callable[[str], bool]) -> int:
+        """Put back running jobs whose claimant ``is_abandoned`` (its process was killed)."""
+        with self._engine.begin() as connection:
+            running = connection.execute(
+                select(jobs.c.id, jobs.c.claimed_by).where(jobs.c.state == RUNNING)
+            ).all()
+            abandoned = [job_id for job_id, claimant in running if is_abandoned(str(claimant or ""))]
+            if abandoned:
+                connection.execute(
+                    update(jobs)
+                    .where(jobs.c.id.in_(abandoned), jobs.c.state == RUNNING)
+                    .values(state=QUEUED, claimed_by=None)
+                )
+        return len(abandoned)
+
+    def results_for_study(
+        self, study_instance_uid: str, include_superseded: bool = False
+    ) -> list[dict[str, Any]]:
+        """Result rows of a study, newest version first."""
+        query = select(results).where(results.c.study_instance_uid == study_instance_uid)
+        if not include_superseded:
+            query = query.where(results.c.superseded.is_(False))
+        with self._engine.connect() as connection:
+            rows = (
+                connection.execute(query.order_by(results.c.version.desc(), results.c.stack_index))
+                .mappings()
+                .all()
+            )
+        return [dict(row) for row in rows]
+
+    def job_states(self) -> dict[str, int]:
+        """Number of jobs per state."""
+        with self._engine.connect() as connection:
+            rows = connection.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all()
+        return {str(state): int(count) for state, count in rows}

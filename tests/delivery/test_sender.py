@@ -1,0 +1,140 @@
+"""Delivery under failure: store first, retry with backoff, exactly once, dead letter after the cap."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from node.clock import ManualClock
+from node.config import DeliverySettings, Destination
+from node.delivery.sender import DeliverySender
+from node.status import Status
+from node.store.index import Index
+from node.store.outbox import DEAD, DELIVERED, PENDING, OutgoingObject, Outbox
+from node.store.spool import Spool
+from tests.delivery.peer import RecordingSCP
+from tests.support import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _object(study_uid: str) -> tuple[OutgoingObject, bytes]:
+    """A small, valid Secondary Capture instance as Part 10 bytes."""
+    dataset = Dataset()
+    dataset.SOPClassUID = SecondaryCaptureImageStorage
+    dataset.SOPInstanceUID = generate_uid()
+    dataset.StudyInstanceUID = study_uid
+    dataset.SeriesInstanceUID = generate_uid()
+    dataset.Modality = "OT"
+    dataset.PatientName = "TEST^DELIVERY"
+    dataset.PatientID = "DELIVERY-1"
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    from io import BytesIO
+
+    buffer = BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    item = OutgoingObject(
+        sop_instance_uid=str(dataset.SOPInstanceUID),
+        sop_class_uid=str(dataset.SOPClassUID),
+        study_instance_uid=study_uid,
+        kind="sc",
+        result_id=None,
+    )
+    return item, buffer.getvalue()
+
+
+class Harness:
+    """Outbox and sender over one data directory; ``restart()`` rebuilds them as a new process would."""
+
+    def __init__(self, data_dir: Path, destination: Destination, settings: DeliverySettings) -> None:
+        self.data_dir = data_dir
+        self.destination = destination
+        self.settings = settings
+        self.clock = ManualClock()
+        self.restart()
+
+    def restart(self) -> None:
+        self.index = Index.open(f"sqlite:///{self.data_dir / 'index.sqlite3'}")
+        self.outbox = Outbox(self.index, Spool(self.data_dir / "outbox"))
+        self.sender = DeliverySender(
+            outbox=self.outbox,
+            settings=self.settings,
+            calling_ae_title="DICOMNODE",
+            clock=self.clock,
+            claimant="test-host:1:sender",
+        )
+
+    def close(self) -> None:
+        self.index.close()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    port = free_port()
+    destination = Destination(ae_title="PACS", host="127.0.0.1", port=port)
+    settings = DeliverySettings(
+        destinations=[destination], max_attempts=4, backoff_initial_s=5, backoff_max_s=60, timeout_s=5
+    )
+    built = Harness(tmp_path, destination, settings)
+    yield built
+    built.close()
+
+
+def test_objects_wait_through_an_outage_and_a_restart_then_arrive_exactly_once(harness: Harness) -> None:
+    """With the destination down, objects stay pending across a restart and then arrive once each."""
+    objects = [_object("1.2.826.0.1.3680043.10.1") for _ in range(3)]
+    for item, data in objects:
+        assert harness.outbox.add(item, data, [harness.destination.key], harness.clock.now())
+    assert harness.outbox.add(objects[0][0], objects[0][1], [harness.destination.key], harness.clock.now()) is False
+
+    assert harness.sender.run_once() == 3  # destination down: every attempt fails
+    states = harness.outbox.delivery_states()
+    assert {row["state"] for row in states} == {PENDING}
+    assert {row["last_error"] for row in states} == {"destination unreachable"}
+    assert harness.sender.run_once() == 0, "retried before its backoff elapsed"
+
+    harness.close()
+    harness.restart()
+    peer = RecordingSCP(port=harness.destination.port).start()
+    try:
+        harness.clock.advance(5)
+        assert harness.sender.run_once() == 3
+        harness.clock.advance(3600)
+        assert harness.sender.run_once() == 0
+    finally:
+        peer.stop()
+    assert sorted(peer.received) == sorted(item.sop_instance_uid for item, _ in objects)
+    assert {row["state"] for row in harness.outbox.delivery_states()} == {DELIVERED}
+
+
+def test_a_refusing_destination_ends_in_dead_letter_after_the_cap(harness: Harness) -> None:
+    """A failure status counts as a failed attempt; after max_attempts the pair is dead with the error."""
+    item, data = _object("1.2.826.0.1.3680043.10.2")
+    harness.outbox.add(item, data, [harness.destination.key], harness.clock.now())
+    peer = RecordingSCP(port=harness.destination.port, status=Status.OUT_OF_RESOURCES).start()
+    try:
+        waits = []
+        for _ in range(harness.settings.max_attempts):
+            assert harness.sender.run_once() == 1
+            (row,) = harness.outbox.delivery_states()
+            if row["state"] == PENDING:
+                waits.append((row["next_attempt_at"] - harness.clock.now()).total_seconds())
+                harness.clock.advance(waits[-1])
+        assert harness.sender.run_once() == 0
+    finally:
+        peer.stop()
+    (row,) = harness.outbox.delivery_states()
+    assert row["state"] == DEAD
+    assert row["attempts"] == harness.settings.max_attempts
+    assert row["last_status"] == Status.OUT_OF_RESOURCES
+    assert row["last_error"] == "failure status 0xA700"
+    assert waits == [5.0, 10.0, 20.0], "backoff is exponential from backoff_initial_s"
+    assert len(peer.received) == harness.settings.max_attempts

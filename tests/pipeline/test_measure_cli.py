@@ -1,0 +1,124 @@
+"""``dicomnode measure`` on real data: the released model, the whole offline pipeline, via the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from models.data import SUNNYBROOK_IDS, load_sunnybrook, polygon_area
+from tests.support import dicomnode_command
+
+#: Expert reference volumes from ../shared/data/README.md (sum over contoured slices).
+REFERENCE = {
+    "SCD0000101": {"edv": 191.3, "esv": 141.3, "ef": 26.1},
+    "SCD0000201": {"edv": 241.9, "esv": 180.3, "ef": 25.5},
+    "SCD0000301": {"edv": 229.7, "esv": 179.6, "ef": 21.8},
+}
+PHASES = 20
+
+
+def _expert_phases(root: Path, patient: str) -> tuple[set[int], set[int]]:
+    """Phases the expert contoured as ED (larger contour per slice) and ES (smaller)."""
+    case = load_sunnybrook(root, patient)
+    by_slice: dict[int, list[int]] = {}
+    for slice_index, phase in case.contours:
+        by_slice.setdefault(slice_index, []).append(phase)
+    ed, es = set(), set()
+    for slice_index, phases in by_slice.items():
+        ordered = sorted(phases, key=lambda p: polygon_area(case.contours[(slice_index, p)]))
+        es.add(ordered[0])
+        ed.add(ordered[-1])
+    return ed, es
+
+
+def _cyclic_distance(a: int, b: int) -> int:
+    return min((a - b) % PHASES, (b - a) % PHASES)
+
+
+@pytest.fixture(scope="module")
+def measured(sunnybrook: Path) -> dict[str, dict[str, object]]:
+    completed = subprocess.run(
+        [*dicomnode_command(), "measure", str(sunnybrook), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    stacks = json.loads(completed.stdout)
+    by_series = {}
+    for patient in SUNNYBROOK_IDS:
+        header = pydicom.dcmread(sunnybrook / patient / "1.dcm", stop_before_pixels=True)
+        by_series[str(header.SeriesInstanceUID)] = patient
+    result = {}
+    for stack in stacks:
+        (series_uid,) = stack["series_instance_uids"]
+        result[by_series[series_uid]] = stack
+    result["_stderr"] = {"text": completed.stderr}
+    return result
+
+
+def test_measure_finds_one_stack_per_sunnybrook_series(measured: dict[str, dict[str, object]]) -> None:
+    """The three Sunnybrook series are three stacks with the expected slices x phases and all fields."""
+    shapes = {patient: (measured[patient]["slices"], measured[patient]["phases"]) for patient in REFERENCE}
+    assert shapes == {"SCD0000101": (12, 20), "SCD0000201": (13, 20), "SCD0000301": (10, 20)}
+    expected_keys = {
+        "study_instance_uid", "series_instance_uids", "edv_ml", "esv_ml", "ef_pct", "sv_ml", "lv_mass_g",
+        "ed_phase", "es_phase", "slices", "phases", "qc_flags", "confidence", "model",
+    }  # fmt: skip
+    for patient in REFERENCE:
+        assert set(measured[patient]) == expected_keys
+        assert 0.0 <= float(measured[patient]["confidence"]) <= 1.0  # type: ignore[arg-type]
+
+
+def test_measure_matches_expert_volumes(measured: dict[str, dict[str, object]]) -> None:
+    """EDV and ESV mean absolute error is <= 15 mL and every EF is within 5 points of the expert."""
+    edv_errors = [abs(float(measured[p]["edv_ml"]) - ref["edv"]) for p, ref in REFERENCE.items()]  # type: ignore[arg-type]
+    esv_errors = [abs(float(measured[p]["esv_ml"]) - ref["esv"]) for p, ref in REFERENCE.items()]  # type: ignore[arg-type]
+    assert sum(edv_errors) / len(edv_errors) <= 15.0, edv_errors
+    assert sum(esv_errors) / len(esv_errors) <= 15.0, esv_errors
+    for patient, ref in REFERENCE.items():
+        assert abs(float(measured[patient]["ef_pct"]) - ref["ef"]) <= 5.0, patient  # type: ignore[arg-type]
+
+
+def test_measure_finds_the_expert_ed_and_es_phases(
+    measured: dict[str, dict[str, object]], shared_data: Path
+) -> None:
+    """ED and ES come from the volume curve and land on (or next to) the phases the expert contoured.
+
+    The expert contoured ED at phase 18 on some slices and 19 on others (frames 37 ms apart), so a
+    phase counts as matching when it is within one frame, cyclically, of an expert phase.
+    """
+    for patient in REFERENCE:
+        expert_ed, expert_es = _expert_phases(shared_data, patient)
+        ed, es = int(measured[patient]["ed_phase"]), int(measured[patient]["es_phase"])  # type: ignore[call-overload]
+        assert min(_cyclic_distance(ed, p) for p in expert_ed) <= 1, (patient, ed, expert_ed)
+        assert min(_cyclic_distance(es, p) for p in expert_es) <= 1, (patient, es, expert_es)
+        assert ed != 0 or 0 in expert_ed, "ED must not simply be the first frame"
+
+
+def test_measure_lists_unreadable_files_on_stderr(measured: dict[str, dict[str, object]]) -> None:
+    """Files that are not DICOM (the contour text files) are listed on stderr and skipped."""
+    stderr = str(measured["_stderr"]["text"])
+    assert "icontour-manual.txt: not a DICOM Part 10 file" in stderr
+
+
+def test_measure_exit_status_without_stack_and_on_usage_error(sunnybrook: Path, tmp_path: Path) -> None:
+    """No stack found exits 1 with a JSON empty array; a path that does not exist exits 2."""
+    one_slice = sorted((sunnybrook / "SCD0000101").glob("*.dcm"), key=lambda p: int(p.stem))[:20]
+    none = subprocess.run(
+        [*dicomnode_command(), "measure", *map(str, one_slice), "--json"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert none.returncode == 1
+    assert json.loads(none.stdout) == []
+    assert "no short-axis cine found" in none.stderr
+    usage = subprocess.run(
+        [*dicomnode_command(), "measure", str(tmp_path / "absent")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert usage.returncode == 2

@@ -1,0 +1,141 @@
+"""Study readiness and versioning with a manual clock: the real node parts, the real model, no sleeps."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node.app import Node
+from node.clock import ManualClock
+from node.config import load_settings
+from node.domain import Outcome
+
+PHASES = 20
+#: Four mid-ventricular slices of one series: enough for a stack, quick to segment.
+SLICES = range(4, 8)
+
+
+@pytest.fixture
+def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Node, ManualClock]]:
+    for key in list(os.environ):
+        if key.startswith("DICOMNODE_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("DICOMNODE_STORAGE__DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DICOMNODE_STORAGE__MIN_FREE_MB", "1")
+    monkeypatch.setenv("DICOMNODE_PIPELINE__STABLE_SECONDS", "10")
+    monkeypatch.setenv("DICOMNODE_PIPELINE__MAX_WAIT_SECONDS", "600")
+    clock = ManualClock()
+    built = Node.build(load_settings(), clock=clock)
+    yield built, clock
+    built.index.close()
+
+
+def _subset(sunnybrook: Path) -> list[Path]:
+    files = {int(path.stem): path for path in (sunnybrook / "SCD0000101").glob("*.dcm")}
+    return [files[s * PHASES + p + 1] for s in SLICES for p in range(PHASES)]
+
+
+def test_study_is_measured_once_after_the_quiet_period(
+    node: tuple[Node, ManualClock], sunnybrook: Path
+) -> None:
+    """A study is queued only after STABLE_SECONDS without arrivals, and measured exactly once."""
+    built, clock = node
+    assembler, worker = built.assembler, built.workers[0]
+    for path in _subset(sunnybrook):
+        built.ingest.store(path.read_bytes())
+        clock.advance(0.1)
+    assert assembler.tick() == []
+    clock.advance(9.0)
+    assert assembler.tick() == [], "queued before the study was quiet for 10 s"
+    clock.advance(1.5)
+    (job,) = assembler.tick()
+    assert job.version == 1
+    assert assembler.tick() == [], "a quiet study was queued twice"
+    processed = worker.run_once()
+    assert processed is not None and processed.id == job.id
+    assert worker.run_once() is None
+    (result,) = built.queue.results_for_study(job.study_instance_uid)
+    assert result["outcome"] == Outcome.MEASURED
+    assert result["version"] == 1
+    assert result["record"]["slices"] == len(SLICES)
+    assert result["record"]["phases"] == PHASES
+    assert result["edv_ml"] > result["esv_ml"] > 0
+
+
+def test_late_instance_reopens_the_study_as_a_new_version(
+    node: tuple[Node, ManualClock], sunnybrook: Path
+) -> None:
+    """An instance arriving after processing yields version 2, which supersedes version 1."""
+    built, clock = node
+    assembler, worker = built.assembler, built.workers[0]
+    files = _subset(sunnybrook)
+    late = files.pop(25)  # slice 5, phase 5
+    for path in files:
+        built.ingest.store(path.read_bytes())
+    clock.advance(11)
+    (first,) = assembler.tick()
+    worker.run_once()
+    (v1,) = built.queue.results_for_study(first.study_instance_uid)
+    assert "missing_phases" in v1["qc_flags"]
+
+    assert built.ingest.store(late.read_bytes()).duplicate is False
+    assert assembler.tick() == []
+    clock.advance(11)
+    (second,) = assembler.tick()
+    assert second.version == 2
+    worker.run_once()
+    (current,) = built.queue.results_for_study(first.study_instance_uid)
+    assert current["version"] == 2
+    assert "missing_phases" not in current["qc_flags"]
+    everything = built.queue.results_for_study(first.study_instance_uid, include_superseded=True)
+    assert sorted((row["version"], row["superseded"]) for row in everything) == [(1, True), (2, False)]
+
+
+def test_resent_instance_does_not_reopen_a_study(node: tuple[Node, ManualClock], sunnybrook: Path) -> None:
+    """Sending an already stored instance again is acknowledged but queues no new version."""
+    built, clock = node
+    files = _subset(sunnybrook)
+    for path in files:
+        built.ingest.store(path.read_bytes())
+    clock.advance(11)
+    assert len(built.assembler.tick()) == 1
+    assert built.ingest.store(files[0].read_bytes()).duplicate is True
+    clock.advance(11)
+    assert built.assembler.tick() == []
+
+
+def test_a_study_that_keeps_receiving_is_processed_at_the_maximum_wait(
+    node: tuple[Node, ManualClock], sunnybrook: Path
+) -> None:
+    """A study never quiet for STABLE_SECONDS is still queued MAX_WAIT_SECONDS after its first instance."""
+    built, clock = node
+    files = _subset(sunnybrook)
+    queued = []
+    for path in files:
+        built.ingest.store(path.read_bytes())
+        clock.advance(8.0)  # always under the 10 s quiet period
+        queued.extend(built.assembler.tick())
+        if queued:
+            break
+    assert len(queued) == 1
+    first_arrival_to_queue = 8.0 * (files.index(path) + 1)
+    assert 600 <= first_arrival_to_queue < 600 + 8.0
+
+
+def test_study_without_short_axis_cine_records_that_outcome(
+    node: tuple[Node, ManualClock], sunnybrook: Path
+) -> None:
+    """A study with only one slice position is recorded as "no short-axis cine found", not an error."""
+    built, clock = node
+    one_slice = _subset(sunnybrook)[:PHASES]
+    for path in one_slice:
+        built.ingest.store(path.read_bytes())
+    clock.advance(11)
+    (job,) = built.assembler.tick()
+    built.workers[0].run_once()
+    (result,) = built.queue.results_for_study(job.study_instance_uid)
+    assert result["outcome"] == Outcome.NO_SHORT_AXIS_CINE
+    assert result["edv_ml"] is None

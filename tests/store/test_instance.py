@@ -1,0 +1,195 @@
+"""parse_instance: whole instances give their header; damaged ones raise an error carrying its status."""
+
+from __future__ import annotations
+
+import random
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset, read_preamble
+from pydicom.tag import Tag
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from node.errors import MalformedInstance, NodeError, SopClassMismatch
+from node.status import Status
+from node.store.instance import parse_instance
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def _synthetic_mr() -> bytes:
+    """A small, whole MR image (16 x 16, 16 bit) with no patient data, as Part 10 bytes."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID = MRImageStorage
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.StudyInstanceUID = generate_uid()
+    dataset.SeriesInstanceUID = generate_uid()
+    dataset.FrameOfReferenceUID = generate_uid()
+    dataset.Modality = "MR"
+    dataset.PatientID = "SYNTHETIC"
+    dataset.SeriesNumber = 7
+    dataset.InstanceNumber = 3
+    dataset.TriggerTime = 41.5
+    dataset.ImagePositionPatient = [-120.0, -80.5, 33.25]
+    dataset.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    dataset.PixelSpacing = [1.25, 1.25]
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = "MONOCHROME2"
+    dataset.Rows = 16
+    dataset.Columns = 16
+    dataset.BitsAllocated = 16
+    dataset.BitsStored = 12
+    dataset.HighBit = 11
+    dataset.PixelRepresentation = 0
+    dataset.PixelData = bytes(range(256)) * 2
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture(params=["synthetic", "sunnybrook"])
+def whole(request: pytest.FixtureRequest) -> bytes:
+    """A whole instance: synthetic, or a real Sunnybrook MR image (skipped without the shared data)."""
+    if request.param == "synthetic":
+        return _synthetic_mr()
+    root: Path = request.getfixturevalue("sunnybrook")
+    return (root / "SCD0000101" / "1.dcm").read_bytes()
+
+
+_LONG_LENGTH_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+
+
+def _start_of(data: bytes, keyword: str) -> int:
+    """Offset of an element's header (explicit VR little endian) in Part 10 bytes."""
+    raw = pydicom.dcmread(BytesIO(data)).get_item(Tag(keyword))
+    return int(raw.value_tell) - (12 if raw.VR in _LONG_LENGTH_VRS else 8)
+
+
+def _meta_end(data: bytes) -> int:
+    """Offset of the dataset, after the preamble and the file meta information (group 0002)."""
+    stream = BytesIO(data)
+    read_preamble(stream, False)
+    read_dataset(stream, False, True, stop_when=lambda tag, _vr, _length: tag.group != 2)
+    return stream.tell()
+
+
+def _rewritten(data: bytes, **changes: object) -> bytes:
+    """The instance re-encoded with attributes changed (``None`` deletes one)."""
+    dataset = pydicom.dcmread(BytesIO(data))
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(dataset, keyword)
+        else:
+            setattr(dataset, keyword, value)
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _refused(data: bytes, error: type[NodeError], status: Status, **expected: str) -> None:
+    with pytest.raises(error) as raised:
+        parse_instance(data, **expected)
+    assert raised.value.status is status
+
+
+def test_whole_instance_gives_its_header(whole: bytes) -> None:
+    """A whole instance parses to a header whose UIDs and geometry are the dataset's own."""
+    dataset = pydicom.dcmread(BytesIO(whole))
+    header = parse_instance(whole, str(dataset.SOPClassUID), str(dataset.SOPInstanceUID))
+    assert header.sop_class_uid == MRImageStorage
+    assert header.sop_instance_uid == dataset.SOPInstanceUID
+    assert header.study_instance_uid == dataset.StudyInstanceUID
+    assert header.series_instance_uid == dataset.SeriesInstanceUID  # leading zeros kept as-is
+    assert header.transfer_syntax_uid == ExplicitVRLittleEndian
+    assert header.modality == "MR"
+    assert (header.rows, header.columns) == (dataset.Rows, dataset.Columns)
+    assert header.image_position == tuple(float(v) for v in dataset.ImagePositionPatient)
+    assert header.image_orientation == tuple(float(v) for v in dataset.ImageOrientationPatient)
+    assert header.pixel_spacing == tuple(float(v) for v in dataset.PixelSpacing)
+    assert header.trigger_time == float(dataset.TriggerTime)
+
+
+def test_truncated_pixel_data_is_malformed(whole: bytes) -> None:
+    """An instance cut inside its pixel data cannot be understood (0xC000)."""
+    _refused(whole[: len(whole) - 1000], MalformedInstance, Status.CANNOT_UNDERSTAND)
+    _refused(whole[:-1], MalformedInstance, Status.CANNOT_UNDERSTAND)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "offset"),
+    [
+        ("ImagePositionPatient", 11),  # inside the value
+        ("ImagePositionPatient", 3),  # inside the element header
+        ("Rows", 5),  # inside the element header
+        ("PixelData", 0),  # cut exactly before the pixel data element
+        ("PixelData", 6),  # inside the pixel data element header
+        ("PixelData", 10),  # inside its 4-byte length
+    ],
+)
+def test_truncated_header_is_malformed(whole: bytes, keyword: str, offset: int) -> None:
+    """An instance cut inside or right after its header cannot be understood (0xC000)."""
+    cut = _start_of(whole, keyword) + offset
+    _refused(whole[:cut], MalformedInstance, Status.CANNOT_UNDERSTAND)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("seed", range(20))
+def test_garbage_after_preamble_is_malformed(whole: bytes, seed: int) -> None:
+    """Random bytes after a valid preamble and file meta cannot be understood (0xC000)."""
+    rng = random.Random(seed)
+    garbage = bytes(rng.getrandbits(8) for _ in range(rng.choice([7, 8, 64, 4096])))
+    _refused(whole[: _meta_end(whole)] + garbage, MalformedInstance, Status.CANNOT_UNDERSTAND)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_garbage_instead_of_file_meta_is_malformed(whole: bytes) -> None:
+    """Random bytes right after the preamble and ``DICM`` (no file meta) cannot be understood."""
+    rng = random.Random(7)
+    garbage = bytes(rng.getrandbits(8) for _ in range(2048))
+    _refused(whole[:132] + garbage, MalformedInstance, Status.CANNOT_UNDERSTAND)
+
+
+@pytest.mark.parametrize(
+    "keyword", ["SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"]
+)
+def test_missing_identifying_uid_is_malformed(whole: bytes, keyword: str) -> None:
+    """A dataset without one of its four identifying UIDs cannot be understood (0xC000)."""
+    _refused(_rewritten(whole, **{keyword: None}), MalformedInstance, Status.CANNOT_UNDERSTAND)
+
+
+def test_sop_class_mismatch(whole: bytes) -> None:
+    """A dataset whose SOP Class differs from the request's is refused with 0xA900."""
+    dataset = pydicom.dcmread(BytesIO(whole))
+    _refused(
+        whole,
+        SopClassMismatch,
+        Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        expected_sop_class=CT_IMAGE_STORAGE,
+        expected_sop_instance=str(dataset.SOPInstanceUID),
+    )
+
+
+def test_sop_instance_mismatch_is_malformed(whole: bytes) -> None:
+    """A dataset whose SOP Instance UID differs from the request's Affected one is refused."""
+    _refused(whole, MalformedInstance, Status.CANNOT_UNDERSTAND, expected_sop_instance="1.2.3.4")
+
+
+def test_image_without_pixel_data_is_malformed(whole: bytes) -> None:
+    """An image described by Rows, Columns and Bits Allocated but without Pixel Data is refused."""
+    _refused(_rewritten(whole, PixelData=None), MalformedInstance, Status.CANNOT_UNDERSTAND)
+
+
+def test_instance_without_image_attributes_needs_no_pixel_data(whole: bytes) -> None:
+    """A non-image dataset (no Image Pixel Module) is accepted without Pixel Data."""
+    stripped = _rewritten(
+        whole, PixelData=None, Rows=None, Columns=None, BitsAllocated=None, BitsStored=None, HighBit=None
+    )
+    assert parse_instance(stripped).rows is None

@@ -1,0 +1,42 @@
+"""Logging processors: no patient data reaches a log line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from node.logging import drop_phi, redact_uids
+
+
+def test_drop_phi_removes_identifying_keys() -> None:
+    """Keys that may carry patient data are dropped; other keys stay."""
+    event: dict[str, Any] = {
+        "event": "instance stored",
+        "patient_name": "Doe^Jane",
+        "patient_id": "12345",
+        "sop_instance_uid": "1.2.3.4.5",
+        "study": "0eb8601907b99153",
+    }
+    assert drop_phi(None, "info", event) == {"event": "instance stored", "study": "0eb8601907b99153"}
+
+
+def test_redact_uids_hides_instance_uids_quoted_in_messages() -> None:
+    """An instance UID inside a message (as pynetdicom writes it) is replaced by ``<uid>``."""
+    uid = "2.16.124.113543.6006.99.06478339416823747950"
+    event: dict[str, Any] = {
+        "event": f"Non-conformant 'Affected SOP Instance UID' value '{uid}'",
+        "exception": "ValueError: bad value 1.3.6.1.4.1.9590.100.1.2.123456789",
+    }
+    redacted = redact_uids(None, "warning", event)
+    assert redacted["event"] == "Non-conformant 'Affected SOP Instance UID' value '<uid>'"
+    assert redacted["exception"] == "ValueError: bad value <uid>"
+
+
+def test_redact_uids_keeps_standard_uids_addresses_and_versions() -> None:
+    """DICOM-defined UIDs, IP addresses, ports and version numbers stay readable."""
+    event: dict[str, Any] = {
+        "event": "context 1.2.840.10008.5.1.4.1.1.4 with 1.2.840.10008.1.2.1",
+        "peer": "127.0.0.1:4242",
+        "version": "1.0.0",
+        "count": 3,
+    }
+    assert redact_uids(None, "info", dict(event)) == event
