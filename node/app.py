@@ -13,6 +13,8 @@ from node.inference.runner import load_segmenter
 from node.logging import Pseudonymiser, get_logger
 from node.pipeline.assembler import Assembler
 from node.pipeline.measure import StackMeasurer
+from node.pipeline.publish import Publisher
+from node.reports.labels import LabelClasses
 from node.pipeline.worker import PipelineWorker
 from node.signals import StopSignals
 from node.store.claims import claimant_id, claimant_is_dead
@@ -45,6 +47,7 @@ class Node:
     scp: StorageSCP
     assembler: Assembler
     workers: list[PipelineWorker]
+    publisher: Publisher
     sender: DeliverySender
     loops: BackgroundLoops
 
@@ -92,6 +95,18 @@ class Node:
             for number in range(settings.pipeline.workers)
         ]
         assembler = Assembler(queue, clock, settings.pipeline, pseudonymise)
+        publisher = Publisher(
+            index=index,
+            queue=queue,
+            outbox=outbox,
+            spool_root=spool.root,
+            results_root=results_spool.root,
+            classes=LabelClasses.from_card(segmenter.card),
+            destinations=[destination.key for destination in settings.delivery.destinations],
+            send_seg=settings.reports.send_seg,
+            clock=clock,
+            pseudonymise=pseudonymise,
+        )
         sender = DeliverySender(
             outbox=outbox,
             settings=settings.delivery,
@@ -103,6 +118,7 @@ class Node:
         loops.add("assembler", lambda: bool(assembler.tick()))
         for number, worker in enumerate(workers):
             loops.add(f"worker-{number}", _worker_step(worker))
+        loops.add("publisher", publisher.run_once)
         loops.add("sender", lambda: sender.run_once() > 0)
         return cls(
             settings=settings,
@@ -114,6 +130,7 @@ class Node:
             scp=scp,
             assembler=assembler,
             workers=workers,
+            publisher=publisher,
             sender=sender,
             loops=loops,
         )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -129,6 +131,339 @@ def _print_table(rows: list[dict[str, object]]) -> None:
             f"{row['ed_phase']:>3} {row['es_phase']:>3} {row['confidence']:>5}  "
             f"{', '.join(flags) if isinstance(flags, list) and flags else '-'}"
         )
+
+
+# -- worklist, users and audit (issue 6) ---------------------------------------------------------------
+# Administrators manage users at the console; radiologists can review from the console too. Every
+# refusal is a domain error carrying an HTTP status, translated to a message and exit status 1 in
+# :func:`_review_parts`, the one place the CLI handles them.
+
+users_app = typer.Typer(help="Manage worklist users (every change is audited).", no_args_is_help=True)
+worklist_app = typer.Typer(
+    help="The review worklist: list, show, sign off, amend, reject.", no_args_is_help=True
+)
+app.add_typer(users_app, name="users")
+app.add_typer(worklist_app, name="worklist")
+
+CLI_ADDRESS = "cli"
+PasswordStdin = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from the first line of standard input.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _console_actor() -> str:
+    """``cli:<OS user>``: who changed accounts from the console."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _read_password(from_stdin: bool, confirm: bool) -> str:
+    import sys
+
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return str(typer.prompt("Password", hide_input=True, confirmation_prompt=confirm))
+
+
+@contextlib.contextmanager
+def _review_parts(config: Path | None) -> Iterator[Any]:
+    """Open the review parts of the node's index; translate a refusal into a message and exit 1."""
+    from http import HTTPStatus
+
+    from node.errors import NodeError
+    from node.review.parts import ReviewParts
+
+    settings = _settings(config)
+    configure_logging(settings.logging)
+    parts = ReviewParts.open(settings)
+    try:
+        yield parts
+    except NodeError as error:
+        status = int(getattr(error, "http_status", HTTPStatus.INTERNAL_SERVER_ERROR))
+        typer.echo(f"error: {error} ({status} {HTTPStatus(status).phrase})", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        parts.close()
+
+
+def _now() -> Any:
+    from node.clock import SystemClock
+
+    return SystemClock().now()
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="Login name (letters, digits, . _ @ -).")],
+    role: Annotated[str, typer.Option("--role", help="radiologist or admin.")],
+    full_name: Annotated[
+        str,
+        typer.Option(
+            "--full-name", help='As it goes into verified reports: "Family^Given" or "Given Family".'
+        ),
+    ],
+    organization: Annotated[
+        str, typer.Option("--organization", help="Verifying organization (64 characters).")
+    ],
+    identification_code: Annotated[
+        str | None, typer.Option("--identification-code", help="Staff number for the verified SR (optional).")
+    ] = None,
+    password_stdin: PasswordStdin = False,
+    config: ConfigOption = None,
+) -> None:
+    """Add a user (password from stdin with --password-stdin, else prompted twice)."""
+    from node.accounts.errors import InvalidAccount
+    from node.accounts.users import Role
+
+    password = _read_password(password_stdin, confirm=True)
+    with _review_parts(config) as parts:
+        if role not in {str(value) for value in Role}:
+            raise InvalidAccount(f"--role must be one of: {', '.join(str(value) for value in Role)}")
+        user = parts.accounts.add_user(
+            name=name,
+            role=Role(role),
+            full_name=full_name,
+            organization=organization,
+            password=password,
+            identification_code=identification_code,
+            actor=_console_actor(),
+            address=CLI_ADDRESS,
+            now=_now(),
+        )
+        typer.echo(f"added {user.role} {user.name} ({user.full_name}, {user.organization})")
+
+
+@users_app.command("list")
+def users_list(as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """List users."""
+    with _review_parts(config) as parts:
+        users = parts.accounts.users.all()
+        if as_json:
+            typer.echo(json.dumps([user.to_json() for user in users], indent=2))
+            return
+        typer.echo(f"{'name':<20} {'role':<12} {'state':<9} full name, organization")
+        for user in users:
+            state = "disabled" if user.disabled else "active"
+            typer.echo(f"{user.name:<20} {user.role!s:<12} {state:<9} {user.full_name}, {user.organization}")
+
+
+@users_app.command("disable")
+def users_disable(
+    name: Annotated[str, typer.Argument(help="Login name.")], config: ConfigOption = None
+) -> None:
+    """Disable a user and end their sessions (users are never deleted: the audit names them)."""
+    with _review_parts(config) as parts:
+        parts.accounts.disable(name, actor=_console_actor(), address=CLI_ADDRESS, now=_now())
+        typer.echo(f"disabled {name}")
+
+
+@users_app.command("reset")
+def users_reset(
+    name: Annotated[str, typer.Argument(help="Login name.")],
+    password_stdin: PasswordStdin = False,
+    config: ConfigOption = None,
+) -> None:
+    """Set a new password (re-enables the user and ends their sessions)."""
+    password = _read_password(password_stdin, confirm=True)
+    with _review_parts(config) as parts:
+        parts.accounts.reset_password(name, password, actor=_console_actor(), address=CLI_ADDRESS, now=_now())
+        typer.echo(f"password of {name} reset")
+
+
+@app.command("audit")
+def audit_command(
+    as_json: JsonOption = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Newest N entries.")] = 50,
+    config: ConfigOption = None,
+) -> None:
+    """Print the audit trail, newest first."""
+    with _review_parts(config) as parts:
+        entries = parts.audit.entries(limit=limit)
+        if as_json:
+            typer.echo(json.dumps([entry.to_json() for entry in entries], indent=2))
+            return
+        for entry in entries:
+            details = json.dumps(entry.details, sort_keys=True) if entry.details else ""
+            typer.echo(
+                f"{entry.at.isoformat(timespec='seconds')} {entry.actor:<16} {entry.address:<15} "
+                f"{entry.action!s:<14} {entry.target or '-'} {details}".rstrip()
+            )
+
+
+@worklist_app.command("list")
+def worklist_list(
+    status: Annotated[
+        str | None, typer.Option("--status", help="pending, signed off, amended, rejected, failed, ...")
+    ] = None,
+    as_json: JsonOption = False,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 200,
+    config: ConfigOption = None,
+) -> None:
+    """List current results, newest first."""
+    from node.review.errors import InvalidReview
+    from node.store.reviews import WorklistFilter, WorklistStatus
+
+    with _review_parts(config) as parts:
+        known = {str(value) for value in WorklistStatus}
+        if status is not None and status not in known:
+            raise InvalidReview(f"--status must be one of: {', '.join(sorted(known))}")
+        selection = WorklistFilter(statuses=(WorklistStatus(status),) if status else (), limit=limit)
+        rows = parts.store.worklist(selection)
+        if as_json:
+            typer.echo(json.dumps([row.to_json() for row in rows], indent=2))
+            return
+        typer.echo(
+            f"{'result id':<36} {'study date':<10} {'EDV':>6} {'ESV':>6} {'EF':>5} {'conf':>5}  status"
+        )
+        for row in rows:
+            cells = {key: "-" if value is None else value for key, value in row.to_json().items()}
+            typer.echo(
+                f"{row.result_id:<36} {row.study_date or '-':<10} {cells['edv_ml']:>6} {cells['esv_ml']:>6} "
+                f"{cells['ef_pct']:>5} {cells['confidence']:>5}  {row.status}"
+            )
+
+
+@worklist_app.command("show")
+def worklist_show(
+    result_id: Annotated[str, typer.Argument(help="Result id (see worklist list).")],
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Show one result: values, QC flags in plain words, review and deliveries (audited as a view)."""
+    from node.inference.qc import FLAG_TEXT
+    from node.review.errors import ResultNotFound
+    from node.store.audit import AuditAction, AuditEntry
+    from node.store.reviews import status_of
+
+    with _review_parts(config) as parts:
+        result = parts.store.result(result_id)
+        if result is None:
+            raise ResultNotFound("no such result")
+        review = parts.store.for_result(result_id)
+        study = parts.store.study(result["study_instance_uid"]) or {}
+        parts.audit.record(
+            AuditEntry(
+                at=_now(),
+                actor=_console_actor(),
+                address=CLI_ADDRESS,
+                action=AuditAction.VIEW_STUDY,
+                target=result_id,
+            )
+        )
+        shown = {
+            "result_id": result_id,
+            "study_instance_uid": result["study_instance_uid"],
+            "patient_name": study.get("patient_name"),
+            "patient_id": study.get("patient_id"),
+            "study_date": study.get("study_date"),
+            "version": result["version"],
+            "superseded": bool(result["superseded"]),
+            "outcome": result["outcome"],
+            "status": str(status_of(result, review)),
+            "edv_ml": result["edv_ml"],
+            "esv_ml": result["esv_ml"],
+            "ef_pct": result["ef_pct"],
+            "sv_ml": result["sv_ml"],
+            "confidence": result["confidence"],
+            "qc_flags": list(result["qc_flags"] or []),
+            "model": {"name": result["model_name"], "version": result["model_version"]},
+            "review": None
+            if review is None
+            else {
+                "status": review.status,
+                "by": review.full_name,
+                "organization": review.organization,
+                "at": review.reviewed_at.isoformat(),
+                "amended": None
+                if review.edv_ml is None
+                else {"edv_ml": review.edv_ml, "esv_ml": review.esv_ml},
+                "reason": review.reason,
+            },
+            "deliveries": [
+                {key: row[key] for key in ("kind", "destination", "state", "attempts", "last_error")}
+                for row in parts.outbox.delivery_states(result_id)
+            ],
+        }
+        if as_json:
+            typer.echo(json.dumps(shown, indent=2, default=str))
+            return
+        for key in ("result_id", "patient_name", "patient_id", "study_date", "version", "outcome", "status"):
+            typer.echo(f"{key:<14} {shown[key] if shown[key] is not None else '-'}")
+        for key, unit in (("edv_ml", "mL"), ("esv_ml", "mL"), ("ef_pct", "%"), ("sv_ml", "mL")):
+            value = shown[key]
+            typer.echo(f"{key:<14} {'-' if value is None else f'{value:.1f} {unit}'}")
+        typer.echo(f"{'confidence':<14} {shown['confidence'] if shown['confidence'] is not None else '-'}")
+        for flag in shown["qc_flags"]:
+            typer.echo(f"{'qc':<14} {FLAG_TEXT.get(flag, flag)}")
+        if review is not None:
+            typer.echo(
+                f"{'review':<14} {review.status} by {review.full_name} at {review.reviewed_at.isoformat()}"
+            )
+        for row in shown["deliveries"]:
+            typer.echo(
+                f"{'delivery':<14} {row['kind']} -> {row['destination']}: {row['state']} ({row['attempts']})"
+            )
+
+
+def _reviewer(parts: Any, user: str, password_stdin: bool) -> Any:
+    password = _read_password(password_stdin, confirm=False)
+    return parts.accounts.authenticate(user, password, address=CLI_ADDRESS, now=_now(), via="cli")
+
+
+ReviewerOption = Annotated[str, typer.Option("--user", help="Your worklist user name.")]
+ReasonOption = Annotated[str | None, typer.Option("--reason", help="Why (required to amend or reject).")]
+
+
+@worklist_app.command("sign")
+def worklist_sign(
+    result_id: Annotated[str, typer.Argument(help="Result id.")],
+    user: ReviewerOption,
+    password_stdin: PasswordStdin = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="Optional comment.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Sign off a result as it is (radiologists only)."""
+    with _review_parts(config) as parts:
+        reviewer = _reviewer(parts, user, password_stdin)
+        review = parts.service.sign(result_id, reviewer, CLI_ADDRESS, _now(), comment=reason)
+        typer.echo(f"signed off {result_id}; verified SR {review.sr_sop_instance_uid}")
+
+
+@worklist_app.command("amend")
+def worklist_amend(
+    result_id: Annotated[str, typer.Argument(help="Result id.")],
+    user: ReviewerOption,
+    edv: Annotated[float, typer.Option("--edv", help="Amended EDV in mL.")],
+    esv: Annotated[float, typer.Option("--esv", help="Amended ESV in mL.")],
+    reason: ReasonOption = None,
+    password_stdin: PasswordStdin = False,
+    config: ConfigOption = None,
+) -> None:
+    """Amend EDV and ESV of a result, with a reason (radiologists only)."""
+    with _review_parts(config) as parts:
+        reviewer = _reviewer(parts, user, password_stdin)
+        review = parts.service.amend(result_id, edv, esv, reason or "", reviewer, CLI_ADDRESS, _now())
+        typer.echo(f"amended {result_id}; verified SR {review.sr_sop_instance_uid}")
+
+
+@worklist_app.command("reject")
+def worklist_reject(
+    result_id: Annotated[str, typer.Argument(help="Result id.")],
+    user: ReviewerOption,
+    reason: ReasonOption = None,
+    password_stdin: PasswordStdin = False,
+    config: ConfigOption = None,
+) -> None:
+    """Reject a result, with a reason (radiologists only)."""
+    with _review_parts(config) as parts:
+        reviewer = _reviewer(parts, user, password_stdin)
+        review = parts.service.reject(result_id, reason or "", reviewer, CLI_ADDRESS, _now())
+        typer.echo(f"rejected {result_id}; verified SR {review.sr_sop_instance_uid}")
 
 
 def main() -> None:

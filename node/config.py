@@ -203,6 +203,14 @@ class DeliverySettings(BaseModel):
         return float(min(self.backoff_max_s, self.backoff_initial_s * 2 ** max(0, attempts - 1)))
 
 
+class ReportSettings(BaseModel):
+    """What the node sends back (``[reports]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    send_seg: bool = Field(default=False, description="also send a DICOM SEG of the LV masks")
+
+
 class LoggingSettings(BaseModel):
     """Log output (``[logging]``)."""
 
@@ -211,6 +219,57 @@ class LoggingSettings(BaseModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "console"] = "auto"
     pynetdicom_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+
+class WebSettings(BaseModel):
+    """The review worklist web app (``[web]``).
+
+    ``trusted_user_header`` names a request header (e.g. ``X-Remote-User``) carrying the user name
+    an authenticating reverse proxy has already verified; it is honoured only on requests from
+    ``trusted_proxies`` and only for an existing, enabled user. Off (None) by default: never set it
+    unless every request reaches the node through that proxy.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
+    secure_cookies: bool = Field(default=False, description="set the Secure cookie flag (behind TLS)")
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    trusted_user_header: str | None = None
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.1"])
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+class AuthSettings(BaseModel):
+    """Logins (``[auth]``): back-off after failed passwords, per user name and per address.
+
+    After ``free_failures`` consecutive failures, each further failure blocks the next attempt for
+    ``backoff_initial_s`` x 2^(n-1) seconds (capped at ``backoff_max_s``); a success clears the
+    user's count, and a count is forgotten ``reset_after_s`` after its last failure.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    free_failures: int = Field(default=3, ge=0)
+    backoff_initial_s: float = Field(default=2.0, gt=0)
+    backoff_max_s: float = Field(default=900.0, gt=0)
+    reset_after_s: float = Field(default=3600.0, gt=0)
+    min_password_chars: int = Field(default=12, ge=1)
+
+    def backoff(self, failures: int) -> float:
+        """Seconds the next attempt is blocked after ``failures`` consecutive failures."""
+        over = failures - self.free_failures
+        if over <= 0:
+            return 0.0
+        return float(min(self.backoff_max_s, self.backoff_initial_s * 2 ** (over - 1)))
 
 
 class Settings(BaseSettings):
@@ -226,6 +285,9 @@ class Settings(BaseSettings):
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    reports: ReportSettings = Field(default_factory=ReportSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
 
 def _env_name(location: tuple[int | str, ...]) -> str:

@@ -75,3 +75,15 @@ class StackResult:
     def as_record(self) -> dict[str, Any]:
         """Every field as plain JSON-able values (for the index)."""
         return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> StackResult:
+        """Rebuild a result from :meth:`as_record`'s output (as read back from the index)."""
+        values = dict(record)
+        values["model"] = ModelIdentity(**values["model"])
+        for name in ("series_instance_uids", "volume_curve_ml", "qc_flags", "ed_sop_instance_uids",
+                     "es_sop_instance_uids", "pixel_spacing_mm"):  # fmt: skip
+            values[name] = tuple(values[name])
+        for name in ("blood_pool_mm2", "myocardium_mm2"):
+            values[name] = tuple(tuple(row) for row in values[name])
+        return cls(**values)

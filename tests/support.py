@@ -18,9 +18,12 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom.dsutils import split_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +88,41 @@ def file_dataset_bytes(path: Path) -> bytes:
     """A file's dataset bytes, split where pynetdicom splits it when streaming a file."""
     _meta, offset = split_dataset(path)
     return path.read_bytes()[offset:]
+
+
+def synthetic_mr() -> bytes:
+    """A small, whole MR image (16 x 16, 16 bit) with no patient data, as Part 10 bytes."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID = MRImageStorage
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.StudyInstanceUID = generate_uid()
+    dataset.SeriesInstanceUID = generate_uid()
+    dataset.FrameOfReferenceUID = generate_uid()
+    dataset.Modality = "MR"
+    dataset.PatientID = "SYNTHETIC"
+    dataset.SeriesNumber = 7
+    dataset.InstanceNumber = 3
+    dataset.TriggerTime = 41.5
+    dataset.ImagePositionPatient = [-120.0, -80.5, 33.25]
+    dataset.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    dataset.PixelSpacing = [1.25, 1.25]
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = "MONOCHROME2"
+    dataset.Rows = 16
+    dataset.Columns = 16
+    dataset.BitsAllocated = 16
+    dataset.BitsStored = 12
+    dataset.HighBit = 11
+    dataset.PixelRepresentation = 0
+    dataset.PixelData = bytes(range(256)) * 2
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 # -- DCMTK -----------------------------------------------------------------------------------------

@@ -6,12 +6,8 @@ job is marked done, so a crash at any point leaves the job to be resumed, never 
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import numpy.typing as npt
 
 from node.clock import Clock
 from node.domain import Outcome
@@ -20,26 +16,13 @@ from node.pipeline.measure import StackMeasurer
 from node.pipeline.stacks import find_sax_stacks
 from node.store.index import Index
 from node.store.jobs import Job, JobQueue, ResultRow
+from node.store.labels import encode_labels
 from node.store.spool import Spool, safe_component
 
 log = get_logger(__name__)
 
 #: Attempts before a job whose processing keeps failing is recorded as failed.
 MAX_ATTEMPTS = 3
-
-
-def encode_labels(labels: npt.NDArray[np.uint8]) -> bytes:
-    """Compressed ``.npz`` bytes of a label volume ``[slice, phase, row, col]``."""
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, labels=labels)
-    return buffer.getvalue()
-
-
-def decode_labels(data: bytes) -> npt.NDArray[np.uint8]:
-    """Inverse of :func:`encode_labels`."""
-    with np.load(io.BytesIO(data)) as archive:
-        labels: npt.NDArray[np.uint8] = archive["labels"]
-    return labels
 
 
 @dataclass

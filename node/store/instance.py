@@ -111,19 +111,23 @@ def _check_fully_read(dataset: Dataset, size: int, transfer_syntax: UID) -> None
     last_start = -1
     last_end: int | None = None
     for tag in list(dataset.keys()):
-        raw = dataset.get_item(tag)
-        start = getattr(raw, "value_tell", None)
-        if not isinstance(start, int) or start <= last_start:
+        element = dataset.get_item(tag)
+        start = getattr(element, "value_tell", None)  # a raw element
+        if start is None:
+            start = getattr(element, "file_tell", None)  # a sequence parsed while reading
+        if not isinstance(start, int):
+            return  # an element of unknown position: the end cannot be told
+        if start <= last_start:
             continue
-        length = getattr(raw, "length", None)
-        value = getattr(raw, "value", None)
+        last_start = start
+        length = getattr(element, "length", None)
+        value = getattr(element, "value", None)
         if isinstance(length, int) and length != _UNDEFINED:
             last_end = start + length
-        elif isinstance(value, bytes):  # undefined length, read up to its sequence delimiter
+        elif isinstance(length, int) and isinstance(value, bytes):  # read up to its delimiter
             last_end = start + len(value) + _DELIMITATION_ITEM_BYTES
         else:
-            last_end = None  # a parsed sequence: its end is not known here
-        last_start = start
+            last_end = None  # a sequence of undefined length: its end is not known here
     if last_end is not None and last_end < size:
         raise MalformedInstance(f"{size - last_end} bytes after the last whole element")
 

@@ -240,6 +240,26 @@ class JobQueue:
             )
         return [dict(row) for row in rows]
 
+    def next_unpublished(self) -> dict[str, Any] | None:
+        """The oldest result whose reports are not yet in the outbox."""
+        with self._engine.connect() as connection:
+            row = (
+                connection.execute(
+                    select(results)
+                    .where(results.c.published.is_(False))
+                    .order_by(results.c.created_at, results.c.id)
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+        return dict(row) if row is not None else None
+
+    def mark_published(self, result_id: str) -> None:
+        """Record that a result's reports are in the outbox (or that it has none to send)."""
+        with self._engine.begin() as connection:
+            connection.execute(update(results).where(results.c.id == result_id).values(published=True))
+
     def job_states(self) -> dict[str, int]:
         """Number of jobs per state."""
         with self._engine.connect() as connection:

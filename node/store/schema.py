@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    DDL,
     JSON,
     BigInteger,
     Boolean,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -177,4 +179,100 @@ deliveries = Table(
     Column("delivered_at", UtcDateTime()),
     UniqueConstraint("outbox_id", "destination", name="uq_deliveries_object_destination"),
     Index("ix_deliveries_state", "state", "next_attempt_at"),
+)
+
+# -- review worklist: accounts, sessions, audit, reviews (appended) ---------------------------------
+
+#: People who may log in to the worklist; a user is disabled, never deleted (the audit names them).
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),  # radiologist | admin
+    Column("full_name", Text, nullable=False),
+    Column("organization", Text, nullable=False),
+    #: Person Identification Code (PS3.3 C.17.5 Verifying Observer Identification Code Sequence).
+    Column("identification_code", String(64)),
+    Column("password_hash", Text, nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+#: Logged-in browser sessions; only the SHA-256 of the cookie token is stored.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", Integer, nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("address", String(64)),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Index("ix_web_sessions_user", "user_id"),
+)
+
+#: Consecutive failed logins per key (``user:NAME`` or ``address:ADDR``) and until when it is blocked.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("last_failure_at", UtcDateTime(), nullable=False),
+    Column("blocked_until", UtcDateTime(), nullable=False),
+)
+
+#: Append-only audit trail: who did what, when, from where (triggers refuse UPDATE and DELETE).
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("address", String(64), nullable=False),
+    Column("action", String(40), nullable=False),
+    Column("target", Text),
+    Column("details", JSON, nullable=False),
+    Index("ix_audit_at", "at"),
+)
+for _statement in (
+    "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END",
+    "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END",
+):
+    event.listen(audit, "after_create", DDL(_statement).execute_if(dialect="sqlite"))  # type: ignore[no-untyped-call]
+for _statement in (
+    "CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN RAISE EXCEPTION 'audit is append-only'; END $$",
+    "CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit "
+    "FOR EACH ROW EXECUTE FUNCTION audit_append_only()",
+):
+    event.listen(audit, "after_create", DDL(_statement).execute_if(dialect="postgresql"))  # type: ignore[no-untyped-call]
+
+#: At most one radiologist review per result (the unique key decides two concurrent clicks).
+reviews = Table(
+    "reviews",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("result_id", String(36), nullable=False, unique=True),
+    Column("status", String(20), nullable=False),  # signed_off | amended | rejected
+    Column("user_name", String(64), nullable=False),
+    Column("full_name", Text, nullable=False),
+    Column("organization", Text, nullable=False),
+    Column("identification_code", String(64)),
+    Column("address", String(64), nullable=False),
+    Column("reviewed_at", UtcDateTime(), nullable=False),
+    #: The AI values as measured, always kept; the amended ones only for an amendment.
+    Column("ai_edv_ml", Float),
+    Column("ai_esv_ml", Float),
+    Column("ai_ef_pct", Float),
+    Column("edv_ml", Float),
+    Column("esv_ml", Float),
+    Column("reason", Text),
+    #: SOP Instance UID of the verified SR (fixed before it is built, so a retry reuses it).
+    Column("sr_sop_instance_uid", Text, nullable=False),
+    #: True once the verified SR is in the outbox.
+    Column("published", Boolean, nullable=False, default=False),
 )

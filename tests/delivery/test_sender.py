@@ -15,7 +15,7 @@ from node.config import DeliverySettings, Destination
 from node.delivery.sender import DeliverySender
 from node.status import Status
 from node.store.index import Index
-from node.store.outbox import DEAD, DELIVERED, PENDING, OutgoingObject, Outbox
+from node.store.outbox import DEAD, DELIVERED, PENDING, Outbox, OutgoingObject
 from node.store.spool import Spool
 from tests.delivery.peer import RecordingSCP
 from tests.support import free_port
@@ -93,7 +93,8 @@ def test_objects_wait_through_an_outage_and_a_restart_then_arrive_exactly_once(h
     objects = [_object("1.2.826.0.1.3680043.10.1") for _ in range(3)]
     for item, data in objects:
         assert harness.outbox.add(item, data, [harness.destination.key], harness.clock.now())
-    assert harness.outbox.add(objects[0][0], objects[0][1], [harness.destination.key], harness.clock.now()) is False
+    again = harness.outbox.add(objects[0][0], objects[0][1], [harness.destination.key], harness.clock.now())
+    assert again is False, "the same SOP Instance UID was scheduled twice"
 
     assert harness.sender.run_once() == 3  # destination down: every attempt fails
     states = harness.outbox.delivery_states()

@@ -8,58 +8,23 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset, read_preamble
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 from node.errors import MalformedInstance, NodeError, SopClassMismatch
 from node.status import Status
 from node.store.instance import parse_instance
+from tests.support import synthetic_mr
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-
-
-def _synthetic_mr() -> bytes:
-    """A small, whole MR image (16 x 16, 16 bit) with no patient data, as Part 10 bytes."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID = MRImageStorage
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.StudyInstanceUID = generate_uid()
-    dataset.SeriesInstanceUID = generate_uid()
-    dataset.FrameOfReferenceUID = generate_uid()
-    dataset.Modality = "MR"
-    dataset.PatientID = "SYNTHETIC"
-    dataset.SeriesNumber = 7
-    dataset.InstanceNumber = 3
-    dataset.TriggerTime = 41.5
-    dataset.ImagePositionPatient = [-120.0, -80.5, 33.25]
-    dataset.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    dataset.PixelSpacing = [1.25, 1.25]
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.Rows = 16
-    dataset.Columns = 16
-    dataset.BitsAllocated = 16
-    dataset.BitsStored = 12
-    dataset.HighBit = 11
-    dataset.PixelRepresentation = 0
-    dataset.PixelData = bytes(range(256)) * 2
-    buffer = BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 @pytest.fixture(params=["synthetic", "sunnybrook"])
 def whole(request: pytest.FixtureRequest) -> bytes:
     """A whole instance: synthetic, or a real Sunnybrook MR image (skipped without the shared data)."""
     if request.param == "synthetic":
-        return _synthetic_mr()
+        return synthetic_mr()
     root: Path = request.getfixturevalue("sunnybrook")
     return (root / "SCD0000101" / "1.dcm").read_bytes()
 
@@ -193,3 +158,35 @@ def test_instance_without_image_attributes_needs_no_pixel_data(whole: bytes) -> 
         whole, PixelData=None, Rows=None, Columns=None, BitsAllocated=None, BitsStored=None, HighBit=None
     )
     assert parse_instance(stripped).rows is None
+
+
+PYDICOM_TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CT_small.dcm",
+        "MR_small_bigendian.dcm",
+        "image_dfl.dcm",
+        "JPEG2000.dcm",
+        "reportsi.dcm",
+        "reportsi_with_empty_number_tags.dcm",
+        "rtplan.dcm",
+    ],
+)
+def test_whole_files_of_other_encodings_and_kinds_are_accepted(name: str) -> None:
+    """Whole big-endian, deflated, JPEG 2000, SR (ending in sequences) and RT files parse."""
+    path = PYDICOM_TEST_FILES / name
+    if not path.is_file():
+        pytest.skip(f"pydicom test file {name} is not bundled")
+    assert parse_instance(path.read_bytes()).sop_instance_uid
+
+
+@pytest.mark.parametrize("name", ["MR_truncated.dcm", "rtplan_truncated.dcm"])
+def test_truncated_files_from_pydicom_are_malformed(name: str) -> None:
+    """pydicom's own truncated samples cannot be understood (0xC000)."""
+    path = PYDICOM_TEST_FILES / name
+    if not path.is_file():
+        pytest.skip(f"pydicom test file {name} is not bundled")
+    _refused(path.read_bytes(), MalformedInstance, Status.CANNOT_UNDERSTAND)

@@ -1,0 +1,1 @@
+"""Worklist accounts: users and roles, password hashing, failed-login back-off, browser sessions."""

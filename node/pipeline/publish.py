@@ -1,0 +1,153 @@
+"""Publish results: build the draft SR, the secondary capture (and SEG) and put them in the outbox.
+
+SOP Instance UIDs are derived from the result id, so rebuilding after a crash yields the same UIDs
+and the outbox (unique per SOP Instance UID) never schedules an object twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from node.clock import Clock
+from node.domain import Outcome, StackResult
+from node.logging import Pseudonymiser, get_logger
+from node.pipeline.stacks import find_sax_stacks
+from node.reports.codes import ReviewStatus
+from node.reports.labels import LabelClasses
+from node.reports.render import Banner, Frame, render_summary
+from node.reports.sc import build_sc
+from node.reports.seg import build_seg_series
+from node.reports.sources import frame_pixels, load_report_sources, load_stack_headers
+from node.reports.sr import build_draft_sr, derived_uid
+from node.store.index import Index
+from node.store.jobs import JobQueue
+from node.store.labels import decode_labels
+from node.store.outbox import Outbox, OutgoingObject
+
+log = get_logger(__name__)
+
+DRAFT_SR = "draft_sr"
+SECONDARY_CAPTURE = "sc"
+SEGMENTATION = "seg"
+
+
+def encode(dataset: Dataset) -> bytes:
+    """Part 10 bytes of a dataset (file meta included)."""
+    buffer = BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@dataclass
+class Publisher:
+    """Turns stored results into outbox objects, one result per step."""
+
+    index: Index
+    queue: JobQueue
+    outbox: Outbox
+    spool_root: Path
+    results_root: Path
+    classes: LabelClasses
+    destinations: Sequence[str]
+    send_seg: bool
+    clock: Clock
+    pseudonymise: Pseudonymiser
+
+    def run_once(self) -> bool:
+        """Publish the oldest unpublished result; False when there was none."""
+        row = self.queue.next_unpublished()
+        if row is None:
+            return False
+        if row["outcome"] == Outcome.MEASURED and not row["superseded"]:
+            self._publish(row)
+        self.queue.mark_published(str(row["id"]))
+        return True
+
+    def _publish(self, row: dict[str, Any]) -> None:
+        result_id = str(row["id"])
+        result = StackResult.from_record(row["record"])
+        plans = [
+            plan
+            for plan in find_sax_stacks(self.index.study_instances(result.study_instance_uid)).stacks
+            if plan.series_instance_uids == result.series_instance_uids
+            and (plan.slices, plan.phases) == (result.slices, result.phases)
+        ]
+        if not plans:
+            log.warning("stack of a result no longer matches the study; not published", result=result_id)
+            return
+        grid = plans[0].grid
+        labels = decode_labels((self.results_root / str(row["labels_path"])).read_bytes())
+        sources = load_report_sources(grid, result, self.spool_root)
+        now = self.clock.now()
+        objects: list[tuple[str, Dataset]] = [
+            (
+                DRAFT_SR,
+                build_draft_sr(
+                    result,
+                    sources.evidence,
+                    series_instance_uid=derived_uid(result_id, "series", DRAFT_SR),
+                    sop_instance_uid=derived_uid(result_id, DRAFT_SR),
+                    instance_number=1,
+                    now=now,
+                ),
+            )
+        ]
+        picture = render_summary(
+            result,
+            ed=Frame(frame_pixels(sources.ed_image), labels[sources.mid_slice, result.ed_phase]),
+            es=Frame(frame_pixels(sources.es_image), labels[sources.mid_slice, result.es_phase]),
+            mid_slice=sources.mid_slice,
+            classes=self.classes,
+            banner=Banner.unverified(),
+        )
+        objects.append(
+            (
+                SECONDARY_CAPTURE,
+                build_sc(
+                    picture,
+                    sources.ed_image,
+                    series_instance_uid=derived_uid(result_id, "series", SECONDARY_CAPTURE),
+                    sop_instance_uid=derived_uid(result_id, SECONDARY_CAPTURE),
+                    instance_number=1,
+                    review=ReviewStatus.PENDING,
+                    now=now,
+                    referenced_images=(sources.ed_image, sources.es_image),
+                ),
+            )
+        )
+        if self.send_seg:
+            segments = build_seg_series(
+                load_stack_headers(grid, self.spool_root),
+                labels,
+                classes=self.classes,
+                model=result.model,
+                series_instance_uid=derived_uid(result_id, "series", SEGMENTATION),
+                sop_instance_uids=[
+                    derived_uid(result_id, SEGMENTATION, str(p)) for p in range(result.phases)
+                ],
+                now=now,
+            )
+            objects.extend((SEGMENTATION, dataset) for dataset in segments)
+        added = 0
+        for kind, dataset in objects:
+            item = OutgoingObject(
+                sop_instance_uid=str(dataset.SOPInstanceUID),
+                sop_class_uid=str(dataset.SOPClassUID),
+                study_instance_uid=result.study_instance_uid,
+                kind=kind,
+                result_id=result_id,
+            )
+            added += self.outbox.add(item, encode(dataset), self.destinations, now)
+        log.info(
+            "result published",
+            study=self.pseudonymise(result.study_instance_uid),
+            objects=len(objects),
+            newly_added=added,
+        )

@@ -1,0 +1,147 @@
+"""The summary page as a Secondary Capture Image (PS3.3 A.8.1), filed in the source study.
+
+The pixels come from :func:`node.reports.render.render_summary`; text is burned in, so Burned In
+Annotation (0028,0301) is YES. Patient and study attributes are copied from a sanitised source image
+(:func:`node.reports.sources.sanitised_for_copy`), the Study Instance UID exactly as the source has it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Final
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.valuerep import DA, TM
+
+from node import __version__
+from node.reports.codes import ReviewStatus
+from node.reports.errors import ReportError
+from node.reports.sources import sanitised_for_copy
+
+MANUFACTURER: Final = "dicomnode"
+SC_SERIES_NUMBER: Final = 9903
+SERIES_DESCRIPTIONS: Final = {
+    ReviewStatus.PENDING: "AI LV volumes summary - UNVERIFIED",
+    ReviewStatus.SIGNED_OFF: "AI LV volumes summary - VERIFIED",
+    ReviewStatus.AMENDED: "LV volumes summary - VERIFIED, AMENDED",
+    ReviewStatus.REJECTED: "AI LV volumes summary - REJECTED",
+}
+DERIVATION_DESCRIPTION: Final = (
+    "Summary of an AI measurement of the left ventricle: mid-ventricular ED and ES frames with "
+    "predicted contours, LV volume curve, measurements, QC flags and sign-off status."
+)
+#: Burned In Annotation (0028,0301): the page carries text.
+BURNED_IN_ANNOTATION: Final = "YES"
+#: Image Laterality (0020,0062) "U" (unpaired): the heart is not a paired structure, so the General
+#: Series Laterality (0020,0060), Type 2C, is not required (PS3.3 C.7.3.1, C.7.6.1).
+IMAGE_LATERALITY_UNPAIRED: Final = "U"
+#: Body Part Examined (0018,0015), defined term of PS3.16 Annex L.
+BODY_PART_EXAMINED: Final = "HEART"
+_RGB_CHANNELS: Final = 3
+_BITS_ALLOCATED: Final = 8
+#: Patient-based axes (PS3.3 C.7.6.1.1.1): letter for the positive and negative direction of x, y, z.
+_AXIS_LETTERS: Final = (("L", "R"), ("P", "A"), ("H", "F"))
+
+
+def patient_orientation(image_orientation: Sequence[float]) -> tuple[str, str]:
+    """Patient Orientation (0020,0020) of the displayed frames: the dominant axis of row and column.
+
+    Parameters
+    ----------
+    image_orientation
+        Image Orientation (Patient) (0020,0037) of the source frame: row then column cosines.
+    """
+    if len(image_orientation) != 2 * _RGB_CHANNELS:
+        raise ReportError("Image Orientation (Patient) needs six values")
+    letters: list[str] = []
+    for vector in (image_orientation[:3], image_orientation[3:]):
+        axis = int(np.argmax(np.abs(vector)))
+        positive, negative = _AXIS_LETTERS[axis]
+        letters.append(positive if vector[axis] >= 0 else negative)
+    return letters[0], letters[1]
+
+
+def build_sc(
+    rgb: npt.NDArray[np.uint8],
+    source_dataset: Dataset,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    instance_number: int,
+    review: ReviewStatus,
+    now: datetime,
+    referenced_images: Sequence[Dataset] = (),
+    series_number: int = SC_SERIES_NUMBER,
+) -> Dataset:
+    """The rendered page as a Secondary Capture Image Storage instance (highdicom ``SCImage``).
+
+    Parameters
+    ----------
+    rgb
+        ``(rows, columns, 3)`` uint8 RGB pixels.
+    source_dataset
+        A source image of the stack (the mid-ventricular ED frame): Study Instance UID, patient and
+        study modules, and the Image Orientation (Patient) behind Patient Orientation.
+    series_instance_uid, sop_instance_uid, instance_number, series_number
+        Identity of the new instance.
+    review
+        Sign-off status of the result shown; it names the series (Series Description).
+    now
+        Content date/time, date/time of secondary capture and instance creation.
+    referenced_images
+        Images drawn on the page, listed in the Source Image Sequence (0008,2112).
+
+    Raises
+    ------
+    ReportError
+        ``rgb`` is not an RGB uint8 image or the source has no usable orientation.
+    """
+    if rgb.ndim != _RGB_CHANNELS or rgb.shape[2] != _RGB_CHANNELS or rgb.dtype != np.uint8:
+        raise ReportError("the secondary capture needs an RGB uint8 image")
+    source = sanitised_for_copy(source_dataset)
+    orientation = source.get("ImageOrientationPatient")
+    if orientation is None:
+        raise ReportError("the source image has no Image Orientation (Patient)")
+    sc = hd.sc.SCImage(
+        pixel_array=np.ascontiguousarray(rgb),
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=_BITS_ALLOCATED,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        study_instance_uid=source.StudyInstanceUID,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        patient_orientation=patient_orientation([float(value) for value in orientation]),
+        series_description=SERIES_DESCRIPTIONS[review],
+        software_versions=__version__,
+        content_date=now.date(),
+        content_time=now.time(),
+        series_date=now.date(),
+        series_time=now.time(),
+    )
+    # highdicom's constructor refuses a Patient's Name without '^' (valid PN, but a "likely error");
+    # the source's patient and study modules are copied as they are instead.
+    sc.copy_patient_and_study_information(source)
+    sc.BurnedInAnnotation = BURNED_IN_ANNOTATION
+    sc.ImageLaterality = IMAGE_LATERALITY_UNPAIRED
+    sc.BodyPartExamined = BODY_PART_EXAMINED
+    sc.DerivationDescription = DERIVATION_DESCRIPTION
+    sc.DateOfSecondaryCapture = DA(now.date())
+    sc.TimeOfSecondaryCapture = TM(now.time())
+    sc.InstanceCreationDate = DA(now.date())
+    sc.InstanceCreationTime = TM(now.time())
+    if referenced_images:
+        references: list[Dataset] = []
+        for image in referenced_images:
+            item = Dataset()
+            item.ReferencedSOPClassUID = image.SOPClassUID
+            item.ReferencedSOPInstanceUID = image.SOPInstanceUID
+            references.append(item)
+        sc.SourceImageSequence = references
+    return sc

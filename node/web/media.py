@@ -1,0 +1,133 @@
+"""Load what the study page shows from the node's files: the secondary capture and the contoured cine.
+
+A result never changes once recorded, so rendered pictures are cached by result id (a few, in memory).
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+
+from node.logging import get_logger
+from node.pipeline.pixels import read_frame
+from node.pipeline.stacks import StackPlan, find_sax_stacks
+from node.store.index import Index
+from node.store.labels import decode_labels
+from node.store.reviews import ReviewStore
+from node.web.images import DEFAULT_FRAME_MS, cine_gif, dataset_png
+
+log = get_logger(__name__)
+
+SECONDARY_CAPTURE: Final = "sc"
+#: Label values of the released model (background, RV, LV myocardium, LV blood pool).
+DEFAULT_CLASSES: Final = ("background", "right_ventricle", "lv_myocardium", "lv_blood_pool")
+CACHE_ENTRIES: Final = 16
+
+
+def mid_ventricular_slice(record: dict[str, Any], slices: int) -> int:
+    """The middle one of the slices with LV blood pool at ED (the middle slice when none has any)."""
+    ed = int(record.get("ed_phase", 0))
+    areas = record.get("blood_pool_mm2") or []
+    with_blood = [index for index, row in enumerate(areas) if ed < len(row) and row[ed] > 0]
+    if with_blood:
+        return with_blood[len(with_blood) // 2]
+    return slices // 2
+
+
+class _Cache:
+    def __init__(self, entries: int) -> None:
+        self._items: OrderedDict[str, bytes | None] = OrderedDict()
+        self._entries = entries
+        self._lock = threading.Lock()
+
+    def get(self, key: str, make: Callable[[], bytes | None]) -> bytes | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = make()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self._entries:
+                self._items.popitem(last=False)
+        return value
+
+
+class StudyMedia:
+    """Pictures of a result, rendered from the spool, the results spool and the outbox."""
+
+    def __init__(
+        self,
+        index: Index,
+        store: ReviewStore,
+        data_dir: Path,
+        classes: tuple[str, ...] = DEFAULT_CLASSES,
+    ) -> None:
+        self._index = index
+        self._store = store
+        self._spool = data_dir / "spool"
+        self._results = data_dir / "results"
+        self._outbox = data_dir / "outbox"
+        self._blood = classes.index("lv_blood_pool")
+        self._myocardium = classes.index("lv_myocardium")
+        self._cache = _Cache(CACHE_ENTRIES)
+
+    def secondary_capture_png(self, result_id: str) -> bytes | None:
+        """The result's secondary capture (from the outbox) as PNG; None when there is none yet."""
+        path = self._store.outbox_path(result_id, SECONDARY_CAPTURE)
+        if path is None:
+            return None
+        return self._cache.get(f"sc:{result_id}", lambda: dataset_png(pydicom.dcmread(self._outbox / path)))
+
+    def cine_gif(self, result: dict[str, Any]) -> bytes | None:
+        """The mid-ventricular slice over all phases with predicted contours; None when unavailable."""
+        if not result.get("labels_path"):
+            return None
+        return self._cache.get(f"cine:{result['id']}", lambda: self._render_cine(result))
+
+    def _render_cine(self, result: dict[str, Any]) -> bytes | None:
+        labels = decode_labels((self._results / str(result["labels_path"])).read_bytes())
+        plan = self._plan(result, labels)
+        if plan is None:
+            log.warning(
+                "cine not rendered: the stored images no longer match the result", result_id=result["id"]
+            )
+            return None
+        record = dict(result["record"])
+        index = mid_ventricular_slice(record, plan.slices)
+        frames: list[npt.NDArray[np.float32] | None] = [
+            None if cell is None else read_frame(self._spool / cell.path) for cell in plan.grid[index]
+        ]
+        return cine_gif(
+            frames,
+            labels[index],
+            blood_pool=self._blood,
+            myocardium=self._myocardium,
+            spacing_mm=plan.pixel_spacing,
+            frame_ms=_frame_ms(plan),
+        )
+
+    def _plan(self, result: dict[str, Any], labels: npt.NDArray[np.uint8]) -> StackPlan | None:
+        """The stack the labels were predicted on, found again from the study's stored instances."""
+        stacks = find_sax_stacks(self._index.study_instances(str(result["study_instance_uid"]))).stacks
+        wanted = tuple(result["series_instance_uids"] or ())
+        for plan in stacks:
+            shape = (plan.slices, plan.phases, plan.rows, plan.columns)
+            if plan.series_instance_uids == wanted and shape == labels.shape:
+                return plan
+        return None
+
+
+def _frame_ms(plan: StackPlan) -> float:
+    times = [time for time in plan.trigger_times_ms if time is not None]
+    steps = [later - earlier for earlier, later in itertools.pairwise(times) if later > earlier]
+    return statistics.median(steps) if steps else DEFAULT_FRAME_MS

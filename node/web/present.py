@@ -1,0 +1,89 @@
+"""How values read on the pages: units, dates, names, delivery summaries (Jinja2 filters)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pydicom.valuerep import PersonName
+
+from node.inference.qc import FLAG_TEXT
+
+_DA_CHARS = 8
+#: Worst first: the summary names the state that needs attention.
+_DELIVERY_ORDER = ("dead", "sending", "pending", "delivered")
+
+
+def number(value: float | None, unit: str = "", decimals: int = 1) -> str:
+    """``123.4 mL``; an en dash when there is no value."""
+    if value is None:
+        return "–"
+    text = f"{value:.{decimals}f}"
+    return f"{text} {unit}".strip()
+
+
+def dicom_date(value: str | None) -> str:
+    """A DA value (``YYYYMMDD``) as ``YYYY-MM-DD``; anything else as it is."""
+    if value and len(value) == _DA_CHARS and value.isdigit():
+        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+    return value or "–"
+
+
+def patient_name(value: str | None) -> str:
+    """A PN value as PACS viewers show it: ``FAMILY, Given Middle`` (components as received)."""
+    if not value:
+        return "–"
+    name = PersonName(value)
+    given = " ".join(part for part in (name.given_name, name.middle_name) if part)
+    family = name.family_name
+    if family and given:
+        return f"{family}, {given}"
+    return family or given or str(value)
+
+
+def timestamp(value: datetime | None) -> str:
+    """UTC time to the minute."""
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value else "–"
+
+
+def flag_text(flag: str) -> str:
+    """The plain-words explanation of a QC flag."""
+    return FLAG_TEXT.get(flag, flag.replace("_", " "))
+
+
+def delivery_summary(counts: Mapping[str, int]) -> tuple[str, str]:
+    """(text, css class) summarising a result's deliveries, e.g. ``delivered 3/3``."""
+    total = sum(counts.values())
+    if total == 0:
+        return "not queued", "muted"
+    delivered = counts.get("delivered", 0)
+    for state in _DELIVERY_ORDER:
+        if counts.get(state):
+            if state == "delivered":
+                return f"delivered {delivered}/{total}", "ok"
+            if state == "dead":
+                return f"failed {counts[state]}/{total}", "bad"
+            return f"sending {delivered}/{total} delivered", "warn"
+    return "–", "muted"
+
+
+def status_class(status: str) -> str:
+    """A CSS class per worklist status."""
+    return {
+        "pending": "warn",
+        "signed off": "ok",
+        "amended": "ok",
+        "rejected": "bad",
+        "failed": "bad",
+    }.get(status, "muted")
+
+
+FILTERS: Mapping[str, Any] = {
+    "number": number,
+    "dicom_date": dicom_date,
+    "patient_name": patient_name,
+    "timestamp": timestamp,
+    "flag_text": flag_text,
+    "status_class": status_class,
+}

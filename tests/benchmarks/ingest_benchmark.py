@@ -1,0 +1,170 @@
+"""Ingest throughput: DCMTK storescu into ``dicomnode serve`` and into DCMTK storescp, same run.
+
+Run as ``python tests/benchmarks/ingest_benchmark.py`` (not collected by pytest). Sends the 700
+Sunnybrook instances over one association, then split over N parallel storescu processes (one
+association each), into a fresh node and a fresh ``storescp --fork -od DIR`` per run; prints the
+median instances/s and MB/s of several runs and the node/storescp ratio. No assertions: figures
+depend on the machine and on whatever else runs on it.
+
+The comparison is not like for like on durability: the node fsyncs every file, its directory and
+its SQLite index (synchronous=FULL) before answering; storescp writes without fsync.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.support import (
+    STORESCP,
+    SUNNYBROOK,
+    NodeServer,
+    dcmtk_env,
+    free_port,
+    receiver_only_env,
+    run_echoscu,
+    storescu_command,
+    sunnybrook_files,
+    wait_for,
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One timed transfer."""
+
+    seconds: float
+    instances: int
+    megabytes: float
+
+    @property
+    def instances_per_s(self) -> float:
+        return self.instances / self.seconds
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.megabytes / self.seconds
+
+
+def _send(port: int, files: list[Path], parallel: int) -> float:
+    """Wall seconds for ``parallel`` storescu processes to send ``files`` (split evenly) to ``port``."""
+    chunks = [files[index::parallel] for index in range(parallel)]
+    started = time.perf_counter()
+    senders = [
+        subprocess.Popen(
+            storescu_command(port, chunk),
+            env=dcmtk_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for chunk in chunks
+    ]
+    failures = []
+    for sender in senders:
+        _, stderr = sender.communicate(timeout=600)
+        if sender.returncode != 0:
+            failures.append(stderr.decode(errors="replace")[-500:])
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise RuntimeError("storescu failed:\n" + "\n".join(failures))
+    return elapsed
+
+
+def _into_node(work: Path, files: list[Path], parallel: int) -> float:
+    server = NodeServer(
+        data_dir=work / "node-data",
+        log_path=work / "node.log",
+        port=free_port(),
+        extra_env={**receiver_only_env(), "DICOMNODE_DICOM__MAX_ASSOCIATIONS": str(max(32, parallel))},
+    )
+    server.start()
+    try:
+        seconds = _send(server.port, files, parallel)
+        stored = server.indexed_count()
+    finally:
+        server.stop()
+    if stored != len(files):
+        raise RuntimeError(f"the node indexed {stored} of {len(files)} instances")
+    return seconds
+
+
+def _into_storescp(work: Path, files: list[Path], parallel: int) -> float:
+    out = work / "storescp-out"
+    out.mkdir()
+    port = free_port()
+    process = subprocess.Popen(
+        [STORESCP, "--fork", "-aet", "DICOMNODE", "-od", str(out), str(port)],
+        env=dcmtk_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: run_echoscu(port).returncode == 0, 30, "storescp to answer C-ECHO")
+        seconds = _send(port, files, parallel)
+        # With --fork a child writes the files; make sure all of them are there before stopping.
+        wait_for(lambda: sum(1 for _ in out.iterdir()) >= len(files), 60, "storescp's files")
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)
+    return seconds
+
+
+def _measure(
+    target: Callable[[Path, list[Path], int], float], files: list[Path], parallel: int, megabytes: float
+) -> Run:
+    work = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
+    try:
+        return Run(target(work, files, parallel), len(files), megabytes)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _median(runs: list[Run]) -> Run:
+    seconds = statistics.median(run.seconds for run in runs)
+    return Run(seconds, runs[0].instances, runs[0].megabytes)
+
+
+def main() -> None:
+    """Run the benchmark and print the medians."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=SUNNYBROOK, help="the Sunnybrook directory")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per configuration (median reported)")
+    parser.add_argument("--parallel", type=int, default=4, help="storescu processes in the parallel case")
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        sys.exit(f"no data at {args.data.resolve()}")
+    files = sunnybrook_files(args.data)
+    megabytes = sum(path.stat().st_size for path in files) / 1e6
+
+    print(f"{len(files)} instances, {megabytes:.1f} MB; {os.cpu_count()} CPUs; "
+          f"load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}; median of {args.repeat} runs")
+    print(f"{'configuration':<34} {'seconds':>8} {'inst/s':>8} {'MB/s':>7}   runs (s)")
+    for parallel in (1, args.parallel):
+        medians = {}
+        for name, target in (("dicomnode serve", _into_node), ("storescp -od", _into_storescp)):
+            runs = [_measure(target, files, parallel, megabytes) for _ in range(args.repeat)]
+            median = medians[name] = _median(runs)
+            label = f"{name}, {parallel} association{'s' if parallel > 1 else ''}"
+            print(
+                f"{label:<34} {median.seconds:>8.2f} {median.instances_per_s:>8.1f} "
+                f"{median.mb_per_s:>7.2f}   {', '.join(f'{run.seconds:.2f}' for run in runs)}"
+            )
+        ratio = medians["dicomnode serve"].instances_per_s / medians["storescp -od"].instances_per_s
+        print(f"{'  ratio dicomnode / storescp':<34} {ratio:>8.2f}")
+    print(f"load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

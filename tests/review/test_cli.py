@@ -1,0 +1,106 @@
+"""``dicomnode worklist`` through Typer's CliRunner: the same rules and audit as the web app."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from node.accounts.users import Role
+from node.cli import app
+from node.domain import Outcome
+from node.store.audit import AuditAction
+from tests.review.seed import PASSWORD, Seeded, seed_result
+
+runner = CliRunner()
+
+
+def _env(seeded: Seeded) -> dict[str, str]:
+    return {
+        "DICOMNODE_STORAGE__DATA_DIR": str(seeded.settings.storage.data_dir),
+        "DICOMNODE_LOGGING__LEVEL": "ERROR",
+    }
+
+
+def _review(seeded: Seeded, *args: str, password: str = PASSWORD) -> object:
+    return runner.invoke(
+        app, ["worklist", *args, "--password-stdin"], input=password + "\n", env=_env(seeded)
+    )
+
+
+def test_worklist_list_json(seeded: Seeded) -> None:
+    """``worklist list --json`` gives every current result with its status, values, flags and confidence."""
+    pending = seed_result(seeded, qc_flags=("missing_slices",), confidence=0.4)
+    seed_result(seeded, outcome=Outcome.NO_SHORT_AXIS_CINE)
+    listed = runner.invoke(app, ["worklist", "list", "--json", "--status", "pending"], env=_env(seeded))
+    assert listed.exit_code == 0, listed.output
+    (row,) = json.loads(listed.output)
+    assert row["result_id"] == pending and row["status"] == "pending"
+    assert (row["edv_ml"], row["esv_ml"], row["ef_pct"]) == (150.0, 60.0, 60.0)
+    assert row["qc_flags"] == ["missing_slices"] and row["confidence"] == 0.4
+    assert row["study_instance_uid"]
+    everything = json.loads(runner.invoke(app, ["worklist", "list", "--json"], env=_env(seeded)).output)
+    assert sorted(item["status"] for item in everything) == ["no short-axis cine found", "pending"]
+
+
+def test_worklist_show_prints_flags_in_words_and_audits_the_view(seeded: Seeded) -> None:
+    """``worklist show`` prints the values and the QC flags in plain words, and audits the view."""
+    result_id = seed_result(seeded, qc_flags=("missing_slices",))
+    shown = runner.invoke(app, ["worklist", "show", result_id], env=_env(seeded))
+    assert shown.exit_code == 0, shown.output
+    assert "150.0 mL" in shown.output and "Slices are missing from the stack" in shown.output
+    (entry,) = seeded.parts.audit.entries(action=AuditAction.VIEW_STUDY)
+    assert entry.target == result_id and entry.address == "cli"
+    missing = runner.invoke(app, ["worklist", "show", "no-such-id"], env=_env(seeded))
+    assert missing.exit_code == 1 and "404" in missing.output
+
+
+def test_worklist_sign_from_the_console(seeded: Seeded) -> None:
+    """A radiologist signs off with their password on stdin; a second sign-off is refused with 409."""
+    result_id = seed_result(seeded)
+    seeded.user("jsmith")
+    signed = _review(seeded, "sign", result_id, "--user", "jsmith")
+    assert signed.exit_code == 0, signed.output
+    assert f"signed off {result_id}" in signed.output
+    again = _review(seeded, "sign", result_id, "--user", "jsmith")
+    assert again.exit_code == 1 and "409 Conflict" in again.output
+    (entry,) = seeded.parts.audit.entries(action=AuditAction.SIGN_OFF)
+    assert (entry.actor, entry.address) == ("jsmith", "cli")
+    assert seeded.parts.store.outbox_path(result_id, "verified_sr") is not None
+
+
+def test_worklist_refusals_from_the_console(seeded: Seeded) -> None:
+    """Wrong password (401), an admin (403), a reject without reason (422) all exit 1 and change nothing."""
+    result_id = seed_result(seeded)
+    seeded.user("jsmith")
+    seeded.user("boss", role=Role.ADMIN)
+    for result, status in (
+        (_review(seeded, "sign", result_id, "--user", "jsmith", password="wrong password"), "401"),
+        (_review(seeded, "sign", result_id, "--user", "boss"), "403"),
+        (_review(seeded, "reject", result_id, "--user", "jsmith"), "422"),
+        (_review(seeded, "amend", result_id, "--user", "jsmith", "--edv", "100", "--esv", "50"), "422"),
+    ):
+        assert result.exit_code == 1 and status in result.output
+    assert seeded.parts.store.for_result(result_id) is None
+
+
+def test_worklist_amend_from_the_console(seeded: Seeded) -> None:
+    """``worklist amend`` records the amended volumes next to the AI ones."""
+    result_id = seed_result(seeded)
+    seeded.user("jsmith")
+    amended = _review(
+        seeded,
+        "amend",
+        result_id,
+        "--user",
+        "jsmith",
+        "--edv",
+        "140",
+        "--esv",
+        "70",
+        "--reason",
+        "apex excluded",
+    )
+    assert amended.exit_code == 0, amended.output
+    review = seeded.parts.store.for_result(result_id)
+    assert review is not None and (review.ai_edv_ml, review.edv_ml, review.esv_ml) == (150.0, 140.0, 70.0)
