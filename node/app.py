@@ -4,27 +4,56 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydicom.dataset import Dataset
+
 from node.background import BackgroundLoops, Step
-from node.clock import Clock, SystemClock
+from node.clock import Clock, SystemClock, monotonic
 from node.config import Settings
 from node.delivery.sender import DeliverySender
 from node.dicom.scp import StorageSCP
 from node.inference.runner import load_segmenter
 from node.logging import Pseudonymiser, get_logger
+from node.metrics import NodeMetrics
 from node.pipeline.assembler import Assembler
 from node.pipeline.measure import StackMeasurer
 from node.pipeline.publish import Publisher
-from node.reports.labels import LabelClasses
 from node.pipeline.worker import PipelineWorker
+from node.reports.codes import ReviewStatus
+from node.reports.labels import LabelClasses
+from node.reports.sr import derived_uid
+from node.review.parts import ReviewParts
+from node.review.service import VerifiedPicture, person_name
 from node.signals import StopSignals
 from node.store.claims import claimant_id, claimant_is_dead
 from node.store.index import Index
 from node.store.ingest import Ingest
 from node.store.jobs import JobQueue
 from node.store.outbox import Outbox
+from node.store.reviews import ReviewRecord
 from node.store.spool import Spool
+from node.web.server import WebServer, index_reachable
 
 log = get_logger(__name__)
+
+
+def _verified_picture(publisher: Publisher) -> VerifiedPicture:
+    def picture(review: ReviewRecord) -> Dataset | None:
+        amended = (
+            (review.edv_ml, review.esv_ml)
+            if review.edv_ml is not None and review.esv_ml is not None
+            else None
+        )
+        return publisher.verified_secondary_capture(
+            review.result_id,
+            observer_name=person_name(review.full_name),
+            verified_at=review.reviewed_at,
+            review=ReviewStatus(review.status),
+            amended=amended,
+            sop_instance_uid=derived_uid(review.result_id, "verified-sc", review.id),
+            series_instance_uid=derived_uid(review.result_id, "verified-sc-series", review.id),
+        )
+
+    return picture
 
 
 def _worker_step(worker: PipelineWorker) -> Step:
@@ -50,11 +79,15 @@ class Node:
     publisher: Publisher
     sender: DeliverySender
     loops: BackgroundLoops
+    metrics: NodeMetrics
+    review: ReviewParts
+    web: WebServer | None
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None) -> Node:
         """Create the data directory, open the index, load the model and prepare every service."""
         clock = clock or SystemClock()
+        metrics = NodeMetrics()
         data_dir = settings.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         spool = Spool(data_dir / "spool")
@@ -64,7 +97,7 @@ class Node:
         index = Index.open(settings.storage.effective_database_url())
         pseudonymise = Pseudonymiser.from_key_file(data_dir / "log-key")
         ingest = Ingest(spool, index, clock, settings.storage.min_free_mb * 1024 * 1024)
-        scp = StorageSCP(settings.dicom, ingest, pseudonymise)
+        scp = StorageSCP(settings.dicom, ingest, pseudonymise, metrics)
 
         segmenter = load_segmenter(settings.inference)
         log.info(
@@ -91,6 +124,7 @@ class Node:
                 clock=clock,
                 pseudonymise=pseudonymise,
                 worker_id=claimant_id(f"worker-{number}"),
+                metrics=metrics,
             )
             for number in range(settings.pipeline.workers)
         ]
@@ -113,6 +147,7 @@ class Node:
             calling_ae_title=settings.delivery.calling_ae_title or settings.dicom.ae_title,
             clock=clock,
             claimant=claimant_id("sender"),
+            metrics=metrics,
         )
         loops = BackgroundLoops(min(settings.pipeline.poll_seconds, settings.delivery.poll_seconds))
         loops.add("assembler", lambda: bool(assembler.tick()))
@@ -120,6 +155,24 @@ class Node:
             loops.add(f"worker-{number}", _worker_step(worker))
         loops.add("publisher", publisher.run_once)
         loops.add("sender", lambda: sender.run_once() > 0)
+        review = ReviewParts.build(
+            settings, index, outbox, metrics, verified_picture=_verified_picture(publisher)
+        )
+        review.service.publish_pending(clock.now())
+        loops.add(
+            "reviews",
+            lambda: (
+                review.service.publish_pending(clock.now()) + review.service.publish_pictures(clock.now()) > 0
+            ),
+        )
+        readiness = {"index": index_reachable(index), "model": lambda: bool(segmenter.providers)}
+        web = (
+            WebServer.build(
+                settings, review, metrics, clock, readiness, classes=segmenter.card.output.classes
+            )
+            if settings.web.enabled
+            else None
+        )
         return cls(
             settings=settings,
             index=index,
@@ -133,18 +186,25 @@ class Node:
             publisher=publisher,
             sender=sender,
             loops=loops,
+            metrics=metrics,
+            review=review,
+            web=web,
         )
 
     def start(self) -> None:
-        """Start the background loops, then the listener."""
+        """Start the background loops and the worklist, then the listener."""
         self.loops.start()
+        if self.web is not None:
+            self.web.start()
         self.scp.start()
 
     def stop(self) -> None:
         """Stop accepting, finish in-flight work within the grace period, close the index."""
-        grace = self.settings.dicom.shutdown_grace_s
-        self.scp.stop(grace)
-        self.loops.stop(grace)
+        deadline = monotonic() + self.settings.dicom.shutdown_grace_s
+        self.scp.stop(max(0.0, deadline - monotonic()))
+        self.loops.stop(max(0.0, deadline - monotonic()))
+        if self.web is not None:
+            self.web.stop(max(0.0, deadline - monotonic()))
         self.index.close()
         log.info("stopped")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from node.clock import monotonic
 from node.logging import get_logger
 
 log = get_logger(__name__)
@@ -44,11 +45,12 @@ class BackgroundLoops:
             thread.start()
 
     def stop(self, timeout_s: float) -> None:
-        """Ask every loop to stop after its current step; wait up to ``timeout_s`` for each."""
+        """Ask every loop to stop after its current step; wait up to ``timeout_s`` for all of them."""
         self._stopping.set()
         self._wake.set()
+        deadline = monotonic() + timeout_s
         for thread in self._threads:
-            thread.join(timeout=timeout_s)
+            thread.join(timeout=max(0.0, deadline - monotonic()))
 
     def _run(self, name: str, step: Step) -> None:
         while not self._stopping.is_set():

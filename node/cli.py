@@ -13,6 +13,7 @@ import typer
 from node.config import Settings, load_settings
 from node.errors import ConfigError
 from node.logging import configure_logging
+from node.status import Status
 
 app = typer.Typer(
     help="dicomnode: a DICOM inference node measuring left-ventricle volumes in cardiac MR.",
@@ -70,8 +71,9 @@ def echo(
     except AssociationFailed as error:
         typer.echo(f"echo failed: {error}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"C-ECHO status 0x{int(status):04X} ({status.name})")
-    raise typer.Exit(0 if status.is_success else 1)
+    name = status.name if isinstance(status, Status) else "not a status the node knows"
+    typer.echo(f"C-ECHO status 0x{int(status):04X} ({name})")
+    raise typer.Exit(0 if status == Status.SUCCESS else 1)
 
 
 @app.command()

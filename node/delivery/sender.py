@@ -7,7 +7,7 @@ attempt; only Success or a Warning status (the peer stored the object) counts as
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -16,6 +16,7 @@ from pynetdicom import AE
 from node.clock import Clock
 from node.config import DeliverySettings, Destination
 from node.logging import get_logger
+from node.metrics import NodeMetrics
 from node.status import Status
 from node.store.outbox import DueDelivery, Outbox
 
@@ -39,6 +40,7 @@ class DeliverySender:
     calling_ae_title: str
     clock: Clock
     claimant: str
+    metrics: NodeMetrics = field(default_factory=NodeMetrics)
 
     def run_once(self) -> int:
         """Send one batch of due pairs; returns how many were attempted."""
@@ -86,6 +88,7 @@ class DeliverySender:
                 response = association.send_c_store(datasets[delivery.delivery_id])
                 status = int(response.Status) if "Status" in response else None
                 if status is not None and is_stored(status):
+                    self.metrics.delivery_attempts.inc()
                     self.outbox.mark_delivered(delivery, status, self.clock.now())
                     log.info("object delivered", destination=destination.key, kind="c-store", status=status)
                 else:
@@ -104,6 +107,8 @@ class DeliverySender:
         dead = self.outbox.mark_failed(
             delivery, reason, status, self.clock.now(), self.settings.max_attempts, self.settings.backoff
         )
+        self.metrics.delivery_attempts.inc()
+        self.metrics.delivery_failures.labels(final=str(dead).lower()).inc()
         log.warning(
             "delivery attempt failed",
             destination=delivery.destination,

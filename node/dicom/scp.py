@@ -24,6 +24,7 @@ from node.config import CallerRule, DicomSettings
 from node.dicom.contexts import storage_contexts
 from node.errors import NodeError
 from node.logging import Pseudonymiser, get_logger
+from node.metrics import NodeMetrics
 from node.status import Status
 from node.store.ingest import Ingest
 
@@ -78,8 +79,15 @@ class _Counts:
 class StorageSCP:
     """Owns the pynetdicom AE and server for the node's listener."""
 
-    def __init__(self, settings: DicomSettings, ingest: Ingest, pseudonymise: Pseudonymiser) -> None:
+    def __init__(
+        self,
+        settings: DicomSettings,
+        ingest: Ingest,
+        pseudonymise: Pseudonymiser,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
         self._settings = settings
+        self._metrics = metrics or NodeMetrics()
         self._ingest = ingest
         self._pseudonymise = pseudonymise
         self._counts: dict[int, _Counts] = {}
@@ -155,9 +163,11 @@ class StorageSCP:
         )
         with self._lock:
             self._counts[id(event.assoc)] = _Counts(association_id)
+        self._metrics.associations.labels(outcome="accepted").inc()
         log.info("association accepted")
 
     def _on_rejected(self, event: evt.Event) -> None:
+        self._metrics.associations.labels(outcome="rejected").inc()
         requestor = event.assoc.requestor
         log.warning(
             "association rejected",
@@ -181,6 +191,18 @@ class StorageSCP:
     def _on_echo(self, _event: evt.Event) -> int:
         return int(Status.SUCCESS)
 
+    def _count(self, counts: _Counts | None, outcome: str) -> None:
+        """Count one C-STORE outcome for the association's log line and for /metrics."""
+        self._metrics.instances_received.labels(outcome=outcome).inc()
+        if counts is None:
+            return
+        if outcome == "stored":
+            counts.stored += 1
+        elif outcome == "duplicate":
+            counts.duplicates += 1
+        else:
+            counts.refused += 1
+
     def _on_store(self, event: evt.Event) -> int:
         counts = self._counts.get(id(event.assoc))
         request = cast(C_STORE, event.request)
@@ -192,20 +214,14 @@ class StorageSCP:
                 expected_sop_instance=str(request.AffectedSOPInstanceUID),
             )
         except NodeError as error:
-            if counts is not None:
-                counts.refused += 1
+            self._count(counts, "refused")
             log.warning("instance refused", status=f"0x{int(error.status):04X}", reason=str(error))
             return int(error.status)
         except Exception:
-            if counts is not None:
-                counts.refused += 1
+            self._count(counts, "refused")
             log.exception("instance failed", status=f"0x{int(Status.PROCESSING_FAILURE):04X}")
             return int(Status.PROCESSING_FAILURE)
-        if counts is not None:
-            if stored.duplicate:
-                counts.duplicates += 1
-            else:
-                counts.stored += 1
+        self._count(counts, "duplicate" if stored.duplicate else "stored")
         log.info(
             "instance stored",
             study=self._pseudonymise(stored.header.study_instance_uid),

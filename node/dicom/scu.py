@@ -12,8 +12,8 @@ class AssociationFailed(Exception):
     """The peer rejected, aborted or never answered the association request."""
 
 
-def echo(host: str, port: int, calling_ae: str, called_ae: str, timeout_s: float = 10.0) -> Status:
-    """Send one C-ECHO and return the peer's status."""
+def echo(host: str, port: int, calling_ae: str, called_ae: str, timeout_s: float = 10.0) -> Status | int:
+    """Send one C-ECHO and return the peer's status (a plain int when the node has no name for it)."""
     ae = AE(calling_ae)
     ae.add_requested_context(Verification)
     ae.acse_timeout = timeout_s
@@ -28,4 +28,5 @@ def echo(host: str, port: int, calling_ae: str, called_ae: str, timeout_s: float
         association.release()
     if "Status" not in response:
         raise AssociationFailed("no C-ECHO response")
-    return Status(int(response.Status))
+    value = int(response.Status)
+    return Status(value) if value in Status._value2member_map_ else value

@@ -7,11 +7,14 @@ and the outbox (unique per SOP Instance UID) never schedules an object twice.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 
@@ -24,9 +27,10 @@ from node.reports.labels import LabelClasses
 from node.reports.render import Banner, Frame, render_summary
 from node.reports.sc import build_sc
 from node.reports.seg import build_seg_series
-from node.reports.sources import frame_pixels, load_report_sources, load_stack_headers
+from node.reports.sources import ReportSources, frame_pixels, load_report_sources, load_stack_headers
 from node.reports.sr import build_draft_sr, derived_uid
 from node.store.index import Index
+from node.store.instance import SpooledInstance
 from node.store.jobs import JobQueue
 from node.store.labels import decode_labels
 from node.store.outbox import Outbox, OutgoingObject
@@ -43,6 +47,14 @@ def encode(dataset: Dataset) -> bytes:
     buffer = BytesIO()
     pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
     return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class _Stack:
+    result: StackResult
+    grid: Sequence[Sequence[SpooledInstance | None]]
+    labels: npt.NDArray[np.uint8]
+    sources: ReportSources
 
 
 @dataclass
@@ -70,8 +82,8 @@ class Publisher:
         self.queue.mark_published(str(row["id"]))
         return True
 
-    def _publish(self, row: dict[str, Any]) -> None:
-        result_id = str(row["id"])
+    def _stack(self, row: dict[str, Any]) -> _Stack | None:
+        """The result, its stack's grid, labels and report sources, or None if the stack changed."""
         result = StackResult.from_record(row["record"])
         plans = [
             plan
@@ -80,52 +92,107 @@ class Publisher:
             and (plan.slices, plan.phases) == (result.slices, result.phases)
         ]
         if not plans:
-            log.warning("stack of a result no longer matches the study; not published", result=result_id)
-            return
+            log.warning("stack of a result no longer matches the study", result=str(row["id"]))
+            return None
         grid = plans[0].grid
         labels = decode_labels((self.results_root / str(row["labels_path"])).read_bytes())
-        sources = load_report_sources(grid, result, self.spool_root)
-        now = self.clock.now()
-        objects: list[tuple[str, Dataset]] = [
-            (
-                DRAFT_SR,
-                build_draft_sr(
-                    result,
-                    sources.evidence,
-                    series_instance_uid=derived_uid(result_id, "series", DRAFT_SR),
-                    sop_instance_uid=derived_uid(result_id, DRAFT_SR),
-                    instance_number=1,
-                    now=now,
-                ),
-            )
-        ]
+        return _Stack(result, grid, labels, load_report_sources(grid, result, self.spool_root))
+
+    def _picture(
+        self,
+        stack: _Stack,
+        banner: Banner,
+        review: ReviewStatus,
+        sop_uid: str,
+        series_uid: str,
+        now: datetime,
+    ) -> Dataset:
+        result, sources, labels = stack.result, stack.sources, stack.labels
         picture = render_summary(
             result,
             ed=Frame(frame_pixels(sources.ed_image), labels[sources.mid_slice, result.ed_phase]),
             es=Frame(frame_pixels(sources.es_image), labels[sources.mid_slice, result.es_phase]),
             mid_slice=sources.mid_slice,
             classes=self.classes,
-            banner=Banner.unverified(),
+            banner=banner,
         )
-        objects.append(
-            (
-                SECONDARY_CAPTURE,
-                build_sc(
-                    picture,
-                    sources.ed_image,
-                    series_instance_uid=derived_uid(result_id, "series", SECONDARY_CAPTURE),
-                    sop_instance_uid=derived_uid(result_id, SECONDARY_CAPTURE),
-                    instance_number=1,
-                    review=ReviewStatus.PENDING,
-                    now=now,
-                    referenced_images=(sources.ed_image, sources.es_image),
+        return build_sc(
+            picture,
+            sources.ed_image,
+            series_instance_uid=series_uid,
+            sop_instance_uid=sop_uid,
+            instance_number=1,
+            review=review,
+            now=now,
+            referenced_images=(sources.ed_image, sources.es_image),
+        )
+
+    def verified_secondary_capture(
+        self,
+        result_id: str,
+        *,
+        observer_name: str,
+        verified_at: datetime,
+        review: ReviewStatus,
+        amended: tuple[float, float] | None,
+        sop_instance_uid: str,
+        series_instance_uid: str,
+    ) -> Dataset | None:
+        """The secondary capture of a reviewed result, with the "VERIFIED BY ..." banner.
+
+        Amended EDV/ESV replace the AI's on the picture (EF and SV recomputed); None when the
+        result's stack can no longer be read.
+        """
+        row = self.queue.result(result_id)
+        stack = self._stack(row) if row is not None else None
+        if stack is None:
+            return None
+        if amended is not None:
+            edv, esv = amended
+            stack = replace(
+                stack,
+                result=replace(
+                    stack.result, edv_ml=edv, esv_ml=esv, sv_ml=edv - esv, ef_pct=100 * (edv - esv) / edv
                 ),
             )
-        )
+        banner = Banner.verified(observer_name, verified_at, review)
+        return self._picture(stack, banner, review, sop_instance_uid, series_instance_uid, verified_at)
+
+    def _publish(self, row: dict[str, Any]) -> None:
+        result_id = str(row["id"])
+        stack = self._stack(row)
+        if stack is None:
+            return
+        result = stack.result
+        now = self.clock.now()
+        objects: list[tuple[str, Dataset]] = [
+            (
+                DRAFT_SR,
+                build_draft_sr(
+                    result,
+                    stack.sources.evidence,
+                    series_instance_uid=derived_uid(result_id, "series", DRAFT_SR),
+                    sop_instance_uid=derived_uid(result_id, DRAFT_SR),
+                    instance_number=1,
+                    now=now,
+                ),
+            ),
+            (
+                SECONDARY_CAPTURE,
+                self._picture(
+                    stack,
+                    Banner.unverified(),
+                    ReviewStatus.PENDING,
+                    derived_uid(result_id, SECONDARY_CAPTURE),
+                    derived_uid(result_id, "series", SECONDARY_CAPTURE),
+                    now,
+                ),
+            ),
+        ]
         if self.send_seg:
             segments = build_seg_series(
-                load_stack_headers(grid, self.spool_root),
-                labels,
+                load_stack_headers(stack.grid, self.spool_root),
+                stack.labels,
                 classes=self.classes,
                 model=result.model,
                 series_instance_uid=derived_uid(result_id, "series", SEGMENTATION),

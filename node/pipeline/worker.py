@@ -6,12 +6,13 @@ job is marked done, so a crash at any point leaves the job to be resumed, never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from node.clock import Clock
+from node.clock import Clock, monotonic
 from node.domain import Outcome
 from node.logging import Pseudonymiser, get_logger
+from node.metrics import NodeMetrics
 from node.pipeline.measure import StackMeasurer
 from node.pipeline.stacks import find_sax_stacks
 from node.store.index import Index
@@ -37,6 +38,7 @@ class PipelineWorker:
     clock: Clock
     pseudonymise: Pseudonymiser
     worker_id: str
+    metrics: NodeMetrics = field(default_factory=NodeMetrics)
 
     def run_once(self) -> Job | None:
         """Claim and process one job; None when the queue had nothing to run."""
@@ -48,6 +50,8 @@ class PipelineWorker:
             self._process(job, study)
         except Exception as error:
             final = self.queue.fail(job, f"{type(error).__name__}: {error}", MAX_ATTEMPTS, self.clock.now())
+            if final:
+                self.metrics.studies_processed.labels(outcome=str(Outcome.FAILED)).inc()
             log.exception("job failed", study=study, version=job.version, final=final)
         return job
 
@@ -62,11 +66,14 @@ class PipelineWorker:
                 record={"skipped": search.skipped},
             )
             self.queue.complete(job, Outcome.NO_SHORT_AXIS_CINE, [row], self.clock.now())
+            self.metrics.studies_processed.labels(outcome=str(Outcome.NO_SHORT_AXIS_CINE)).inc()
             log.info("no short-axis cine found", study=study, version=job.version, skipped=search.skipped)
             return
         rows = []
         for stack_index, plan in enumerate(search.stacks):
+            started = monotonic()
             measured = self.measurer.measure(plan, self.spool_root)
+            self.metrics.inference_seconds.observe(monotonic() - started)
             relative = Path(safe_component(job.study_instance_uid), f"job{job.id}-stack{stack_index}.npz")
             self.results_spool.write(relative, encode_labels(measured.labels))
             rows.append(
@@ -93,3 +100,4 @@ class PipelineWorker:
                 confidence=round(result.confidence, 3),
             )
         self.queue.complete(job, Outcome.MEASURED, rows, self.clock.now())
+        self.metrics.studies_processed.labels(outcome=str(Outcome.MEASURED)).inc()

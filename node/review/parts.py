@@ -8,7 +8,7 @@ from node.accounts.passwords import Passwords
 from node.accounts.service import AccountService
 from node.config import Settings
 from node.metrics import NodeMetrics
-from node.review.service import ReviewService, VerifiedSrBuilder
+from node.review.service import ReviewService, VerifiedPicture, VerifiedSrBuilder
 from node.store.audit import AuditLog
 from node.store.index import Index
 from node.store.outbox import Outbox
@@ -36,6 +36,7 @@ class ReviewParts:
         metrics: NodeMetrics | None = None,
         passwords: Passwords | None = None,
         build_verified_sr: VerifiedSrBuilder | None = None,
+        verified_picture: VerifiedPicture | None = None,
     ) -> ReviewParts:
         """Wire the review parts onto an open index and the node's outbox (``<data_dir>/outbox``)."""
         audit = AuditLog(index)
@@ -48,6 +49,7 @@ class ReviewParts:
             destinations=[destination.key for destination in settings.delivery.destinations],
             build_verified_sr=build_verified_sr,
             metrics=metrics,
+            verified_picture=verified_picture,
         )
         accounts = AccountService(index, settings.auth, passwords, metrics)
         return cls(index=index, outbox=outbox, accounts=accounts, audit=audit, store=store, service=service)

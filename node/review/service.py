@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -53,6 +53,9 @@ log = get_logger(__name__)
 
 DRAFT_SR: Final = "draft_sr"
 VERIFIED_SR: Final = "verified_sr"
+VERIFIED_SC: Final = "verified_sc"
+#: Builds the "VERIFIED BY" secondary capture of a review (None when its stack cannot be read).
+VerifiedPicture = Callable[[ReviewRecord], Dataset | None]
 #: Largest volume a radiologist can enter (mL); far above any human LV.
 MAX_VOLUME_ML: Final = 2000.0
 #: A reason is stored in the SR as a TEXT item; keep it readable.
@@ -121,6 +124,7 @@ class ReviewService:
         destinations: Sequence[str],
         build_verified_sr: VerifiedSrBuilder | None = None,
         metrics: NodeMetrics | None = None,
+        verified_picture: VerifiedPicture | None = None,
     ) -> None:
         if build_verified_sr is None:
             from node.reports.sr import build_verified_sr as real_builder
@@ -133,6 +137,7 @@ class ReviewService:
         self._destinations = tuple(destinations)
         self._build = build_verified_sr
         self._metrics = metrics
+        self._picture = verified_picture
 
     # -- the three actions ---------------------------------------------------------------------------
 
@@ -324,6 +329,33 @@ class ReviewService:
         )
         self._outbox.add(item, encode(dataset), self._destinations, now)
         self._store.mark_published(review.id)
+
+    def publish_pictures(self, now: datetime) -> int:
+        """Add the "VERIFIED BY" secondary capture of every review that lacks one; returns how many.
+
+        Runs in the node (which can read stacks and masks), so a sign-off from the CLI gets its
+        picture too. The SOP Instance UID derives from the review, so a retry never duplicates it.
+        """
+        if self._picture is None:
+            return 0
+        done = 0
+        for review in self._store.without_outbox_object(VERIFIED_SC):
+            result = self._store.result(review.result_id)
+            if result is None:
+                continue
+            dataset = self._picture(review)
+            if dataset is None:
+                continue
+            item = OutgoingObject(
+                sop_instance_uid=str(dataset.SOPInstanceUID),
+                sop_class_uid=str(dataset.SOPClassUID),
+                study_instance_uid=str(result["study_instance_uid"]),
+                kind=VERIFIED_SC,
+                result_id=review.result_id,
+            )
+            self._outbox.add(item, encode(dataset), self._destinations, now)
+            done += 1
+        return done
 
     def publish_pending(self, now: datetime) -> int:
         """Finish reviews whose verified SR did not reach the outbox (a crash); returns how many."""

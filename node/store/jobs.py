@@ -240,6 +240,12 @@ class JobQueue:
             )
         return [dict(row) for row in rows]
 
+    def result(self, result_id: str) -> dict[str, Any] | None:
+        """One result row by id."""
+        with self._engine.connect() as connection:
+            row = connection.execute(select(results).where(results.c.id == result_id)).mappings().first()
+        return dict(row) if row is not None else None
+
     def next_unpublished(self) -> dict[str, Any] | None:
         """The oldest result whose reports are not yet in the outbox."""
         with self._engine.connect() as connection:

@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import and_, case, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -207,6 +207,15 @@ class ReviewStore:
         with self._engine.connect() as connection:
             rows = connection.execute(
                 select(reviews).where(reviews.c.published.is_(False)).order_by(reviews.c.reviewed_at)
+            ).mappings()
+            return [_review(row) for row in rows]
+
+    def without_outbox_object(self, kind: str) -> list[ReviewRecord]:
+        """Reviews whose result has no outbox object of ``kind`` (e.g. the verified picture)."""
+        missing = ~exists().where(and_(outbox.c.result_id == reviews.c.result_id, outbox.c.kind == kind))
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                select(reviews).where(reviews.c.published.is_(True), missing).order_by(reviews.c.reviewed_at)
             ).mappings()
             return [_review(row) for row in rows]
 

@@ -40,16 +40,15 @@ def home() -> RedirectResponse:
 
 
 def _link(query: WorklistQuery, **changes: Any) -> str:
-    values = query.model_dump()
-    values.update(changes)
+    """The worklist URL of ``query`` with some parameters changed (defaults left out)."""
+    values = {**query.model_dump(), **changes}
     for key in ("date_from", "date_to"):
-        if values[key]:
-            text = str(values[key])
+        text = values[key]
+        if text:
             values[key] = f"{text[:4]}-{text[4:6]}-{text[6:]}"
-    kept = {key: value for key, value in values.items() if value not in (None, "", 1) or key == "status"}
-    if kept.get("status") == "":
-        del kept["status"]
-    return "/worklist?" + urlencode(kept)
+    defaults = WorklistQuery().model_dump()
+    kept = {key: value for key, value in values.items() if value is not None and value != defaults[key]}
+    return "/worklist?" + urlencode({key: str(value) for key, value in kept.items()})
 
 
 @router.get("/worklist")

@@ -64,7 +64,7 @@ def delivery_summary(counts: Mapping[str, int]) -> tuple[str, str]:
                 return f"delivered {delivered}/{total}", "ok"
             if state == "dead":
                 return f"failed {counts[state]}/{total}", "bad"
-            return f"sending {delivered}/{total} delivered", "warn"
+            return f"{delivered}/{total} delivered, sending", "warn"
     return "–", "muted"
 
 

@@ -36,14 +36,18 @@ def main(out: Path) -> None:
         {
             "DICOMNODE_STORAGE__DATA_DIR": str(data),
             "DICOMNODE_STORAGE__MIN_FREE_MB": "1",
-            "DICOMNODE_DELIVERY__DESTINATIONS": f'[{{"ae_title": "PACS", "host": "{PACS.host}", "port": {PACS.port}}}]',
+            "DICOMNODE_DELIVERY__DESTINATIONS": PACS.model_dump_json().join("[]"),
             "DICOMNODE_WEB__PORT": "0",
         }
     )
     clock = ManualClock()
     node = Node.build(load_settings(), clock=clock)
     rows = []
-    for series, slices in (("SCD0000101", range(2, 10)), ("SCD0000201", range(3, 10)), ("SCD0000301", range(2, 8))):
+    for series, slices in (
+        ("SCD0000101", range(2, 10)),
+        ("SCD0000201", range(3, 10)),
+        ("SCD0000301", range(2, 8)),
+    ):
         rows.append(process(node, clock, subset(SUNNYBROOK, series, slices)))
         clock.advance(60)
     while node.publisher.run_once():
@@ -65,7 +69,11 @@ def main(out: Path) -> None:
     assert reviewer is not None
     parts.service.sign(rows[1]["id"], reviewer, "127.0.0.1", clock.now())
     server = WebServer.build(
-        node.settings, parts, NodeMetrics(), clock, {"index": index_reachable(node.index), "model": lambda: True}
+        node.settings,
+        parts,
+        NodeMetrics(),
+        clock,
+        {"index": index_reachable(node.index), "model": lambda: True},
     )
     server.start()
     base = f"http://127.0.0.1:{server.port}"
