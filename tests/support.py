@@ -373,3 +373,10 @@ class NodeServer:
         if not self.spool_dir.exists():
             return []
         return sorted(path for path in self.spool_dir.rglob("*.dcm") if ".incoming" not in path.parts)
+
+
+def clear_dicomnode_env(monkeypatch: Any) -> None:
+    """Remove every ``DICOMNODE_*`` variable for one test, so settings start from the defaults."""
+    for key in list(os.environ):
+        if key.startswith("DICOMNODE_"):
+            monkeypatch.delenv(key)

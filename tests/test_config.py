@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,14 +10,13 @@ from typer.testing import CliRunner
 from node.cli import app
 from node.config import CallerRule, load_settings
 from node.errors import ConfigError
+from tests.support import clear_dicomnode_env
 
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No ``DICOMNODE_*`` variable of the developer's shell leaks into these tests."""
-    for key in list(os.environ):
-        if key.startswith("DICOMNODE_"):
-            monkeypatch.delenv(key)
+    clear_dicomnode_env(monkeypatch)
     monkeypatch.chdir(tmp_path)
 
 

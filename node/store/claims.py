@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
+
+from sqlalchemy import Engine, Table, select, update
 
 
 def claimant_id(thread_name: str) -> str:
@@ -30,3 +33,29 @@ def claimant_is_dead(claimant: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def release_abandoned(
+    engine: Engine,
+    table: Table,
+    *,
+    claimed: str,
+    released: str,
+    is_abandoned: Callable[[str], bool],
+) -> int:
+    """Return rows in state ``claimed`` whose claimant ``is_abandoned`` to state ``released``.
+
+    ``table`` must have ``id``, ``state`` and ``claimed_by`` columns (jobs, deliveries).
+    """
+    with engine.begin() as connection:
+        rows = connection.execute(
+            select(table.c.id, table.c.claimed_by).where(table.c.state == claimed)
+        ).all()
+        abandoned = [row_id for row_id, claimant in rows if is_abandoned(str(claimant or ""))]
+        if abandoned:
+            connection.execute(
+                update(table)
+                .where(table.c.id.in_(abandoned), table.c.state == claimed)
+                .values(state=released, claimed_by=None)
+            )
+    return len(abandoned)

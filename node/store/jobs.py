@@ -17,6 +17,7 @@ from sqlalchemy import and_, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from node.domain import Outcome
+from node.store.claims import release_abandoned
 from node.store.index import Index
 from node.store.schema import jobs, results, studies
 
@@ -212,18 +213,9 @@ class JobQueue:
 
     def requeue_abandoned(self, is_abandoned: Callable[[str], bool]) -> int:
         """Put back running jobs whose claimant ``is_abandoned`` (its process was killed)."""
-        with self._engine.begin() as connection:
-            running = connection.execute(
-                select(jobs.c.id, jobs.c.claimed_by).where(jobs.c.state == RUNNING)
-            ).all()
-            abandoned = [job_id for job_id, claimant in running if is_abandoned(str(claimant or ""))]
-            if abandoned:
-                connection.execute(
-                    update(jobs)
-                    .where(jobs.c.id.in_(abandoned), jobs.c.state == RUNNING)
-                    .values(state=QUEUED, claimed_by=None)
-                )
-        return len(abandoned)
+        return release_abandoned(
+            self._engine, jobs, claimed=RUNNING, released=QUEUED, is_abandoned=is_abandoned
+        )
 
     def results_for_study(
         self, study_instance_uid: str, include_superseded: bool = False

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from node.store.claims import release_abandoned
 from node.store.index import Index
 from node.store.schema import deliveries, outbox
 from node.store.spool import Spool, safe_component
@@ -192,18 +193,9 @@ class Outbox:
 
     def release_abandoned(self, is_abandoned: Callable[[str], bool]) -> int:
         """Put back pairs a killed process left in ``sending`` (they are retried; same SOP UIDs)."""
-        with self._engine.begin() as connection:
-            sending = connection.execute(
-                select(deliveries.c.id, deliveries.c.claimed_by).where(deliveries.c.state == SENDING)
-            ).all()
-            abandoned = [row_id for row_id, claimant in sending if is_abandoned(str(claimant or ""))]
-            if abandoned:
-                connection.execute(
-                    update(deliveries)
-                    .where(deliveries.c.id.in_(abandoned), deliveries.c.state == SENDING)
-                    .values(state=PENDING, claimed_by=None)
-                )
-        return len(abandoned)
+        return release_abandoned(
+            self._engine, deliveries, claimed=SENDING, released=PENDING, is_abandoned=is_abandoned
+        )
 
     def delivery_states(self, result_id: str | None = None) -> list[dict[str, Any]]:
         """Delivery state per object and destination (optionally of one result), for the worklist."""

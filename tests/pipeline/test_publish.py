@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from pydicom.uid import SegmentationStorage
 from node.app import Node
 from node.clock import ManualClock
 from node.config import load_settings
+from tests.support import clear_dicomnode_env
 from tests.validation import dciodvfy, uids_of
 
 PHASES = 20
@@ -20,9 +20,7 @@ SLICES = range(4, 8)
 
 
 def _build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, send_seg: bool) -> tuple[Node, ManualClock]:
-    for key in list(os.environ):
-        if key.startswith("DICOMNODE_"):
-            monkeypatch.delenv(key)
+    clear_dicomnode_env(monkeypatch)
     monkeypatch.setenv("DICOMNODE_STORAGE__DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("DICOMNODE_STORAGE__MIN_FREE_MB", "1")
     monkeypatch.setenv("DICOMNODE_REPORTS__SEND_SEG", "true" if send_seg else "false")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from node.app import Node
 from node.clock import ManualClock
 from node.config import load_settings
 from node.domain import Outcome
+from tests.support import clear_dicomnode_env
 
 PHASES = 20
 #: Four mid-ventricular slices of one series: enough for a stack, quick to segment.
@@ -20,9 +20,7 @@ SLICES = range(4, 8)
 
 @pytest.fixture
 def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Node, ManualClock]]:
-    for key in list(os.environ):
-        if key.startswith("DICOMNODE_"):
-            monkeypatch.delenv(key)
+    clear_dicomnode_env(monkeypatch)
     monkeypatch.setenv("DICOMNODE_STORAGE__DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("DICOMNODE_STORAGE__MIN_FREE_MB", "1")
     monkeypatch.setenv("DICOMNODE_PIPELINE__STABLE_SECONDS", "10")

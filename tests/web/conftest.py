@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from node.web.server import build_app
 from tests.review.seed import PASSWORD, Seeded, open_seeded
+from tests.support import clear_dicomnode_env
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -20,9 +20,7 @@ _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 @pytest.fixture
 def seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Seeded]:
     """An empty index, outbox and review parts under ``tmp_path``, with a manual clock."""
-    for key in list(os.environ):
-        if key.startswith("DICOMNODE_"):
-            monkeypatch.delenv(key)
+    clear_dicomnode_env(monkeypatch)
     opened = open_seeded(tmp_path / "data")
     yield opened
     opened.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from node.review.parts import ReviewParts
 from node.web.server import build_app, index_reachable
 from tests.review.pipeline import process, subset
 from tests.review.seed import PACS, PASSWORD
+from tests.support import clear_dicomnode_env
 from tests.web.conftest import csrf_token, login
 
 pytestmark = pytest.mark.data
@@ -29,9 +29,7 @@ pytestmark = pytest.mark.data
 
 @pytest.fixture
 def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Node, ManualClock]]:
-    for key in list(os.environ):
-        if key.startswith("DICOMNODE_"):
-            monkeypatch.delenv(key)
+    clear_dicomnode_env(monkeypatch)
     monkeypatch.setenv("DICOMNODE_STORAGE__DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("DICOMNODE_STORAGE__MIN_FREE_MB", "1")
     monkeypatch.setenv(
