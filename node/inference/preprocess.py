@@ -56,9 +56,19 @@ def linear_resample_matrix(n_in: int, n_out: int, in_spacing: float, out_spacing
 
 
 def resample(frames: FloatArray, matrix_rows: FloatArray, matrix_cols: FloatArray) -> FloatArray:
-    """Apply row and column interpolation matrices to ``(..., rows, cols)`` arrays."""
-    out = np.matmul(matrix_rows, frames)
-    result: FloatArray = np.matmul(out, matrix_cols.T).astype(np.float32, copy=False)
+    """Apply row and column interpolation matrices to ``(..., rows, cols)`` arrays.
+
+    Done as two large matrix products over every image at once (not one small product per image).
+    """
+    *lead, rows, cols = frames.shape
+    out_rows, out_cols = matrix_rows.shape[0], matrix_cols.shape[0]
+    images = int(np.prod(lead)) if lead else 1
+    across = np.asarray(frames, dtype=np.float32).reshape(images * rows, cols) @ matrix_cols.T
+    stacked = across.reshape(images, rows, out_cols).transpose(1, 0, 2).reshape(rows, images * out_cols)
+    down = matrix_rows @ stacked
+    result: FloatArray = np.ascontiguousarray(
+        down.reshape(out_rows, images, out_cols).transpose(1, 0, 2), dtype=np.float32
+    ).reshape(*lead, out_rows, out_cols)
     return result
 
 
@@ -123,10 +133,29 @@ def to_model_grid(frames: FloatArray, geometry: Geometry, pad_value: float) -> F
     return batch
 
 
-def from_model_grid(logits: FloatArray, geometry: Geometry) -> FloatArray:
-    """Crop padded ``(n, classes, H, W)`` logits and resample them to ``(n, classes, rows, cols)``."""
+def crop_model_grid(logits: FloatArray, geometry: Geometry) -> FloatArray:
+    """Remove the padding from ``(n, classes, H, W)`` model output (still on the model grid)."""
     top, left = geometry.pad_top, geometry.pad_left
-    cropped = np.ascontiguousarray(
+    return np.ascontiguousarray(
         logits[:, :, top : top + geometry.model_rows, left : left + geometry.model_cols]
     )
-    return resample(cropped, geometry.from_model_rows, geometry.from_model_cols)
+
+
+def from_model_grid(logits: FloatArray, geometry: Geometry) -> FloatArray:
+    """Crop padded ``(n, classes, H, W)`` logits and resample them to ``(n, classes, rows, cols)``."""
+    return resample(crop_model_grid(logits, geometry), geometry.from_model_rows, geometry.from_model_cols)
+
+
+def argmax_classes(scores: FloatArray) -> npt.NDArray[np.uint8]:
+    """Class index of the largest score along axis 1 of ``(n, classes, rows, cols)`` (first on ties).
+
+    Equivalent to ``scores.argmax(axis=1)``, written as a pass per class because numpy's reduction
+    over a short, strided axis is several times slower.
+    """
+    best = scores[:, 0].copy()
+    labels = np.zeros(best.shape, dtype=np.uint8)
+    for index in range(1, scores.shape[1]):
+        better = scores[:, index] > best
+        labels[better] = index
+        np.maximum(best, scores[:, index], out=best)
+    return labels

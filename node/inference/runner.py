@@ -13,7 +13,14 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from node.config import InferenceSettings
-from node.inference.preprocess import from_model_grid, normalise, plan_geometry, to_model_grid
+from node.inference.preprocess import (
+    argmax_classes,
+    crop_model_grid,
+    normalise,
+    plan_geometry,
+    resample,
+    to_model_grid,
+)
 from node.inference.registry import ReleasedModel, find_model
 
 CUDA = "CUDAExecutionProvider"
@@ -107,16 +114,21 @@ class Segmenter:
         labels = np.empty(values.shape, np.uint8)
         soft_areas = np.empty((count, len(self.card.output.classes)), np.float32)
         uncertain = np.empty(count, np.int64)
+        # QC statistics come from the model grid; one model pixel covers this many original pixels.
+        per_model_pixel = spec.spacing_mm**2 / (pixel_spacing[0] * pixel_spacing[1])
         for start in range(0, count, self.batch_size):
             stop = min(start + self.batch_size, count)
             batch = to_model_grid(values[start:stop], geometry, spec.pad_value)
-            probabilities = from_model_grid(self.logits(batch), geometry)
-            probabilities -= probabilities.max(axis=1, keepdims=True)
-            np.exp(probabilities, out=probabilities)
+            logits = crop_model_grid(self.logits(batch), geometry)
+            labels[start:stop] = argmax_classes(
+                resample(logits, geometry.from_model_rows, geometry.from_model_cols)
+            )
+            probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
             probabilities /= probabilities.sum(axis=1, keepdims=True)
-            labels[start:stop] = probabilities.argmax(axis=1)
-            soft_areas[start:stop] = probabilities.sum(axis=(2, 3))
-            uncertain[start:stop] = (probabilities.max(axis=1) < UNCERTAIN_BELOW).sum(axis=(1, 2))
+            soft_areas[start:stop] = probabilities.sum(axis=(2, 3)) * per_model_pixel
+            uncertain[start:stop] = np.rint(
+                (probabilities.max(axis=1) < UNCERTAIN_BELOW).sum(axis=(1, 2)) * per_model_pixel
+            ).astype(np.int64)
         return Segmentation(labels=labels, soft_areas_px=soft_areas, uncertain_px=uncertain)
 
 

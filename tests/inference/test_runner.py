@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from node.inference.card import InputSpec, ModelCard, Normalisation, OutputSpec, sha256_of
-from node.inference.preprocess import normalise
+from node.inference.preprocess import normalise, plan_geometry
 from node.inference.registry import DEFAULT_MODEL_DIR, ReleasedModel, find_model
 from node.inference.runner import CPU, Segmenter
 
@@ -64,11 +64,19 @@ def test_segment_returns_labels_on_the_original_grid(tiny_model: ReleasedModel, 
 
 
 def test_soft_areas_sum_to_the_frame_size(tiny_model: ReleasedModel, frames: np.ndarray) -> None:
-    """Per-frame soft class areas are probabilities summed over pixels, so they add up to rows x cols."""
-    segmentation = Segmenter(tiny_model, providers=[CPU], batch_size=2).segment(frames, SPACING)
+    """Soft class areas (probabilities summed on the model grid, in original pixels) add up to the frame.
+
+    They are taken on the model grid, whose size rounds the frame's extent to whole model pixels, so
+    the sum equals the model grid's extent expressed in original pixels.
+    """
+    segmenter = Segmenter(tiny_model, providers=[CPU], batch_size=2)
+    segmentation = segmenter.segment(frames, SPACING)
+    geometry = plan_geometry(ROWS, COLS, SPACING, segmenter.card.input)
+    model_extent = geometry.model_rows * geometry.model_cols * segmenter.card.input.spacing_mm**2
     assert segmentation.soft_areas_px.shape == (frames.shape[0], len(OUTPUT.classes))
     assert (segmentation.soft_areas_px >= 0).all()
-    np.testing.assert_allclose(segmentation.soft_areas_px.sum(axis=1), ROWS * COLS, rtol=1e-4)
+    expected = model_extent / (SPACING[0] * SPACING[1])
+    np.testing.assert_allclose(segmentation.soft_areas_px.sum(axis=1), expected, rtol=1e-4)
 
 
 def test_uncertain_pixels_are_counted_within_the_frame(tiny_model: ReleasedModel, frames: np.ndarray) -> None:
