@@ -1,0 +1,194 @@
+"""Two ``dicomnode serve`` processes on one PostgreSQL index and one data directory.
+
+A throwaway PostgreSQL server (Debian's ``postgresql`` package) runs in a temporary directory on a
+free port, as the ``postgres`` OS user when the test runs as root (PostgreSQL refuses root).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support import (
+    SUNNYBROOK_SERIES,
+    NodeServer,
+    dcmtk_env,
+    free_port,
+    storescu_command,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.data]
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+DB_NAME = "dicomnode"
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A running throwaway server: its port, socket directory and SQLAlchemy URL."""
+
+    port: int
+    socket_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{DB_NAME}"
+
+
+def _as_postgres_user() -> list[str]:
+    """Command prefix running as the ``postgres`` OS user when we are root, else nothing."""
+    if os.geteuid() != 0:
+        return []
+    runuser = shutil.which("runuser")
+    if runuser is None:
+        pytest.skip("running as root and runuser is absent: PostgreSQL refuses to run as root")
+    try:
+        import pwd
+
+        pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("running as root and there is no 'postgres' OS user to run PostgreSQL as")
+    return [runuser, "-u", "postgres", "--"]
+
+
+def _run(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
+
+
+@pytest.fixture
+def postgres() -> Iterator[Postgres]:
+    """Initialise, start and finally stop and remove a PostgreSQL 15 server in a temporary directory.
+
+    The directory is a fresh one in the system temp dir (not pytest's, which is private to root),
+    owned by the ``postgres`` user when the test runs as root.
+    """
+    for tool in ("initdb", "pg_ctl", "createdb"):
+        if not (PG_BIN / tool).exists():
+            pytest.skip(f"{PG_BIN / tool} absent (install the Debian 'postgresql' package)")
+    pytest.importorskip("psycopg", reason="psycopg absent (pip install 'dicomnode[postgres]')")
+    prefix = _as_postgres_user()
+    root = Path(tempfile.mkdtemp(prefix="dicomnode-pg-"))
+    pgdata, socket_dir = root / "data", root / "sock"
+    socket_dir.mkdir()
+    if prefix:
+        for path in (root, socket_dir):
+            shutil.chown(path, "postgres", "postgres")
+    port = free_port()
+    pg_ctl = [*prefix, str(PG_BIN / "pg_ctl"), "-D", str(pgdata)]
+    try:
+        _run(
+            [
+                *prefix,
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(pgdata),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ]
+        )
+        options = f"-p {port} -k {socket_dir} -h 127.0.0.1 -F -c max_connections=200"
+        _run([*pg_ctl, "-o", options, "-l", str(root / "server.log"), "-w", "start"])
+        try:
+            _run(
+                [
+                    *prefix,
+                    str(PG_BIN / "createdb"),
+                    "-h",
+                    str(socket_dir),
+                    "-p",
+                    str(port),
+                    "-U",
+                    "postgres",
+                    DB_NAME,
+                ]
+            )
+            yield Postgres(port=port, socket_dir=socket_dir)
+        finally:
+            subprocess.run(
+                [*pg_ctl, "-m", "fast", "-w", "stop"], capture_output=True, timeout=60, check=False
+            )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _query(url: str, sql: str) -> list[tuple[object, ...]]:
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as connection:
+        return list(connection.execute(sql).fetchall())
+
+
+def test_two_nodes_on_one_postgres_index_measure_each_study_once(
+    postgres: Postgres, sunnybrook: Path, tmp_path: Path
+) -> None:
+    """Halves of three studies sent to two nodes sharing one index give one job and result each."""
+    data_dir = tmp_path / "shared-data"
+    env = {
+        "DICOMNODE_STORAGE__DATABASE_URL": postgres.url,
+        "DICOMNODE_PIPELINE__STABLE_SECONDS": "2",
+        "DICOMNODE_PIPELINE__POLL_SECONDS": "0.2",
+        "DICOMNODE_PIPELINE__WORKERS": "2",
+        "DICOMNODE_WEB__ENABLED": "false",
+        "DICOMNODE_INFERENCE__PROVIDERS": "CPUExecutionProvider",
+    }
+    nodes = [
+        NodeServer(data_dir=data_dir, log_path=tmp_path / name / "node.log", port=free_port(), extra_env=env)
+        for name in ("a", "b")
+    ]
+    try:
+        for node in nodes:
+            node.start()
+        halves: list[list[Path]] = [[], []]
+        for series in SUNNYBROOK_SERIES:
+            files = sorted((sunnybrook / series).glob("*.dcm"), key=lambda p: (len(p.name), p.name))
+            halves[0].extend(files[0::2])
+            halves[1].extend(files[1::2])
+        senders = [
+            subprocess.Popen(
+                storescu_command(node.port, half),
+                env=dcmtk_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for node, half in zip(nodes, halves, strict=True)
+        ]
+        for sender in senders:
+            output, _ = sender.communicate(timeout=300)
+            assert sender.returncode == 0, output
+
+        def all_done() -> bool:
+            rows = _query(postgres.url, "SELECT state FROM jobs")
+            return len(rows) >= len(SUNNYBROOK_SERIES) and all(r[0] in ("done", "failed") for r in rows)
+
+        wait_for(all_done, 400, "three finished jobs in the shared index", poll_s=0.5)
+
+        jobs = _query(postgres.url, "SELECT study_instance_uid, version, state FROM jobs")
+        assert len(jobs) == 3, jobs
+        assert {row[1] for row in jobs} == {1}, jobs
+        assert {row[2] for row in jobs} == {"done"}, jobs
+        assert len({row[0] for row in jobs}) == 3, jobs
+        results = _query(postgres.url, "SELECT study_instance_uid, version, outcome FROM results")
+        assert len(results) == 3, results
+        indexed = _query(postgres.url, "SELECT count(*) FROM instances")[0][0]
+        assert indexed == sum(SUNNYBROOK_SERIES.values())
+        measured = [event for node in nodes for event in node.log_events("stack measured")]
+        assert len(measured) == 3, [node.log_tail() for node in nodes]
+    finally:
+        for node in nodes:
+            node.stop()
