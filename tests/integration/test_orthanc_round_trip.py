@@ -1,0 +1,245 @@
+"""Orthanc as the hospital PACS: a study sent to it reaches the node and its results come back to it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
+
+from node.reports.sr import read_report
+from tests.conftest import NodeServerFactory
+from tests.support import (
+    REPO_ROOT,
+    STORESCU,
+    dicomnode_command,
+    free_port,
+    port_accepts,
+    run_storescu,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.data]
+
+SERIES = "SCD0000301"
+PASSWORD = "correct horse battery staple"
+DEPLOY = REPO_ROOT / "deploy" / "orthanc"
+ORTHANC_AET = "ORTHANC"
+
+
+def orthanc_binary() -> str | None:
+    """Debian's Orthanc (``/usr/sbin/Orthanc``), else one on PATH."""
+    for candidate in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc"):
+        if Path(candidate).is_file():
+            return candidate
+    return shutil.which("Orthanc")
+
+
+def deploy_config() -> dict[str, Any]:
+    """``deploy/orthanc/orthanc.json`` as a dict (its full-line ``//`` comments dropped)."""
+    text = (DEPLOY / "orthanc.json").read_text()
+    return json.loads("\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//")))
+
+
+@dataclass
+class Orthanc:
+    """A running Orthanc on 127.0.0.1 and its REST API (no authentication)."""
+
+    process: subprocess.Popen[bytes]
+    http_port: int
+    dicom_port: int
+    log_path: Path
+
+    def get(self, path: str, raw: bool = False) -> Any:
+        """GET a REST resource: parsed JSON, or bytes when ``raw``."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=30) as response:
+            body = response.read()
+        return body if raw else json.loads(body)
+
+    def alive(self) -> bool:
+        """Whether the REST API answers (fails the wait when Orthanc has exited)."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"Orthanc exited early:\n{self.log_path.read_text(errors='replace')[-4000:]}")
+        try:
+            self.get("/system")
+        except (urllib.error.URLError, OSError):
+            return False
+        return port_accepts(self.dicom_port)
+
+    def instances(self, study_uid: str) -> list[dict[str, Any]]:
+        """Simplified tags of every non-MR instance (the node's results) Orthanc holds in one study."""
+        found = []
+        for study in self.get("/studies?expand"):
+            if study["MainDicomTags"].get("StudyInstanceUID") != study_uid:
+                continue
+            for series in self.get(f"/studies/{study['ID']}/series"):
+                if series["MainDicomTags"].get("Modality") == "MR":
+                    continue
+                for instance in series["Instances"]:
+                    tags = self.get(f"/instances/{instance}/tags?simplify")
+                    found.append({"ID": instance, "OrthancStudy": study["ID"], **tags})
+        return found
+
+    def dataset(self, instance_id: str) -> pydicom.Dataset:
+        """Download one instance and parse it."""
+        return pydicom.dcmread(BytesIO(self.get(f"/instances/{instance_id}/file", raw=True)))
+
+
+@contextlib.contextmanager
+def running_orthanc(binary: str, workdir: Path, dicom_port: int, node_port: int) -> Iterator[Orthanc]:
+    """Orthanc with the deploy config: 127.0.0.1, a free HTTP port, temp storage, forwarding to the node."""
+    config = deploy_config()
+    http_port = free_port()
+    storage = workdir / "storage"
+    storage.mkdir(parents=True)
+    config.update(
+        {
+            "HttpPort": http_port,
+            "DicomPort": dicom_port,
+            "DicomAet": ORTHANC_AET,
+            "StorageDirectory": str(storage),
+            "IndexDirectory": str(storage),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "LuaScripts": [str(DEPLOY / "autoforward.lua")],
+        }
+    )
+    config["DicomModalities"]["dicomnode"].update({"Host": "127.0.0.1", "Port": node_port})
+    config_path = workdir / "orthanc.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    log_path = workdir / "orthanc.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [binary, str(config_path)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=workdir,
+        )  # fmt: skip
+    orthanc = Orthanc(process=process, http_port=http_port, dicom_port=dicom_port, log_path=log_path)
+    try:
+        wait_for(orthanc.alive, 60, "Orthanc's REST API and DICOM port", poll_s=0.2)
+        yield orthanc
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+
+
+def _run(args: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*dicomnode_command(), *args], input=stdin, env=env, capture_output=True, text=True, timeout=180,
+        check=False,
+    )  # fmt: skip
+
+
+def _of_class(
+    instances: list[dict[str, Any]], sop_class: str, flag: str | None = None
+) -> list[dict[str, Any]]:
+    return [
+        tags for tags in instances
+        if tags.get("SOPClassUID") == sop_class and (flag is None or tags.get("VerificationFlag") == flag)
+    ]  # fmt: skip
+
+
+def test_orthanc_forwards_to_the_node_and_stores_draft_and_verified_results(
+    node_server: NodeServerFactory, sunnybrook: Path, tmp_path: Path
+) -> None:
+    """MR sent to Orthanc is measured by the node; draft SR + SC, then the signed-off SR, land in Orthanc."""
+    binary = orthanc_binary()
+    if binary is None:
+        pytest.skip("Orthanc is not installed (apt-get install orthanc)")
+    if not Path(STORESCU).is_file():
+        pytest.skip(f"DCMTK {STORESCU} is not installed")
+    series_dir = sunnybrook / SERIES
+    files = sorted(series_dir.glob("*.dcm"))
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+    orthanc_dicom_port = free_port()
+    server = node_server(
+        {
+            "DICOMNODE_PIPELINE__STABLE_SECONDS": "2",
+            "DICOMNODE_PIPELINE__POLL_SECONDS": "0.2",
+            "DICOMNODE_DELIVERY__POLL_SECONDS": "0.2",
+            "DICOMNODE_DELIVERY__DESTINATIONS": json.dumps(
+                [{"ae_title": ORTHANC_AET, "host": "127.0.0.1", "port": orthanc_dicom_port}]
+            ),
+            "DICOMNODE_WEB__PORT": str(free_port()),
+        },
+        start=False,
+    )
+    added = _run(
+        ["users", "add", "jsmith", "--role", "radiologist", "--full-name", "Smith^Jane",
+         "--organization", "St Elsewhere", "--password-stdin"],
+        server.env, stdin=PASSWORD + "\n",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    server.start()
+
+    with running_orthanc(binary, tmp_path / "orthanc", orthanc_dicom_port, server.port) as orthanc:
+        sent = run_storescu(orthanc.dicom_port, files, called_ae=ORTHANC_AET)
+        assert sent.returncode == 0, sent.stderr
+
+        def drafts() -> list[dict[str, Any]]:
+            instances = orthanc.instances(study_uid)
+            ready = _of_class(instances, Comprehensive3DSRStorage, "UNVERIFIED") and _of_class(
+                instances, SecondaryCaptureImageStorage
+            )
+            return instances if ready else []
+
+        instances = wait_for(drafts, 300, "the draft SR and the picture in Orthanc", poll_s=0.5)
+        draft_tags = _of_class(instances, Comprehensive3DSRStorage, "UNVERIFIED")
+        assert len(draft_tags) == 1
+        assert draft_tags[0]["Modality"] == "SR"
+        (study,) = orthanc.get("/studies?expand")  # one study: the results joined the MR study
+        assert study["ID"] == draft_tags[0]["OrthancStudy"]
+        modalities = {
+            orthanc.get(f"/series/{series}")["MainDicomTags"]["Modality"] for series in study["Series"]
+        }
+        assert {"MR", "SR"} <= modalities and len(modalities) == 3, modalities
+        draft = orthanc.dataset(draft_tags[0]["ID"])
+        assert draft.StudyInstanceUID == study_uid
+
+        measured = _run(["measure", str(series_dir), "--json"], server.env)
+        assert measured.returncode == 0, measured.stderr
+        (expected,) = json.loads(measured.stdout)
+        values = read_report(draft).values
+        assert values is not None
+        assert (round(values.edv_ml, 1), round(values.esv_ml, 1)) == (expected["edv_ml"], expected["esv_ml"])
+
+        listed = _run(["worklist", "list", "--json"], server.env)
+        assert listed.returncode == 0, listed.stderr
+        (row,) = json.loads(listed.stdout)
+        signed = _run(
+            ["worklist", "sign", str(row["result_id"]), "--user", "jsmith", "--password-stdin"],
+            server.env,
+            stdin=PASSWORD + "\n",
+        )
+        assert signed.returncode == 0, signed.stderr
+
+        def verified() -> list[dict[str, Any]]:
+            return _of_class(orthanc.instances(study_uid), Comprehensive3DSRStorage, "VERIFIED")
+
+        (verified_tags,) = wait_for(verified, 120, "the VERIFIED SR in Orthanc", poll_s=0.5)
+        assert verified_tags["OrthancStudy"] == draft_tags[0]["OrthancStudy"]
+        sr = orthanc.dataset(verified_tags["ID"])
+        assert (sr.CompletionFlag, sr.VerificationFlag) == ("COMPLETE", "VERIFIED")
+        assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "Smith^Jane"
+        predecessor = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+        assert predecessor.ReferencedSOPInstanceUID == draft.SOPInstanceUID
+        assert sr.StudyInstanceUID == study_uid
+        assert server.indexed_count() == len(files), "Orthanc forwarded something besides the MR series"
