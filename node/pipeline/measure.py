@@ -66,9 +66,10 @@ class StackMeasurer:
         result = measure(blood_px, myo_px, pixel_area, plan.slice_spacing_mm)
         ed, es = result.ed_phase, result.es_phase
 
-        flip_ml = self._flip_disagreement(values, present, labels, plan, (ed, es))
-        cells = np.zeros(present.shape, dtype=np.int64)
+        # cells[s, p]: the frame's index among the segmented (present) frames, -1 where missing.
+        cells = np.full(present.shape, -1, dtype=np.int64)
         cells[present] = np.arange(int(present.sum()))
+        flip_ml = self._flip_disagreement(values, cells, labels, plan, (ed, es))
         key = [(s, p) for p in (ed, es) for s in range(plan.slices) if present[s, p]]
         blood_key = [labels[s, p] == self._blood for s, p in key]
         total_blood = sum(int(mask.sum()) for mask in blood_key)
@@ -126,14 +127,13 @@ class StackMeasurer:
     def _flip_disagreement(
         self,
         values: npt.NDArray[np.float32],
-        present: npt.NDArray[np.bool_],
+        cells: npt.NDArray[np.int64],
         labels: npt.NDArray[np.uint8],
         plan: StackPlan,
         phases: tuple[int, int],
     ) -> float:
         """Largest |volume difference| (mL) at ED or ES between the prediction and a mirrored input."""
-        cells = np.full(present.shape, -1, dtype=np.int64)
-        cells[present] = np.arange(int(present.sum()))
+        present = cells >= 0
         pixel_area = plan.pixel_spacing[0] * plan.pixel_spacing[1]
         worst = 0.0
         for phase in phases:

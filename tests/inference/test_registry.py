@@ -6,22 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from node.inference.card import InputSpec, ModelCard, Normalisation, OutputSpec, load_card, sha256_of
+from models.spec import INPUT as SPEC
+from models.spec import OUTPUT
+from node.inference.card import ModelCard, load_card, sha256_of
 from node.inference.registry import DEFAULT_MODEL_DIR, ModelNotFound, find_model
 
 RELEASED_NAME = "lvseg-unet"
-
-SPEC = InputSpec(
-    name="image",
-    channels=("MR magnitude",),
-    spacing_mm=2.0,
-    size_multiple=16,
-    pad_value=0.0,
-    normalisation=Normalisation(low_percentile=1.0, high_percentile=99.0, clip_min=0.0, clip_max=1.0),
-)
-OUTPUT = OutputSpec(
-    name="logits", classes=("background", "right_ventricle", "lv_myocardium", "lv_blood_pool")
-)
 
 
 def _release(model_dir: Path, name: str, version: str, payload: bytes = b"onnx bytes") -> Path:

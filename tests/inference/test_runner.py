@@ -7,22 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from node.inference.card import InputSpec, ModelCard, Normalisation, OutputSpec, sha256_of
+from models.spec import INPUT as SPEC
+from models.spec import OUTPUT
+from node.inference.card import ModelCard, sha256_of
 from node.inference.preprocess import normalise, plan_geometry
 from node.inference.registry import DEFAULT_MODEL_DIR, ReleasedModel, find_model
 from node.inference.runner import CPU, Segmenter
 
-SPEC = InputSpec(
-    name="image",
-    channels=("MR magnitude",),
-    spacing_mm=2.0,
-    size_multiple=16,
-    pad_value=0.0,
-    normalisation=Normalisation(low_percentile=1.0, high_percentile=99.0, clip_min=0.0, clip_max=1.0),
-)
-OUTPUT = OutputSpec(
-    name="logits", classes=("background", "right_ventricle", "lv_myocardium", "lv_blood_pool")
-)
 ROWS, COLS = 70, 90
 SPACING = (1.4, 1.3)
 
