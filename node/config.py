@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -80,11 +80,38 @@ class DicomSettings(BaseModel):
     acse_timeout_s: float = Field(default=30.0, gt=0)
     dimse_timeout_s: float = Field(default=60.0, gt=0)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
+    max_associations_per_caller: int = Field(
+        default=8, ge=1, le=1000, description="concurrent associations one calling AE title may hold"
+    )
+    max_instance_mb: int = Field(
+        default=1024, ge=1, description="largest instance accepted; a bigger one aborts the association"
+    )
+    tls_cert: Path | None = Field(default=None, description="PEM certificate: serve DICOM TLS")
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
+    tls_ca: Path | None = Field(
+        default=None, description="PEM CA bundle trusted for peers' certificates (in and out)"
+    )
+    tls_require_client_cert: bool = Field(
+        default=True, description="with TLS, refuse callers without a certificate signed by tls_ca"
+    )
 
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, value: str) -> str:
         return _check_ae_title(value)
+
+    @model_validator(mode="after")
+    def _tls(self) -> DicomSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key are set together")
+        if self.tls_cert is not None and self.tls_require_client_cert and self.tls_ca is None:
+            raise ValueError("tls_require_client_cert needs tls_ca (or set it to false)")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether the listener serves DICOM TLS."""
+        return self.tls_cert is not None
 
     @field_validator("allowed_callers", mode="before")
     @classmethod
@@ -113,6 +140,9 @@ class StorageSettings(BaseModel):
         default=None, description="SQLAlchemy URL; default: SQLite file inside data_dir"
     )
     min_free_mb: int = Field(default=1024, ge=0)
+    max_instances_per_study: int = Field(
+        default=50000, ge=1, description="instances one study may hold; more are refused (0xA700)"
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -162,6 +192,11 @@ class PipelineSettings(BaseModel):
     max_wait_seconds: float = Field(default=600.0, gt=0)
     workers: int = Field(default=1, ge=1, le=64)
     poll_seconds: float = Field(default=1.0, gt=0)
+    max_queued_studies: int = Field(
+        default=200,
+        ge=1,
+        description="studies waiting for inference; beyond it new studies are refused (0xA700)",
+    )
 
 
 class Destination(BaseModel):
@@ -172,6 +207,10 @@ class Destination(BaseModel):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    tls: bool = Field(
+        default=False,
+        description="DICOM TLS: verify the peer against dicom.tls_ca, present dicom.tls_cert",
+    )
 
     @field_validator("ae_title")
     @classmethod
