@@ -11,6 +11,7 @@ from node.clock import Clock, SystemClock, monotonic
 from node.config import Settings
 from node.delivery.sender import DeliverySender
 from node.dicom.scp import StorageSCP
+from node.dicom.tls import DeliveryTLS
 from node.inference.runner import load_segmenter
 from node.logging import Pseudonymiser, get_logger
 from node.metrics import NodeMetrics
@@ -26,7 +27,7 @@ from node.review.service import VerifiedPicture, person_name
 from node.signals import StopSignals
 from node.store.claims import claimant_id, claimant_is_dead
 from node.store.index import Index
-from node.store.ingest import Ingest
+from node.store.ingest import Ingest, IngestLimits
 from node.store.jobs import JobQueue
 from node.store.outbox import Outbox
 from node.store.reviews import ReviewRecord
@@ -96,7 +97,7 @@ class Node:
             log.info("removed unacknowledged partial files", count=removed)
         index = Index.open(settings.storage.effective_database_url())
         pseudonymise = Pseudonymiser.from_key_file(data_dir / "log-key")
-        ingest = Ingest(spool, index, clock, settings.storage.min_free_mb * 1024 * 1024)
+        ingest = Ingest(spool, index, clock, IngestLimits.from_settings(settings))
         scp = StorageSCP(settings.dicom, ingest, pseudonymise, metrics)
 
         segmenter = load_segmenter(settings.inference)
@@ -148,6 +149,11 @@ class Node:
             clock=clock,
             claimant=claimant_id("sender"),
             metrics=metrics,
+            tls=(
+                DeliveryTLS(settings.dicom)
+                if any(destination.tls for destination in settings.delivery.destinations)
+                else None
+            ),
         )
         loops = BackgroundLoops(min(settings.pipeline.poll_seconds, settings.delivery.poll_seconds))
         loops.add("assembler", lambda: bool(assembler.tick()))

@@ -28,13 +28,18 @@ ConfigOption = Annotated[
 ]
 
 
+def _config_error(error: ConfigError) -> typer.Exit:
+    """Print a configuration error one line per problem; the exit (status 2) to raise."""
+    for line in str(error).splitlines():
+        typer.echo(f"error: {line}", err=True)
+    return typer.Exit(2)
+
+
 def _settings(config: Path | None) -> Settings:
     try:
         return load_settings(config)
     except ConfigError as error:
-        for line in str(error).splitlines():
-            typer.echo(f"error: {line}", err=True)
-        raise typer.Exit(2) from None
+        raise _config_error(error) from None
 
 
 @app.command()
@@ -44,7 +49,11 @@ def serve(config: ConfigOption = None) -> None:
 
     settings = _settings(config)
     configure_logging(settings.logging)
-    Node.build(settings).run_until_signalled()
+    try:
+        node = Node.build(settings)  # also checks the files settings name (model, TLS)
+    except ConfigError as error:
+        raise _config_error(error) from None
+    node.run_until_signalled()
 
 
 @app.command("check-config")

@@ -1,13 +1,17 @@
 """The delivery sender: C-STORE SCU (PS3.4 Annex B) of outbox objects, with backoff and dead letters.
 
 A destination that answers with a failure status, or cannot be reached, counts as a failed
-attempt; only Success or a Warning status (the peer stored the object) counts as delivered.
+attempt; only Success or a Warning status (the peer stored the object) counts as delivered. A
+destination with ``tls = true`` is reached over DICOM TLS; a failed handshake is a failed attempt
+like any other.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -15,6 +19,7 @@ from pynetdicom import AE
 
 from node.clock import Clock
 from node.config import DeliverySettings, Destination
+from node.failpoints import failpoint
 from node.logging import get_logger
 from node.metrics import NodeMetrics
 from node.status import Status
@@ -31,9 +36,25 @@ def is_stored(status: int) -> bool:
     return status == Status.SUCCESS or status in _STORED_WITH_WARNING
 
 
+class ClientTLS(Protocol):
+    """Client contexts for DICOM TLS destinations (:class:`node.dicom.tls.DeliveryTLS`)."""
+
+    def tls_args(self, host: str) -> tuple[ssl.SSLContext, str]:
+        """``(context, server_hostname)`` for an association to ``host``."""
+        ...
+
+    def handshake_failure(self, host: str) -> str | None:
+        """Why the last handshake with ``host`` failed, if it did."""
+        ...
+
+
 @dataclass
 class DeliverySender:
-    """Sends due outbox pairs, one association per destination per batch."""
+    """Sends due outbox pairs, one association per destination per batch.
+
+    ``tls`` holds the client contexts (built once, at startup) for destinations with ``tls = true``;
+    without it such a destination's attempts fail.
+    """
 
     outbox: Outbox
     settings: DeliverySettings
@@ -41,6 +62,7 @@ class DeliverySender:
     clock: Clock
     claimant: str
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
+    tls: ClientTLS | None = None
 
     def run_once(self) -> int:
         """Send one batch of due pairs; returns how many were attempted."""
@@ -75,9 +97,24 @@ class DeliverySender:
         ae.connection_timeout = self.settings.timeout_s
         for sop_class in sorted({str(datasets[d.delivery_id].SOPClassUID) for d in sendable}):
             ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        association = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        tls_args = None
+        if destination.tls:
+            if self.tls is None:
+                for delivery in sendable:
+                    self._failed(delivery, "TLS destination but DICOM TLS is not configured", None)
+                return
+            tls_args = self.tls.tls_args(destination.host)
+        association = ae.associate(
+            destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+        )
         if not association.is_established:
-            reason = "association rejected" if association.is_rejected else "destination unreachable"
+            handshake = self.tls.handshake_failure(destination.host) if tls_args and self.tls else None
+            if association.is_rejected:
+                reason = "association rejected"
+            elif handshake is not None:
+                reason = f"TLS handshake failed: {handshake}"
+            else:
+                reason = "destination unreachable"
             for delivery in sendable:
                 self._failed(delivery, reason, None)
             return
@@ -88,6 +125,7 @@ class DeliverySender:
                 response = association.send_c_store(datasets[delivery.delivery_id])
                 status = int(response.Status) if "Status" in response else None
                 if status is not None and is_stored(status):
+                    failpoint("sender:sent")
                     self.metrics.delivery_attempts.inc()
                     self.outbox.mark_delivered(delivery, status, self.clock.now())
                     log.info("object delivered", destination=destination.key, kind="c-store", status=status)

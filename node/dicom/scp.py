@@ -10,6 +10,8 @@ from __future__ import annotations
 import socket
 import threading
 import uuid
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -17,11 +19,12 @@ import structlog
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from node.clock import monotonic
 from node.config import CallerRule, DicomSettings
 from node.dicom.contexts import storage_contexts
+from node.dicom.tls import TLSHandshakeServer, server_context
 from node.errors import NodeError
 from node.logging import Pseudonymiser, get_logger
 from node.metrics import NodeMetrics
@@ -34,12 +37,26 @@ log = get_logger(__name__)
 #: real calling AE title because AE titles never contain a backslash (PS3.5 Table 6.2-1).
 _NOBODY = "\\"
 
+#: Room for the command set and PDV headers beside the largest accepted dataset.
+_COMMAND_ALLOWANCE = 64 * 1024
+#: A-ASSOCIATE PDUs are not bound by the negotiated maximum length; this is ample for them.
+_MIN_PDU_ALLOWANCE = 1 << 20
+_PDU_HEADER = 6
+
 
 class _NodeAE(AE):
-    """An AE whose calling-AE allow-list also considers the caller's address."""
+    """An AE whose association checks also consider the caller's address and title.
 
-    def __init__(self, ae_title: str, rules: list[CallerRule]) -> None:
+    pynetdicom reads ``require_calling_aet`` and ``maximum_associations`` on the association thread
+    while negotiating (PS3.8 7.1.1.9), so both are answered for the caller being negotiated: the
+    allow-list may depend on its address, and a calling AE title already holding
+    ``per_caller`` associations is rejected as transient "local limit exceeded", which a PACS
+    retries later.
+    """
+
+    def __init__(self, ae_title: str, rules: list[CallerRule], per_caller: int) -> None:
         self._rules: list[CallerRule] = []
+        self._per_caller = per_caller
         super().__init__(ae_title)
         self._rules = rules
 
@@ -57,9 +74,85 @@ class _NodeAE(AE):
     def require_calling_aet(self, ae_titles: list[str]) -> None:
         self._rules = [CallerRule(ae_title=title) for title in ae_titles]
 
+    @property
+    def maximum_associations(self) -> int:
+        """The association limit as it applies to the association negotiated on this thread."""
+        current = threading.current_thread()
+        if isinstance(current, Association) and current.is_acceptor:
+            title = str(current.requestor.ae_title).strip()
+            same_caller = [
+                other
+                for other in self.active_associations
+                if other.is_acceptor and str(other.requestor.ae_title).strip() == title
+            ]
+            if len(same_caller) > self._per_caller:
+                return 0  # pynetdicom rejects when active associations exceed the maximum
+        return self._maximum_associations
+
+    @maximum_associations.setter
+    def maximum_associations(self, value: int) -> None:
+        self._maximum_associations = max(1, value)
+
+
+class _ReceiveMeter:
+    """Bounds what one association may make the node hold in memory.
+
+    pynetdicom reads a whole PDU of whatever length the peer declares, and a whole DIMSE message
+    before the C-STORE handler runs. The meter wraps the association socket's ``recv``: a PDU
+    longer than ``max_pdu_bytes`` or more than ``max_message_bytes`` received since the last
+    complete message raises ``OSError`` before the bytes are read, which pynetdicom treats as a
+    lost connection (the association ends, the listener carries on).
+    """
+
+    def __init__(self, max_pdu_bytes: int, max_message_bytes: int) -> None:
+        self.max_pdu_bytes = max_pdu_bytes
+        self.max_message_bytes = max_message_bytes
+        self.received = 0
+        self.exceeded: str | None = None
+
+    def reset(self) -> None:
+        """A whole message has been received and handed to its handler."""
+        self.received = 0
+
+    def wrap(self, recv: Callable[[int], bytearray]) -> Callable[[int], bytearray]:
+        """``recv`` with the limits applied."""
+
+        def bounded(nr_bytes: int) -> bytearray:
+            if nr_bytes > self.max_pdu_bytes:
+                self.exceeded = f"PDU of {nr_bytes} bytes over the {self.max_pdu_bytes}-byte limit"
+            elif self.received + nr_bytes > self.max_message_bytes:
+                self.exceeded = f"message over the {self.max_message_bytes}-byte instance limit"
+            if self.exceeded is not None:
+                raise OSError(self.exceeded)
+            data = recv(nr_bytes)
+            self.received += len(data)
+            return data
+
+        return bounded
+
+
+class _MeteredRequestHandler(RequestHandler):
+    """pynetdicom's request handler, with a :class:`_ReceiveMeter` on each association's socket."""
+
+    def _create_association(self) -> Association:
+        association = super()._create_association()
+        server = cast(_NoDelayServer, self.server)
+        meter = _ReceiveMeter(server.max_pdu_bytes, server.max_message_bytes)
+        transport = cast(AssociationSocket, association.dul.socket)
+        transport.recv = meter.wrap(transport.recv)  # type: ignore[method-assign,assignment]
+        server.meters[association] = meter
+        return association
+
 
 class _NoDelayServer(ThreadedAssociationServer):
-    """Association server that disables Nagle on accepted sockets (small PDUs are not delayed)."""
+    """Association server that disables Nagle on accepted sockets (small PDUs are not delayed).
+
+    It also carries the receive limits its request handler applies to each association.
+    """
+
+    max_pdu_bytes: int = 1 << 20
+    max_message_bytes: int = 1 << 30
+    meters: weakref.WeakKeyDictionary[Association, _ReceiveMeter]
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = super().get_request()
@@ -74,6 +167,10 @@ class _Counts:
     duplicates: int = 0
     refused: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+
+
+class _TLSServer(TLSHandshakeServer, _NoDelayServer):
+    """The listener's server for DICOM TLS: each handshake on its connection's own thread."""
 
 
 class StorageSCP:
@@ -92,7 +189,7 @@ class StorageSCP:
         self._pseudonymise = pseudonymise
         self._counts: dict[int, _Counts] = {}
         self._lock = threading.Lock()
-        ae = _NodeAE(settings.ae_title, list(settings.allowed_callers))
+        ae = _NodeAE(settings.ae_title, list(settings.allowed_callers), settings.max_associations_per_caller)
         ae.supported_contexts = storage_contexts()
         ae.maximum_associations = settings.max_associations
         ae.maximum_pdu_size = settings.max_pdu_size
@@ -101,6 +198,8 @@ class StorageSCP:
         ae.dimse_timeout = settings.dimse_timeout_s
         self._ae = ae
         self._server: ThreadedAssociationServer | None = None
+        # Built now so that an unusable certificate, key or CA stops the node at startup.
+        self._ssl_context = server_context(settings) if settings.tls else None
 
     @property
     def port(self) -> int:
@@ -119,16 +218,30 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        server = self._ae.make_server(
-            (self._settings.host, self._settings.port),
-            evt_handlers=handlers,
-            server_class=_NoDelayServer,
+        server = cast(
+            _NoDelayServer,
+            self._ae.make_server(
+                (self._settings.host, self._settings.port),
+                evt_handlers=handlers,
+                ssl_context=self._ssl_context,
+                server_class=_NoDelayServer if self._ssl_context is None else _TLSServer,
+                request_handler=_MeteredRequestHandler,
+            ),
         )
+        server.meters = weakref.WeakKeyDictionary()
+        server.max_message_bytes = self._settings.max_instance_mb * 1024 * 1024 + _COMMAND_ALLOWANCE
+        server.max_pdu_bytes = max(self._settings.max_pdu_size, _MIN_PDU_ALLOWANCE) + _PDU_HEADER
         thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
         thread.start()
         self._ae._servers.append(server)  # so AE.active_associations sees this server
         self._server = server
-        log.info("listening", ae_title=self._settings.ae_title, host=self._settings.host, port=self.port)
+        log.info(
+            "listening",
+            ae_title=self._settings.ae_title,
+            host=self._settings.host,
+            port=self.port,
+            tls=self._ssl_context is not None,
+        )
 
     def stop(self, grace_s: float) -> None:
         """Stop accepting, let established associations finish within ``grace_s``, abort the rest.
@@ -175,9 +288,17 @@ class StorageSCP:
             peer=f"{requestor.address}:{requestor.port}",
         )
 
+    def _meter(self, association: Association) -> _ReceiveMeter | None:
+        server = self._server
+        return server.meters.get(association) if isinstance(server, _NoDelayServer) else None
+
     def _on_closed(self, event: evt.Event) -> None:
         with self._lock:
             counts = self._counts.pop(id(event.assoc), None)
+        meter = self._meter(event.assoc)
+        if meter is not None and meter.exceeded is not None:
+            self._metrics.associations.labels(outcome="over-limit").inc()
+            log.warning("association ended by a receive limit", limit=meter.exceeded)
         if counts is not None:
             log.info(
                 "association closed",
@@ -188,7 +309,10 @@ class StorageSCP:
             )
         structlog.contextvars.clear_contextvars()
 
-    def _on_echo(self, _event: evt.Event) -> int:
+    def _on_echo(self, event: evt.Event) -> int:
+        meter = self._meter(event.assoc)
+        if meter is not None:
+            meter.reset()
         return int(Status.SUCCESS)
 
     def _count(self, counts: _Counts | None, outcome: str) -> None:
@@ -205,6 +329,9 @@ class StorageSCP:
 
     def _on_store(self, event: evt.Event) -> int:
         counts = self._counts.get(id(event.assoc))
+        meter = self._meter(event.assoc)
+        if meter is not None:
+            meter.reset()
         request = cast(C_STORE, event.request)
         try:
             stored = self._ingest.store(

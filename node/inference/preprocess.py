@@ -17,7 +17,9 @@ from node.inference.card import InputSpec, Normalisation
 FloatArray = npt.NDArray[np.float32]
 
 
-def normalise(stack: npt.NDArray[np.generic], spec: Normalisation) -> FloatArray:
+def normalise(
+    stack: npt.NDArray[np.generic], spec: Normalisation, out: FloatArray | None = None
+) -> FloatArray:
     """Map a whole stack's intensities through its own percentiles to the card's range.
 
     Parameters
@@ -26,15 +28,24 @@ def normalise(stack: npt.NDArray[np.generic], spec: Normalisation) -> FloatArray
         Every frame of one stack (any shape, any numeric dtype).
     spec
         The card's normalisation block.
+    out
+        A float32 array of the stack's shape to write the result into (``stack`` itself, to
+        normalise in place and keep one copy of a large stack); None returns a new array. The values
+        are the same either way.
     """
     values = np.asarray(stack, dtype=np.float32)
     low, high = np.percentile(values, [spec.low_percentile, spec.high_percentile])
     scale = float(high - low)
     if scale <= 0.0:
         scale = 1.0
-    out = (values - np.float32(low)) / np.float32(scale)
-    clipped: FloatArray = np.clip(out, spec.clip_min, spec.clip_max).astype(np.float32, copy=False)
-    return clipped
+    if out is None:
+        shifted = (values - np.float32(low)) / np.float32(scale)
+        clipped: FloatArray = np.clip(shifted, spec.clip_min, spec.clip_max).astype(np.float32, copy=False)
+        return clipped
+    np.subtract(values, np.float32(low), out=out)
+    np.divide(out, np.float32(scale), out=out)
+    np.clip(out, spec.clip_min, spec.clip_max, out=out)
+    return out
 
 
 def linear_resample_matrix(n_in: int, n_out: int, in_spacing: float, out_spacing: float) -> FloatArray:

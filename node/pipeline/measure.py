@@ -55,10 +55,13 @@ class StackMeasurer:
         """Segment every frame of the stack and derive measurements and QC."""
         pixels = load_pixels(plan, root)
         present = pixels.present
-        values = normalise(pixels.frames[present], self.segmenter.card.input.normalisation)
+        # In place: a large stack (many phases, a 512 x 512 matrix) is held as one float32 copy.
+        values = normalise(pixels.frames, self.segmenter.card.input.normalisation, out=pixels.frames)
         segmentation = self.segmenter.segment(values, plan.pixel_spacing, normalised=True)
-        labels = np.zeros(pixels.frames.shape, dtype=np.uint8)
+        labels = np.zeros((plan.slices, plan.phases, plan.rows, plan.columns), dtype=np.uint8)
         labels[present] = segmentation.labels
+        uncertain_px = segmentation.uncertain_px
+        del segmentation  # its labels are copied into the grid
 
         pixel_area = plan.pixel_spacing[0] * plan.pixel_spacing[1]
         blood_px = _fill_missing((labels == self._blood).sum(axis=(2, 3)).astype(np.float64), present)
@@ -78,7 +81,7 @@ class StackMeasurer:
             if total_blood
             else 0.0
         )
-        uncertain = sum(int(segmentation.uncertain_px[cells[s, p]]) for s, p in key)
+        uncertain = sum(int(uncertain_px[cells[s, p]]) for s, p in key)
         quality = assess(
             edv_ml=result.edv_ml,
             esv_ml=result.esv_ml,

@@ -25,6 +25,9 @@ class OfflineRun:
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
     #: (series UIDs, reason) of stacks that were found but could not be measured.
     failed_stacks: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
+    #: Per study, the images stack finding left out, by :class:`~node.pipeline.stacks.SkipReason`:
+    #: for a study without a stack, why none was found. Studies that left nothing out are absent.
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
@@ -69,6 +72,8 @@ def measure_paths(
         search = find_sax_stacks(members)
         if not search.stacks:
             run.studies_without_stack.append(study_uid)
+        if search.skipped:
+            run.skipped[study_uid] = search.skipped
         plans.extend(search.stacks)
     for done, plan in enumerate(plans):
         try:

@@ -1,7 +1,14 @@
-"""Read a planned stack's pixels from its files, any transfer syntax the receiver accepts."""
+"""Read a planned stack's pixels from its files, any transfer syntax the receiver accepts.
+
+A grid cell is a single-frame instance or one frame of a multi-frame instance
+(:class:`~node.pipeline.frames.SpooledFrame`). A multi-frame file is opened once and only the frames
+the stack uses are decoded, one at a time.
+"""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,9 +16,12 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.pixels.processing import apply_modality_lut
+from pydicom.pixels.utils import iter_pixels
 
 from node.errors import NodeError
+from node.pipeline.frames import FunctionalGroups, SpooledFrame
 from node.pipeline.stacks import StackPlan
+from node.store.instance import SpooledInstance
 
 
 class UnreadablePixels(NodeError):
@@ -20,14 +30,35 @@ class UnreadablePixels(NodeError):
 
 @dataclass(frozen=True)
 class StackPixels:
-    """``frames[slice, phase]`` on one grid; ``present`` marks cells that have an image."""
+    """The decoded images of a stack's present cells, and where they sit on its grid.
+
+    Attributes
+    ----------
+    frames
+        ``(n, rows, cols)``: the image of every present cell, slice by slice and phase by phase, which
+        is the order of ``present``'s true cells (``volume[present] = frames`` puts them in place).
+        Only present cells are held, so a stack with missing cells costs no memory for them.
+    present
+        ``(slices, phases)``: whether the cell has an image.
+    """
 
     frames: npt.NDArray[np.float32]
     present: npt.NDArray[np.bool_]
 
 
-def read_frame(path: Path) -> npt.NDArray[np.float32]:
-    """Decode one single-frame image with its Modality LUT (rescale slope/intercept) applied."""
+def read_frame(path: Path, frame_number: int | None = None) -> npt.NDArray[np.float32]:
+    """Decode one image with its Modality LUT (rescale slope/intercept) applied.
+
+    Parameters
+    ----------
+    path
+        The instance's file.
+    frame_number
+        None for a single-frame image; else the frame's number, from 1, in a multi-frame instance.
+    """
+    if frame_number is not None:
+        ((_, frame),) = _decode_frames(path, [(0, frame_number)])
+        return frame
     try:
         dataset = pydicom.dcmread(path)
         pixels = apply_modality_lut(dataset.pixel_array, dataset)
@@ -36,23 +67,73 @@ def read_frame(path: Path) -> npt.NDArray[np.float32]:
     return np.asarray(pixels, dtype=np.float32)
 
 
+def read_cell(cell: SpooledInstance, root: Path) -> npt.NDArray[np.float32]:
+    """Decode one grid cell: a single-frame instance, or a frame of a multi-frame one.
+
+    Parameters
+    ----------
+    root
+        Directory the cell's relative path is resolved against (an absolute path stays as it is).
+    """
+    return read_frame(root / cell.path, cell.frame_number if isinstance(cell, SpooledFrame) else None)
+
+
+def _decode_frames(
+    path: Path, wanted: Sequence[tuple[int, int]]
+) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
+    """Decode frames of one multi-frame file, yielding ``(key, frame)`` for each ``(key, frame number)``.
+
+    The Modality LUT of a frame is its Pixel Value Transformation functional group (PS3.3
+    C.7.6.16.2.9), per frame or shared, else the top-level Rescale Slope and Intercept.
+    """
+    by_index: dict[int, list[int]] = defaultdict(list)
+    for key, frame_number in wanted:
+        by_index[frame_number - 1].append(key)
+    indices = sorted(by_index)
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        count = int(header.get("NumberOfFrames") or 1)
+        if indices and (indices[0] < 0 or indices[-1] >= count):
+            raise IndexError("frame number outside Number of Frames")
+        groups = FunctionalGroups.of(header)
+        for index, pixels in zip(indices, iter_pixels(path, indices=indices), strict=True):
+            modality = groups.item(index, "PixelValueTransformationSequence") or header
+            frame = np.asarray(apply_modality_lut(pixels, modality), dtype=np.float32)
+            for key in by_index[index]:
+                yield key, frame
+    except Exception as error:  # noqa: BLE001 - decoders raise many types
+        raise UnreadablePixels(f"cannot decode pixel data: {type(error).__name__}") from None
+
+
 def load_pixels(plan: StackPlan, root: Path) -> StackPixels:
-    """Every cell of the plan's grid, zeros where a cell is missing.
+    """The image of every present cell of the plan's grid, read file by file.
 
     Parameters
     ----------
     root
         Directory the plan's relative paths are resolved against (absolute paths stay as they are).
+
+    Raises
+    ------
+    UnreadablePixels
+        A file cannot be decoded, or an image's size differs from the plan's Rows x Columns.
     """
-    frames = np.zeros((plan.slices, plan.phases, plan.rows, plan.columns), dtype=np.float32)
-    present = np.zeros((plan.slices, plan.phases), dtype=bool)
-    for slice_index, row in enumerate(plan.grid):
-        for phase, cell in enumerate(row):
-            if cell is None:
-                continue
-            frame = read_frame(root / cell.path)
-            if frame.shape != (plan.rows, plan.columns):
-                raise UnreadablePixels("decoded frame size differs from Rows x Columns")
-            frames[slice_index, phase] = frame
-            present[slice_index, phase] = True
-    return StackPixels(frames=frames, present=present)
+    present = np.array([[cell is not None for cell in row] for row in plan.grid], dtype=bool)
+    cells = [cell for row in plan.grid for cell in row if cell is not None]
+    frames = np.empty((len(cells), plan.rows, plan.columns), dtype=np.float32)
+
+    def place(position: int, frame: npt.NDArray[np.float32]) -> None:
+        if frame.shape != (plan.rows, plan.columns):
+            raise UnreadablePixels("decoded frame size differs from Rows x Columns")
+        frames[position] = frame
+
+    multi_frame: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for position, cell in enumerate(cells):
+        if isinstance(cell, SpooledFrame):
+            multi_frame[cell.path].append((position, cell.frame_number))
+        else:
+            place(position, read_frame(root / cell.path))
+    for path, wanted in multi_frame.items():
+        for position, frame in _decode_frames(root / path, wanted):
+            place(position, frame)
+    return StackPixels(frames=frames, present=present.reshape(plan.slices, plan.phases))

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 
 from node.clock import Clock
 from node.domain import Outcome, StackResult
+from node.failpoints import failpoint
 from node.logging import Pseudonymiser, get_logger
 from node.pipeline.stacks import find_sax_stacks
 from node.reports.codes import ReviewStatus
@@ -212,6 +213,7 @@ class Publisher:
                 result_id=result_id,
             )
             added += self.outbox.add(item, encode(dataset), self.destinations, now)
+            failpoint("publisher:partial")
         log.info(
             "result published",
             study=self.pseudonymise(result.study_instance_uid),

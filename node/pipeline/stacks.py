@@ -7,7 +7,12 @@ normal (Image Position (Patient) (0020,0032), PS3.3 C.7.6.2.1.1), each with :dat
 more Trigger Times (0018,1060). A stack may arrive as one series or as one series per slice, so
 images are grouped across series by study, Frame of Reference UID (0020,0052) and orientation.
 
-Odd input is reported, never raised: every instance that does not end up in a grid cell is counted
+An image is a single-frame MR image or one frame of an Enhanced or Legacy Converted Enhanced MR
+instance: such an instance is split into frames (:mod:`node.pipeline.frames`), each with the position,
+orientation, pixel spacing and trigger time of its functional groups, and a frame fills a grid cell
+exactly as a single-frame image would. The cell is then a :class:`~node.pipeline.frames.SpooledFrame`.
+
+Odd input is reported, never raised: every image that does not end up in a grid cell is counted
 under a :class:`SkipReason`, and every irregularity of a stack that was kept is named by a
 :class:`StackFlag`.
 """
@@ -21,15 +26,12 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Final, TypeVar
 
-from pydicom.uid import (
-    EnhancedMRColorImageStorage,
-    EnhancedMRImageStorage,
-    LegacyConvertedEnhancedMRImageStorage,
-    MRImageStorage,
-)
+from pydicom.uid import EnhancedMRColorImageStorage, MRImageStorage
 
+from node.pipeline.frames import SPLIT_MR_CLASSES, FrameProblem, SpooledFrame, split_frames
 from node.store.instance import SpooledInstance
 
 Vector = tuple[float, float, float]
@@ -62,10 +64,8 @@ _PARALLEL_COSINE: Final = math.cos(math.radians(PARALLEL_TOLERANCE_DEG))
 _SECONDS_PER_MINUTE: Final = 60
 _SECONDS_PER_HOUR: Final = 3600
 _TM_FIELD_DIGITS: Final = 2
-_MULTI_FRAME_MR_CLASSES: Final = frozenset(
-    str(uid)
-    for uid in (EnhancedMRImageStorage, EnhancedMRColorImageStorage, LegacyConvertedEnhancedMRImageStorage)
-)
+#: Multi-frame MR classes that are not split into frames (colour, not the magnitude the model reads).
+_UNSPLIT_MULTI_FRAME_MR_CLASSES: Final = frozenset({str(EnhancedMRColorImageStorage)})
 _DERIVED: Final = "DERIVED"
 _LOCALIZER: Final = "LOCALIZER"
 
@@ -89,7 +89,11 @@ class StackFlag(StrEnum):
 
 
 class SkipReason(StrEnum):
-    """Why an instance is in no grid cell; the keys of :attr:`StackSearch.skipped`."""
+    """Why an image is in no grid cell; the keys of :attr:`StackSearch.skipped`.
+
+    Each frame of a multi-frame instance counts as one image; an instance that cannot be split into
+    frames, or is not split (see :data:`MULTI_FRAME_UNSUPPORTED`), counts once.
+    """
 
     #: The same SOP Instance UID appeared again later in the input; the later copy was used.
     DUPLICATE_INSTANCE = "duplicate_instance"
@@ -97,13 +101,18 @@ class SkipReason(StrEnum):
     NOT_AN_IMAGE = "not_an_image"
     #: An image, but not of MR Image Storage (CT, secondary capture ...), PS3.4 B.5.
     NOT_MR_IMAGE = "not_mr_image"
-    #: Enhanced MR multi-frame (PS3.3 A.36) or MR Image Storage with Number of Frames > 1.
+    #: Enhanced MR Color (PS3.3 A.36.4), or MR Image Storage with Number of Frames > 1, which its IOD
+    #: does not allow; Enhanced and Legacy Converted Enhanced MR are split into frames instead.
     MULTI_FRAME_UNSUPPORTED = "multi_frame_unsupported"
+    #: An Enhanced or Legacy Converted Enhanced MR instance whose file could not be read for its
+    #: per-frame functional groups.
+    UNREADABLE = "unreadable"
     #: Image Type (0008,0008) value 1 is DERIVED (PS3.3 C.7.6.1.1.2).
     DERIVED = "derived"
     #: Image Type (0008,0008) contains LOCALIZER.
     LOCALIZER = "localizer"
-    #: Rows, Columns, Pixel Spacing, Image Position or Image Orientation (Patient) absent or unusable.
+    #: Rows, Columns, Pixel Spacing, Image Position or Image Orientation (Patient) absent or unusable;
+    #: or a multi-frame instance whose Per-Frame Functional Groups do not match its Number of Frames.
     NO_GEOMETRY = "no_geometry"
     #: In a stack's plane, but its series has fewer than :data:`MIN_PHASES` trigger times at every
     #: position (a late-enhancement or other single-phase series planned like the cine).
@@ -112,7 +121,8 @@ class SkipReason(StrEnum):
     INCONSISTENT_GEOMETRY = "inconsistent_geometry"
     #: Superseded by a later acquisition of the same position (and phase).
     SUPERSEDED = "superseded_by_later_acquisition"
-    #: In a group of parallel images that is not a SAX cine stack (long-axis view, localizer ...).
+    #: In a group of parallel images that is not a SAX cine stack: fewer than :data:`MIN_SLICES`
+    #: positions with a cine (a long-axis view, a single-slice series, an untyped localizer ...).
     NOT_SAX_GROUP = "not_sax_group"
 
 
@@ -144,7 +154,8 @@ class StackPlan:
     trigger_times_ms
         Per phase index, the median Trigger Time (0018,1060) over slices; None when unknown.
     grid
-        ``grid[slice][phase]``; None where that slice lacks that phase.
+        ``grid[slice][phase]``; None where that slice lacks that phase. A cell filled by a frame of a
+        multi-frame instance is a :class:`~node.pipeline.frames.SpooledFrame`.
     flags
         :class:`StackFlag` values naming the irregularities found, in declaration order.
     """
@@ -190,7 +201,7 @@ class StackSearch:
 
 @dataclass(frozen=True)
 class _Image:
-    """An instance that passed the per-instance checks, with its geometry decoded."""
+    """An image (a single-frame instance or a frame) that passed the per-image checks, geometry decoded."""
 
     instance: SpooledInstance
     arrival: int
@@ -242,15 +253,28 @@ def _parallel(a: _Image, b: _Image) -> bool:
     return abs(_dot(a.normal, b.normal)) >= _PARALLEL_COSINE and _dot(a.row, b.row) >= _PARALLEL_COSINE
 
 
+def _images(instance: SpooledInstance, root: Path | None) -> Sequence[SpooledInstance] | SkipReason:
+    """The images an instance holds: itself, or each frame of an Enhanced MR instance (read from its file)."""
+    if instance.header.sop_class_uid not in SPLIT_MR_CLASSES:
+        return (instance,)
+    frames = split_frames(instance, Path(instance.path) if root is None else root / instance.path)
+    if frames is FrameProblem.UNREADABLE:
+        return SkipReason.UNREADABLE
+    if isinstance(frames, FrameProblem):
+        return SkipReason.NO_GEOMETRY
+    return frames
+
+
 def _screen(instance: SpooledInstance, arrival: int) -> _Image | SkipReason:
-    """Decode one instance's geometry, or say why it cannot be part of a SAX cine stack."""
+    """Decode one image's geometry, or say why it cannot be part of a SAX cine stack."""
     header = instance.header
-    if header.sop_class_uid in _MULTI_FRAME_MR_CLASSES:
-        return SkipReason.MULTI_FRAME_UNSUPPORTED
-    if header.sop_class_uid != MRImageStorage:
-        return SkipReason.NOT_AN_IMAGE if header.rows is None else SkipReason.NOT_MR_IMAGE
-    if (header.number_of_frames or 1) > 1:
-        return SkipReason.MULTI_FRAME_UNSUPPORTED
+    if not isinstance(instance, SpooledFrame):
+        if header.sop_class_uid in _UNSPLIT_MULTI_FRAME_MR_CLASSES:
+            return SkipReason.MULTI_FRAME_UNSUPPORTED
+        if header.sop_class_uid != MRImageStorage:
+            return SkipReason.NOT_AN_IMAGE if header.rows is None else SkipReason.NOT_MR_IMAGE
+        if (header.number_of_frames or 1) > 1:
+            return SkipReason.MULTI_FRAME_UNSUPPORTED
     image_type = tuple(value.strip().upper() for value in header.image_type)
     if image_type and image_type[0] == _DERIVED:
         return SkipReason.DERIVED
@@ -554,7 +578,7 @@ def _plan(
     )
 
 
-def find_sax_stacks(instances: Sequence[SpooledInstance]) -> StackSearch:
+def find_sax_stacks(instances: Sequence[SpooledInstance], root: Path | None = None) -> StackSearch:
     """Find every short-axis cine stack among indexed instances and lay each out as slice x phase.
 
     Parameters
@@ -562,6 +586,9 @@ def find_sax_stacks(instances: Sequence[SpooledInstance]) -> StackSearch:
     instances
         Instances in arrival order, as :meth:`node.store.index.Index.study_instances` returns them;
         several studies may be mixed, each stack belongs to one.
+    root
+        Directory the instances' relative paths are resolved against (the spool root), used only to
+        read the functional groups of Enhanced MR instances; None uses the paths as they are.
 
     Returns
     -------
@@ -569,7 +596,7 @@ def find_sax_stacks(instances: Sequence[SpooledInstance]) -> StackSearch:
         One :class:`StackPlan` per group of parallel images (same Study Instance UID, Frame of
         Reference UID and orientation) at :data:`MIN_SLICES` or more positions with
         :data:`MIN_PHASES` or more trigger times each, sorted by study, frame of reference and
-        series; and the count of every instance left out, by :class:`SkipReason`. Empty ``stacks``
+        series; and the count of every image left out, by :class:`SkipReason`. Empty ``stacks``
         means the study has no usable SAX cine. Nothing is raised for odd input.
 
     Notes
@@ -582,18 +609,24 @@ def find_sax_stacks(instances: Sequence[SpooledInstance]) -> StackSearch:
     """
     skipped: Counter[str] = Counter()
     latest: dict[str, int] = {}
-    for arrival, instance in enumerate(instances):
-        latest[instance.header.sop_instance_uid] = arrival
+    for order, instance in enumerate(instances):
+        latest[instance.header.sop_instance_uid] = order
     screened: list[_Image] = []
-    for arrival, instance in enumerate(instances):
-        if latest[instance.header.sop_instance_uid] != arrival:
+    arrivals = itertools.count()
+    for order, instance in enumerate(instances):
+        if latest[instance.header.sop_instance_uid] != order:
             skipped[SkipReason.DUPLICATE_INSTANCE.value] += 1
             continue
-        result = _screen(instance, arrival)
-        if isinstance(result, SkipReason):
-            skipped[result.value] += 1
-        else:
-            screened.append(result)
+        images = _images(instance, root)
+        if isinstance(images, SkipReason):
+            skipped[images.value] += 1
+            continue
+        for candidate in images:
+            result = _screen(candidate, next(arrivals))
+            if isinstance(result, SkipReason):
+                skipped[result.value] += 1
+            else:
+                screened.append(result)
 
     frames: dict[tuple[str, str], set[str | None]] = defaultdict(set)
     for image in screened:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from node.clock import Clock, monotonic
 from node.domain import Outcome
+from node.failpoints import failpoint
 from node.logging import Pseudonymiser, get_logger
 from node.metrics import NodeMetrics
 from node.pipeline.measure import StackMeasurer
@@ -99,5 +100,6 @@ class PipelineWorker:
                 qc_flags=list(result.qc_flags),
                 confidence=round(result.confidence, 3),
             )
+        failpoint("worker:measured")
         self.queue.complete(job, Outcome.MEASURED, rows, self.clock.now())
         self.metrics.studies_processed.labels(outcome=str(Outcome.MEASURED)).inc()

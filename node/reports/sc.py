@@ -1,7 +1,8 @@
 """The summary page as a Secondary Capture Image (PS3.3 A.8.1), filed in the source study.
 
 The pixels come from :func:`node.reports.render.render_summary`; text is burned in, so Burned In
-Annotation (0028,0301) is YES. Patient and study attributes are copied from a sanitised source image
+Annotation (0028,0301) is YES. The frames drawn are listed in the Source Image Sequence (0008,2112),
+a frame of a multi-frame source by its Referenced Frame Number (0008,1160). Patient and study attributes are copied from a sanitised source image
 (:func:`node.reports.sources.sanitised_for_copy`), the Study Instance UID exactly as the source has it.
 """
 
@@ -20,6 +21,7 @@ from pydicom.valuerep import DA, TM
 from node import __version__
 from node.reports.codes import ReviewStatus
 from node.reports.errors import ReportError
+from node.reports.sources import image_orientation as orientation_of
 from node.reports.sources import sanitised_for_copy
 
 MANUFACTURER: Final = "dicomnode"
@@ -74,7 +76,9 @@ def build_sc(
     instance_number: int,
     review: ReviewStatus,
     now: datetime,
+    source_frame_number: int | None = None,
     referenced_images: Sequence[Dataset] = (),
+    referenced_frame_numbers: Sequence[int | None] = (),
     series_number: int = SC_SERIES_NUMBER,
 ) -> Dataset:
     """The rendered page as a Secondary Capture Image Storage instance (highdicom ``SCImage``).
@@ -84,7 +88,7 @@ def build_sc(
     rgb
         ``(rows, columns, 3)`` uint8 RGB pixels.
     source_dataset
-        A source image of the stack (the mid-ventricular ED frame): Study Instance UID, patient and
+        A source image of the stack (the mid-ventricular ED image): Study Instance UID, patient and
         study modules, and the Image Orientation (Patient) behind Patient Orientation.
     series_instance_uid, sop_instance_uid, instance_number, series_number
         Identity of the new instance.
@@ -92,8 +96,15 @@ def build_sc(
         Sign-off status of the result shown; it names the series (Series Description).
     now
         Content date/time, date/time of secondary capture and instance creation.
+    source_frame_number
+        When ``source_dataset`` is a multi-frame instance, the frame drawn: its Plane Orientation
+        (Patient) functional group gives the orientation. None for a single-frame source.
     referenced_images
-        Images drawn on the page, listed in the Source Image Sequence (0008,2112).
+        Images drawn on the page, listed in the Source Image Sequence (0008,2112), each instance once.
+    referenced_frame_numbers
+        Per referenced image, its frame number in a multi-frame instance (None for a single-frame
+        image), listed in that instance's Referenced Frame Number (0008,1160); empty when every image
+        is single-frame.
 
     Raises
     ------
@@ -102,8 +113,10 @@ def build_sc(
     """
     if rgb.ndim != _RGB_CHANNELS or rgb.shape[2] != _RGB_CHANNELS or rgb.dtype != np.uint8:
         raise ReportError("the secondary capture needs an RGB uint8 image")
+    if referenced_frame_numbers and len(referenced_frame_numbers) != len(referenced_images):
+        raise ReportError("referenced frame numbers and referenced images differ in number")
     source = sanitised_for_copy(source_dataset)
-    orientation = source.get("ImageOrientationPatient")
+    orientation = orientation_of(source, source_frame_number)
     if orientation is None:
         raise ReportError("the source image has no Image Orientation (Patient)")
     sc = hd.sc.SCImage(
@@ -117,7 +130,7 @@ def build_sc(
         sop_instance_uid=sop_instance_uid,
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
-        patient_orientation=patient_orientation([float(value) for value in orientation]),
+        patient_orientation=patient_orientation(orientation),
         series_description=SERIES_DESCRIPTIONS[review],
         software_versions=__version__,
         content_date=now.date(),
@@ -137,11 +150,27 @@ def build_sc(
     sc.InstanceCreationDate = DA(now.date())
     sc.InstanceCreationTime = TM(now.time())
     if referenced_images:
-        references: list[Dataset] = []
-        for image in referenced_images:
+        sc.SourceImageSequence = _source_image_items(referenced_images, referenced_frame_numbers)
+    return sc
+
+
+def _source_image_items(
+    images: Sequence[Dataset], frame_numbers: Sequence[int | None]
+) -> list[Dataset]:
+    """Source Image Sequence items (Image SOP Instance Reference Macro, PS3.3 Table 10-3), one per
+    instance, with the Referenced Frame Number (0008,1160) of each frame drawn from a multi-frame one."""
+    items: dict[str, Dataset] = {}
+    for position, image in enumerate(images):
+        uid = str(image.SOPInstanceUID)
+        item = items.get(uid)
+        if item is None:
             item = Dataset()
             item.ReferencedSOPClassUID = image.SOPClassUID
             item.ReferencedSOPInstanceUID = image.SOPInstanceUID
-            references.append(item)
-        sc.SourceImageSequence = references
-    return sc
+            items[uid] = item
+        number = frame_numbers[position] if frame_numbers else None
+        if number is not None:
+            numbers = [int(value) for value in item.get("ReferencedFrameNumber") or []]
+            if number not in numbers:
+                item.ReferencedFrameNumber = [*numbers, number]
+    return list(items.values())

@@ -1,5 +1,10 @@
 """Load the source images a report refers to, and make their headers safe for highdicom to copy.
 
+A source image is a single-frame instance or one frame of a multi-frame instance (Enhanced or Legacy
+Converted Enhanced MR, PS3.3 A.36.2, A.71): a stack grid cell that has a ``frame_number``
+(:class:`FrameCell`). A multi-frame file is read once per report, and only the frames drawn are
+decoded; reports reference such an image by instance and Referenced Frame Number (0008,1160).
+
 Reports copy the Patient and Study modules (PS3.3 C.7.1.1, C.7.2.1, C.7.2.2) from a source image.
 Real headers carry dates such as '00000000' or '20120000' that are not valid DA values (PS3.5 6.2) and
 make highdicom raise; :func:`sanitised_for_copy` blanks them. UIDs are never touched: a PACS files the
@@ -14,7 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +27,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+from pydicom.pixels import pixel_array
 from pydicom.pixels.processing import apply_modality_lut
 
 from node.domain import StackResult
@@ -179,19 +185,89 @@ def read_image(path: Path) -> Dataset:
         raise ReportError(f"cannot read source instance: {type(error).__name__}") from None
 
 
-@dataclass(frozen=True)
+@runtime_checkable
+class FrameCell(Protocol):
+    """A stack grid cell that is one frame of a multi-frame instance.
+
+    :class:`node.pipeline.frames.SpooledFrame` is one; reports take cells by this shape rather than
+    import the pipeline that calls them.
+    """
+
+    @property
+    def frame_number(self) -> int:
+        """The frame's number within its instance, from 1 (PS3.3 C.7.6.6)."""
+        ...
+
+
+def frame_number_of(cell: SpooledInstance) -> int | None:
+    """The cell's frame number in its multi-frame instance; None for a single-frame image."""
+    return cell.frame_number if isinstance(cell, FrameCell) else None
+
+
+def frame_functional_group(dataset: Dataset, frame_number: int, keyword: str) -> Dataset | None:
+    """The item of functional group ``keyword`` that applies to a frame of a multi-frame image.
+
+    The frame's own item in the Per-Frame Functional Groups Sequence (5200,9230) takes precedence
+    over the Shared Functional Groups Sequence (5200,9229) (PS3.3 C.7.6.16); None when neither has it.
+    """
+    containers: list[Dataset] = []
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or ()
+    if 1 <= frame_number <= len(per_frame):
+        containers.append(per_frame[frame_number - 1])
+    containers.extend((dataset.get("SharedFunctionalGroupsSequence") or ())[:1])
+    for container in containers:
+        items = container.get(keyword)
+        if items:
+            return items[0]  # type: ignore[no-any-return]
+    return None
+
+
+def image_orientation(dataset: Dataset, frame_number: int | None = None) -> list[float] | None:
+    """Image Orientation (Patient) (0020,0037) of an image, None when it has none.
+
+    For a frame of a multi-frame image, from its Plane Orientation (Patient) functional group
+    (PS3.3 C.7.6.16.2.4); else the top-level attribute (PS3.3 C.7.6.2).
+    """
+    holder = dataset if frame_number is None else frame_functional_group(
+        dataset, frame_number, "PlaneOrientationSequence"
+    )
+    value = holder.get("ImageOrientationPatient") if holder is not None else None
+    return [float(v) for v in value] if value else None
+
+
+def image_position(dataset: Dataset, frame_number: int | None = None) -> list[float] | None:
+    """Image Position (Patient) (0020,0032) of an image, None when it has none.
+
+    For a frame of a multi-frame image, from its Plane Position (Patient) functional group
+    (PS3.3 C.7.6.16.2.3); else the top-level attribute (PS3.3 C.7.6.2).
+    """
+    holder = dataset if frame_number is None else frame_functional_group(
+        dataset, frame_number, "PlanePositionSequence"
+    )
+    value = holder.get("ImagePositionPatient") if holder is not None else None
+    return [float(v) for v in value] if value else None
+
+
+@dataclass(frozen=True, eq=False)
 class ReportSources:
     """The source datasets of one stack's reports.
 
     Attributes
     ----------
     ed_headers, es_headers
-        Headers (no pixel data) of every slice's image at the ED and ES phase, in slice order; slices
-        without an image at that phase are left out.
+        Headers (no pixel data) of the instances holding every slice's image at the ED and ES phase,
+        in slice order, each instance once (a multi-frame instance holds the images of several
+        slices); slices without an image at that phase contribute nothing.
     mid_slice
         Slice index of the mid-ventricular slice (see :func:`mid_ventricular_slice`).
     ed_image, es_image
-        The mid-ventricular slice's ED and ES images, with pixel data.
+        The instances of the mid-ventricular slice's ED and ES images: a single-frame image with its
+        pixel data; a multi-frame instance as its header only (its frame is in ``ed_pixels``).
+    ed_frame_numbers, es_frame_numbers
+        Per slice, as the result's ``ed_sop_instance_uids``/``es_sop_instance_uids``: the image's
+        frame number in its multi-frame instance, None for a single-frame image or a missing one.
+    ed_pixels, es_pixels
+        The mid-ventricular slice's ED and ES frames, Modality LUT applied (PS3.3 C.11.1).
     """
 
     ed_headers: tuple[Dataset, ...]
@@ -199,11 +275,27 @@ class ReportSources:
     mid_slice: int
     ed_image: Dataset
     es_image: Dataset
+    ed_frame_numbers: tuple[int | None, ...]
+    es_frame_numbers: tuple[int | None, ...]
+    ed_pixels: npt.NDArray[np.float32]
+    es_pixels: npt.NDArray[np.float32]
 
     @property
     def evidence(self) -> tuple[Dataset, ...]:
-        """ED then ES headers: the images an SR references (PS3.3 C.17.2.3 evidence)."""
-        return self.ed_headers + self.es_headers
+        """ED then ES headers, each instance once: the images an SR references (PS3.3 C.17.2.3)."""
+        seen: set[str] = set()
+        unique: list[Dataset] = []
+        for dataset in self.ed_headers + self.es_headers:
+            uid = str(dataset.SOPInstanceUID)
+            if uid not in seen:
+                seen.add(uid)
+                unique.append(dataset)
+        return tuple(unique)
+
+    @property
+    def drawn_frame_numbers(self) -> tuple[int | None, int | None]:
+        """Frame numbers of the mid-ventricular ED and ES images (None for single-frame images)."""
+        return self.ed_frame_numbers[self.mid_slice], self.es_frame_numbers[self.mid_slice]
 
 
 def mid_ventricular_slice(result: StackResult) -> int:
@@ -230,6 +322,41 @@ def mid_ventricular_slice(result: StackResult) -> int:
     return candidates[len(candidates) // 2]
 
 
+class _Headers:
+    """Headers read once per file: the frames of a multi-frame instance share one."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._read: dict[str, Dataset] = {}
+
+    def __call__(self, cell: SpooledInstance) -> Dataset:
+        if cell.path not in self._read:
+            self._read[cell.path] = read_header(self._root / cell.path)
+        return self._read[cell.path]
+
+
+def decode_frame(path: Path, header: Dataset, frame_number: int) -> npt.NDArray[np.float32]:
+    """One frame of a multi-frame image file, decoded alone, its Modality LUT applied.
+
+    The Modality LUT is the frame's Pixel Value Transformation functional group (PS3.3
+    C.7.6.16.2.9), per frame or shared, else the top-level Rescale Slope and Intercept.
+
+    Raises
+    ------
+    ReportError
+        The frame cannot be decoded.
+    """
+    if not 1 <= frame_number <= int(header.get("NumberOfFrames") or 1):
+        raise ReportError("frame number outside Number of Frames")
+    try:
+        pixels = pixel_array(path, index=frame_number - 1)
+        modality = frame_functional_group(header, frame_number, "PixelValueTransformationSequence")
+        transformed = apply_modality_lut(pixels, modality if modality is not None else header)
+    except Exception as error:  # noqa: BLE001 - pixel decoders raise many types
+        raise ReportError(f"cannot decode source pixel data: {type(error).__name__}") from None
+    return np.asarray(transformed, dtype=np.float32)
+
+
 def load_report_sources(
     grid: Sequence[Sequence[SpooledInstance | None]], result: StackResult, root: Path
 ) -> ReportSources:
@@ -238,7 +365,8 @@ def load_report_sources(
     Parameters
     ----------
     grid
-        ``grid[slice][phase]`` of the stack plan the result was measured on.
+        ``grid[slice][phase]`` of the stack plan the result was measured on; a cell may be a frame
+        of a multi-frame instance (:class:`FrameCell`).
     result
         The measured stack; its ED/ES phases and SOP Instance UIDs select the images.
     root
@@ -251,38 +379,68 @@ def load_report_sources(
     """
     if len(grid) != result.slices or any(len(row) != result.phases for row in grid):
         raise ReportError("stack grid and result differ in slices or phases")
+    header_of = _Headers(root)
 
-    def headers(phase: int, expected: Sequence[str | None]) -> tuple[Dataset, ...]:
-        found: list[Dataset] = []
+    def phase_sources(
+        phase: int, expected: Sequence[str | None]
+    ) -> tuple[tuple[Dataset, ...], tuple[int | None, ...]]:
+        found: dict[str, Dataset] = {}
+        frames: list[int | None] = []
         for row, uid in zip(grid, expected, strict=True):
             cell = row[phase]
+            frames.append(None if cell is None else frame_number_of(cell))
             if cell is None:
                 continue
             if cell.header.sop_instance_uid != uid:
                 raise ReportError("stack grid and result disagree on the images of a phase")
-            found.append(read_header(root / cell.path))
-        return tuple(found)
+            found.setdefault(cell.header.sop_instance_uid, header_of(cell))
+        return tuple(found.values()), tuple(frames)
+
+    def drawn(cell: SpooledInstance) -> tuple[Dataset, npt.NDArray[np.float32]]:
+        number = frame_number_of(cell)
+        if number is None:
+            image = read_image(root / cell.path)
+            return image, frame_pixels(image)
+        header = header_of(cell)
+        return header, decode_frame(root / cell.path, header, number)
 
     mid = mid_ventricular_slice(result)
     ed_cell, es_cell = grid[mid][result.ed_phase], grid[mid][result.es_phase]
     if ed_cell is None or es_cell is None:
         raise ReportError("mid-ventricular slice lacks its ED or ES image")
+    ed_headers, ed_frames = phase_sources(result.ed_phase, result.ed_sop_instance_uids)
+    es_headers, es_frames = phase_sources(result.es_phase, result.es_sop_instance_uids)
+    ed_image, ed_pixels = drawn(ed_cell)
+    es_image, es_pixels = drawn(es_cell)
     return ReportSources(
-        ed_headers=headers(result.ed_phase, result.ed_sop_instance_uids),
-        es_headers=headers(result.es_phase, result.es_sop_instance_uids),
+        ed_headers=ed_headers,
+        es_headers=es_headers,
         mid_slice=mid,
-        ed_image=read_image(root / ed_cell.path),
-        es_image=read_image(root / es_cell.path),
+        ed_image=ed_image,
+        es_image=es_image,
+        ed_frame_numbers=ed_frames,
+        es_frame_numbers=es_frames,
+        ed_pixels=ed_pixels,
+        es_pixels=es_pixels,
     )
 
 
 def load_stack_headers(
     grid: Sequence[Sequence[SpooledInstance | None]], root: Path
 ) -> tuple[tuple[Dataset | None, ...], ...]:
-    """Headers of every cell of a stack, ``[slice][phase]``, None where a cell is missing (for SEG)."""
-    return tuple(
-        tuple(read_header(root / cell.path) if cell is not None else None for cell in row) for row in grid
-    )
+    """Headers of every cell of a stack, ``[slice][phase]``, None where a cell is missing (for SEG).
+
+    The cells of one multi-frame instance share one header, read once.
+    """
+    header_of = _Headers(root)
+    return tuple(tuple(header_of(cell) if cell is not None else None for cell in row) for row in grid)
+
+
+def stack_frame_numbers(
+    grid: Sequence[Sequence[SpooledInstance | None]],
+) -> tuple[tuple[int | None, ...], ...]:
+    """Frame number of every cell of a stack, ``[slice][phase]``; None for single-frame or missing cells."""
+    return tuple(tuple(None if cell is None else frame_number_of(cell) for cell in row) for row in grid)
 
 
 def frame_pixels(dataset: Dataset) -> npt.NDArray[np.float32]:

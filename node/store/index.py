@@ -8,13 +8,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import Engine, create_engine, event, func, insert, select, union, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from node.store.instance import InstanceHeader, SpooledInstance
-from node.store.schema import instances, metadata, studies
+from node.store.schema import JOB_QUEUED, JOB_RUNNING, instances, jobs, metadata, studies
 
 _STUDY_FIELDS = (
     "patient_id",
@@ -81,6 +81,22 @@ class Index:
                 select(instances.c.id).where(instances.c.sop_instance_uid == sop_instance_uid)
             ).first()
         return row is not None
+
+    def study_instance_count(self, study_instance_uid: str) -> int | None:
+        """How many instances a study holds; None when the study is unknown."""
+        with self.engine.connect() as connection:
+            count = connection.execute(
+                select(studies.c.instance_count).where(studies.c.study_instance_uid == study_instance_uid)
+            ).scalar()
+        return None if count is None else int(count)
+
+    def waiting_studies(self) -> int:
+        """Studies not yet measured in their latest version: receiving, ready, queued or running."""
+        pending = select(studies.c.study_instance_uid).where(studies.c.pending_since.is_not(None))
+        queued = select(jobs.c.study_instance_uid).where(jobs.c.state.in_((JOB_QUEUED, JOB_RUNNING)))
+        waiting = union(pending, queued).subquery()
+        with self.engine.connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(waiting)).scalar_one())
 
     def add_instance(
         self,

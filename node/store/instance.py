@@ -1,24 +1,49 @@
 """Parse a received instance once: check it is whole, and extract the header fields the index keeps.
 
-pydicom reads truncated data without complaint, so the checks here are explicit: every top-level
-element holds as many bytes as it declares, no bytes are left after the last whole element, an image
+pydicom reads truncated data without complaint, so the checks here are explicit: every element, at
+every nesting level, fits in the item or sequence that holds it and every undefined-length one is
+closed by its delimiter (PS3.5 7.1, 7.5), no bytes are left after the last whole element, an image
 has pixel data, native pixel data is at least Rows x Columns x frames, encapsulated pixel data is a
 whole sequence of items (PS3.5 A.4), and the identifying UIDs exist.
+
+Hostile data is bounded before pydicom sees it: the structure is walked without recursion, and a
+dataset nested deeper than :data:`MAX_SEQUENCE_DEPTH` sequences, holding more than
+:data:`MAX_SEQUENCE_ITEMS` items, or inflating (deflated transfer syntax, PS3.5 A.5) to more than
+:data:`MAX_INFLATED_BYTES` is refused, since pydicom parses nested sequences recursively and builds a
+Python object for every item.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
+from itertools import pairwise
 from typing import Any, TypeVar
 
 import pydicom
 import pydicom.config
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
-from pydicom.uid import UID
+from pydicom.filereader import read_dataset, read_preamble
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    UID,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
 
 from node.errors import MalformedInstance, SopClassMismatch
 
@@ -30,7 +55,32 @@ _PIXEL_DATA = Tag(0x7FE0, 0x0010)
 _FLOAT_PIXEL_DATA = (Tag(0x7FE0, 0x0008), Tag(0x7FE0, 0x0009))
 _DELIMITATION_ITEM_BYTES = 8
 _UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_ITEM_DELIMITER = 0xFFFEE00D
+_SEQUENCE_DELIMITER = 0xFFFEE0DD
+#: VRs whose explicit VR header has two reserved bytes and a 32-bit length (PS3.5 Table 7.1-1).
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
 _T = TypeVar("_T")
+
+#: Sequences nested deeper than this are refused: pydicom reads nested sequences recursively, and
+#: real instances (SR content trees included) stay far below it.
+MAX_SEQUENCE_DEPTH = 64
+#: Sequence items in one instance, all levels together, beyond which it is refused: pydicom builds a
+#: Dataset for each (about 0.7 kB and 50 us apiece), so 8-byte empty items would otherwise amplify.
+MAX_SEQUENCE_ITEMS = 50_000
+#: Largest dataset a deflated instance may inflate to (pydicom inflates it whole, in memory).
+MAX_INFLATED_BYTES = 256 * 1024 * 1024
+
+_JPEG_SYNTAXES = frozenset(
+    {JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless}
+)
+_J2K_SYNTAXES = frozenset({JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K})
+#: JPEG markers without a length: TEM, RSTn, SOI, EOI (ISO 10918-1 Table B.1).
+_JPEG_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xDA)})
+#: Start-of-frame markers (SOF0-SOF15 less DHT, JPG and DAC) and JPEG-LS SOF55.
+_JPEG_FRAME_MARKERS = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7})
 
 
 @dataclass(frozen=True)
@@ -91,9 +141,193 @@ def _floats(count: int) -> Callable[[Any], tuple[float, ...]]:
     return convert
 
 
+def _file_meta(data: bytes) -> tuple[int, UID]:
+    """Where the dataset starts (after preamble and group 0002) and the transfer syntax it names."""
+
+    def after_meta(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+        return int(tag) >> 16 != 0x0002
+
+    try:
+        stream = BytesIO(data)
+        read_preamble(stream, True)
+        meta = read_dataset(stream, is_implicit_VR=False, is_little_endian=True, stop_when=after_meta)
+        transfer_syntax = UID(str(meta.TransferSyntaxUID))
+        known = transfer_syntax.is_transfer_syntax
+    except Exception:  # noqa: BLE001 - pydicom raises many types for bad input
+        raise MalformedInstance("no transfer syntax in file meta") from None
+    if not known:
+        raise MalformedInstance("file meta names an unknown transfer syntax")
+    return stream.tell(), transfer_syntax
+
+
+def _inflated(deflated: bytes) -> bytes:
+    """A deflated dataset (PS3.5 A.5) inflated, refusing one that inflates past the bound."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(deflated, MAX_INFLATED_BYTES)
+    except zlib.error:
+        raise MalformedInstance("deflated dataset does not inflate") from None
+    if inflater.unconsumed_tail:
+        raise MalformedInstance(f"deflated dataset inflates past {MAX_INFLATED_BYTES} bytes")
+    return inflated
+
+
+@dataclass
+class _Container:
+    """An open sequence or item while walking: where it ends (None: at its delimiter), its encoding."""
+
+    end: int | None
+    is_sequence: bool
+    explicit_vr: bool
+
+
+#: Every VR of PS3.5 Table 6.2-1, as encoded in an explicit VR header.
+_VRS = _LONG_VRS | {
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN", b"SH",
+    b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+}
+
+
+def _looks_explicit(data: bytes, position: int, assumed: bool) -> bool:
+    """Whether a dataset starting at ``position`` is explicit VR, judged as pydicom judges it.
+
+    pydicom reads a dataset as explicit VR when its first element carries two upper-case letters
+    where the VR would be, whatever the transfer syntax says; items of an explicit VR dataset may be
+    implicit VR (PS3.5 6.2.2, sequences of undefined length), but not the other way round.
+    """
+    vr = data[position + 4 : position + 6]
+    if len(vr) < 2:
+        return assumed
+    return 0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B
+
+
+def _undefined_is_sequence(data: bytes, position: int, tag: int, vr: bytes | None, order: str) -> bool:
+    """Whether an undefined-length element is a sequence, as pydicom decides (PS3.5 6.2.2, 7.5)."""
+    if vr is not None and vr != b"UN":
+        return vr == b"SQ"
+    if vr == b"UN":
+        return True
+    try:
+        return str(dictionary_VR(tag)) == "SQ"
+    except KeyError:  # a private or unknown tag: a sequence when an item follows
+        return data[position : position + 4] == struct.pack(f"{order}HH", 0xFFFE, 0xE000)
+
+
+def _defined_is_sequence(tag: int, vr: bytes | None) -> bool:
+    if vr is not None:
+        return vr == b"SQ"
+    try:
+        return str(dictionary_VR(tag)) == "SQ"
+    except KeyError:
+        return False
+
+
+def _undefined_value_end(data: bytes, position: int, order: str) -> int:
+    """Where an undefined-length value that is not a sequence ends, found as pydicom finds it.
+
+    It is walked as items of encapsulated pixel data up to their Sequence Delimitation Item (which a
+    fragment's bytes cannot fake); when that fails, the value ends at the first delimiter's bytes.
+    """
+    item = struct.pack(f"{order}HH", 0xFFFE, 0xE000)
+    delimiter = struct.pack(f"{order}HH", 0xFFFE, 0xE0DD)
+    walk = position
+    while walk + 8 <= len(data):
+        tag = data[walk : walk + 4]
+        if tag == delimiter:
+            return walk + 8
+        if tag != item:
+            break
+        (length,) = struct.unpack_from(f"{order}L", data, walk + 4)
+        walk += 8 + length
+    found = data.find(delimiter, position)
+    if found < 0:
+        raise MalformedInstance("undefined-length value without a sequence delimiter")
+    return found + 8
+
+
+def _check_structure(data: bytes, start: int, transfer_syntax: UID) -> None:
+    """Walk every element and item header of the dataset, without recursion.
+
+    Checks what pydicom does not: each value fits in its containing item or sequence (and in the
+    data), each undefined-length sequence and item is closed by its delimiter (PS3.5 7.5), and the
+    nesting depth and item count stay within their bounds. Values are not decoded. Elements are
+    framed as pydicom frames them, including its guesses at implicit VR inside explicit VR data;
+    undefined-length values that are not sequences (encapsulated pixel data) end at the first
+    Sequence Delimitation Item, and their items are checked by :func:`_check_encapsulated`.
+    """
+    order = "<" if transfer_syntax.is_little_endian else ">"
+    explicit = _looks_explicit(data, start, not transfer_syntax.is_implicit_VR)
+    open_: list[_Container] = [_Container(len(data), False, explicit)]
+    position, depth, items = start, 0, 0
+    while True:
+        container = open_[-1]
+        if container.end is not None and position >= container.end:
+            if position > container.end:
+                where = "the data" if len(open_) == 1 else "the item or sequence holding it"
+                raise MalformedInstance(f"an element runs past the end of {where}")
+            if len(open_) == 1:
+                return
+            open_.pop()
+            depth -= container.is_sequence
+            continue
+        if position + 8 > len(data):
+            raise MalformedInstance("data ends inside an element header or an open sequence")
+        group, element = struct.unpack_from(f"{order}HH", data, position)
+        tag = (group << 16) | element
+        if group == 0xFFFE:
+            (length,) = struct.unpack_from(f"{order}L", data, position + 4)
+            position += 8
+            if tag == _ITEM and container.is_sequence:
+                items += 1
+                if items > MAX_SEQUENCE_ITEMS:
+                    raise MalformedInstance(f"more than {MAX_SEQUENCE_ITEMS} sequence items")
+                item_explicit = container.explicit_vr and _looks_explicit(data, position, True)
+                end = None if length == _UNDEFINED else position + length
+                open_.append(_Container(end, False, item_explicit))
+            elif container.end is None and len(open_) > 1 and tag == (
+                _SEQUENCE_DELIMITER if container.is_sequence else _ITEM_DELIMITER
+            ):
+                open_.pop()
+                depth -= container.is_sequence
+            else:
+                raise MalformedInstance(f"unexpected item or delimiter tag ({group:04X},{element:04X})")
+            continue
+        if container.is_sequence:
+            raise MalformedInstance("a sequence holds an element that is not an item")
+        vr: bytes | None = data[position + 4 : position + 6] if container.explicit_vr else None
+        if vr is not None and vr not in _VRS:
+            if b"AA" <= vr <= b"ZZ":  # pydicom could frame it but never decode it
+                raise MalformedInstance(f"element ({group:04X},{element:04X}) has an unknown VR")
+            vr = None  # pydicom reads an element with an impossible VR as implicit VR
+        if vr in _LONG_VRS:
+            if position + 12 > len(data):
+                raise MalformedInstance("data ends inside an element header")
+            (length,) = struct.unpack_from(f"{order}L", data, position + 8)
+            position += 12
+        elif vr is not None:
+            (length,) = struct.unpack_from(f"{order}H", data, position + 6)
+            position += 8
+        else:
+            (length,) = struct.unpack_from(f"{order}L", data, position + 4)
+            position += 8
+        if length == _UNDEFINED and _undefined_is_sequence(data, position, tag, vr, order):
+            open_.append(_Container(None, True, container.explicit_vr))
+        elif length == _UNDEFINED:
+            position = _undefined_value_end(data, position, order)
+            continue
+        elif _defined_is_sequence(tag, vr):
+            open_.append(_Container(position + length, True, container.explicit_vr))
+        else:
+            position += length
+            continue
+        depth += 1
+        if depth > MAX_SEQUENCE_DEPTH:
+            raise MalformedInstance(f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels")
+
+
 def _check_element_lengths(dataset: Dataset) -> None:
     for tag in list(dataset.keys()):
-        raw = dataset.get_item(tag)
+        raw = dataset.get_item(tag, keep_deferred=True)
         length = getattr(raw, "length", None)
         value = getattr(raw, "value", None)
         if isinstance(value, bytes) and length not in (None, _UNDEFINED) and len(value) < length:
@@ -111,7 +345,7 @@ def _check_fully_read(dataset: Dataset, size: int, transfer_syntax: UID) -> None
     last_start = -1
     last_end: int | None = None
     for tag in list(dataset.keys()):
-        element = dataset.get_item(tag)
+        element = dataset.get_item(tag, keep_deferred=True)
         start = getattr(element, "value_tell", None)  # a raw element
         if start is None:
             start = getattr(element, "file_tell", None)  # a sequence parsed while reading
@@ -132,21 +366,111 @@ def _check_fully_read(dataset: Dataset, size: int, transfer_syntax: UID) -> None
         raise MalformedInstance(f"{size - last_end} bytes after the last whole element")
 
 
-def _check_encapsulated(value: bytes) -> None:
-    offset, items = 0, 0
+def _check_encapsulated(value: bytes, frames: int) -> bytes:
+    """Check encapsulated pixel data is a whole sequence of items that can hold ``frames`` frames;
+    return its first fragment.
+
+    PS3.5 A.4: the first item is the Basic Offset Table, empty or one offset per frame, each the
+    position of a frame's first fragment counted from the first fragment, the first one 0; every
+    fragment holds data of a single frame, so there are at least as many fragments as frames.
+    """
+    offset, table, fragments = 0, None, []
     while offset < len(value):
         if offset + 8 > len(value):
             raise MalformedInstance("encapsulated pixel data ends inside an item header")
         group, element, length = struct.unpack_from("<HHL", value, offset)
         tag = (group << 16) | element
-        if tag == 0xFFFEE0DD:
-            return
-        if tag != 0xFFFEE000 or length == _UNDEFINED:
+        if tag == _SEQUENCE_DELIMITER:
+            break
+        if tag != _ITEM or length == _UNDEFINED:
             raise MalformedInstance("encapsulated pixel data has an invalid item")
+        if table is None:
+            table = value[offset + 8 : offset + 8 + length]
+        else:
+            fragments.append(offset)
         offset += 8 + length
-        items += 1
-    if offset != len(value) or items < 2:
-        raise MalformedInstance("encapsulated pixel data is truncated")
+    else:
+        if offset != len(value) or not fragments:
+            raise MalformedInstance("encapsulated pixel data is truncated")
+    if len(fragments) < frames:
+        raise MalformedInstance(f"{len(fragments)} pixel data fragments cannot hold {frames} frames")
+    if table:
+        if len(table) != 4 * frames:
+            raise MalformedInstance("Basic Offset Table does not hold one offset per frame")
+        starts = {fragment - fragments[0] for fragment in fragments}
+        offsets = struct.unpack(f"<{frames}L", table)
+        increasing = all(before < after for before, after in pairwise(offsets))
+        if offsets[0] != 0 or not increasing or not starts.issuperset(offsets):
+            raise MalformedInstance("Basic Offset Table does not point at the fragments")
+    (first_length,) = struct.unpack_from("<L", value, fragments[0] + 4)
+    return value[fragments[0] + 8 : fragments[0] + 8 + first_length]
+
+
+def _jpeg_frame_size(fragment: bytes) -> tuple[int, int, int] | None:
+    """Rows, columns and components of a JPEG or JPEG-LS frame header (ISO 10918-1 B.2.2, 14495-1)."""
+    if not fragment.startswith(b"\xff\xd8"):
+        return None
+    offset = 2
+    while offset + 4 <= len(fragment):
+        if fragment[offset] != 0xFF:
+            return None
+        marker = fragment[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if marker in _JPEG_STANDALONE_MARKERS:
+            offset += 2
+            continue
+        (length,) = struct.unpack_from(">H", fragment, offset + 2)
+        if marker in _JPEG_FRAME_MARKERS:
+            if offset + 10 > len(fragment):
+                return None
+            rows, columns, components = struct.unpack_from(">HHB", fragment, offset + 5)
+            return (rows, columns, components) if rows else None  # 0: rows given by a DNL marker
+        if marker == 0xDA:  # start of scan: no frame header before it
+            return None
+        offset += 2 + length
+    return None
+
+
+def _j2k_frame_size(fragment: bytes) -> tuple[int, int, int] | None:
+    """Rows, columns and components of a JPEG 2000 codestream's SIZ segment (ISO 15444-1 A.5.1)."""
+    if not fragment.startswith(b"\xff\x4f\xff\x51") or len(fragment) < 42:
+        return None
+    width, height, x_offset, y_offset = struct.unpack_from(">LLLL", fragment, 8)
+    (components,) = struct.unpack_from(">H", fragment, 40)
+    return height - y_offset, width - x_offset, components
+
+
+def _check_codestream(fragment: bytes, dataset: Dataset, transfer_syntax: UID) -> None:
+    """Check the first frame's codestream describes the image the dataset describes.
+
+    Decoders size their output from Rows, Columns, Samples per Pixel and Bits Allocated, so a
+    compressed frame that claims a far larger image than it holds must not get past the door.
+    """
+    rows = _value(dataset, "Rows", int)
+    columns = _value(dataset, "Columns", int)
+    samples = _value(dataset, "SamplesPerPixel", int) or 1
+    bits = _value(dataset, "BitsAllocated", int)
+    if transfer_syntax == RLELossless:
+        # PS3.5 G.3.1: one segment per byte of each sample, at most 15, the first at offset 64.
+        if bits is None or len(fragment) < 64:
+            raise MalformedInstance("RLE frame without its header")
+        segments, first = struct.unpack_from("<LL", fragment, 0)
+        if segments != samples * ((bits + 7) // 8) or segments > 15 or first != 64:
+            raise MalformedInstance("RLE header does not match Samples per Pixel and Bits Allocated")
+        return
+    if transfer_syntax in _JPEG_SYNTAXES:
+        size = _jpeg_frame_size(fragment)
+    elif transfer_syntax in _J2K_SYNTAXES:
+        size = _j2k_frame_size(fragment)
+    else:
+        return
+    if size is not None and rows is not None and columns is not None and size != (rows, columns, samples):
+        raise MalformedInstance(
+            f"compressed frame is {size[0]} x {size[1]} x {size[2]}, "
+            f"the dataset says {rows} x {columns} x {samples}"
+        )
 
 
 def _check_pixel_data(dataset: Dataset, transfer_syntax: UID) -> None:
@@ -157,24 +481,26 @@ def _check_pixel_data(dataset: Dataset, transfer_syntax: UID) -> None:
         if described and not any(tag in dataset for tag in _FLOAT_PIXEL_DATA):
             raise MalformedInstance("image attributes without pixel data")
         return
-    raw = dataset.get_item(_PIXEL_DATA)
+    raw = dataset.get_item(_PIXEL_DATA, keep_deferred=True)
     value = getattr(raw, "value", None)
     if not isinstance(value, bytes):
-        return
-    if transfer_syntax.is_encapsulated:
-        _check_encapsulated(value)
         return
     rows = _value(dataset, "Rows", int)
     columns = _value(dataset, "Columns", int)
     bits = _value(dataset, "BitsAllocated", int)
+    samples = _value(dataset, "SamplesPerPixel", int)
+    frames = _value(dataset, "NumberOfFrames", int)
+    if any(v is not None and v <= 0 for v in (rows, columns, bits, samples, frames)):
+        raise MalformedInstance("non-positive image dimensions")
+    if bits is not None and not (bits == 1 or (bits % 8 == 0 and bits <= 64)):
+        raise MalformedInstance("Bits Allocated is neither 1 nor a multiple of 8 up to 64")  # PS3.5 8.1.1
+    if transfer_syntax.is_encapsulated:
+        _check_codestream(_check_encapsulated(value, frames or 1), dataset, transfer_syntax)
+        return
     if rows is None or columns is None or bits is None:
         raise MalformedInstance("pixel data without Rows, Columns or BitsAllocated")
-    samples = _value(dataset, "SamplesPerPixel", int) or 1
-    frames = _value(dataset, "NumberOfFrames", int) or 1
-    if min(rows, columns, bits, samples, frames) <= 0:
-        raise MalformedInstance("non-positive image dimensions")
-    pixels = rows * columns * samples * frames
-    expected = (pixels + 7) // 8 if bits == 1 else pixels * ((bits + 7) // 8)
+    pixels = rows * columns * (samples or 1) * (frames or 1)
+    expected = (pixels + 7) // 8 if bits == 1 else pixels * (bits // 8)
     if len(value) < expected:
         raise MalformedInstance(f"pixel data holds {len(value)} of {expected} expected bytes")
 
@@ -198,20 +524,20 @@ def parse_instance(
     SopClassMismatch
         The dataset's SOP Class UID differs from the request's.
     """
+    start, transfer_syntax = _file_meta(data)
+    if transfer_syntax.is_deflated:
+        _check_structure(_inflated(data[start:]), 0, transfer_syntax)
+    else:
+        _check_structure(data, start, transfer_syntax)
     try:
         dataset = pydicom.dcmread(BytesIO(data), force=True)
+        _check_element_lengths(dataset)
+        _check_fully_read(dataset, len(data), transfer_syntax)
+        _check_pixel_data(dataset, transfer_syntax)
+    except MalformedInstance:
+        raise
     except Exception as error:  # noqa: BLE001 - pydicom raises many types for bad input
         raise MalformedInstance(f"unreadable dataset: {type(error).__name__}") from None
-    try:
-        transfer_syntax = UID(str(dataset.file_meta.TransferSyntaxUID))
-        known = transfer_syntax.is_transfer_syntax
-    except Exception:  # noqa: BLE001
-        raise MalformedInstance("no transfer syntax in file meta") from None
-    if not known:
-        raise MalformedInstance("file meta names an unknown transfer syntax")
-    _check_element_lengths(dataset)
-    _check_fully_read(dataset, len(data), transfer_syntax)
-    _check_pixel_data(dataset, transfer_syntax)
 
     required = {
         keyword: _value(dataset, keyword, _text)

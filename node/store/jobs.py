@@ -17,14 +17,15 @@ from sqlalchemy import and_, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from node.domain import Outcome
+from node.failpoints import failpoint
 from node.store.claims import release_abandoned
 from node.store.index import Index
-from node.store.schema import jobs, results, studies
+from node.store.schema import JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING, jobs, results, studies
 
-QUEUED = "queued"
-RUNNING = "running"
-DONE = "done"
-FAILED = "failed"
+QUEUED = JOB_QUEUED
+RUNNING = JOB_RUNNING
+DONE = JOB_DONE
+FAILED = JOB_FAILED
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class JobQueue:
             ).all()
         queued: list[Job] = []
         for study_uid, pending_since in ready:
+            failpoint("jobs:ready")
             try:
                 with self._engine.begin() as connection:
                     cleared = connection.execute(

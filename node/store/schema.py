@@ -98,6 +98,12 @@ studies = Table(
     Column("pending_since", UtcDateTime()),
 )
 
+#: Job states (``jobs.state``).
+JOB_QUEUED = "queued"
+JOB_RUNNING = "running"
+JOB_DONE = "done"
+JOB_FAILED = "failed"
+
 #: Processing jobs: one per study version. A study is (re)queued when new instances have arrived
 #: and it has been quiet for the stable period (or waited the maximum); ``version`` increases.
 jobs = Table(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,10 @@ from node.status import Status
 
 @dataclass
 class RecordingSCP:
-    """Accepts every storage SOP class; answers ``status``; records received SOP Instance UIDs."""
+    """Accepts every storage SOP class; answers ``status``; records received SOP Instance UIDs.
+
+    With ``ssl_context`` it serves DICOM TLS.
+    """
 
     port: int
     ae_title: str = "PACS"
@@ -22,6 +26,7 @@ class RecordingSCP:
     received: list[str] = field(default_factory=list)
     datasets: list[Any] = field(default_factory=list)
     arrived: threading.Event = field(default_factory=threading.Event)
+    ssl_context: ssl.SSLContext | None = None
     _server: ThreadedAssociationServer | None = None
 
     def start(self) -> RecordingSCP:
@@ -29,7 +34,10 @@ class RecordingSCP:
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax)
         self._server = ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+            ("127.0.0.1", self.port),
+            block=False,
+            ssl_context=self.ssl_context,
+            evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
         )
         return self
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from io import BytesIO
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     BasicTextSRStorage,
+    EnhancedMRColorImageStorage,
     EnhancedMRImageStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
@@ -63,16 +64,28 @@ def position_at(offset_mm: float, iop: Orientation = SAX, origin: Sequence[float
     return [float(v) for v in np.asarray(origin, dtype=float) + offset_mm * normal_of(iop)]
 
 
-def encode(dataset: Dataset) -> SpooledInstance:
-    """Write a dataset as Explicit VR Little Endian Part 10 bytes and parse it the way the node does."""
+def encode(dataset: Dataset, directory: Path | None = None) -> SpooledInstance:
+    """Write a dataset as Part 10 bytes and parse it the way the node does.
+
+    The transfer syntax is the dataset's own (a compressed one, say) or else Explicit VR Little
+    Endian. With a ``directory`` the file is also written there and the instance's path is that file's
+    (absolute) path; without one the path names a file that does not exist.
+    """
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = dataset.SOPClassUID
     meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    previous = getattr(dataset, "file_meta", None)
+    meta.TransferSyntaxUID = (previous or {}).get("TransferSyntaxUID", ExplicitVRLittleEndian)
     dataset.file_meta = meta
     buffer = BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
-    return SpooledInstance(header=parse_instance(buffer.getvalue()), path=f"{dataset.SOPInstanceUID}.dcm")
+    data = buffer.getvalue()
+    path = f"{dataset.SOPInstanceUID}.dcm"
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / path).write_bytes(data)
+        path = str(directory / path)
+    return SpooledInstance(header=parse_instance(data), path=path)
 
 
 def mr_image(
@@ -91,8 +104,10 @@ def mr_image(
     rows: int = SIDE,
     columns: int = SIDE,
     pixel_spacing: Sequence[float] = (1.5, 1.5),
+    pixels: np.ndarray | None = None,
+    directory: Path | None = None,
 ) -> SpooledInstance:
-    """One tiny MR image with the attributes stack finding reads."""
+    """One tiny MR image with the attributes stack finding reads (zero pixels unless ``pixels``)."""
     ds = Dataset()
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = generate_uid()
@@ -115,8 +130,9 @@ def mr_image(
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = np.zeros((rows, columns), dtype=np.uint16).tobytes()
-    return encode(ds)
+    image = np.zeros((rows, columns), dtype=np.uint16) if pixels is None else pixels
+    ds.PixelData = np.ascontiguousarray(image, dtype=np.uint16).tobytes()
+    return encode(ds, directory)
 
 
 def cine_stack(
@@ -133,8 +149,17 @@ def cine_stack(
     origin: Sequence[float] = ORIGIN,
     with_trigger_time: bool = True,
     drop: frozenset[tuple[int, int]] = frozenset(),
+    rows: int = SIDE,
+    columns: int = SIDE,
+    pixel_spacing: Callable[[int, int], Sequence[float]] | Sequence[float] = (1.5, 1.5),
+    pixels: Callable[[int, int], np.ndarray] | None = None,
+    directory: Path | None = None,
 ) -> list[SpooledInstance]:
-    """A cine stack along the plane normal, in slice-then-phase order, one series or one per slice."""
+    """A cine stack along the plane normal, in slice-then-phase order, one series or one per slice.
+
+    ``pixel_spacing`` and ``pixels`` may be functions of (slice, phase); with a ``directory`` every
+    image is also written there as a file (see :func:`encode`).
+    """
     offsets = list(offsets_mm) if offsets_mm is not None else [k * SPACING_MM for k in range(slices)]
     shared_series = generate_uid()
     images: list[SpooledInstance] = []
@@ -154,6 +179,11 @@ def cine_stack(
                     instance_number=s * phases + p + 1,
                     series_number=series_number + s if series_per_slice else series_number,
                     acquisition_time=acquisition_time,
+                    rows=rows,
+                    columns=columns,
+                    pixel_spacing=pixel_spacing(s, p) if callable(pixel_spacing) else pixel_spacing,
+                    pixels=pixels(s, p) if pixels is not None else None,
+                    directory=directory,
                 )
             )
     return images
@@ -201,11 +231,19 @@ def cells(plan: StackPlan) -> list[SpooledInstance]:
     return [cell for row in plan.grid for cell in row if cell is not None]
 
 
-def assert_accounted(search: StackSearch, instances: Sequence[SpooledInstance]) -> None:
-    """Every input instance is either in exactly one grid cell or counted under a skip reason."""
-    placed = [cell.header.sop_instance_uid for plan in search.stacks for cell in cells(plan)]
+def assert_accounted(search: StackSearch, instances: Sequence[SpooledInstance], frames: int = 0) -> None:
+    """Every input image is either in exactly one grid cell or counted under a skip reason.
+
+    ``frames``: how many more images than instances the input holds (the frames of multi-frame
+    instances beyond their first).
+    """
+    placed = [
+        (cell.header.sop_instance_uid, getattr(cell, "frame_number", None))
+        for plan in search.stacks
+        for cell in cells(plan)
+    ]
     assert len(placed) == len(set(placed))
-    assert len(placed) + sum(search.skipped.values()) == len(instances)
+    assert len(placed) + sum(search.skipped.values()) == len(instances) + frames
 
 
 def only_stack(search: StackSearch) -> StackPlan:
@@ -407,7 +445,8 @@ def test_derived_image_and_sr_are_skipped() -> None:
 
 
 def test_multi_frame_and_other_image_classes_are_skipped() -> None:
-    """Enhanced MR is skipped as unsupported multi-frame and a secondary capture as not an MR image."""
+    """Enhanced MR Color is skipped as unsupported, an Enhanced MR without its file as unreadable, and a
+    secondary capture as not an MR image."""
     study = generate_uid()
     others = [
         mr_image(
@@ -420,11 +459,11 @@ def test_multi_frame_and_other_image_classes_are_skipped() -> None:
             instance_number=1,
             sop_class=sop_class,
         )
-        for sop_class in (EnhancedMRImageStorage, SecondaryCaptureImageStorage)
+        for sop_class in (EnhancedMRColorImageStorage, EnhancedMRImageStorage, SecondaryCaptureImageStorage)
     ]
     search = find_sax_stacks([*others, *cine_stack(study=study)])
     assert only_stack(search).slices == 5
-    assert search.skipped == {"multi_frame_unsupported": 1, "not_mr_image": 1}
+    assert search.skipped == {"multi_frame_unsupported": 1, "not_mr_image": 1, "unreadable": 1}
 
 
 def test_single_phase_series_in_the_same_plane_is_not_mixed_in() -> None:

@@ -2,23 +2,39 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from io import BytesIO
 from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from node.clock import ManualClock
+from node.domain import Outcome
 from node.errors import MalformedInstance, OutOfResources
 from node.status import Status
 from node.store.index import Index
-from node.store.ingest import Ingest
+from node.store.ingest import Ingest, IngestLimits
+from node.store.jobs import JobQueue
 from node.store.spool import Spool
 from tests.support import synthetic_mr
 
 
-def _ingest(tmp_path: Path, min_free_bytes: int = 0) -> tuple[Ingest, Spool, Index]:
+def _ingest(tmp_path: Path, min_free_bytes: int = 0, **limits: int) -> tuple[Ingest, Spool, Index]:
     spool = Spool(tmp_path / "spool")
     index = Index.open(f"sqlite:///{tmp_path / 'index.sqlite3'}")
-    return Ingest(spool, index, ManualClock(), min_free_bytes), spool, index
+    return Ingest(spool, index, ManualClock(), IngestLimits(min_free_bytes, **limits)), spool, index
+
+
+def _instance_of(study_instance_uid: str) -> bytes:
+    """A new synthetic instance (own SOP Instance UID) in the given study."""
+    dataset = pydicom.dcmread(BytesIO(synthetic_mr()))
+    dataset.StudyInstanceUID = study_instance_uid
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def _spooled(spool: Spool) -> list[Path]:
@@ -68,4 +84,54 @@ def test_malformed_data_is_refused_without_writing(tmp_path: Path) -> None:
         ingest.store(synthetic_mr()[:-10])
     assert _spooled(spool) == []
     assert index.instance_paths() == {}
+    index.close()
+
+
+def test_instance_over_the_size_limit_is_refused_without_writing(tmp_path: Path) -> None:
+    """An instance larger than the configured maximum gets Out of Resources and nothing is written."""
+    data = synthetic_mr()
+    ingest, spool, index = _ingest(tmp_path, max_instance_bytes=len(data) - 1)
+    with pytest.raises(OutOfResources) as refused:
+        ingest.store(data)
+    assert refused.value.status == Status.OUT_OF_RESOURCES
+    assert _spooled(spool) == []
+    index.close()
+
+
+def test_study_over_its_instance_limit_refuses_new_instances_but_acknowledges_resends(
+    tmp_path: Path,
+) -> None:
+    """Past the per-study limit a new instance is refused; an instance already held is still a duplicate."""
+    ingest, spool, index = _ingest(tmp_path, max_instances_per_study=2)
+    study = generate_uid()
+    first, second, third = (_instance_of(study) for _ in range(3))
+    ingest.store(first)
+    ingest.store(second)
+    with pytest.raises(OutOfResources, match="maximum number of instances"):
+        ingest.store(third)
+    assert ingest.store(first).duplicate
+    assert len(_spooled(spool)) == 2
+    ingest.store(_instance_of(generate_uid()))  # another study is not affected
+    index.close()
+
+
+def test_full_backlog_refuses_new_studies_and_keeps_taking_waiting_ones(tmp_path: Path) -> None:
+    """With the backlog at its bound a new study is refused; studies already waiting still receive."""
+    ingest, spool, index = _ingest(tmp_path, max_waiting_studies=1)
+    waiting = generate_uid()
+    ingest.store(_instance_of(waiting))
+    with pytest.raises(OutOfResources, match="backlog"):
+        ingest.store(_instance_of(generate_uid()))
+    ingest.store(_instance_of(waiting))
+    assert index.study_instance_count(waiting) == 2
+    assert index.waiting_studies() == 1
+    assert len(_spooled(spool)) == 2
+    queue, now = JobQueue(index), datetime(2026, 1, 1, tzinfo=UTC)
+    [job] = queue.enqueue_ready(now + timedelta(hours=1), stable_seconds=10, max_wait_seconds=600)
+    assert index.waiting_studies() == 1  # queued for inference: still waiting
+    claimed = queue.claim("worker", now)
+    assert claimed is not None and claimed.id == job.id
+    queue.complete(claimed, Outcome.NO_SHORT_AXIS_CINE, [], now)
+    assert index.waiting_studies() == 0
+    ingest.store(_instance_of(generate_uid()))  # the backlog drained: new studies are taken again
     index.close()
