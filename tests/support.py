@@ -22,6 +22,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom.dsutils import split_dataset
@@ -41,9 +42,7 @@ _POLL_S = 0.05
 _T = TypeVar("_T")
 
 
-def wait_for(
-    predicate: Callable[[], _T], timeout_s: float, what: str, poll_s: float = _POLL_S
-) -> _T:
+def wait_for(predicate: Callable[[], _T], timeout_s: float, what: str, poll_s: float = _POLL_S) -> _T:
     """Poll ``predicate`` until it returns a truthy value or the deadline passes (then fail)."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -149,7 +148,10 @@ def acknowledged_files(verbose_output: str) -> list[Path]:
 
 
 def storescu_command(
-    port: int, files: Iterable[Path], called_ae: str = "DICOMNODE", calling_ae: str = "STORESCU",
+    port: int,
+    files: Iterable[Path],
+    called_ae: str = "DICOMNODE",
+    calling_ae: str = "STORESCU",
     verbose: bool = False,
 ) -> list[str]:
     """A DCMTK storescu command line sending ``files`` over one association to 127.0.0.1."""
@@ -367,6 +369,18 @@ class NodeServer:
         finally:
             connection.close()
         return int(row[0])
+
+    def spool_path_of(self, sent: Path) -> Path:
+        """Where the node keeps the instance of the file ``sent``."""
+        from node.store.spool import safe_component
+
+        header = pydicom.dcmread(sent, stop_before_pixels=True)
+        return (
+            self.spool_dir
+            / safe_component(str(header.StudyInstanceUID))
+            / safe_component(str(header.SeriesInstanceUID))
+            / (safe_component(str(header.SOPInstanceUID)) + ".dcm")
+        )
 
     def spool_files(self) -> list[Path]:
         """Every finished ``.dcm`` file in the spool."""

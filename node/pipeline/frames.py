@@ -28,7 +28,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage
 
-from node.store.instance import InstanceHeader, SpooledInstance
+from node.store.instance import InstanceHeader, SpooledInstance, floats
 
 #: Multi-frame greyscale MR classes whose frames can fill a stack's cells (PS3.4 B.5).
 SPLIT_MR_CLASSES: Final = frozenset(
@@ -112,16 +112,6 @@ class FunctionalGroups:
         return own if own is not None else _first_item(self.shared, keyword)
 
 
-def _floats(count: int) -> Callable[[Any], tuple[float, ...]]:
-    def convert(value: Any) -> tuple[float, ...]:
-        numbers = tuple(float(v) for v in value)
-        if len(numbers) != count:
-            raise ValueError(f"expected {count} values")
-        return numbers
-
-    return convert
-
-
 def _finite(value: Any) -> float:
     number = float(value)
     if not math.isfinite(number):
@@ -148,11 +138,11 @@ def _trigger_time(groups: FunctionalGroups, index: int) -> float | None:
 
 def _frame_header(header: InstanceHeader, groups: FunctionalGroups, index: int) -> InstanceHeader:
     """``header`` with the geometry and timing of frame ``index`` (from 0)."""
-    position = _converted(groups.item(index, "PlanePositionSequence"), "ImagePositionPatient", _floats(3))
+    position = _converted(groups.item(index, "PlanePositionSequence"), "ImagePositionPatient", floats(3))
     orientation = _converted(
-        groups.item(index, "PlaneOrientationSequence"), "ImageOrientationPatient", _floats(6)
+        groups.item(index, "PlaneOrientationSequence"), "ImageOrientationPatient", floats(6)
     )
-    spacing = _converted(groups.item(index, "PixelMeasuresSequence"), "PixelSpacing", _floats(2))
+    spacing = _converted(groups.item(index, "PixelMeasuresSequence"), "PixelSpacing", floats(2))
     frame_type = _converted(
         groups.item(index, "MRImageFrameTypeSequence"),
         "FrameType",

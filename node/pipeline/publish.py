@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
+from sqlalchemy.exc import SQLAlchemyError
 
 from node.clock import Clock
 from node.domain import Outcome, StackResult
@@ -24,11 +25,17 @@ from node.failpoints import failpoint
 from node.logging import Pseudonymiser, get_logger
 from node.pipeline.stacks import find_sax_stacks
 from node.reports.codes import ReviewStatus
+from node.reports.errors import ReportError
 from node.reports.labels import LabelClasses
 from node.reports.render import Banner, Frame, render_summary
 from node.reports.sc import build_sc
 from node.reports.seg import build_seg_series
-from node.reports.sources import ReportSources, frame_pixels, load_report_sources, load_stack_headers
+from node.reports.sources import (
+    ReportSources,
+    load_report_sources,
+    load_stack_headers,
+    stack_frame_numbers,
+)
 from node.reports.sr import build_draft_sr, derived_uid
 from node.store.index import Index
 from node.store.instance import SpooledInstance
@@ -79,7 +86,14 @@ class Publisher:
         if row is None:
             return False
         if row["outcome"] == Outcome.MEASURED and not row["superseded"]:
-            self._publish(row)
+            try:
+                self._publish(row)
+            except (OSError, SQLAlchemyError):
+                raise  # the disk or the index: passing trouble, retried by the loop
+            except Exception:
+                # Anything else fails the same way every time: retrying would hold every later
+                # result behind this one. The result stays on the worklist for review.
+                log.exception("reports not built for a result", result=str(row["id"]))
         self.queue.mark_published(str(row["id"]))
         return True
 
@@ -88,7 +102,9 @@ class Publisher:
         result = StackResult.from_record(row["record"])
         plans = [
             plan
-            for plan in find_sax_stacks(self.index.study_instances(result.study_instance_uid)).stacks
+            for plan in find_sax_stacks(
+                self.index.study_instances(result.study_instance_uid), root=self.spool_root
+            ).stacks
             if plan.series_instance_uids == result.series_instance_uids
             and (plan.slices, plan.phases) == (result.slices, result.phases)
         ]
@@ -111,8 +127,8 @@ class Publisher:
         result, sources, labels = stack.result, stack.sources, stack.labels
         picture = render_summary(
             result,
-            ed=Frame(frame_pixels(sources.ed_image), labels[sources.mid_slice, result.ed_phase]),
-            es=Frame(frame_pixels(sources.es_image), labels[sources.mid_slice, result.es_phase]),
+            ed=Frame(sources.ed_pixels, labels[sources.mid_slice, result.ed_phase]),
+            es=Frame(sources.es_pixels, labels[sources.mid_slice, result.es_phase]),
             mid_slice=sources.mid_slice,
             classes=self.classes,
             banner=banner,
@@ -125,7 +141,9 @@ class Publisher:
             instance_number=1,
             review=review,
             now=now,
+            source_frame_number=sources.drawn_frame_numbers[0],
             referenced_images=(sources.ed_image, sources.es_image),
+            referenced_frame_numbers=sources.drawn_frame_numbers,
         )
 
     def verified_secondary_capture(
@@ -159,6 +177,36 @@ class Publisher:
         banner = Banner.verified(observer_name, verified_at, review)
         return self._picture(stack, banner, review, sop_instance_uid, series_instance_uid, verified_at)
 
+    def _segmentations(self, result_id: str, stack: _Stack, now: datetime) -> list[Dataset]:
+        """The SEG series of a result; none, logged, when its sources cannot have one.
+
+        The SEG is an optional extra: highdicom takes a multi-frame source only with one plane
+        orientation and pixel spacing for the frames segmented, for instance, and a stack that
+        cannot have a SEG still gets its SR and SC.
+        """
+        frame_numbers = stack_frame_numbers(stack.grid)
+        try:
+            return build_seg_series(
+                load_stack_headers(stack.grid, self.spool_root),
+                stack.labels,
+                classes=self.classes,
+                model=stack.result.model,
+                series_instance_uid=derived_uid(result_id, "series", SEGMENTATION),
+                sop_instance_uids=[
+                    derived_uid(result_id, SEGMENTATION, str(p)) for p in range(stack.result.phases)
+                ],
+                now=now,
+                frame_numbers_by_cell=frame_numbers,
+            )
+        except ReportError as error:
+            log.warning(
+                "SEG not built",
+                result=result_id,
+                study=self.pseudonymise(stack.result.study_instance_uid),
+                reason=str(error),
+            )
+            return []
+
     def _publish(self, row: dict[str, Any]) -> None:
         result_id = str(row["id"])
         stack = self._stack(row)
@@ -176,6 +224,8 @@ class Publisher:
                     sop_instance_uid=derived_uid(result_id, DRAFT_SR),
                     instance_number=1,
                     now=now,
+                    ed_frame_numbers=stack.sources.ed_frame_numbers,
+                    es_frame_numbers=stack.sources.es_frame_numbers,
                 ),
             ),
             (
@@ -191,18 +241,7 @@ class Publisher:
             ),
         ]
         if self.send_seg:
-            segments = build_seg_series(
-                load_stack_headers(stack.grid, self.spool_root),
-                stack.labels,
-                classes=self.classes,
-                model=result.model,
-                series_instance_uid=derived_uid(result_id, "series", SEGMENTATION),
-                sop_instance_uids=[
-                    derived_uid(result_id, SEGMENTATION, str(p)) for p in range(result.phases)
-                ],
-                now=now,
-            )
-            objects.extend((SEGMENTATION, dataset) for dataset in segments)
+            objects.extend((SEGMENTATION, dataset) for dataset in self._segmentations(result_id, stack, now))
         added = 0
         for kind, dataset in objects:
             item = OutgoingObject(

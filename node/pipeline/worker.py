@@ -58,7 +58,7 @@ class PipelineWorker:
 
     def _process(self, job: Job, study: str) -> None:
         instances = self.index.study_instances(job.study_instance_uid)
-        search = find_sax_stacks(instances)
+        search = find_sax_stacks(instances, root=self.spool_root)
         if not search.stacks:
             row = ResultRow(
                 stack_index=0,

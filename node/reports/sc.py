@@ -1,9 +1,10 @@
 """The summary page as a Secondary Capture Image (PS3.3 A.8.1), filed in the source study.
 
 The pixels come from :func:`node.reports.render.render_summary`; text is burned in, so Burned In
-Annotation (0028,0301) is YES. The frames drawn are listed in the Source Image Sequence (0008,2112),
-a frame of a multi-frame source by its Referenced Frame Number (0008,1160). Patient and study attributes are copied from a sanitised source image
+Annotation (0028,0301) is YES. Patient and study attributes are copied from a sanitised source image
 (:func:`node.reports.sources.sanitised_for_copy`), the Study Instance UID exactly as the source has it.
+The frames drawn are listed in the Source Image Sequence (0008,2112), a frame of a multi-frame
+source with its Referenced Frame Number (0008,1160).
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def build_sc(
     Raises
     ------
     ReportError
-        ``rgb`` is not an RGB uint8 image or the source has no usable orientation.
+        ``rgb`` is not an RGB uint8 image, the source has no usable orientation, or the referenced
+        frame numbers do not pair with the referenced images.
     """
     if rgb.ndim != _RGB_CHANNELS or rgb.shape[2] != _RGB_CHANNELS or rgb.dtype != np.uint8:
         raise ReportError("the secondary capture needs an RGB uint8 image")
@@ -154,23 +156,22 @@ def build_sc(
     return sc
 
 
-def _source_image_items(
-    images: Sequence[Dataset], frame_numbers: Sequence[int | None]
-) -> list[Dataset]:
+def _source_image_items(images: Sequence[Dataset], frame_numbers: Sequence[int | None]) -> list[Dataset]:
     """Source Image Sequence items (Image SOP Instance Reference Macro, PS3.3 Table 10-3), one per
     instance, with the Referenced Frame Number (0008,1160) of each frame drawn from a multi-frame one."""
     items: dict[str, Dataset] = {}
+    frames: dict[str, list[int]] = {}
     for position, image in enumerate(images):
         uid = str(image.SOPInstanceUID)
-        item = items.get(uid)
-        if item is None:
+        if uid not in items:
             item = Dataset()
             item.ReferencedSOPClassUID = image.SOPClassUID
             item.ReferencedSOPInstanceUID = image.SOPInstanceUID
-            items[uid] = item
+            items[uid], frames[uid] = item, []
         number = frame_numbers[position] if frame_numbers else None
-        if number is not None:
-            numbers = [int(value) for value in item.get("ReferencedFrameNumber") or []]
-            if number not in numbers:
-                item.ReferencedFrameNumber = [*numbers, number]
+        if number is not None and number not in frames[uid]:
+            frames[uid].append(number)
+    for uid, numbers in frames.items():
+        if numbers:
+            items[uid].ReferencedFrameNumber = numbers
     return list(items.values())

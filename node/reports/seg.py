@@ -9,12 +9,22 @@ A SEG instance is a spatial stack: highdicom refuses frames at duplicate plane p
 position of a cine stack is imaged once per phase. :func:`build_seg_series` therefore writes one
 instance per phase into one SEG series (Instance Number = phase + 1), which together cover every
 frame of the stack.
+
+A stack whose images are frames of a multi-frame instance (Enhanced or Legacy Converted Enhanced MR)
+has that instance as its one source image (highdicom takes exactly one multi-frame source; other
+instances are further source images); each SEG frame is placed at its source frame's Plane Position
+(Patient) and references that frame alone by Referenced Frame Number (0008,1160) in its Derivation
+Image Sequence (PS3.3 C.7.6.16.2.6). highdicom establishes such per-frame references only when one
+instance holds every slice of the phase: a stack sent as one multi-frame instance per slice gets a
+valid SEG whose frames carry none (as a stack of one single-frame series per slice does).
 """
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
@@ -36,7 +46,12 @@ from node.reports.codes import (
 )
 from node.reports.errors import ReportError
 from node.reports.labels import LabelClasses
-from node.reports.sources import sanitised_for_copy, without_patient_name
+from node.reports.sources import (
+    frame_functional_group,
+    image_position,
+    sanitised_for_copy,
+    without_patient_name,
+)
 
 MANUFACTURER: Final = "dicomnode"
 #: Device Serial Number (0018,1000) is Type 1 in the Enhanced General Equipment module (PS3.3
@@ -84,16 +99,122 @@ def _harmonised(datasets: Sequence[Dataset]) -> list[Dataset]:
     Anonymised exports give each image its own Frame of Reference UID (0020,0052), although the
     stack was acquired in one patient coordinate system (the planner groups such a stack by
     geometry and flags it). A SEG has one frame of reference, so the first source image's is used.
+    A dataset given several times (a multi-frame instance, once per frame) is copied once.
     """
-    copies = [sanitised_for_copy(dataset) for dataset in datasets]
+    copied: dict[int, Dataset] = {}
+    for dataset in datasets:
+        if id(dataset) not in copied:
+            copied[id(dataset)] = sanitised_for_copy(dataset)
+    copies = [copied[id(dataset)] for dataset in datasets]
     frames = {str(dataset.get("FrameOfReferenceUID", "")) for dataset in copies}
     if len(frames) > 1:
         first = copies[0].get("FrameOfReferenceUID")
         if first is None:
             raise ReportError("the first source image has no Frame of Reference UID")
-        for dataset in copies[1:]:
+        for dataset in copied.values():
             dataset.FrameOfReferenceUID = first
     return copies
+
+
+#: Functional groups highdicom reads from the Shared Functional Groups Sequence of a multi-frame source.
+_SHARED_BY_HIGHDICOM: Final = ("PlaneOrientationSequence", "PixelMeasuresSequence")
+
+
+def _with_shared_geometry(dataset: Dataset, frame_numbers: Sequence[int]) -> Dataset:
+    """A copy of a multi-frame source with Plane Orientation and Pixel Measures as shared groups.
+
+    highdicom reads both from the Shared Functional Groups Sequence (5200,9229) of a multi-frame
+    source only; an Enhanced MR may carry them per frame, and an instance holding several stacks
+    has several orientations (PS3.3 C.7.6.16). The copy handed to highdicom gets, as shared, the
+    value common to the frames segmented (``frame_numbers``); a value already shared is kept.
+
+    Raises
+    ------
+    ReportError
+        The frames segmented differ in orientation or pixel measures.
+    """
+    result = copy.deepcopy(dataset)
+    if not result.get("SharedFunctionalGroupsSequence"):
+        result.SharedFunctionalGroupsSequence = [Dataset()]
+    shared = result.SharedFunctionalGroupsSequence[0]
+    for keyword in _SHARED_BY_HIGHDICOM:
+        if keyword in shared:
+            continue
+        items = [frame_functional_group(result, number, keyword) for number in frame_numbers]
+        first = items[0]
+        if first is None or any(item != first for item in items):
+            raise ReportError(f"the frames segmented differ in {keyword} or lack it")
+        setattr(shared, keyword, [copy.deepcopy(first)])
+    return result
+
+
+@dataclass(frozen=True)
+class _MultiFrameSources:
+    """How a phase's frames of multi-frame instances are handed to highdicom."""
+
+    source: Dataset
+    further: list[Dataset]
+    plane_positions: list[hd.PlanePositionSequence]
+    #: (SOP Instance UID, frame number or None) of every image segmented.
+    images: frozenset[tuple[str, int | None]]
+
+
+def _multi_frame_sources(
+    sources: Sequence[Dataset], frame_numbers: Sequence[int | None]
+) -> _MultiFrameSources:
+    """The multi-frame instance with the most of the frames as the source, the other instances as
+    further sources, and each frame's plane position."""
+    instances: dict[str, Dataset] = {}
+    frames: dict[str, list[int]] = {}
+    for dataset, number in zip(sources, frame_numbers, strict=True):
+        uid = str(dataset.SOPInstanceUID)
+        instances.setdefault(uid, dataset)
+        if number is not None:
+            frames.setdefault(uid, []).append(number)
+    for uid, numbers in frames.items():
+        instances[uid] = _with_shared_geometry(instances[uid], numbers)
+    main_uid = max(frames, key=lambda uid: len(frames[uid]))
+    positions: list[hd.PlanePositionSequence] = []
+    for dataset, number in zip(sources, frame_numbers, strict=True):
+        position = image_position(dataset, number)
+        if position is None:
+            raise ReportError("a source image has no Image Position (Patient)")
+        positions.append(
+            hd.PlanePositionSequence(
+                coordinate_system=hd.CoordinateSystemNames.PATIENT, image_position=position
+            )
+        )
+    return _MultiFrameSources(
+        source=instances[main_uid],
+        further=[dataset for uid, dataset in instances.items() if uid != main_uid],
+        plane_positions=positions,
+        images=frozenset(
+            (str(dataset.SOPInstanceUID), number)
+            for dataset, number in zip(sources, frame_numbers, strict=True)
+        ),
+    )
+
+
+def _reference_own_frames(seg: Dataset, images: frozenset[tuple[str, int | None]]) -> None:
+    """Keep, in each SEG frame's Derivation Image Sequence, only the source frames segmented.
+
+    highdicom matches a SEG frame to every source frame at its plane position; in a cine instance
+    those are the position's frames of every phase, but the frame was segmented on one of them.
+    """
+    for frame in seg.get("PerFrameFunctionalGroupsSequence") or ():
+        for derivation in frame.get("DerivationImageSequence") or ():
+            items = list(derivation.get("SourceImageSequence") or ())
+            kept = [
+                item
+                for item in items
+                if (
+                    str(item.ReferencedSOPInstanceUID),
+                    int(item.ReferencedFrameNumber) if "ReferencedFrameNumber" in item else None,
+                )
+                in images
+            ]
+            if kept and len(kept) < len(items):
+                derivation.SourceImageSequence = kept
 
 
 def build_seg(
@@ -107,6 +228,7 @@ def build_seg(
     instance_number: int,
     now: datetime,
     content_description: str | None = None,
+    frame_numbers: Sequence[int | None] = (),
     series_number: int = SEG_SERIES_NUMBER,
 ) -> Dataset:
     """One BINARY SEG instance over frames at distinct positions (one cardiac phase of the stack).
@@ -122,6 +244,10 @@ def build_seg(
         Which label values are the blood pool and the myocardium.
     now
         Content and instance creation date/time.
+    frame_numbers
+        Per source image, its frame number when it is a frame of a multi-frame instance (None for a
+        single-frame image; ``source_datasets`` then holds that instance once per frame); empty when
+        every image is single-frame.
 
     Raises
     ------
@@ -130,25 +256,37 @@ def build_seg(
     """
     if labels.ndim != _FRAME_DIMENSIONS or labels.shape[0] != len(source_datasets) or not source_datasets:
         raise ReportError("labels need one (rows, columns) frame per source image")
+    if frame_numbers and len(frame_numbers) != len(source_datasets):
+        raise ReportError("frame numbers need one entry per source image")
     sources = _harmonised(source_datasets)
     stacked = np.stack([labels == classes.blood_pool, labels == classes.myocardium], axis=-1).astype(np.uint8)
-    series = Counter(str(dataset.SeriesInstanceUID) for dataset in sources)
-    main_series = series.most_common(1)[0][0]
-    main = [dataset for dataset in sources if str(dataset.SeriesInstanceUID) == main_series]
-    further = [dataset for dataset in sources if str(dataset.SeriesInstanceUID) != main_series]
-    # A stack with one series per slice: frames are placed by position; highdicom references the
-    # main series frame by frame and lists the other series as further source images.
-    plane_positions = (
-        [
-            hd.PlanePositionSequence(
-                coordinate_system=hd.CoordinateSystemNames.PATIENT,
-                image_position=[float(value) for value in dataset.ImagePositionPatient],
-            )
-            for dataset in sources
-        ]
-        if further
+    multi_frame = (
+        _multi_frame_sources(sources, frame_numbers)
+        if any(number is not None for number in frame_numbers)
         else None
     )
+    plane_positions: list[hd.PlanePositionSequence] | None
+    if multi_frame is not None:
+        main, further = [multi_frame.source], multi_frame.further
+        plane_positions = multi_frame.plane_positions
+    else:
+        series = Counter(str(dataset.SeriesInstanceUID) for dataset in sources)
+        main_series = series.most_common(1)[0][0]
+        main = [dataset for dataset in sources if str(dataset.SeriesInstanceUID) == main_series]
+        further = [dataset for dataset in sources if str(dataset.SeriesInstanceUID) != main_series]
+        # A stack with one series per slice: frames are placed by position; highdicom references the
+        # main series frame by frame and lists the other series as further source images.
+        plane_positions = (
+            [
+                hd.PlanePositionSequence(
+                    coordinate_system=hd.CoordinateSystemNames.PATIENT,
+                    image_position=[float(value) for value in dataset.ImagePositionPatient],
+                )
+                for dataset in sources
+            ]
+            if further
+            else None
+        )
     try:
         seg = hd.seg.Segmentation(
             source_images=[without_patient_name(main[0]), *main[1:]],
@@ -176,6 +314,8 @@ def build_seg(
         )
     except ValueError as error:
         raise ReportError(f"highdicom refused the segmentation: {error}") from None
+    if multi_frame is not None:
+        _reference_own_frames(seg, multi_frame.images)
     seg.copy_patient_and_study_information(main[0])
     seg.InstanceCreationDate = DA(now.date())
     seg.InstanceCreationTime = TM(now.time())
@@ -191,6 +331,7 @@ def build_seg_series(
     series_instance_uid: str,
     sop_instance_uids: Sequence[str],
     now: datetime,
+    frame_numbers_by_cell: Sequence[Sequence[int | None]] = (),
     series_number: int = SEG_SERIES_NUMBER,
 ) -> list[Dataset]:
     """SEG instances covering every present cell of a stack: one per cardiac phase, in one series.
@@ -205,6 +346,10 @@ def build_seg_series(
         holds them.
     sop_instance_uids
         One SOP Instance UID per phase; a phase without any image is skipped.
+    frame_numbers_by_cell
+        ``[slice][phase]`` frame numbers of cells that are frames of a multi-frame instance, as
+        :func:`node.reports.sources.stack_frame_numbers` returns them; empty when every image is
+        single-frame.
 
     Raises
     ------
@@ -215,6 +360,8 @@ def build_seg_series(
     phases = len(source_datasets_by_cell[0]) if slices else 0
     if labels.shape[:2] != (slices, phases) or len(sop_instance_uids) != phases:
         raise ReportError("labels, source grid and SOP Instance UIDs disagree in slices or phases")
+    if frame_numbers_by_cell and [len(row) for row in frame_numbers_by_cell] != [phases] * slices:
+        raise ReportError("frame numbers and source grid disagree in slices or phases")
     instances: list[Dataset] = []
     for phase in range(phases):
         cells = [(index, row[phase]) for index, row in enumerate(source_datasets_by_cell)]
@@ -225,6 +372,9 @@ def build_seg_series(
             build_seg(
                 [dataset for _, dataset in present],
                 labels[[index for index, _ in present], phase],
+                frame_numbers=[frame_numbers_by_cell[index][phase] for index, _ in present]
+                if frame_numbers_by_cell
+                else (),
                 classes=classes,
                 model=model,
                 series_instance_uid=series_instance_uid,

@@ -27,8 +27,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.pixels import pixel_array
 from pydicom.pixels.processing import apply_modality_lut
+from pydicom.pixels.utils import pixel_array
 
 from node.domain import StackResult
 from node.reports.errors import ReportError
@@ -218,7 +218,8 @@ def frame_functional_group(dataset: Dataset, frame_number: int, keyword: str) ->
     for container in containers:
         items = container.get(keyword)
         if items:
-            return items[0]  # type: ignore[no-any-return]
+            item: Dataset = items[0]
+            return item
     return None
 
 
@@ -228,8 +229,10 @@ def image_orientation(dataset: Dataset, frame_number: int | None = None) -> list
     For a frame of a multi-frame image, from its Plane Orientation (Patient) functional group
     (PS3.3 C.7.6.16.2.4); else the top-level attribute (PS3.3 C.7.6.2).
     """
-    holder = dataset if frame_number is None else frame_functional_group(
-        dataset, frame_number, "PlaneOrientationSequence"
+    holder = (
+        dataset
+        if frame_number is None
+        else frame_functional_group(dataset, frame_number, "PlaneOrientationSequence")
     )
     value = holder.get("ImageOrientationPatient") if holder is not None else None
     return [float(v) for v in value] if value else None
@@ -241,8 +244,10 @@ def image_position(dataset: Dataset, frame_number: int | None = None) -> list[fl
     For a frame of a multi-frame image, from its Plane Position (Patient) functional group
     (PS3.3 C.7.6.16.2.3); else the top-level attribute (PS3.3 C.7.6.2).
     """
-    holder = dataset if frame_number is None else frame_functional_group(
-        dataset, frame_number, "PlanePositionSequence"
+    holder = (
+        dataset
+        if frame_number is None
+        else frame_functional_group(dataset, frame_number, "PlanePositionSequence")
     )
     value = holder.get("ImagePositionPatient") if holder is not None else None
     return [float(v) for v in value] if value else None

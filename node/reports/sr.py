@@ -2,7 +2,9 @@
 
 Both are Comprehensive 3D SR documents (PS3.3 A.35.13) whose content is a TID 1500 Measurement
 Report with one TID 1501 measurement group for the short-axis stack: LVEDV, LVESV, LVEF, SV and LV
-mass (TID 300, UCUM units), each referencing the source images it was measured on; finding site left
+mass (TID 300, UCUM units), each referencing the source images it was measured on (one IMAGE item
+per instance; for a multi-frame instance, with the Referenced Frame Numbers of the frames used, as
+the Image Reference Macro requires, PS3.3 C.18.4 and Table 10-3); finding site left
 ventricle; TID 4019 algorithm identification; the QC flags and the radiologist review status as
 coded qualitative evaluations; free-text statements as TEXT qualitative evaluations.
 
@@ -19,7 +21,7 @@ import copy
 import math
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Final
@@ -146,10 +148,15 @@ class VerifyingObserver:
 
 @dataclass(frozen=True)
 class ImageReference:
-    """A referenced image: SOP Class UID and SOP Instance UID, exactly as the source has them."""
+    """A referenced image: SOP Class UID and SOP Instance UID, exactly as the source has them.
+
+    ``frame_numbers`` are the Referenced Frame Numbers (0008,1160) of a multi-frame instance the
+    reference applies to; empty for a single-frame image.
+    """
 
     sop_class_uid: str
     sop_instance_uid: str
+    frame_numbers: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -230,9 +237,23 @@ def _sources(references: Sequence[ImageReference]) -> list[hd.sr.SourceImageForM
         hd.sr.SourceImageForMeasurement(
             referenced_sop_class_uid=reference.sop_class_uid,
             referenced_sop_instance_uid=reference.sop_instance_uid,
+            referenced_frame_numbers=list(reference.frame_numbers) or None,
         )
         for reference in references
     ]
+
+
+def _merged(*groups: Sequence[ImageReference]) -> list[ImageReference]:
+    """The references of ``groups`` with each instance once, its frame numbers joined in order."""
+    merged: dict[str, ImageReference] = {}
+    for reference in (reference for group in groups for reference in group):
+        known = merged.get(reference.sop_instance_uid)
+        if known is None:
+            merged[reference.sop_instance_uid] = reference
+        else:
+            extra = tuple(number for number in reference.frame_numbers if number not in known.frame_numbers)
+            merged[reference.sop_instance_uid] = replace(known, frame_numbers=known.frame_numbers + extra)
+    return list(merged.values())
 
 
 def _measurements(
@@ -245,7 +266,7 @@ def _measurements(
 ) -> list[hd.sr.Measurement]:
     """TID 300 measurements. Amended volumes (and EF/SV derived from them) carry no algorithm id."""
     algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=model.version) if amended else None
-    both = [*ed_images, *es_images]
+    both = _merged(ed_images, es_images)
 
     def num(
         name: Code, value: float, unit: Code, images: Sequence[ImageReference], *, ai: bool
@@ -357,17 +378,30 @@ def _rounded(value: float, decimals: int = VALUE_DECIMALS) -> float:
 
 
 def _references(
-    uids: Sequence[str | None], by_uid: dict[str, Dataset], phase: str
+    uids: Sequence[str | None],
+    frame_numbers: Sequence[int | None],
+    by_uid: dict[str, Dataset],
+    phase: str,
 ) -> tuple[ImageReference, ...]:
-    found: list[ImageReference] = []
-    for uid in uids:
+    """One reference per instance holding a slice's image of the phase, with its frames' numbers."""
+    if frame_numbers and len(frame_numbers) != len(uids):
+        raise ReportError(f"frame numbers and images of the {phase} phase differ in number of slices")
+    frames: dict[str, list[int]] = {}
+    for index, uid in enumerate(uids):
         if uid is None:
             continue
-        dataset = by_uid.get(uid)
-        if dataset is None:
+        if uid not in by_uid:
             raise ReportError(f"evidence lacks a source image of the {phase} phase")
-        found.append(ImageReference(str(dataset.SOPClassUID), str(dataset.SOPInstanceUID)))
-    return tuple(found)
+        numbers = frames.setdefault(uid, [])
+        number = frame_numbers[index] if frame_numbers else None
+        if number is not None and number not in numbers:
+            numbers.append(number)
+    return tuple(
+        ImageReference(
+            str(by_uid[uid].SOPClassUID), str(by_uid[uid].SOPInstanceUID), frame_numbers=tuple(numbers)
+        )
+        for uid, numbers in frames.items()
+    )
 
 
 def build_draft_sr(
@@ -378,6 +412,8 @@ def build_draft_sr(
     sop_instance_uid: str,
     instance_number: int,
     now: datetime,
+    ed_frame_numbers: Sequence[int | None] = (),
+    es_frame_numbers: Sequence[int | None] = (),
     series_number: int = DRAFT_SR_SERIES_NUMBER,
 ) -> Dataset:
     """The draft SR the node sends with every result: UNVERIFIED, PRELIMINARY, PARTIAL.
@@ -396,6 +432,12 @@ def build_draft_sr(
         Identity of the new SR instance.
     now
         Content, series and instance creation date/time.
+    ed_frame_numbers, es_frame_numbers
+        Per slice, as ``result.ed_sop_instance_uids`` and ``result.es_sop_instance_uids``: the
+        image's frame number in a multi-frame instance, None for a single-frame image (as
+        :class:`node.reports.sources.ReportSources` gives them); empty when every image is
+        single-frame. A multi-frame instance is referenced once per measurement, with the numbers of
+        its frames used.
 
     Returns
     -------
@@ -407,7 +449,8 @@ def build_draft_sr(
     Raises
     ------
     ReportError
-        No evidence, evidence of another study, or an ED/ES image missing from the evidence.
+        No evidence, evidence of another study, an ED/ES image missing from the evidence, or frame
+        numbers for another number of slices than the result's.
     """
     if not evidence_datasets:
         raise ReportError("a draft SR needs the source images as evidence")
@@ -431,8 +474,8 @@ def build_draft_sr(
         review=ReviewStatus.PENDING,
         qc_flags=tuple(result.qc_flags),
         statements=(PENDING_STATEMENT, *(FLAG_TEXT.get(flag, flag) for flag in result.qc_flags)),
-        ed_images=_references(result.ed_sop_instance_uids, by_uid, "end-diastolic"),
-        es_images=_references(result.es_sop_instance_uids, by_uid, "end-systolic"),
+        ed_images=_references(result.ed_sop_instance_uids, ed_frame_numbers, by_uid, "end-diastolic"),
+        es_images=_references(result.es_sop_instance_uids, es_frame_numbers, by_uid, "end-systolic"),
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=[without_patient_name(evidence[0]), *evidence[1:]],
@@ -514,7 +557,11 @@ def read_report(dataset: Dataset) -> ReportContent:
             if found:
                 values[key] = float(found[0].value)
                 images[key] = tuple(
-                    ImageReference(str(ref.referenced_sop_class_uid), str(ref.referenced_sop_instance_uid))
+                    ImageReference(
+                        str(ref.referenced_sop_class_uid),
+                        str(ref.referenced_sop_instance_uid),
+                        tuple(int(number) for number in ref.referenced_frame_numbers or ()),
+                    )
                     for ref in found[0].referenced_images
                 )
         if not names or not versions or len(review) != 1:

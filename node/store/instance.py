@@ -4,7 +4,9 @@ pydicom reads truncated data without complaint, so the checks here are explicit:
 every nesting level, fits in the item or sequence that holds it and every undefined-length one is
 closed by its delimiter (PS3.5 7.1, 7.5), no bytes are left after the last whole element, an image
 has pixel data, native pixel data is at least Rows x Columns x frames, encapsulated pixel data is a
-whole sequence of items (PS3.5 A.4), and the identifying UIDs exist.
+whole sequence of items with a Basic Offset Table that points at them and enough fragments for its
+frames (PS3.5 A.4), its first frame's codestream header (JPEG, JPEG-LS, JPEG 2000, RLE) describes
+the image the dataset describes, and the identifying UIDs exist.
 
 Hostile data is bounded before pydicom sees it: the structure is walked without recursion, and a
 dataset nested deeper than :data:`MAX_SEQUENCE_DEPTH` sequences, holding more than
@@ -69,7 +71,9 @@ _T = TypeVar("_T")
 MAX_SEQUENCE_DEPTH = 64
 #: Sequence items in one instance, all levels together, beyond which it is refused: pydicom builds a
 #: Dataset for each (about 0.7 kB and 50 us apiece), so 8-byte empty items would otherwise amplify.
-MAX_SEQUENCE_ITEMS = 50_000
+#: An Enhanced MR cine carries about ten functional-group items per frame, so this admits ~20,000
+#: frames while bounding a hostile instance to ~140 MB and ~10 s of parsing.
+MAX_SEQUENCE_ITEMS = 200_000
 #: Largest dataset a deflated instance may inflate to (pydicom inflates it whole, in memory).
 MAX_INFLATED_BYTES = 256 * 1024 * 1024
 
@@ -131,7 +135,9 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
-def _floats(count: int) -> Callable[[Any], tuple[float, ...]]:
+def floats(count: int) -> Callable[[Any], tuple[float, ...]]:
+    """A converter of a DICOM multi-value to exactly ``count`` floats (ValueError otherwise)."""
+
     def convert(value: Any) -> tuple[float, ...]:
         numbers = tuple(float(v) for v in value)
         if len(numbers) != count:
@@ -553,9 +559,9 @@ def parse_instance(
     if expected_sop_class is not None and sop_class != expected_sop_class.strip():
         raise SopClassMismatch("SOPClassUID differs from the request's Affected SOP Class UID")
 
-    position = _value(dataset, "ImagePositionPatient", _floats(3))
-    orientation = _value(dataset, "ImageOrientationPatient", _floats(6))
-    spacing = _value(dataset, "PixelSpacing", _floats(2))
+    position = _value(dataset, "ImagePositionPatient", floats(3))
+    orientation = _value(dataset, "ImageOrientationPatient", floats(6))
+    spacing = _value(dataset, "PixelSpacing", floats(2))
     return InstanceHeader(
         sop_class_uid=sop_class,
         sop_instance_uid=sop_instance,

@@ -18,7 +18,7 @@ import numpy.typing as npt
 import pydicom
 
 from node.logging import get_logger
-from node.pipeline.pixels import read_frame
+from node.pipeline.pixels import read_cell
 from node.pipeline.stacks import StackPlan, find_sax_stacks
 from node.store.index import Index
 from node.store.labels import decode_labels
@@ -105,7 +105,7 @@ class StudyMedia:
         record = dict(result["record"])
         index = mid_ventricular_slice(record, plan.slices)
         frames: list[npt.NDArray[np.float32] | None] = [
-            None if cell is None else read_frame(self._spool / cell.path) for cell in plan.grid[index]
+            None if cell is None else read_cell(cell, self._spool) for cell in plan.grid[index]
         ]
         return cine_gif(
             frames,
@@ -118,7 +118,8 @@ class StudyMedia:
 
     def _plan(self, result: dict[str, Any], labels: npt.NDArray[np.uint8]) -> StackPlan | None:
         """The stack the labels were predicted on, found again from the study's stored instances."""
-        stacks = find_sax_stacks(self._index.study_instances(str(result["study_instance_uid"]))).stacks
+        instances = self._index.study_instances(str(result["study_instance_uid"]))
+        stacks = find_sax_stacks(instances, root=self._spool).stacks
         wanted = tuple(result["series_instance_uids"] or ())
         for plan in stacks:
             shape = (plan.slices, plan.phases, plan.rows, plan.columns)

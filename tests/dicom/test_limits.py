@@ -120,9 +120,7 @@ def test_an_instance_over_the_size_limit_ends_its_association_and_nothing_is_sto
     assert "Status" not in response  # no status: the node ended the association mid-transfer
     wait_for(lambda: not association.is_alive(), 30, "the association to end")
     assert limited.spool_files() == before
-    wait_for(
-        lambda: limited.log_events("association ended by a receive limit"), 30, "the limit's log line"
-    )
+    wait_for(lambda: limited.log_events("association ended by a receive limit"), 30, "the limit's log line")
     assert _store_one(limited) == Status.SUCCESS
 
 

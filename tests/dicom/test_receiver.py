@@ -27,7 +27,6 @@ from pynetdicom.dsutils import split_dataset
 
 from node.status import Status
 from node.store.index import Index
-from node.store.spool import safe_component
 from tests.conftest import NodeServerFactory
 from tests.support import (
     ECHOSCU,
@@ -74,16 +73,6 @@ def files(sunnybrook: Path) -> list[Path]:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _spool_path(server: NodeServer, sent: Path) -> Path:
-    header = pydicom.dcmread(sent, stop_before_pixels=True)
-    return (
-        server.spool_dir
-        / safe_component(str(header.StudyInstanceUID))
-        / safe_component(str(header.SeriesInstanceUID))
-        / (safe_component(str(header.SOPInstanceUID)) + ".dcm")
-    )
-
-
 @contextmanager
 def _index(server: NodeServer) -> Iterator[Index]:
     index = Index.open(f"sqlite:///{server.index_path}")
@@ -104,7 +93,7 @@ def _assert_stored_intact(server: NodeServer, sent: list[Path]) -> None:
     with _index(server) as index:
         indexed = index.instance_paths()
     for path in sent:
-        stored = _spool_path(server, path)
+        stored = server.spool_path_of(path)
         assert stored.is_file(), f"{path.name} is not in the spool"
         assert file_dataset_bytes(stored) == file_dataset_bytes(path), f"{path.name} differs"
         dataset = pydicom.dcmread(stored)
@@ -266,7 +255,7 @@ def test_malformed_instances_are_refused_and_the_node_keeps_serving(
         f"0x{int(status):04X}" for status in expected.values()
     )
     assert receiver.log_events("instance failed") == []
-    assert set(receiver.spool_files()) == {_spool_path(receiver, path) for path in files[1:3]}
+    assert set(receiver.spool_files()) == {receiver.spool_path_of(path) for path in files[1:3]}
 
 
 def test_disk_floor_answers_out_of_resources_and_writes_nothing(
@@ -295,7 +284,7 @@ def test_same_instance_twice_is_acknowledged_twice_and_indexed_once(
     assert len(acknowledged_files(second.stdout + second.stderr)) == 1
     rows = _index_rows(receiver)
     assert len(rows) == 1
-    assert rows[0][1] == _spool_path(receiver, sent).relative_to(receiver.spool_dir).as_posix()
+    assert rows[0][1] == receiver.spool_path_of(sent).relative_to(receiver.spool_dir).as_posix()
     duplicates = [record["duplicate"] for record in receiver.log_events("instance stored")]
     assert duplicates == [False, True, True]
 

@@ -12,13 +12,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
 
 from node.config import DicomSettings
 from node.dicom.tls import MINIMUM_VERSION, server_context
 from node.errors import ConfigError
-from node.store.spool import safe_component
 from tests.support import (
     ECHOSCU,
     STORESCU,
@@ -154,9 +152,7 @@ def _handshake_failures(server: NodeServer) -> list[dict[str, object]]:
 
 def _expect_one_more_failure(server: NodeServer, before: int) -> dict[str, object]:
     """Wait for the refused connection's warning line and return it."""
-    records = wait_for(
-        lambda: _handshake_failures(server)[before:], 30, "the 'tls handshake failed' warning"
-    )
+    records = wait_for(lambda: _handshake_failures(server)[before:], 30, "the 'tls handshake failed' warning")
     return records[0]
 
 
@@ -190,16 +186,6 @@ def optional_node(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterato
     server.stop()
 
 
-def _spool_path(server: NodeServer, sent: Path) -> Path:
-    header = pydicom.dcmread(sent, stop_before_pixels=True)
-    return (
-        server.spool_dir
-        / safe_component(str(header.StudyInstanceUID))
-        / safe_component(str(header.SeriesInstanceUID))
-        / (safe_component(str(header.SOPInstanceUID)) + ".dcm")
-    )
-
-
 @needs_dcmtk
 @pytest.mark.integration
 def test_node_logs_that_it_listens_with_tls(tls_node: NodeServer) -> None:
@@ -226,7 +212,7 @@ def test_storescu_over_tls_stores_and_indexes(tls_node: NodeServer, pki: Pki, su
     result = _storescu(tls_node, pki, pki.client, files)
     assert result.returncode == 0, result.stdout + result.stderr
     for path in files:
-        stored = _spool_path(tls_node, path)
+        stored = tls_node.spool_path_of(path)
         assert stored.is_file(), f"{path.name} is not in the spool"
         assert file_dataset_bytes(stored) == file_dataset_bytes(path)
     assert tls_node.indexed_count() == indexed + len(files)
@@ -257,7 +243,7 @@ def test_a_client_without_a_trusted_certificate_is_refused_and_nothing_is_stored
     assert warning["level"] == "warning"
     assert str(warning["peer"]).startswith("127.0.0.1:")
     assert warning["reason"]
-    assert not _spool_path(tls_node, sent).exists()
+    assert not tls_node.spool_path_of(sent).exists()
     assert (len(tls_node.spool_files()), tls_node.indexed_count()) == (spooled, indexed)
     assert _echoscu(tls_node, pki, pki.client).returncode == 0, "the listener stopped serving"
     assert len(_handshake_failures(tls_node)) == failures + 1, "more than one warning per refusal"
@@ -299,7 +285,7 @@ def test_without_required_client_certificates_a_client_without_one_stores(
     assert echo.returncode == 0, echo.stdout + echo.stderr
     store = _storescu(optional_node, pki, None, [sent])
     assert store.returncode == 0, store.stdout + store.stderr
-    assert _spool_path(optional_node, sent).is_file()
+    assert optional_node.spool_path_of(sent).is_file()
 
 
 @needs_dcmtk

@@ -476,9 +476,9 @@ def deep_sequence(target: Target, rng: random.Random) -> bytes:
 
 
 def wide_sequence(target: Target, rng: random.Random) -> bytes:
-    """Insert a sequence of up to 100,000 empty items (8 bytes each on the wire)."""
+    """Insert a sequence of up to 250,000 empty items (8 bytes each on the wire), past the item limit."""
     tag = rng.choice(_SEQUENCE_TAGS)
-    count = rng.choice((1_000, 10_000, 100_000))
+    count = rng.choice((1_000, 10_000, 250_000))
     items = struct.pack("<HHL", 0xFFFE, 0xE000, 0) * count
     header = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + (b"SQ\x00\x00" if target.explicit_vr else b"")
     if rng.random() < 0.5:

@@ -12,7 +12,6 @@ import dataclasses
 import math
 import time
 import tracemalloc
-import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +53,7 @@ from tests.pipeline.test_stacks import (
     orientation,
     position_at,
 )
+from tests.review.pipeline import legacy_converted
 
 #: Slices x phases of the synthetic Enhanced MR stack (small, so the model runs in a moment).
 MF_SLICES, MF_PHASES, MF_SIDE = 4, 6, 48
@@ -490,42 +490,13 @@ def test_enhanced_mr_found_from_index_rows_with_the_spool_root(tmp_path: Path) -
     assert find_sax_stacks(rows, root=tmp_path / "elsewhere").skipped == {"unreadable": 1}
 
 
-def _legacy_converted(files: Sequence[Path], directory: Path) -> Path:
-    """The single-frame files as one Legacy Converted Enhanced MR Image (PS3.3 A.71), built by highdicom.
-
-    Sunnybrook headers carry dates highdicom rejects and a Frame of Reference UID per instance, which
-    a legacy conversion requires to be one: both are mended in the copies converted.
-    """
-    from highdicom.legacy import LegacyConvertedEnhancedMRImage
-
-    from node.reports.sources import sanitised_for_copy
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # invalid UIDs of the source, repeated for every file
-        datasets = [sanitised_for_copy(pydicom.dcmread(path)) for path in files]
-        for dataset in datasets:
-            dataset.FrameOfReferenceUID = datasets[0].FrameOfReferenceUID
-        converted = LegacyConvertedEnhancedMRImage(
-            datasets,
-            series_instance_uid=generate_uid(),
-            series_number=900,
-            sop_instance_uid=generate_uid(),
-            instance_number=1,
-        )
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "legacy-converted.dcm"
-        converted.save_as(path, enforce_file_format=True)
-    return path
-
-
-@pytest.mark.data
 def test_sunnybrook_as_legacy_converted_enhanced_mr_gives_the_same_volumes(
     sunnybrook: Path, tmp_path: Path, measurer: StackMeasurer
 ) -> None:
     """A real cine converted to one Legacy Converted Enhanced MR instance measures as its single frames do."""
     series = sunnybrook / "SCD0000301"
     files = sorted(series.glob("*.dcm"), key=lambda p: int(p.stem))
-    converted = _legacy_converted(files, tmp_path)
+    converted = legacy_converted(files, tmp_path)
     assert (
         pydicom.dcmread(converted, stop_before_pixels=True).SOPClassUID
         == LegacyConvertedEnhancedMRImageStorage

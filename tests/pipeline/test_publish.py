@@ -12,6 +12,7 @@ from pydicom.uid import SegmentationStorage
 from node.app import Node
 from node.clock import ManualClock
 from node.config import load_settings
+from tests.review.pipeline import subset
 from tests.support import clear_dicomnode_env
 from tests.validation import dciodvfy, uids_of
 
@@ -94,3 +95,26 @@ def test_publishing_twice_schedules_nothing_new(
         connection.exec_driver_sql("UPDATE results SET published = 0")
     assert node.publisher.run_once() is True
     assert sorted(row["sop_instance_uid"] for row in node.outbox.delivery_states()) == first
+
+
+def test_a_result_whose_reports_cannot_be_built_does_not_hold_up_the_next(
+    without_seg: tuple[Node, ManualClock], sunnybrook: Path
+) -> None:
+    """A result whose reports fail to build is logged and passed over; the next study's reports go out."""
+    node, clock = without_seg
+    first = _subset(sunnybrook)
+    _measure(node, clock, first)
+    [broken] = node.queue.results_for_study(_study_of(first))
+    (node.settings.storage.data_dir / "results" / str(broken["labels_path"])).write_bytes(b"not an npz")
+    second = subset(sunnybrook, "SCD0000201")
+    _measure(node, clock, second)
+    [measured] = node.queue.results_for_study(_study_of(second))
+
+    assert node.publisher.run_once() is True  # the broken one: logged, marked, not retried
+    assert node.publisher.run_once() is True
+    assert node.publisher.run_once() is False
+    assert {row["result_id"] for row in node.outbox.delivery_states()} == {measured["id"]}
+
+
+def _study_of(files: list[Path]) -> str:
+    return str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
