@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-import httpx
+import httpx2 as httpx
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
