@@ -174,6 +174,13 @@ class InferenceSettings(BaseModel):
     )
     intra_op_threads: int = Field(default=0, ge=0, description="0 lets ONNX Runtime choose")
     batch_size: int = Field(default=8, ge=1, le=512)
+    heart_window_margin: int | None = Field(
+        default=None,
+        ge=16,
+        le=512,
+        description="opt-in: run each stack on a window around the heart, this many model pixels "
+        "wider than the LV (faster on CPU; can move ED/ES between phases of near-equal volume)",
+    )
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -2,7 +2,8 @@
 
 Resampling is separable linear interpolation written as two small matrix products, so the same code
 serves the node (numpy only) and training/evaluation, and logits come back to the original pixel grid
-with sub-pixel boundaries before the argmax.
+with sub-pixel boundaries before the argmax. A :class:`Window` restricts both directions to a
+rectangle of the model grid (e.g. around the heart) without changing the result inside it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy.typing as npt
 from node.inference.card import InputSpec, Normalisation
 
 FloatArray = npt.NDArray[np.float32]
+IndexArray = npt.NDArray[np.intp]
 
 
 def normalise(
@@ -170,3 +172,251 @@ def argmax_classes(scores: FloatArray) -> npt.NDArray[np.uint8]:
         labels[better] = index
         np.maximum(best, scores[:, index], out=best)
     return labels
+
+
+@dataclass(frozen=True)
+class Taps:
+    """A linear interpolation matrix as the (at most) two non-zero weights of each output pixel.
+
+    ``out[o] = first_weight[o] * x[first[o]] + second_weight[o] * x[second[o]]``; a row with one
+    non-zero weight repeats it in ``second`` with weight 0.
+    """
+
+    first: IndexArray
+    second: IndexArray
+    first_weight: FloatArray
+    second_weight: FloatArray
+
+    @classmethod
+    def of(cls, matrix: FloatArray) -> Taps:
+        """The taps of an interpolation matrix ``(n_out, n_in)`` (at most two non-zero weights a row)."""
+        nonzero = matrix != 0
+        if (nonzero.sum(axis=1) > 2).any():
+            raise ValueError("an interpolation matrix has at most two non-zero weights per row")
+        outputs = np.arange(matrix.shape[0])
+        first = nonzero.argmax(axis=1)
+        second = matrix.shape[1] - 1 - nonzero[:, ::-1].argmax(axis=1)
+        second_weight = np.where(second != first, matrix[outputs, second], 0.0).astype(np.float32)
+        return cls(
+            first=first,
+            second=second,
+            first_weight=matrix[outputs, first].astype(np.float32),
+            second_weight=second_weight,
+        )
+
+
+def interpolated_argmax(scores: FloatArray, rows: Taps, cols: Taps) -> npt.NDArray[np.uint8]:
+    """``argmax_classes(resample(scores, ...))`` for ``(n, classes, h, w)``, interpolating only where needed.
+
+    Interpolation weights are non-negative, so where every model pixel an output pixel draws on has
+    the same most likely class, that class stays the most likely: only output pixels that draw on
+    model pixels of different classes (class boundaries, a few percent) are interpolated.
+    """
+    coarse = argmax_classes(scores)
+    upper, lower = coarse[:, rows.first], coarse[:, rows.second]
+    labels = upper[:, :, cols.first]
+    mixed = labels != upper[:, :, cols.second]
+    mixed |= labels != lower[:, :, cols.first]
+    mixed |= labels != lower[:, :, cols.second]
+    frame, row, col = np.nonzero(mixed)
+    top, bottom, left, right = rows.first[row], rows.second[row], cols.first[col], cols.second[col]
+    left_weight = cols.first_weight[col][:, None]
+    right_weight = cols.second_weight[col][:, None]
+    upper_values = scores[frame, :, top, left] * left_weight + scores[frame, :, top, right] * right_weight
+    lower_values = (
+        scores[frame, :, bottom, left] * left_weight + scores[frame, :, bottom, right] * right_weight
+    )
+    values = upper_values * rows.first_weight[row][:, None] + lower_values * rows.second_weight[row][:, None]
+    labels[frame, row, col] = values.argmax(axis=1).astype(np.uint8)
+    return labels
+
+
+@dataclass(frozen=True)
+class Box:
+    """A rectangle of original frame pixels: rows ``top:bottom``, columns ``left:right``."""
+
+    top: int
+    left: int
+    bottom: int
+    right: int
+
+    def mirrored(self, cols: int) -> Box:
+        """The same rectangle in a frame of ``cols`` columns mirrored left to right."""
+        return Box(top=self.top, left=cols - self.right, bottom=self.bottom, right=cols - self.left)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A rectangle of the padded model grid and the parts of the original frame it reads and writes.
+
+    Attributes
+    ----------
+    top, left, height, width
+        The rectangle on the padded model grid.
+    inner_top, inner_left, inner_rows, inner_cols
+        The part of the rectangle on the model grid proper (not padding), relative to the rectangle.
+    source_rows, source_cols
+        Original pixels the inner model pixels interpolate from.
+    target_rows, target_cols
+        Original pixels interpolated from inner model pixels only: the labels the window decides.
+    to_model_rows, to_model_cols
+        The geometry's interpolation matrices to the model grid restricted to those pixels.
+    from_model_rows, from_model_cols
+        The taps of the matrices back to the frame restricted likewise. Every weight left out is
+        zero: resampling through the window equals resampling the whole frame over that region.
+    """
+
+    top: int
+    left: int
+    height: int
+    width: int
+    inner_top: int
+    inner_left: int
+    inner_rows: int
+    inner_cols: int
+    source_rows: slice
+    source_cols: slice
+    target_rows: slice
+    target_cols: slice
+    to_model_rows: FloatArray
+    to_model_cols: FloatArray
+    from_model_rows: Taps
+    from_model_cols: Taps
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One axis of a :class:`Window`."""
+
+    inner_start: int
+    inner_size: int
+    source: slice
+    target: slice
+    to_model: FloatArray
+    from_model: Taps
+
+
+def _window_axis(start: int, stop: int, pad: int, to_model: FloatArray, from_model: FloatArray) -> _Axis:
+    """Restrict one axis's interpolation matrices to padded model pixels ``start:stop``."""
+    model_size = to_model.shape[0]
+    first = min(max(start - pad, 0), model_size)
+    last = min(max(stop - pad, first), model_size)
+    to_inner = to_model[first:last]
+    used = np.flatnonzero(to_inner.any(axis=0))
+    if last - first == model_size:  # the whole axis: the whole matrix, the products of the whole grid
+        used = np.arange(to_model.shape[1])
+    source = slice(int(used[0]), int(used[-1]) + 1) if used.size else slice(0, 0)
+    # An original pixel is decided by the window when none of its weight falls outside it.
+    outside = from_model[:, :first].any(axis=1) | from_model[:, last:].any(axis=1)
+    inside = np.flatnonzero(~outside)
+    target = slice(int(inside[0]), int(inside[-1]) + 1) if inside.size else slice(0, 0)
+    return _Axis(
+        inner_start=first + pad - start,
+        inner_size=last - first,
+        source=source,
+        target=target,
+        to_model=np.ascontiguousarray(to_inner[:, source]),
+        from_model=Taps.of(from_model[target, first:last]),
+    )
+
+
+def plan_window(geometry: Geometry, top: int, left: int, height: int, width: int) -> Window:
+    """The window of the padded model grid at ``(top, left)`` of ``height x width`` pixels."""
+    rows = _window_axis(top, top + height, geometry.pad_top, geometry.to_model_rows, geometry.from_model_rows)
+    cols = _window_axis(
+        left, left + width, geometry.pad_left, geometry.to_model_cols, geometry.from_model_cols
+    )
+    return Window(
+        top=top,
+        left=left,
+        height=height,
+        width=width,
+        inner_top=rows.inner_start,
+        inner_left=cols.inner_start,
+        inner_rows=rows.inner_size,
+        inner_cols=cols.inner_size,
+        source_rows=rows.source,
+        source_cols=cols.source,
+        target_rows=rows.target,
+        target_cols=cols.target,
+        to_model_rows=rows.to_model,
+        to_model_cols=cols.to_model,
+        from_model_rows=rows.from_model,
+        from_model_cols=cols.from_model,
+    )
+
+
+def full_window(geometry: Geometry) -> Window:
+    """The whole padded model grid as a window (the whole frame is read and written)."""
+    return plan_window(geometry, 0, 0, geometry.padded_rows, geometry.padded_cols)
+
+
+def _span(start: float, stop: float, margin: int, multiple: int, size: int) -> tuple[int, int]:
+    """``start:stop`` widened by ``margin``, snapped outwards to ``multiple``, kept within ``0:size``."""
+    first = max(0, int(np.floor((start - margin) / multiple)) * multiple)
+    last = min(size, -(-int(np.ceil(stop + margin)) // multiple) * multiple)
+    return first, last - first
+
+
+def heart_window(
+    geometry: Geometry, box: Box, pixel_spacing: tuple[float, float], spec: InputSpec, margin: int
+) -> Window:
+    """The window around ``box`` (original pixels) plus ``margin`` model pixels on every side.
+
+    Its edges lie on multiples of ``spec.size_multiple`` of the padded grid, so the network's pooling
+    sees the window's pixels in the same phase as on the whole grid.
+    """
+    row_scale = pixel_spacing[0] / spec.spacing_mm
+    col_scale = pixel_spacing[1] / spec.spacing_mm
+    top, height = _span(
+        box.top * row_scale + geometry.pad_top,
+        box.bottom * row_scale + geometry.pad_top,
+        margin,
+        spec.size_multiple,
+        geometry.padded_rows,
+    )
+    left, width = _span(
+        box.left * col_scale + geometry.pad_left,
+        box.right * col_scale + geometry.pad_left,
+        margin,
+        spec.size_multiple,
+        geometry.padded_cols,
+    )
+    return plan_window(geometry, top, left, height, width)
+
+
+def frame_box(
+    model_mask: npt.NDArray[np.bool_], pixel_spacing: tuple[float, float], spec: InputSpec
+) -> Box | None:
+    """The original pixels covered by the true pixels of a model-grid mask; None when none is true.
+
+    Model pixels ``first:last`` cover the frame from ``first * spacing_mm`` to ``last * spacing_mm``.
+    """
+    rows = np.flatnonzero(model_mask.any(axis=1))
+    cols = np.flatnonzero(model_mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    row_scale = spec.spacing_mm / pixel_spacing[0]
+    col_scale = spec.spacing_mm / pixel_spacing[1]
+    return Box(
+        top=int(np.floor(rows[0] * row_scale)),
+        left=int(np.floor(cols[0] * col_scale)),
+        bottom=int(np.ceil((rows[-1] + 1) * row_scale)),
+        right=int(np.ceil((cols[-1] + 1) * col_scale)),
+    )
+
+
+def window_to_model_grid(frames: FloatArray, window: Window, pad_value: float) -> FloatArray:
+    """Resample normalised ``(n, rows, cols)`` frames onto ``window`` of the model grid: ``(n, 1, h, w)``."""
+    source = frames[:, window.source_rows, window.source_cols]
+    resampled = resample(source, window.to_model_rows, window.to_model_cols)
+    batch = np.full((frames.shape[0], 1, window.height, window.width), pad_value, dtype=np.float32)
+    top, left = window.inner_top, window.inner_left
+    batch[:, 0, top : top + window.inner_rows, left : left + window.inner_cols] = resampled
+    return batch
+
+
+def crop_window(logits: FloatArray, window: Window) -> FloatArray:
+    """The model-grid pixels (no padding) of ``(n, classes, h, w)`` output over ``window``."""
+    top, left = window.inner_top, window.inner_left
+    return np.ascontiguousarray(logits[:, :, top : top + window.inner_rows, left : left + window.inner_cols])

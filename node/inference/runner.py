@@ -14,12 +14,18 @@ import onnxruntime as ort
 
 from node.config import InferenceSettings
 from node.inference.preprocess import (
+    Box,
+    Geometry,
+    Window,
     argmax_classes,
-    crop_model_grid,
+    crop_window,
+    frame_box,
+    full_window,
+    heart_window,
+    interpolated_argmax,
     normalise,
     plan_geometry,
-    resample,
-    to_model_grid,
+    window_to_model_grid,
 )
 from node.inference.registry import ReleasedModel, find_model
 
@@ -36,6 +42,20 @@ def default_providers() -> list[str]:
 #: A pixel whose most likely class has less probability than this counts as uncertain.
 UNCERTAIN_BELOW = 0.6
 
+#: Output classes whose extent bounds the heart window, and the label given outside it.
+HEART_CLASSES = ("lv_blood_pool", "lv_myocardium")
+BACKGROUND = "background"
+#: The first pass locates the heart on one frame in this many, evenly spread over the stack; it runs
+#: on stacks of at least twice as many frames (below that the whole grid costs about as much).
+LOCATE_EVERY = 10
+#: Above this fraction of the padded grid, a heart window saves too little: the whole grid is used.
+MAX_WINDOW_FRACTION = 0.75
+#: Suggested margin (model pixels) for ``Segmenter(heart_margin=...)``, the setting
+#: ``DICOMNODE_INFERENCE__HEART_WINDOW_MARGIN`` (off by default). On the three Sunnybrook series it keeps
+#: LV Dice >= 0.997 against the whole grid, volumes within 0.4 mL and mass within 0.5 g, but it can
+#: still move ED or ES to a phase whose volume differs by less than that (SCD0000101: ES 8 -> 7).
+HEART_MARGIN = 40
+
 
 @dataclass(frozen=True)
 class Segmentation:
@@ -49,15 +69,25 @@ class Segmentation:
         ``(n, classes)`` sum of each class's probability per frame (a soft pixel count).
     uncertain_px
         ``(n,)`` pixels per frame whose most likely class is below ``UNCERTAIN_BELOW``.
+    heart
+        The LV extent (original pixels) whose window the network ran on; None when it ran on the
+        whole grid. Outside the window, labels are background, with probability 1 in the QC figures.
     """
 
     labels: npt.NDArray[np.uint8]
     soft_areas_px: npt.NDArray[np.float32]
     uncertain_px: npt.NDArray[np.int64]
+    heart: Box | None = None
 
 
 class Segmenter:
-    """A released model loaded into one ONNX Runtime session."""
+    """A released model loaded into one ONNX Runtime session.
+
+    By default every frame runs on the whole model grid. With ``heart_margin`` set, a stack runs in
+    two passes: the whole grid of one frame in ``LOCATE_EVERY`` finds the LV, then every frame runs on
+    a window of the grid around it, ``heart_margin`` model pixels wider on each side (faster, but the
+    window's edge changes the network's context: labels differ slightly from the whole grid's).
+    """
 
     def __init__(
         self,
@@ -65,13 +95,22 @@ class Segmenter:
         providers: list[str] | None = None,
         intra_op_threads: int = 0,
         batch_size: int = 8,
+        heart_margin: int | None = None,
     ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle workers sleep instead of spinning: on cores shared with the rest of the node (or other
+        # processes), spinning threads take the CPU from the threads with work.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.model = model
         self.card = model.card
         self.batch_size = batch_size
+        classes = self.card.output.classes
+        self._heart = [classes.index(name) for name in HEART_CLASSES if name in classes]
+        self._background = classes.index(BACKGROUND) if BACKGROUND in classes else 0
+        known = len(self._heart) == len(HEART_CLASSES) and BACKGROUND in classes
+        self.heart_margin = heart_margin if known else None
         self._session = ort.InferenceSession(
             str(model.path), options, providers=providers or default_providers()
         )
@@ -95,6 +134,7 @@ class Segmenter:
         frames: npt.NDArray[np.generic],
         pixel_spacing: tuple[float, float],
         normalised: bool = False,
+        heart: Box | None = None,
     ) -> Segmentation:
         """Segment every frame of one stack ``(n, rows, cols)`` (normalised together, per the card).
 
@@ -106,30 +146,76 @@ class Segmenter:
             (row, column) spacing in mm, PixelSpacing (0028,0030).
         normalised
             True when ``frames`` are already normalised (training-side evaluation).
+        heart
+            With ``heart_margin`` set: the LV extent from an earlier segmentation of these frames
+            (e.g. mirrored), which skips the first pass. Ignored otherwise.
         """
         spec = self.card.input
         values = np.asarray(frames, dtype=np.float32) if normalised else normalise(frames, spec.normalisation)
         geometry = plan_geometry(values.shape[1], values.shape[2], pixel_spacing, spec)
+        if self.heart_margin is None:
+            return self._segment_window(values, geometry, full_window(geometry), pixel_spacing, None)
+        if heart is None and values.shape[0] >= 2 * LOCATE_EVERY:
+            heart = self._locate_heart(values, geometry, pixel_spacing)
+        if heart is not None:
+            window = heart_window(geometry, heart, pixel_spacing, spec, self.heart_margin)
+            if (
+                window.height * window.width
+                <= MAX_WINDOW_FRACTION * geometry.padded_rows * geometry.padded_cols
+            ):
+                return self._segment_window(values, geometry, window, pixel_spacing, heart)
+        return self._segment_window(values, geometry, full_window(geometry), pixel_spacing, None)
+
+    def _locate_heart(
+        self, values: npt.NDArray[np.float32], geometry: Geometry, pixel_spacing: tuple[float, float]
+    ) -> Box | None:
+        """The LV's extent over the whole grid of evenly spread frames; None where there is no LV."""
         count = values.shape[0]
-        labels = np.empty(values.shape, np.uint8)
+        picked = np.unique(np.linspace(0, count - 1, -(-count // LOCATE_EVERY)).round().astype(np.intp))
+        window = full_window(geometry)
+        found = np.zeros((geometry.model_rows, geometry.model_cols), dtype=bool)
+        for start in range(0, picked.size, self.batch_size):
+            batch = window_to_model_grid(
+                values[picked[start : start + self.batch_size]], window, self.card.input.pad_value
+            )
+            labels = argmax_classes(crop_window(self.logits(batch), window))
+            found |= np.isin(labels, self._heart).any(axis=0)
+        return frame_box(found, pixel_spacing, self.card.input)
+
+    def _segment_window(
+        self,
+        values: npt.NDArray[np.float32],
+        geometry: Geometry,
+        window: Window,
+        pixel_spacing: tuple[float, float],
+        heart: Box | None,
+    ) -> Segmentation:
+        """Run every frame over ``window``; labels outside it are background."""
+        spec = self.card.input
+        count = values.shape[0]
+        labels = np.full(values.shape, self._background, np.uint8)
         soft_areas = np.empty((count, len(self.card.output.classes)), np.float32)
         uncertain = np.empty(count, np.int64)
         # QC statistics come from the model grid; one model pixel covers this many original pixels.
         per_model_pixel = spec.spacing_mm**2 / (pixel_spacing[0] * pixel_spacing[1])
+        outside_px = geometry.model_rows * geometry.model_cols - window.inner_rows * window.inner_cols
+        target = (slice(None), window.target_rows, window.target_cols)
         for start in range(0, count, self.batch_size):
             stop = min(start + self.batch_size, count)
-            batch = to_model_grid(values[start:stop], geometry, spec.pad_value)
-            logits = crop_model_grid(self.logits(batch), geometry)
-            labels[start:stop] = argmax_classes(
-                resample(logits, geometry.from_model_rows, geometry.from_model_cols)
+            batch = window_to_model_grid(values[start:stop], window, spec.pad_value)
+            logits = crop_window(self.logits(batch), window)
+            labels[start:stop][target] = interpolated_argmax(
+                logits, window.from_model_rows, window.from_model_cols
             )
             probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
             probabilities /= probabilities.sum(axis=1, keepdims=True)
-            soft_areas[start:stop] = probabilities.sum(axis=(2, 3)) * per_model_pixel
+            areas = probabilities.sum(axis=(2, 3))
+            areas[:, self._background] += outside_px
+            soft_areas[start:stop] = areas * per_model_pixel
             uncertain[start:stop] = np.rint(
                 (probabilities.max(axis=1) < UNCERTAIN_BELOW).sum(axis=(1, 2)) * per_model_pixel
             ).astype(np.int64)
-        return Segmentation(labels=labels, soft_areas_px=soft_areas, uncertain_px=uncertain)
+        return Segmentation(labels=labels, soft_areas_px=soft_areas, uncertain_px=uncertain, heart=heart)
 
 
 def load_segmenter(settings: InferenceSettings) -> Segmenter:
@@ -140,4 +226,5 @@ def load_segmenter(settings: InferenceSettings) -> Segmenter:
         providers=settings.providers,
         intra_op_threads=settings.intra_op_threads,
         batch_size=settings.batch_size,
+        heart_margin=settings.heart_window_margin,
     )

@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 from node.domain import ModelIdentity, StackResult
 from node.inference.measurements import measure, volume_curve_ml
-from node.inference.preprocess import normalise
+from node.inference.preprocess import Box, normalise
 from node.inference.qc import assess, fragmented_fraction
 from node.inference.runner import Segmenter
 from node.pipeline.pixels import load_pixels
@@ -61,6 +61,7 @@ class StackMeasurer:
         labels = np.zeros((plan.slices, plan.phases, plan.rows, plan.columns), dtype=np.uint8)
         labels[present] = segmentation.labels
         uncertain_px = segmentation.uncertain_px
+        heart = segmentation.heart
         del segmentation  # its labels are copied into the grid
 
         pixel_area = plan.pixel_spacing[0] * plan.pixel_spacing[1]
@@ -72,7 +73,7 @@ class StackMeasurer:
         # cells[s, p]: the frame's index among the segmented (present) frames, -1 where missing.
         cells = np.full(present.shape, -1, dtype=np.int64)
         cells[present] = np.arange(int(present.sum()))
-        flip_ml = self._flip_disagreement(values, cells, labels, plan, (ed, es))
+        flip_ml = self._flip_disagreement(values, cells, labels, plan, (ed, es), heart)
         key = [(s, p) for p in (ed, es) for s in range(plan.slices) if present[s, p]]
         blood_key = [labels[s, p] == self._blood for s, p in key]
         total_blood = sum(int(mask.sum()) for mask in blood_key)
@@ -134,17 +135,24 @@ class StackMeasurer:
         labels: npt.NDArray[np.uint8],
         plan: StackPlan,
         phases: tuple[int, int],
+        heart: Box | None,
     ) -> float:
-        """Largest |volume difference| (mL) at ED or ES between the prediction and a mirrored input."""
+        """Largest |volume difference| (mL) at ED or ES between the prediction and a mirrored input.
+
+        The mirrored frames run on the mirror image of the window the prediction ran on, if any.
+        """
         present = cells >= 0
         pixel_area = plan.pixel_spacing[0] * plan.pixel_spacing[1]
+        mirrored_heart = heart.mirrored(plan.columns) if heart is not None else None
         worst = 0.0
         for phase in phases:
             indices = cells[:, phase][cells[:, phase] >= 0]
             if indices.size == 0:
                 continue
             mirrored = np.ascontiguousarray(values[indices][:, :, ::-1])
-            flipped = self.segmenter.segment(mirrored, plan.pixel_spacing, normalised=True).labels
+            flipped = self.segmenter.segment(
+                mirrored, plan.pixel_spacing, normalised=True, heart=mirrored_heart
+            ).labels
             flipped_px = (flipped[:, :, ::-1] == self._blood).sum(axis=(1, 2)).astype(np.float64)
             original_px = (labels[present[:, phase], phase] == self._blood).sum(axis=(1, 2))
             difference = volume_curve_ml(

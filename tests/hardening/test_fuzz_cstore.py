@@ -10,7 +10,8 @@ The campaign runs once per module; each test then asserts one property of it: ev
 answered, the listener lives and its memory stays bounded, a valid instance is stored afterwards,
 every instance acknowledged with Success is in the spool as sent, and nothing failed inside the node.
 
-Nightly: ``DICOMNODE_FUZZ_CASES=10000 python -m pytest tests/hardening/test_fuzz_cstore.py -s``.
+Nightly:
+``DICOMNODE_FUZZ_CASES=10000 python -m pytest -s --timeout 3600 tests/hardening/test_fuzz_cstore.py``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from models.spec import OUTPUT
 from node.inference.card import ModelCard, sha256_of
 from node.inference.preprocess import normalise, plan_geometry
 from node.inference.registry import DEFAULT_MODEL_DIR, ReleasedModel, find_model
-from node.inference.runner import CPU, Segmenter
+from node.inference.runner import CPU, HEART_MARGIN, LOCATE_EVERY, Segmenter
 
 ROWS, COLS = 70, 90
 SPACING = (1.4, 1.3)
@@ -117,3 +117,63 @@ def test_released_model_segments_sunnybrook_mid_ventricular_ed_frame(
     predicted = labels == model.card.class_index("lv_blood_pool")
     score = dice(predicted, case.contour_mask(middle, ed_phase))
     assert score >= 0.85, f"Dice {score:.3f} on slice {middle}, ED phase {ed_phase}"
+
+
+@pytest.fixture(scope="module")
+def released() -> ReleasedModel:
+    """The shipped model (checksum verified)."""
+    return find_model(DEFAULT_MODEL_DIR, "lvseg-unet")
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(int(a.sum() + b.sum()), 1)
+
+
+def test_heart_window_labels_match_the_whole_grid_on_sunnybrook(
+    released: ReleasedModel, shared_data: Path, sunnybrook: Path
+) -> None:
+    """On a real stack, the two-pass heart window gives LV labels with Dice >= 0.99 against the whole grid.
+
+    Every slice of SCD0000101 at four phases spread over the cycle (48 frames, a fifth of the stack's
+    CPU time), normalised with the whole stack as deployment does.
+    """
+    from models.data import load_sunnybrook
+
+    case = load_sunnybrook(shared_data, "SCD0000101")
+    stack = normalise(case.frames, released.card.input.normalisation)
+    frames = stack[:, ::5].reshape(-1, *stack.shape[2:])
+    whole = Segmenter(released, providers=[CPU]).segment(frames, case.pixel_spacing, normalised=True)
+    roi = Segmenter(released, providers=[CPU], heart_margin=HEART_MARGIN).segment(
+        frames, case.pixel_spacing, normalised=True
+    )
+    assert whole.heart is None
+    assert roi.heart is not None
+    for name in ("lv_myocardium", "lv_blood_pool"):
+        index = released.card.class_index(name)
+        score = _dice(roi.labels == index, whole.labels == index)
+        assert score >= 0.99, f"{name}: Dice {score:.4f}"
+    # The QC figures still cover the whole model grid: background outside the window.
+    np.testing.assert_allclose(roi.soft_areas_px.sum(axis=1), whole.soft_areas_px.sum(axis=1), rtol=1e-4)
+
+
+def test_heart_window_falls_back_to_the_whole_grid_without_lv(released: ReleasedModel) -> None:
+    """A blank stack has no LV: the first pass finds no heart, and every frame runs on the whole grid."""
+    frames = np.zeros((2 * LOCATE_EVERY, 128, 112), dtype=np.float32)
+    segmenter = Segmenter(released, providers=[CPU], heart_margin=HEART_MARGIN)
+    roi = segmenter.segment(frames, (1.4, 1.4), normalised=True)
+    whole = Segmenter(released, providers=[CPU]).segment(frames, (1.4, 1.4), normalised=True)
+    assert roi.heart is None
+    np.testing.assert_array_equal(roi.labels, whole.labels)
+    np.testing.assert_array_equal(roi.uncertain_px, whole.uncertain_px)
+
+
+def test_heart_window_is_off_unless_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node runs the whole grid by default; HEART_WINDOW_MARGIN in the settings turns the window on."""
+    from node.config import load_settings
+    from node.inference.runner import load_segmenter
+    from tests.support import clear_dicomnode_env
+
+    clear_dicomnode_env(monkeypatch)
+    assert load_segmenter(load_settings().inference).heart_margin is None
+    monkeypatch.setenv("DICOMNODE_INFERENCE__HEART_WINDOW_MARGIN", str(HEART_MARGIN))
+    assert load_segmenter(load_settings().inference).heart_margin == HEART_MARGIN
