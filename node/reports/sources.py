@@ -223,19 +223,19 @@ def frame_functional_group(dataset: Dataset, frame_number: int, keyword: str) ->
     return None
 
 
+def _plane_value(dataset: Dataset, frame_number: int | None, group: str, keyword: str) -> list[float] | None:
+    holder = dataset if frame_number is None else frame_functional_group(dataset, frame_number, group)
+    value = holder.get(keyword) if holder is not None else None
+    return [float(v) for v in value] if value else None
+
+
 def image_orientation(dataset: Dataset, frame_number: int | None = None) -> list[float] | None:
     """Image Orientation (Patient) (0020,0037) of an image, None when it has none.
 
     For a frame of a multi-frame image, from its Plane Orientation (Patient) functional group
     (PS3.3 C.7.6.16.2.4); else the top-level attribute (PS3.3 C.7.6.2).
     """
-    holder = (
-        dataset
-        if frame_number is None
-        else frame_functional_group(dataset, frame_number, "PlaneOrientationSequence")
-    )
-    value = holder.get("ImageOrientationPatient") if holder is not None else None
-    return [float(v) for v in value] if value else None
+    return _plane_value(dataset, frame_number, "PlaneOrientationSequence", "ImageOrientationPatient")
 
 
 def image_position(dataset: Dataset, frame_number: int | None = None) -> list[float] | None:
@@ -244,13 +244,7 @@ def image_position(dataset: Dataset, frame_number: int | None = None) -> list[fl
     For a frame of a multi-frame image, from its Plane Position (Patient) functional group
     (PS3.3 C.7.6.16.2.3); else the top-level attribute (PS3.3 C.7.6.2).
     """
-    holder = (
-        dataset
-        if frame_number is None
-        else frame_functional_group(dataset, frame_number, "PlanePositionSequence")
-    )
-    value = holder.get("ImagePositionPatient") if holder is not None else None
-    return [float(v) for v in value] if value else None
+    return _plane_value(dataset, frame_number, "PlanePositionSequence", "ImagePositionPatient")
 
 
 @dataclass(frozen=True, eq=False)

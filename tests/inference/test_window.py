@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from node.inference.card import InputSpec, Normalisation
 from node.inference.preprocess import (
     Box,
     Taps,
@@ -23,15 +22,8 @@ from node.inference.preprocess import (
     to_model_grid,
     window_to_model_grid,
 )
+from tests.inference.test_preprocess import SPEC
 
-SPEC = InputSpec(
-    name="image",
-    channels=("MR magnitude",),
-    spacing_mm=2.0,
-    size_multiple=16,
-    pad_value=0.0,
-    normalisation=Normalisation(low_percentile=1.0, high_percentile=99.0, clip_min=0.0, clip_max=1.0),
-)
 #: (rows, cols, pixel spacing): square, non-square anisotropic, and a grid smaller than the model's.
 GRIDS = [(256, 256, (1.367188, 1.367188)), (192, 156, (1.5, 1.25)), (70, 90, (2.6, 2.2))]
 
