@@ -521,7 +521,7 @@ def lying_fragments(target: Target, rng: random.Random) -> bytes:
         lie = rng.choice(
             (item.length + 2, item.length * 2, max(0, item.length - 2), 0xFFFFFFF0, _UNDEFINED, 1)
         )
-        struct.pack_into("<L", data, item.length_at, lie)
+        struct.pack_into("<L", data, item.length_at, lie & 0xFFFFFFFF)  # an earlier lie may be huge
     elif choice == 2:  # a fragment that is not an item
         item = rng.choice(fragments)
         struct.pack_into(
