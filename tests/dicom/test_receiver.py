@@ -7,6 +7,7 @@ sleeps. DCMTK is always called by absolute path: pynetdicom installs a ``storesc
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import random
 import signal
@@ -380,7 +381,10 @@ def _threads_accepting(pid: int, signum: int) -> list[int]:
     """Threads of a process that do not block ``signum`` (from ``SigBlk`` in /proc)."""
     accepting = []
     for tid in sorted(int(name) for name in os.listdir(f"/proc/{pid}/task")):
-        status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        try:
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended between the listing and the read (an association finishing)
         blocked = int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
         if not blocked & (1 << (signum - 1)):
             accepting.append(tid)
@@ -399,10 +403,19 @@ def test_sigterm_delivered_to_a_non_main_thread_still_stops_the_node(receiver: N
     assert run_echoscu(receiver.port).returncode == 0
     threads = [tid for tid in _threads_accepting(receiver.pid, signal.SIGTERM) if tid != receiver.pid]
     assert threads, "the node runs no thread besides the main one"
-    try:
-        _tgkill(receiver.pid, threads[0], signal.SIGTERM)
-    except (AttributeError, OSError) as error:
-        pytest.skip(f"tgkill unavailable: {error}")
+    delivered_to = None
+    for tid in threads:
+        try:
+            _tgkill(receiver.pid, tid, signal.SIGTERM)
+        except AttributeError as error:
+            pytest.skip(f"tgkill unavailable: {error}")
+        except OSError as error:
+            if error.errno == errno.ESRCH:
+                continue  # that thread ended meanwhile; the next one is as good
+            raise
+        delivered_to = tid
+        break
+    assert delivered_to is not None, "every non-main thread ended before the signal could be sent"
     assert receiver.process is not None
     assert receiver.process.wait(timeout=60) == 0, receiver.log_tail()
     assert receiver.log_events("stopped")
