@@ -3,6 +3,14 @@
 Volume at a phase = sum over slices of mask area x slice spacing, the spacing taken from positions
 along the slice normal. ED and ES are the maximum and minimum of the blood-pool volume curve over
 the cardiac cycle, never frame order.
+
+Which basal slices count is decided first (:func:`basal_slices_to_exclude`): the base of the heart
+moves towards the apex in systole by about a slice spacing, so the most basal slice is ventricle in
+diastole and atrium or outflow tract in systole. Following the SCMR post-processing guideline
+(Schulz-Menger J. et al., "Standardized image interpretation and post-processing in cardiovascular
+magnetic resonance - 2020 update", JCMR 22:19, 2020), a blood pool counts as ventricle when at
+least half of it is surrounded by myocardium; a basal slice counts only when it is ventricle in every
+phase, so the same slices make EDV and ESV (as the Sunnybrook experts contoured them).
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+#: A blood pool at least this fraction surrounded by myocardium is ventricle (SCMR 2020 guideline).
+VENTRICLE_SURROUND_FRACTION = 0.5
 #: Density of myocardium, g/mL (the conventional value used for CMR LV mass).
 MYOCARDIAL_DENSITY_G_PER_ML = 1.05
 _MM3_PER_ML = 1000.0
@@ -75,3 +85,75 @@ def measure(
         es_phase=es_phase,
         volume_curve_ml=tuple(float(v) for v in curve),
     )
+
+
+def _outer_ring(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Pixels 4-adjacent to each 2-D mask of ``(..., rows, cols)`` and outside it."""
+    grown = masks.copy()
+    grown[..., 1:, :] |= masks[..., :-1, :]
+    grown[..., :-1, :] |= masks[..., 1:, :]
+    grown[..., :, 1:] |= masks[..., :, :-1]
+    grown[..., :, :-1] |= masks[..., :, 1:]
+    ring: npt.NDArray[np.bool_] = grown & ~masks
+    return ring
+
+
+def myocardial_surround(
+    labels: npt.NDArray[np.integer], blood_pool: int, myocardium: int
+) -> npt.NDArray[np.float64]:
+    """Fraction of each frame's blood-pool border that touches myocardium; NaN without blood pool.
+
+    ``labels`` is ``(slices, phases, rows, cols)``; the result is ``(slices, phases)``. The border is
+    the ring of pixels just outside the blood-pool mask.
+    """
+    surround = np.full(labels.shape[:2], np.nan)
+    for slice_index in range(labels.shape[0]):  # one slice at a time bounds the temporary masks
+        frames = labels[slice_index]
+        ring = _outer_ring(frames == blood_pool)
+        border = ring.sum(axis=(1, 2))
+        touching = (ring & (frames == myocardium)).sum(axis=(1, 2))
+        has_blood = border > 0
+        surround[slice_index, has_blood] = touching[has_blood] / border[has_blood]
+    return surround
+
+
+def basal_slices_to_exclude(
+    blood_pool_px: npt.NDArray[np.floating],
+    surround: npt.NDArray[np.floating],
+    present: npt.NDArray[np.bool_],
+) -> tuple[int, ...]:
+    """Basal slices that are not ventricle in every phase, counted from the base inwards.
+
+    A frame is ventricle when it has a blood pool at least :data:`VENTRICLE_SURROUND_FRACTION`
+    surrounded by myocardium; missing frames (``present`` False) do not count against a slice. The
+    base is the end of the stack with the larger blood pool (the LV narrows to the apex). Walking
+    from the base, slices are left out until the first slice that is ventricle throughout; at most
+    half the stack is examined, and nothing is left out when no slice there qualifies (the rule
+    cannot tell where the ventricle starts, and QC reports the rest).
+
+    Parameters
+    ----------
+    blood_pool_px
+        ``(slices, phases)`` blood-pool areas.
+    surround
+        ``(slices, phases)`` from :func:`myocardial_surround`.
+    present
+        ``(slices, phases)`` True where the frame was acquired.
+    """
+    areas = np.nan_to_num(np.asarray(blood_pool_px, dtype=np.float64), nan=0.0)
+    slices = areas.shape[0]
+    half = slices // 2
+    if half == 0:
+        return ()
+    per_slice = areas.max(axis=1)
+    base_first = per_slice[:half].sum() >= per_slice[slices - half :].sum()
+    order = range(half) if base_first else range(slices - 1, slices - 1 - half, -1)
+    ventricle = (np.nan_to_num(surround, nan=0.0) >= VENTRICLE_SURROUND_FRACTION) & (areas > 0)
+    excluded = []
+    for slice_index in order:
+        if not present[slice_index].any():
+            continue  # a missing slice says nothing about where the ventricle starts
+        if bool(np.all(ventricle[slice_index] | ~present[slice_index])):
+            return tuple(sorted(excluded))
+        excluded.append(slice_index)
+    return ()

@@ -48,6 +48,7 @@ FLAG_WEIGHTS = {
     "inconsistent_geometry": 0.3,
     "duplicate_positions_replaced": 0.1,
     "inconsistent_frame_of_reference": 0.0,
+    "basal_slices_excluded": 0.0,
 }
 
 #: Plain-language explanation of each flag (for reports and the worklist).
@@ -76,6 +77,10 @@ FLAG_TEXT = {
     ),
     "inconsistent_frame_of_reference": (
         "Images of the stack carry different Frame of Reference UIDs; slices were grouped by geometry."
+    ),
+    "basal_slices_excluded": (
+        "Basal slices that are atrium or outflow tract in part of the cycle (blood pool less than half"
+        " surrounded by myocardium) are left out of the volumes and masses."
     ),
 }
 

@@ -9,7 +9,12 @@ import numpy as np
 import numpy.typing as npt
 
 from node.domain import ModelIdentity, StackResult
-from node.inference.measurements import measure, volume_curve_ml
+from node.inference.measurements import (
+    basal_slices_to_exclude,
+    measure,
+    myocardial_surround,
+    volume_curve_ml,
+)
 from node.inference.preprocess import Box, normalise
 from node.inference.qc import assess, fragmented_fraction
 from node.inference.runner import Segmenter
@@ -18,6 +23,7 @@ from node.pipeline.stacks import StackPlan
 
 BLOOD_POOL = "lv_blood_pool"
 MYOCARDIUM = "lv_myocardium"
+BACKGROUND = "background"
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class StackMeasurer:
         card = segmenter.card
         self._blood = card.class_index(BLOOD_POOL)
         self._myo = card.class_index(MYOCARDIUM)
+        self._background = card.class_index(BACKGROUND)
         self.model = ModelIdentity(name=card.name, version=card.version)
 
     def measure(self, plan: StackPlan, root: Path) -> MeasuredStack:
@@ -66,6 +73,15 @@ class StackMeasurer:
 
         pixel_area = plan.pixel_spacing[0] * plan.pixel_spacing[1]
         blood_px = _fill_missing((labels == self._blood).sum(axis=(2, 3)).astype(np.float64), present)
+        basal = basal_slices_to_exclude(
+            blood_px, myocardial_surround(labels, self._blood, self._myo), present
+        )
+        if basal:
+            # Left out of every output alike: volumes, mass, contours, SEG and the worklist.
+            lv = labels[list(basal)]
+            lv[(lv == self._blood) | (lv == self._myo)] = self._background
+            labels[list(basal)] = lv
+            blood_px[list(basal)] = 0.0
         myo_px = _fill_missing((labels == self._myo).sum(axis=(2, 3)).astype(np.float64), present)
         result = measure(blood_px, myo_px, pixel_area, plan.slice_spacing_mm)
         ed, es = result.ed_phase, result.es_phase
@@ -73,7 +89,7 @@ class StackMeasurer:
         # cells[s, p]: the frame's index among the segmented (present) frames, -1 where missing.
         cells = np.full(present.shape, -1, dtype=np.int64)
         cells[present] = np.arange(int(present.sum()))
-        flip_ml = self._flip_disagreement(values, cells, labels, plan, (ed, es), heart)
+        flip_ml = self._flip_disagreement(values, cells, labels, plan, (ed, es), heart, basal)
         key = [(s, p) for p in (ed, es) for s in range(plan.slices) if present[s, p]]
         blood_key = [labels[s, p] == self._blood for s, p in key]
         total_blood = sum(int(mask.sum()) for mask in blood_key)
@@ -92,7 +108,7 @@ class StackMeasurer:
             flip_disagreement_ml=flip_ml,
             fragment_fraction=fragments,
             uncertain_fraction=uncertain / max(total_blood, 1),
-            stack_flags=plan.flags,
+            stack_flags=plan.flags + (("basal_slices_excluded",) if basal else ()),
         )
 
         def uids(phase: int) -> tuple[str | None, ...]:
@@ -136,17 +152,20 @@ class StackMeasurer:
         plan: StackPlan,
         phases: tuple[int, int],
         heart: Box | None,
+        excluded: tuple[int, ...],
     ) -> float:
         """Largest |volume difference| (mL) at ED or ES between the prediction and a mirrored input.
 
-        The mirrored frames run on the mirror image of the window the prediction ran on, if any.
+        The mirrored frames run on the mirror image of the window the prediction ran on, if any;
+        ``excluded`` (basal) slices count in neither.
         """
         present = cells >= 0
+        present[list(excluded)] = False
         pixel_area = plan.pixel_spacing[0] * plan.pixel_spacing[1]
         mirrored_heart = heart.mirrored(plan.columns) if heart is not None else None
         worst = 0.0
         for phase in phases:
-            indices = cells[:, phase][cells[:, phase] >= 0]
+            indices = cells[:, phase][present[:, phase]]
             if indices.size == 0:
                 continue
             mirrored = np.ascontiguousarray(values[indices][:, :, ::-1])

@@ -105,6 +105,7 @@ QC_FLAG_CODES: Final = {
     "inconsistent_geometry": Code("QC-GEOMETRY", SCHEME, "Images of other geometry left out"),
     "duplicate_positions_replaced": Code("QC-DUPLICATE", SCHEME, "Repeated slice positions replaced"),
     "inconsistent_frame_of_reference": Code("QC-FOR", SCHEME, "Inconsistent Frame of Reference UIDs"),
+    "basal_slices_excluded": Code("QC-BASAL", SCHEME, "Basal slices left out of the volumes"),
 }
 
 

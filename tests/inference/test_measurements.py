@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from node.inference.measurements import MYOCARDIAL_DENSITY_G_PER_ML, measure, volume_curve_ml
+from node.inference.measurements import (
+    MYOCARDIAL_DENSITY_G_PER_ML,
+    basal_slices_to_exclude,
+    measure,
+    myocardial_surround,
+    volume_curve_ml,
+)
 
 PIXEL_AREA_MM2 = 1.25 * 1.25
 SLICE_SPACING_MM = 8.0
@@ -88,3 +94,87 @@ def test_measure_empty_masks_give_zero_ef_not_division_error() -> None:
     result = measure(zeros, zeros, 1.0, 10.0)
     assert result.edv_ml == 0.0
     assert result.ef_pct == 0.0
+
+
+BLOOD, MYO = 3, 2
+
+
+def _disk(size: int, radius: float) -> np.ndarray:
+    rows, cols = np.mgrid[:size, :size]
+    return (rows - size / 2) ** 2 + (cols - size / 2) ** 2 <= radius**2
+
+
+def _frame(size: int, blood_radius: float, myo_fraction: float) -> np.ndarray:
+    """A blood-pool disk with a myocardial ring over the left ``myo_fraction`` of its columns."""
+    labels = np.zeros((size, size), np.uint8)
+    ring = _disk(size, blood_radius + 3) & ~_disk(size, blood_radius)
+    cols = np.nonzero(ring.any(axis=0))[0]
+    cutoff = cols[0] + myo_fraction * (cols[-1] - cols[0] + 1)
+    labels[ring & (np.arange(size)[None, :] < cutoff)] = MYO
+    labels[_disk(size, blood_radius)] = BLOOD
+    return labels
+
+
+def test_myocardial_surround_is_the_share_of_the_border_on_myocardium() -> None:
+    """A pool inside a full ring is surrounded (1.0); half a ring about 0.5; no pool is NaN."""
+    labels = np.stack([np.stack([_frame(64, 12, 1.0), _frame(64, 12, 0.5), np.zeros((64, 64), np.uint8)])])
+    surround = myocardial_surround(labels, BLOOD, MYO)
+    assert surround.shape == (1, 3)
+    assert surround[0, 0] == pytest.approx(1.0)
+    assert 0.4 < surround[0, 1] < 0.6
+    assert np.isnan(surround[0, 2])
+
+
+def _stack(surrounds: list[list[float]], radii: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels ``(slices, phases, 64, 64)`` and blood areas from a surround fraction per frame."""
+    labels = np.stack(
+        [
+            np.stack(
+                [
+                    _frame(64, radius, fraction) if fraction > 0 else np.zeros((64, 64), np.uint8)
+                    for fraction in row
+                ]
+            )
+            for row, radius in zip(surrounds, radii, strict=True)
+        ]
+    )
+    return labels, (labels == BLOOD).sum(axis=(2, 3)).astype(np.float64)
+
+
+def test_basal_slice_that_is_atrium_in_systole_is_left_out() -> None:
+    """Base first: slice 0 is ventricle in diastole but open (atrium) in systole, so it is left out."""
+    labels, blood = _stack(
+        [[1.0, 0.2, 0.3, 1.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]],
+        [14, 13, 10, 5],
+    )
+    present = np.ones(blood.shape, bool)
+    assert basal_slices_to_exclude(blood, myocardial_surround(labels, BLOOD, MYO), present) == (0,)
+
+
+def test_basal_end_is_found_from_the_larger_blood_pool_and_the_apex_is_kept() -> None:
+    """Base last: the two basal slices go; an apical slice whose pool vanishes at ES stays."""
+    surrounds = [
+        [1.0, 0.0, 1.0],
+        [1.0, 1.0, 1.0],
+        [1.0, 1.0, 1.0],
+        [1.0, 1.0, 1.0],
+        [1.0, 0.0, 1.0],
+        [0.3, 0.0, 0.4],
+    ]
+    labels, blood = _stack(surrounds, [4, 9, 11, 13, 14, 15])
+    present = np.ones(blood.shape, bool)
+    assert basal_slices_to_exclude(blood, myocardial_surround(labels, BLOOD, MYO), present) == (4, 5)
+
+
+def test_basal_rule_ignores_missing_frames_and_never_trims_without_a_ventricle_slice() -> None:
+    """A missing frame does not exclude a slice; if no basal-half slice qualifies nothing is left out."""
+    labels, blood = _stack(
+        [[1.0, 0.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], [14, 13, 10, 5]
+    )
+    surround = myocardial_surround(labels, BLOOD, MYO)
+    present = np.ones(blood.shape, bool)
+    present[0, 1] = False  # the only failing frame was never acquired
+    assert basal_slices_to_exclude(blood, surround, present) == ()
+    open_labels, open_blood = _stack([[0.3, 0.3], [0.3, 0.3], [1.0, 1.0], [1.0, 1.0]], [14, 13, 10, 5])
+    open_surround = myocardial_surround(open_labels, BLOOD, MYO)
+    assert basal_slices_to_exclude(open_blood, open_surround, np.ones(open_blood.shape, bool)) == ()

@@ -75,13 +75,6 @@ def test_measure_finds_one_stack_per_sunnybrook_series(measured: dict[str, dict[
         assert 0.0 <= float(measured[patient]["confidence"]) <= 1.0  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known gap of lvseg-unet 1.0.0 on the whole stack: it segments LV on basal slices the expert "
-        "left out (SCD0000201 slice 0), EDV MAE 16.5 mL > 15 and EF off by 5.2/5.9 points on two series"
-    ),
-)
 def test_measure_matches_expert_volumes(measured: dict[str, dict[str, object]]) -> None:
     """EDV and ESV mean absolute error is <= 15 mL and every EF is within 5 points of the expert."""
     edv_errors = [abs(float(measured[p]["edv_ml"]) - ref["edv"]) for p, ref in REFERENCE.items()]  # type: ignore[arg-type]
@@ -92,24 +85,44 @@ def test_measure_matches_expert_volumes(measured: dict[str, dict[str, object]]) 
         assert abs(float(measured[patient]["ef_pct"]) - ref["ef"]) <= 5.0, patient  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap of lvseg-unet 1.0.0: SCD0000201 ES at phase 8, the expert contoured ES at phase 6",
+@pytest.mark.parametrize(
+    "patient",
+    [
+        "SCD0000101",
+        "SCD0000201",
+        pytest.param(
+            "SCD0000301",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "known gap of lvseg-unet 1.0.0: the ED plateau of this series is flat (phases 17 and 18"
+                    " differ by 0.1 mL, 19 is 1.9 mL lower), the maximum lands on 17, the expert contoured 19"
+                ),
+            ),
+        ),
+    ],
 )
 def test_measure_finds_the_expert_ed_and_es_phases(
-    measured: dict[str, dict[str, object]], shared_data: Path
+    measured: dict[str, dict[str, object]], shared_data: Path, patient: str
 ) -> None:
     """ED and ES come from the volume curve and land on (or next to) the phases the expert contoured.
 
     The expert contoured ED at phase 18 on some slices and 19 on others (frames 37 ms apart), so a
     phase counts as matching when it is within one frame, cyclically, of an expert phase.
     """
-    for patient in REFERENCE:
-        expert_ed, expert_es = _expert_phases(shared_data, patient)
-        ed, es = int(measured[patient]["ed_phase"]), int(measured[patient]["es_phase"])  # type: ignore[call-overload]
-        assert min(_cyclic_distance(ed, p) for p in expert_ed) <= 1, (patient, ed, expert_ed)
-        assert min(_cyclic_distance(es, p) for p in expert_es) <= 1, (patient, es, expert_es)
-        assert ed != 0 or 0 in expert_ed, "ED must not simply be the first frame"
+    expert_ed, expert_es = _expert_phases(shared_data, patient)
+    ed, es = int(measured[patient]["ed_phase"]), int(measured[patient]["es_phase"])  # type: ignore[call-overload]
+    assert min(_cyclic_distance(ed, p) for p in expert_ed) <= 1, (patient, ed, expert_ed)
+    assert min(_cyclic_distance(es, p) for p in expert_es) <= 1, (patient, es, expert_es)
+    assert ed != 0 or 0 in expert_ed, "ED must not simply be the first frame"
+
+
+def test_measure_leaves_out_basal_slices_that_are_not_ventricle_throughout(
+    measured: dict[str, dict[str, object]],
+) -> None:
+    """The two series whose basal slices turn atrial in systole say so; the fully covered one does not."""
+    flagged = {patient for patient in REFERENCE if "basal_slices_excluded" in measured[patient]["qc_flags"]}  # type: ignore[operator]
+    assert flagged == {"SCD0000101", "SCD0000201"}
 
 
 def test_measure_lists_unreadable_files_on_stderr(measured: dict[str, dict[str, object]]) -> None:
