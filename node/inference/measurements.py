@@ -149,7 +149,7 @@ def basal_slices_to_exclude(
     base_first = per_slice[:half].sum() >= per_slice[slices - half :].sum()
     order = range(half) if base_first else range(slices - 1, slices - 1 - half, -1)
     ventricle = (np.nan_to_num(surround, nan=0.0) >= VENTRICLE_SURROUND_FRACTION) & (areas > 0)
-    excluded = []
+    excluded: list[int] = []
     for slice_index in order:
         if not present[slice_index].any():
             continue  # a missing slice says nothing about where the ventricle starts
