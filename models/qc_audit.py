@@ -21,6 +21,7 @@ from models.data import (
     split_patients,
 )
 from models.spec import MODEL_NAME
+from node.inference.measurements import basal_slices_to_exclude, myocardial_surround
 from node.inference.qc import assess, fragmented_fraction
 from node.inference.registry import DEFAULT_MODEL_DIR, find_model
 from node.inference.runner import Segmenter
@@ -36,6 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     segmenter = Segmenter(find_model(DEFAULT_MODEL_DIR, args.name))
     blood = segmenter.card.class_index("lv_blood_pool")
+    myo = segmenter.card.class_index("lv_myocardium")
     root = data_root()
     _, validation = split_patients(acdc_patients(root))
     spacing = (ACDC_NOMINAL_SPACING_MM, ACDC_NOMINAL_SPACING_MM)
@@ -45,22 +47,33 @@ def main() -> None:
     for patient in validation:
         case = load_acdc(root, patient, segmenter.card.input.normalisation)
         predicted, truth, flip, fragments, uncertain = {}, {}, {}, [], 0
-        for phase, image, label in (
-            ("ed", case.ed_image, case.ed_label),
-            ("es", case.es_image, case.es_label),
-        ):
-            seg = segmenter.segment(image, spacing, normalised=True)
+        phases = (("ed", case.ed_image, case.ed_label), ("es", case.es_image, case.es_label))
+        segmented = {phase: segmenter.segment(image, spacing, normalised=True) for phase, image, _ in phases}
+        # The node's basal-slice rule over the two-phase stack (when ED and ES have the same slices).
+        basal: list[int] = []
+        if case.ed_image.shape == case.es_image.shape:
+            stack = np.stack([segmented["ed"].labels, segmented["es"].labels], axis=1)
+            areas = (stack == blood).sum(axis=(2, 3)).astype(np.float64)
+            basal = list(
+                basal_slices_to_exclude(
+                    areas, myocardial_surround(stack, blood, myo), np.ones(areas.shape, bool)
+                )
+            )
+        for phase, image, label in phases:
+            seg = segmented[phase]
             mirrored = segmenter.segment(np.ascontiguousarray(image[:, :, ::-1]), spacing, normalised=True)
             masks = seg.labels == blood
+            masks[basal] = False
+            mirrored_masks = mirrored.labels == blood
+            mirrored_masks[basal] = False
             predicted[phase] = int(masks.sum())
             truth[phase] = int((label == BLOOD_POOL).sum())
-            flip[phase] = abs(int((mirrored.labels == blood).sum()) - predicted[phase])
+            flip[phase] = abs(int(mirrored_masks.sum()) - predicted[phase])
             fragments += [fragmented_fraction(mask) * int(mask.sum()) for mask in masks]
             uncertain += int(seg.uncertain_px.sum())
         edv, esv = predicted["ed"] * voxel_ml, predicted["es"] * voxel_ml
-        ed_areas = (segmenter.segment(case.ed_image, spacing, normalised=True).labels == blood).sum(
-            axis=(1, 2)
-        )
+        ed_areas = (segmented["ed"].labels == blood).sum(axis=(1, 2))
+        ed_areas[basal] = 0
         total = max(predicted["ed"] + predicted["es"], 1)
         quality = assess(
             edv_ml=edv,
@@ -71,7 +84,7 @@ def main() -> None:
             flip_disagreement_ml=max(flip.values()) * voxel_ml,
             fragment_fraction=sum(fragments) / total,
             uncertain_fraction=uncertain / total,
-            stack_flags=(),
+            stack_flags=("basal_slices_excluded",) if basal else (),
         )
         flags = tuple(flag for flag in quality.flags if flag != "jagged_volume_curve")
         errors = {p: abs(predicted[p] - truth[p]) / max(truth[p], 1) for p in ("ed", "es")}

@@ -48,7 +48,7 @@ FLAG_WEIGHTS = {
     "inconsistent_geometry": 0.3,
     "duplicate_positions_replaced": 0.1,
     "inconsistent_frame_of_reference": 0.0,
-    "basal_slices_excluded": 0.0,
+    "basal_slices_excluded": 0.2,
 }
 
 #: Plain-language explanation of each flag (for reports and the worklist).
