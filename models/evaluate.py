@@ -26,7 +26,7 @@ from models.data import (
 )
 from models.predict import dice
 from models.spec import MODEL_NAME
-from node.inference.measurements import basal_slices_to_exclude, measure, myocardial_surround
+from node.inference.measurements import basal_slices_to_exclude, measure
 from node.inference.registry import DEFAULT_MODEL_DIR, find_model
 from node.inference.runner import Segmenter
 
@@ -90,11 +90,7 @@ def evaluate_sunnybrook(segmenter: Segmenter, root: Path, patient: str) -> Sunny
     blood_px = (labels == blood).sum(axis=(2, 3)).astype(np.float64)
     myo_px = (labels == myo).sum(axis=(2, 3)).astype(np.float64)
     # The whole stack as the node measures it: basal slices that are not ventricle throughout left out.
-    basal = list(
-        basal_slices_to_exclude(
-            blood_px, myocardial_surround(labels, blood, myo), np.ones(blood_px.shape, bool)
-        )
-    )
+    basal = list(basal_slices_to_exclude(labels, blood, myo, np.ones(blood_px.shape, bool)))
     blood_px[basal] = 0.0
     myo_px[basal] = 0.0
     whole = measure(blood_px, myo_px, pixel_area, case.slice_spacing_mm)

@@ -21,7 +21,7 @@ from models.data import (
     split_patients,
 )
 from models.spec import MODEL_NAME
-from node.inference.measurements import basal_slices_to_exclude, myocardial_surround
+from node.inference.measurements import basal_slices_to_exclude
 from node.inference.qc import assess, fragmented_fraction
 from node.inference.registry import DEFAULT_MODEL_DIR, find_model
 from node.inference.runner import Segmenter
@@ -53,12 +53,7 @@ def main() -> None:
         basal: list[int] = []
         if case.ed_image.shape == case.es_image.shape:
             stack = np.stack([segmented["ed"].labels, segmented["es"].labels], axis=1)
-            areas = (stack == blood).sum(axis=(2, 3)).astype(np.float64)
-            basal = list(
-                basal_slices_to_exclude(
-                    areas, myocardial_surround(stack, blood, myo), np.ones(areas.shape, bool)
-                )
-            )
+            basal = list(basal_slices_to_exclude(stack, blood, myo, np.ones(stack.shape[:2], bool)))
         for phase, image, label in phases:
             seg = segmented[phase]
             mirrored = segmenter.segment(np.ascontiguousarray(image[:, :, ::-1]), spacing, normalised=True)

@@ -118,29 +118,31 @@ def myocardial_surround(
 
 
 def basal_slices_to_exclude(
-    blood_pool_px: npt.NDArray[np.floating],
-    surround: npt.NDArray[np.floating],
+    labels: npt.NDArray[np.integer],
+    blood_pool: int,
+    myocardium: int,
     present: npt.NDArray[np.bool_],
 ) -> tuple[int, ...]:
     """Basal slices that are not ventricle in every phase, counted from the base inwards.
 
     A frame is ventricle when it has a blood pool at least :data:`VENTRICLE_SURROUND_FRACTION`
-    surrounded by myocardium; missing frames (``present`` False) do not count against a slice. The
-    base is the end of the stack with the larger blood pool (the LV narrows to the apex). Walking
-    from the base, slices are left out until the first slice that is ventricle throughout; at most
-    half the stack is examined, and nothing is left out when no slice there qualifies (the rule
-    cannot tell where the ventricle starts, and QC reports the rest).
+    surrounded by myocardium (:func:`myocardial_surround`); missing frames (``present`` False) do
+    not count against a slice. The base is the end of the stack with the larger blood pool (the LV
+    narrows to the apex). Walking from the base, slices are left out until the first slice that is
+    ventricle throughout; at most half the stack is examined, and nothing is left out when no slice
+    there qualifies (the rule cannot tell where the ventricle starts, and QC reports the rest).
 
     Parameters
     ----------
-    blood_pool_px
-        ``(slices, phases)`` blood-pool areas.
-    surround
-        ``(slices, phases)`` from :func:`myocardial_surround`.
+    labels
+        ``(slices, phases, rows, cols)`` class indices; missing frames hold background.
+    blood_pool, myocardium
+        Class indices of the LV blood pool and the LV myocardium.
     present
         ``(slices, phases)`` True where the frame was acquired.
     """
-    areas = np.nan_to_num(np.asarray(blood_pool_px, dtype=np.float64), nan=0.0)
+    areas = (labels == blood_pool).sum(axis=(2, 3)).astype(np.float64)
+    surround = myocardial_surround(labels, blood_pool, myocardium)
     slices = areas.shape[0]
     half = slices // 2
     if half == 0:

@@ -12,7 +12,6 @@ from node.domain import ModelIdentity, StackResult
 from node.inference.measurements import (
     basal_slices_to_exclude,
     measure,
-    myocardial_surround,
     volume_curve_ml,
 )
 from node.inference.preprocess import Box, normalise
@@ -73,9 +72,7 @@ class StackMeasurer:
 
         pixel_area = plan.pixel_spacing[0] * plan.pixel_spacing[1]
         blood_px = _fill_missing((labels == self._blood).sum(axis=(2, 3)).astype(np.float64), present)
-        basal = basal_slices_to_exclude(
-            blood_px, myocardial_surround(labels, self._blood, self._myo), present
-        )
+        basal = basal_slices_to_exclude(labels, self._blood, self._myo, present)
         if basal:
             # Left out of every output alike: volumes, mass, contours, SEG and the worklist.
             lv = labels[list(basal)]

@@ -148,7 +148,7 @@ def test_basal_slice_that_is_atrium_in_systole_is_left_out() -> None:
         [14, 13, 10, 5],
     )
     present = np.ones(blood.shape, bool)
-    assert basal_slices_to_exclude(blood, myocardial_surround(labels, BLOOD, MYO), present) == (0,)
+    assert basal_slices_to_exclude(labels, BLOOD, MYO, present) == (0,)
 
 
 def test_basal_end_is_found_from_the_larger_blood_pool_and_the_apex_is_kept() -> None:
@@ -163,7 +163,7 @@ def test_basal_end_is_found_from_the_larger_blood_pool_and_the_apex_is_kept() ->
     ]
     labels, blood = _stack(surrounds, [4, 9, 11, 13, 14, 15])
     present = np.ones(blood.shape, bool)
-    assert basal_slices_to_exclude(blood, myocardial_surround(labels, BLOOD, MYO), present) == (4, 5)
+    assert basal_slices_to_exclude(labels, BLOOD, MYO, present) == (4, 5)
 
 
 def test_basal_rule_ignores_missing_frames_and_never_trims_without_a_ventricle_slice() -> None:
@@ -171,10 +171,8 @@ def test_basal_rule_ignores_missing_frames_and_never_trims_without_a_ventricle_s
     labels, blood = _stack(
         [[1.0, 0.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], [14, 13, 10, 5]
     )
-    surround = myocardial_surround(labels, BLOOD, MYO)
     present = np.ones(blood.shape, bool)
     present[0, 1] = False  # the only failing frame was never acquired
-    assert basal_slices_to_exclude(blood, surround, present) == ()
+    assert basal_slices_to_exclude(labels, BLOOD, MYO, present) == ()
     open_labels, open_blood = _stack([[0.3, 0.3], [0.3, 0.3], [1.0, 1.0], [1.0, 1.0]], [14, 13, 10, 5])
-    open_surround = myocardial_surround(open_labels, BLOOD, MYO)
-    assert basal_slices_to_exclude(open_blood, open_surround, np.ones(open_blood.shape, bool)) == ()
+    assert basal_slices_to_exclude(open_labels, BLOOD, MYO, np.ones(open_blood.shape, bool)) == ()
