@@ -25,7 +25,8 @@ ARCHITECTURE_NOTE = (
     "2 cores: narrow top levels keep the full-resolution cost low while five levels still give a "
     "receptive field covering the whole heart at 2 mm/pixel. 2 mm rather than 1.5 mm halves the "
     "pixel count (measured on random input before training: ~1.5 s vs ~3 s per 240 frames; "
-    "real frames run about 2x slower in ONNX Runtime); logits are interpolated back to the "
+    "real frames run at the same speed once NumPy's BLAS threads no longer compete with ONNX "
+    "Runtime's, which the node ensures); logits are interpolated back to the "
     "original grid before the argmax, so contours stay sub-pixel."
 )
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+from threadpoolctl import threadpool_limits
 
 from node.config import InferenceSettings
 from node.inference.preprocess import (
@@ -29,6 +30,9 @@ from node.inference.preprocess import (
 )
 from node.inference.registry import ReleasedModel, find_model
 
+#: Threads NumPy's BLAS may use in a process that runs ONNX Runtime (see :func:`limit_blas_threads`).
+BLAS_THREADS = 1
+
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -37,6 +41,19 @@ def default_providers() -> list[str]:
     """CUDA when onnxruntime-gpu sees a GPU, else CPU."""
     available = ort.get_available_providers()
     return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+def limit_blas_threads() -> None:
+    """Keep NumPy's BLAS (OpenBLAS) to ``BLAS_THREADS`` threads for the rest of the process.
+
+    OpenBLAS keeps its idle threads spinning for a while after each call (the resampling matrix
+    products of preprocessing are such calls), and they take the cores ONNX Runtime's own pool is
+    working on. Measured on SCD0000101 (240 frames, 2 cores): ``Segmenter.segment`` 2.6-3.1 s with
+    OpenBLAS's default threads, 1.8-2.1 s with one (``tests/benchmarks/measure_benchmark.py``).
+    The limit is process-wide (OpenBLAS has one thread count), which suits the node: the heavy
+    numerical work is ONNX Runtime's, and its threads are configured on the session.
+    """
+    threadpool_limits(limits=BLAS_THREADS, user_api="blas")
 
 
 #: A pixel whose most likely class has less probability than this counts as uncertain.
@@ -97,6 +114,7 @@ class Segmenter:
         batch_size: int = 8,
         heart_margin: int | None = None,
     ) -> None:
+        limit_blas_threads()
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

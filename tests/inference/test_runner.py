@@ -6,13 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from models.spec import INPUT as SPEC
 from models.spec import OUTPUT
 from node.inference.card import ModelCard, sha256_of
 from node.inference.preprocess import normalise, plan_geometry
 from node.inference.registry import DEFAULT_MODEL_DIR, ReleasedModel, find_model
-from node.inference.runner import CPU, HEART_MARGIN, LOCATE_EVERY, Segmenter
+from node.inference.runner import BLAS_THREADS, CPU, HEART_MARGIN, LOCATE_EVERY, Segmenter
 
 ROWS, COLS = 70, 90
 SPACING = (1.4, 1.3)
@@ -177,3 +178,12 @@ def test_heart_window_is_off_unless_configured(monkeypatch: pytest.MonkeyPatch) 
     assert load_segmenter(load_settings().inference).heart_margin is None
     monkeypatch.setenv("DICOMNODE_INFERENCE__HEART_WINDOW_MARGIN", str(HEART_MARGIN))
     assert load_segmenter(load_settings().inference).heart_margin == HEART_MARGIN
+
+
+def test_a_segmenter_keeps_numpys_blas_to_one_thread(tiny_model: ReleasedModel) -> None:
+    """OpenBLAS's spinning idle threads would take the cores ONNX Runtime's pool runs on."""
+    with threadpool_limits(limits=2, user_api="blas"):
+        Segmenter(tiny_model, providers=[CPU], intra_op_threads=1)
+        blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+        assert blas, "NumPy's BLAS is not visible to threadpoolctl"
+        assert {pool["num_threads"] for pool in blas} == {BLAS_THREADS}
