@@ -39,7 +39,7 @@ from models.data import (
 )
 from models.network import UNet
 from models.spec import CHANNELS, INPUT, MODEL_NAME, MODEL_VERSION, OUTPUT, artifact_stem
-from models.train import RUNS
+from models.train import CROP_FIELDS_MM, CROP_SIZES, RUNS
 from node.inference.card import InputSpec, sha256_of
 from node.inference.preprocess import normalise, plan_geometry, to_model_grid
 from node.inference.registry import ReleasedModel
@@ -154,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                 "validation_dice_at_best_epoch": checkpoint.get("metrics", {}),
                 "augmentation": (
                     "any in-plane rotation, flips, scale 0.8-1.25, translation/cropping, crop sizes "
-                    "112-160, gamma 0.7-1.5, contrast/brightness, smooth multiplicative bias field, "
-                    "blur, Gaussian noise"
+                    f"{min(CROP_SIZES)}-{max(CROP_SIZES)} pixels ({min(CROP_FIELDS_MM):.0f}-"
+                    f"{max(CROP_FIELDS_MM):.0f} mm), gamma 0.7-1.5, contrast/brightness, smooth "
+                    "multiplicative bias field, blur, Gaussian noise"
                 ),
                 "loss": "cross-entropy + soft Dice over foreground classes",
             },

@@ -31,7 +31,17 @@ from models.predict import dice, predict_labels
 from models.spec import CHANNELS, INPUT, OUTPUT, artifact_stem
 
 RUNS = Path(__file__).resolve().parent / "runs"
-CROP_SIZES = (112, 128, 144, 160)
+#: Fields of view (mm) of the training crops, cycled per epoch; on the model grid each becomes the
+#: nearest multiple of the size rule (at 2 mm: 112-160 pixels, at 2.5 mm: 96-128).
+CROP_FIELDS_MM = (224.0, 256.0, 288.0, 320.0)
+
+
+def crop_sizes(spacing_mm: float, multiple: int) -> tuple[int, ...]:
+    """Training crop sizes in model pixels for ``CROP_FIELDS_MM`` at ``spacing_mm``."""
+    return tuple(max(1, round(field / spacing_mm / multiple)) * multiple for field in CROP_FIELDS_MM)
+
+
+CROP_SIZES = crop_sizes(INPUT.spacing_mm, INPUT.size_multiple)
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

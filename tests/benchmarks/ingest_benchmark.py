@@ -8,11 +8,20 @@ depend on the machine and on whatever else runs on it.
 
 The comparison is not like for like on durability: the node fsyncs every file, its directory and
 its SQLite index (synchronous=FULL) before answering; storescp writes without fsync.
+
+Two more receivers put the figures in context:
+
+- ``pynetdicom, no-op handler``: pynetdicom's own SCP (the library the node's listener is built on),
+  TCP_NODELAY and the node's maximum PDU, whose C-STORE handler answers Success without looking at
+  the data: the ceiling of any handler on that listener.
+- ``Orthanc``: Debian's Orthanc (``/usr/sbin/Orthanc``), which fsyncs its storage area and its
+  SQLite index, when installed (``--no-orthanc`` leaves it out).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -121,6 +130,80 @@ def _into_storescp(work: Path, files: list[Path], parallel: int) -> float:
     return seconds
 
 
+#: pynetdicom's SCP with a C-STORE handler that answers Success at once (argv: port, max PDU).
+_NOOP_SCP = """
+import socket, sys
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+class NoDelay(ThreadedAssociationServer):
+    def get_request(self):
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+ae = AE(ae_title="DICOMNODE")
+ae.maximum_pdu_size = int(sys.argv[2])
+for context in AllStoragePresentationContexts:
+    ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+ae.add_supported_context(Verification)
+ae.maximum_associations = 32
+ae.start_server(("127.0.0.1", int(sys.argv[1])), evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)],
+                ae_server_cls=NoDelay)
+"""
+
+#: Debian's Orthanc, else one on PATH (None: not installed).
+ORTHANC = next(
+    (path for path in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if Path(path).is_file()),
+    shutil.which("Orthanc"),
+)
+
+
+def _serve_and_send(command: list[str], port: int, files: list[Path], parallel: int, cwd: Path) -> float:
+    """Start a receiver, wait until it answers C-ECHO, time the send, stop it."""
+    with (cwd / "receiver.log").open("ab") as log:
+        process = subprocess.Popen(
+            command, env=dcmtk_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd
+        )
+    try:
+        wait_for(lambda: process.poll() is None and run_echoscu(port).returncode == 0, 60, "the receiver")
+        return _send(port, files, parallel)
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)
+
+
+def _into_noop_pynetdicom(work: Path, files: list[Path], parallel: int) -> float:
+    from node.config import Settings
+
+    max_pdu = Settings().dicom.max_pdu_size
+    port = free_port()
+    command = [sys.executable, "-c", _NOOP_SCP, str(port), str(max_pdu)]
+    return _serve_and_send(command, port, files, parallel, work)
+
+
+def _into_orthanc(work: Path, files: list[Path], parallel: int) -> float:
+    assert ORTHANC is not None
+    port = free_port()
+    storage = work / "orthanc-storage"
+    config = {
+        "Name": "benchmark",
+        "DicomAet": "DICOMNODE",
+        "DicomPort": port,
+        "HttpPort": free_port(),
+        "StorageDirectory": str(storage),
+        "IndexDirectory": str(storage),
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+        "StorageCompression": False,
+        "SyncStorageArea": True,
+    }
+    (work / "orthanc.json").write_text(json.dumps(config))
+    return _serve_and_send([ORTHANC, str(work / "orthanc.json")], port, files, parallel, work)
+
+
 def _measure(
     target: Callable[[Path, list[Path], int], float], files: list[Path], parallel: int, megabytes: float
 ) -> Run:
@@ -142,6 +225,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SUNNYBROOK, help="the Sunnybrook directory")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration (median reported)")
     parser.add_argument("--parallel", type=int, default=4, help="storescu processes in the parallel case")
+    parser.add_argument("--no-orthanc", action="store_true", help="leave Orthanc out")
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"no data at {args.data.resolve()}")
@@ -150,19 +234,28 @@ def main() -> None:
 
     print(f"{len(files)} instances, {megabytes:.1f} MB; {os.cpu_count()} CPUs; "
           f"load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}; median of {args.repeat} runs")
-    print(f"{'configuration':<34} {'seconds':>8} {'inst/s':>8} {'MB/s':>7}   runs (s)")
+    print(f"{'configuration':<44} {'seconds':>8} {'inst/s':>8} {'MB/s':>7}   runs (s)")
+    receivers: list[tuple[str, Callable[[Path, list[Path], int], float]]] = [
+        ("dicomnode serve", _into_node),
+        ("storescp -od", _into_storescp),
+        ("pynetdicom, no-op handler", _into_noop_pynetdicom),
+    ]
+    if ORTHANC is not None and not args.no_orthanc:
+        receivers.append(("Orthanc", _into_orthanc))
     for parallel in (1, args.parallel):
         medians = {}
-        for name, target in (("dicomnode serve", _into_node), ("storescp -od", _into_storescp)):
+        for name, target in receivers:
             runs = [_measure(target, files, parallel, megabytes) for _ in range(args.repeat)]
             median = medians[name] = _median(runs)
             label = f"{name}, {parallel} association{'s' if parallel > 1 else ''}"
             print(
-                f"{label:<34} {median.seconds:>8.2f} {median.instances_per_s:>8.1f} "
+                f"{label:<44} {median.seconds:>8.2f} {median.instances_per_s:>8.1f} "
                 f"{median.mb_per_s:>7.2f}   {', '.join(f'{run.seconds:.2f}' for run in runs)}"
             )
-        ratio = medians["dicomnode serve"].instances_per_s / medians["storescp -od"].instances_per_s
-        print(f"{'  ratio dicomnode / storescp':<34} {ratio:>8.2f}")
+        reference = medians["storescp -od"].instances_per_s
+        for name in medians:
+            if name != "storescp -od":
+                print(f"{'  ' + name + ' / storescp':<44} {medians[name].instances_per_s / reference:>8.2f}")
     print(f"load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
