@@ -149,8 +149,9 @@ for context in AllStoragePresentationContexts:
     ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
 ae.add_supported_context(Verification)
 ae.maximum_associations = 32
-ae.start_server(("127.0.0.1", int(sys.argv[1])), evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)],
-                ae_server_cls=NoDelay)
+server = ae.make_server(("127.0.0.1", int(sys.argv[1])),
+                        evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)], server_class=NoDelay)
+server.serve_forever()
 """
 
 #: Debian's Orthanc, else one on PATH (None: not installed).
@@ -166,11 +167,18 @@ def _serve_and_send(command: list[str], port: int, files: list[Path], parallel: 
         process = subprocess.Popen(
             command, env=dcmtk_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd
         )
+    def answers() -> bool:
+        if process.poll() is not None:
+            log_tail = (cwd / "receiver.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{command[0]} exited before answering C-ECHO:\n{log_tail}")
+        return run_echoscu(port).returncode == 0
+
     try:
-        wait_for(lambda: process.poll() is None and run_echoscu(port).returncode == 0, 60, "the receiver")
+        wait_for(answers, 60, "the receiver")
         return _send(port, files, parallel)
     finally:
-        os.killpg(process.pid, 15)
+        if process.poll() is None:
+            os.killpg(process.pid, 15)
         process.wait(timeout=30)
 
 
