@@ -172,7 +172,14 @@ class InferenceSettings(BaseModel):
     providers: Annotated[list[str], NoDecode] | None = Field(
         default=None, description="ONNX Runtime providers; default CUDA when available, else CPU"
     )
-    intra_op_threads: int = Field(default=0, ge=0, description="0 lets ONNX Runtime choose")
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="threads per ONNX Runtime run; 0: cores / parallel batches, or ORT's choice for one",
+    )
+    parallel_batches: int = Field(
+        default=0, ge=0, le=64, description="batches of a stack run at once; 0: one per core (1 on CUDA)"
+    )
     batch_size: int = Field(default=8, ge=1, le=512)
     heart_window_margin: int | None = Field(
         default=None,

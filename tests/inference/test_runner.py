@@ -13,7 +13,16 @@ from models.spec import OUTPUT
 from node.inference.card import ModelCard, sha256_of
 from node.inference.preprocess import normalise, plan_geometry
 from node.inference.registry import DEFAULT_MODEL_DIR, ReleasedModel, find_model
-from node.inference.runner import BLAS_THREADS, CPU, HEART_MARGIN, LOCATE_EVERY, Segmenter
+from node.inference.runner import (
+    BLAS_THREADS,
+    CPU,
+    CUDA,
+    HEART_MARGIN,
+    LOCATE_EVERY,
+    Segmenter,
+    Threading,
+    plan_threading,
+)
 
 ROWS, COLS = 70, 90
 SPACING = (1.4, 1.3)
@@ -187,3 +196,33 @@ def test_a_segmenter_keeps_numpys_blas_to_one_thread(tiny_model: ReleasedModel) 
         blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
         assert blas, "NumPy's BLAS is not visible to threadpoolctl"
         assert {pool["num_threads"] for pool in blas} == {BLAS_THREADS}
+
+
+@pytest.mark.parametrize(
+    ("providers", "intra", "parallel", "expected"),
+    [
+        ([CPU], 0, 0, Threading(parallel_batches=4, intra_op_threads=1)),  # one batch per core
+        ([CPU], 2, 0, Threading(parallel_batches=2, intra_op_threads=2)),  # cores shared out
+        ([CPU], 8, 0, Threading(parallel_batches=1, intra_op_threads=8)),
+        ([CPU], 0, 2, Threading(parallel_batches=2, intra_op_threads=2)),
+        ([CPU], 0, 1, Threading(parallel_batches=1, intra_op_threads=0)),  # ORT chooses for one run
+        ([CPU], 3, 5, Threading(parallel_batches=5, intra_op_threads=3)),  # explicit values are kept
+        ([CUDA, CPU], 0, 0, Threading(parallel_batches=1, intra_op_threads=0)),
+    ],
+)
+def test_threading_plan_shares_the_cores_out(
+    providers: list[str], intra: int, parallel: int, expected: Threading
+) -> None:
+    """Automatic values (0) never oversubscribe a 4-core machine; CUDA runs one batch at a time."""
+    assert plan_threading(providers, intra, parallel, cores=4) == expected
+
+
+def test_parallel_batches_give_the_serial_result(tiny_model: ReleasedModel, frames: np.ndarray) -> None:
+    """Batches on several threads write the same labels and QC figures as one after the other."""
+    serial = Segmenter(tiny_model, providers=[CPU], batch_size=1, parallel_batches=1).segment(frames, SPACING)
+    parallel = Segmenter(tiny_model, providers=[CPU], batch_size=1, parallel_batches=3)
+    assert parallel.threading.parallel_batches == 3
+    result = parallel.segment(frames, SPACING)
+    np.testing.assert_array_equal(result.labels, serial.labels)
+    np.testing.assert_allclose(result.soft_areas_px, serial.soft_areas_px, rtol=1e-5)
+    np.testing.assert_array_equal(result.uncertain_px, serial.uncertain_px)
