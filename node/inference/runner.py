@@ -50,8 +50,8 @@ def limit_blas_threads() -> None:
 
     OpenBLAS keeps its idle threads spinning for a while after each call (the resampling matrix
     products of preprocessing are such calls), and they take the cores ONNX Runtime's own pool is
-    working on. Measured on SCD0000101 (240 frames, 2 cores): ``Segmenter.segment`` 2.6-3.1 s with
-    OpenBLAS's default threads, 1.8-2.1 s with one (``tests/benchmarks/measure_benchmark.py``).
+    working on. Measured on SCD0000101 (240 frames, 2 cores, 3 runs each): ``Segmenter.segment``
+    2.6-3.1 s with OpenBLAS's default threads, 1.8-2.1 s with one (``OPENBLAS_NUM_THREADS=1``).
     The limit is process-wide (OpenBLAS has one thread count), which suits the node: the heavy
     numerical work is ONNX Runtime's, and its threads are configured on the session.
     """
@@ -76,8 +76,8 @@ def plan_threading(
 
     On CPU, by default, each core runs its own batch on one thread: preprocessing, ONNX Runtime and
     the resampling back then overlap, and single-threaded runs have no synchronisation between
-    threads inside each small convolution. Measured on SCD0000101 (240 frames, 2 cores, interleaved
-    runs): 2.07 s median against 2.73 s for one batch at a time on both cores
+    threads inside each small convolution. Measured on SCD0000101 (240 frames, 2 cores, 6 interleaved
+    runs, identical labels): 2.03 s median against 2.46 s for one batch at a time on both cores
     (``tests/benchmarks/measure_benchmark.py`` prints the figures of a run). With CUDA first, batches
     run one at a time and ONNX Runtime keeps its own defaults.
     """
