@@ -112,22 +112,13 @@ def _into_storescp(work: Path, files: list[Path], parallel: int) -> float:
     out = work / "storescp-out"
     out.mkdir()
     port = free_port()
-    process = subprocess.Popen(
-        [STORESCP, "--fork", "-aet", "DICOMNODE", "-od", str(out), str(port)],
-        env=dcmtk_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        wait_for(lambda: run_echoscu(port).returncode == 0, 30, "storescp to answer C-ECHO")
-        seconds = _send(port, files, parallel)
+    command = [STORESCP, "--fork", "-aet", "DICOMNODE", "-od", str(out), str(port)]
+
+    def all_written() -> None:
         # With --fork a child writes the files; make sure all of them are there before stopping.
         wait_for(lambda: sum(1 for _ in out.iterdir()) >= len(files), 60, "storescp's files")
-    finally:
-        os.killpg(process.pid, 15)
-        process.wait(timeout=30)
-    return seconds
+
+    return _serve_and_send(command, port, files, parallel, work, before_stop=all_written)
 
 
 #: pynetdicom's SCP with a C-STORE handler that answers Success at once (argv: port, max PDU).
@@ -161,12 +152,20 @@ ORTHANC = next(
 )
 
 
-def _serve_and_send(command: list[str], port: int, files: list[Path], parallel: int, cwd: Path) -> float:
-    """Start a receiver, wait until it answers C-ECHO, time the send, stop it."""
+def _serve_and_send(
+    command: list[str],
+    port: int,
+    files: list[Path],
+    parallel: int,
+    cwd: Path,
+    before_stop: Callable[[], None] | None = None,
+) -> float:
+    """Start a receiver, wait until it answers C-ECHO, time the send, run ``before_stop``, stop it."""
     with (cwd / "receiver.log").open("ab") as log:
         process = subprocess.Popen(
             command, env=dcmtk_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd
         )
+
     def answers() -> bool:
         if process.poll() is not None:
             log_tail = (cwd / "receiver.log").read_text(errors="replace")[-2000:]
@@ -175,7 +174,10 @@ def _serve_and_send(command: list[str], port: int, files: list[Path], parallel: 
 
     try:
         wait_for(answers, 60, "the receiver")
-        return _send(port, files, parallel)
+        seconds = _send(port, files, parallel)
+        if before_stop is not None:
+            before_stop()
+        return seconds
     finally:
         if process.poll() is None:
             os.killpg(process.pid, 15)
