@@ -16,13 +16,12 @@ from node.inference.measurements import (
 )
 from node.inference.preprocess import Box, normalise
 from node.inference.qc import assess, fragmented_fraction
-from node.inference.runner import Segmenter
+from node.inference.runner import BACKGROUND, Segmenter
 from node.pipeline.pixels import load_pixels
 from node.pipeline.stacks import StackPlan
 
 BLOOD_POOL = "lv_blood_pool"
 MYOCARDIUM = "lv_myocardium"
-BACKGROUND = "background"
 
 
 @dataclass(frozen=True)
