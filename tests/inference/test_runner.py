@@ -10,6 +10,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from models.spec import INPUT as SPEC
 from models.spec import OUTPUT
+from node.config import HEART_WINDOW_MARGIN, MIN_HEART_WINDOW_MARGIN
 from node.inference.card import ModelCard, sha256_of
 from node.inference.preprocess import normalise, plan_geometry
 from node.inference.registry import DEFAULT_MODEL_DIR, ReleasedModel, find_model
@@ -17,7 +18,6 @@ from node.inference.runner import (
     BLAS_THREADS,
     CPU,
     CUDA,
-    HEART_MARGIN,
     LOCATE_EVERY,
     Segmenter,
     Threading,
@@ -153,7 +153,7 @@ def test_heart_window_labels_match_the_whole_grid_on_sunnybrook(
     stack = normalise(case.frames, released.card.input.normalisation)
     frames = stack[:, ::5].reshape(-1, *stack.shape[2:])
     whole = Segmenter(released, providers=[CPU]).segment(frames, case.pixel_spacing, normalised=True)
-    roi = Segmenter(released, providers=[CPU], heart_margin=HEART_MARGIN).segment(
+    roi = Segmenter(released, providers=[CPU], heart_margin=HEART_WINDOW_MARGIN).segment(
         frames, case.pixel_spacing, normalised=True
     )
     assert whole.heart is None
@@ -169,7 +169,7 @@ def test_heart_window_labels_match_the_whole_grid_on_sunnybrook(
 def test_heart_window_falls_back_to_the_whole_grid_without_lv(released: ReleasedModel) -> None:
     """A blank stack has no LV: the first pass finds no heart, and every frame runs on the whole grid."""
     frames = np.zeros((2 * LOCATE_EVERY, 128, 112), dtype=np.float32)
-    segmenter = Segmenter(released, providers=[CPU], heart_margin=HEART_MARGIN)
+    segmenter = Segmenter(released, providers=[CPU], heart_margin=HEART_WINDOW_MARGIN)
     roi = segmenter.segment(frames, (1.4, 1.4), normalised=True)
     whole = Segmenter(released, providers=[CPU]).segment(frames, (1.4, 1.4), normalised=True)
     assert roi.heart is None
@@ -177,16 +177,20 @@ def test_heart_window_falls_back_to_the_whole_grid_without_lv(released: Released
     np.testing.assert_array_equal(roi.uncertain_px, whole.uncertain_px)
 
 
-def test_heart_window_is_off_unless_configured(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The node runs the whole grid by default; HEART_WINDOW_MARGIN in the settings turns the window on."""
+def test_heart_window_is_on_by_default_and_zero_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node runs the heart window by default; HEART_WINDOW_MARGIN=0 runs the whole grid."""
     from node.config import load_settings
+    from node.errors import ConfigError
     from node.inference.runner import load_segmenter
     from tests.support import clear_dicomnode_env
 
     clear_dicomnode_env(monkeypatch)
+    assert load_segmenter(load_settings().inference).heart_margin == HEART_WINDOW_MARGIN
+    monkeypatch.setenv("DICOMNODE_INFERENCE__HEART_WINDOW_MARGIN", "0")
     assert load_segmenter(load_settings().inference).heart_margin is None
-    monkeypatch.setenv("DICOMNODE_INFERENCE__HEART_WINDOW_MARGIN", str(HEART_MARGIN))
-    assert load_segmenter(load_settings().inference).heart_margin == HEART_MARGIN
+    monkeypatch.setenv("DICOMNODE_INFERENCE__HEART_WINDOW_MARGIN", str(MIN_HEART_WINDOW_MARGIN - 1))
+    with pytest.raises(ConfigError, match=f"HEART_WINDOW_MARGIN: .*at least {MIN_HEART_WINDOW_MARGIN}"):
+        load_settings()
 
 
 def test_a_segmenter_keeps_numpys_blas_to_one_thread(tiny_model: ReleasedModel) -> None:
