@@ -26,8 +26,9 @@ ENV_PREFIX = "DICOMNODE_"
 CONFIG_ENV = "DICOMNODE_CONFIG"
 #: Model pixels (2 mm each) the heart window extends beyond the LV on every side, by default, and the
 #: least a margin may be: below it the window's edge cuts into the context the network needs around the
-#: LV. 40 (80 mm) makes windows of about 220-260 mm, inside the 224-320 mm fields the model was trained
-#: on. Against the whole grid (figures in the `Segmenter` docstring): Sunnybrook volumes within 0.1 mL.
+#: LV. 40 (80 mm) made windows of 288-320 mm on the three Sunnybrook series (their grid: 352 mm), within
+#: the 224-320 mm fields the model was trained on. Against the whole grid (figures in the `Segmenter`
+#: docstring): Sunnybrook volumes within 0.1 mL.
 HEART_WINDOW_MARGIN = 40
 MIN_HEART_WINDOW_MARGIN = 16
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no controls
