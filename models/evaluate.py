@@ -26,9 +26,9 @@ from models.data import (
 )
 from models.predict import dice
 from models.spec import MODEL_NAME
-from node.inference.measurements import basal_slices_to_exclude, measure
+from node.inference.measurements import basal_slices_to_exclude, measure, remove_detached_lv
 from node.inference.registry import DEFAULT_MODEL_DIR, find_model
-from node.inference.runner import Segmenter
+from node.inference.runner import BACKGROUND, Segmenter
 
 BLOOD_POOL_CLASS = "lv_blood_pool"
 MYOCARDIUM_CLASS = "lv_myocardium"
@@ -86,6 +86,8 @@ def evaluate_sunnybrook(segmenter: Segmenter, root: Path, patient: str) -> Sunny
     labels = segmentation.labels.reshape(slices, phases, rows, columns)
     blood = segmenter.card.class_index(BLOOD_POOL_CLASS)
     myo = segmenter.card.class_index(MYOCARDIUM_CLASS)
+    # As the node measures: LV labels far from the ventricle are left out first.
+    remove_detached_lv(labels, blood, myo, segmenter.card.class_index(BACKGROUND), case.pixel_spacing)
     pixel_area = case.pixel_spacing[0] * case.pixel_spacing[1]
     blood_px = (labels == blood).sum(axis=(2, 3)).astype(np.float64)
     myo_px = (labels == myo).sum(axis=(2, 3)).astype(np.float64)

@@ -21,10 +21,10 @@ from models.data import (
     split_patients,
 )
 from models.spec import MODEL_NAME
-from node.inference.measurements import basal_slices_to_exclude
-from node.inference.qc import assess, fragmented_fraction
+from node.inference.measurements import basal_slices_to_exclude, remove_detached_lv
+from node.inference.qc import DETACHED_FLAG_ML, assess, fragmented_fraction
 from node.inference.registry import DEFAULT_MODEL_DIR, find_model
-from node.inference.runner import Segmenter
+from node.inference.runner import BACKGROUND, Segmenter
 
 #: Nominal ACDC slice spacing used only for the plausibility range (mL); errors are relative.
 NOMINAL_SLICE_SPACING_MM = 10.0
@@ -38,6 +38,7 @@ def main() -> None:
     segmenter = Segmenter(find_model(DEFAULT_MODEL_DIR, args.name))
     blood = segmenter.card.class_index("lv_blood_pool")
     myo = segmenter.card.class_index("lv_myocardium")
+    background = segmenter.card.class_index(BACKGROUND)
     root = data_root()
     _, validation = split_patients(acdc_patients(root))
     spacing = (ACDC_NOMINAL_SPACING_MM, ACDC_NOMINAL_SPACING_MM)
@@ -49,6 +50,11 @@ def main() -> None:
         predicted, truth, flip, fragments, uncertain = {}, {}, {}, [], 0
         phases = (("ed", case.ed_image, case.ed_label), ("es", case.es_image, case.es_label))
         segmented = {phase: segmenter.segment(image, spacing, normalised=True) for phase, image, _ in phases}
+        # The node's removal of LV labels far from the ventricle, phase by phase (in place).
+        detached_px = max(
+            int(remove_detached_lv(seg.labels[:, None], blood, myo, background, spacing).sum())
+            for seg in segmented.values()
+        )
         # The node's basal-slice rule over the two-phase stack (when ED and ES have the same slices).
         basal: list[int] = []
         if case.ed_image.shape == case.es_image.shape:
@@ -57,6 +63,7 @@ def main() -> None:
         for phase, image, label in phases:
             seg = segmented[phase]
             mirrored = segmenter.segment(np.ascontiguousarray(image[:, :, ::-1]), spacing, normalised=True)
+            remove_detached_lv(mirrored.labels[:, None], blood, myo, background, spacing)
             masks = seg.labels == blood
             masks[basal] = False
             mirrored_masks = mirrored.labels == blood
@@ -79,7 +86,8 @@ def main() -> None:
             flip_disagreement_ml=max(flip.values()) * voxel_ml,
             fragment_fraction=sum(fragments) / total,
             uncertain_fraction=uncertain / total,
-            stack_flags=("basal_slices_excluded",) if basal else (),
+            stack_flags=(("basal_slices_excluded",) if basal else ())
+            + (("detached_lv_removed",) if detached_px * voxel_ml >= DETACHED_FLAG_ML else ()),
         )
         flags = tuple(flag for flag in quality.flags if flag != "jagged_volume_curve")
         errors = {p: abs(predicted[p] - truth[p]) / max(truth[p], 1) for p in ("ed", "es")}

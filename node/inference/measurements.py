@@ -11,6 +11,10 @@ diastole and atrium or outflow tract in systole. Following the SCMR post-process
 magnetic resonance - 2020 update", JCMR 22:19, 2020), a blood pool counts as ventricle when at
 least half of it is surrounded by myocardium; a basal slice counts only when it is ventricle in every
 phase, so the same slices make EDV and ESV (as the Sunnybrook experts contoured them).
+
+Before that, LV labels detached from the ventricle are left out (:func:`remove_detached_lv`): a
+network labelling frame by frame now and then calls a bright structure far from the heart (stomach,
+bowel, a vessel) blood pool, and the ventricle is one structure through the stack.
 """
 
 from __future__ import annotations
@@ -19,7 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage
 
+#: LV labels farther than this (mm, in plane) from the ventricle are not part of it (the myocardium
+#: is at most about 15 mm thick, and a breath-hold shifts a slice by less than a few millimetres).
+DETACHED_DISTANCE_MM = 30.0
 #: A blood pool at least this fraction surrounded by myocardium is ventricle (SCMR 2020 guideline).
 VENTRICLE_SURROUND_FRACTION = 0.5
 #: Density of myocardium, g/mL (the conventional value used for CMR LV mass).
@@ -159,3 +167,62 @@ def basal_slices_to_exclude(
             return tuple(sorted(excluded))
         excluded.append(slice_index)
     return ()
+
+
+def remove_detached_lv(
+    labels: npt.NDArray[np.integer],
+    blood_pool: int,
+    myocardium: int,
+    background: int,
+    pixel_spacing: tuple[float, float],
+) -> npt.NDArray[np.int64]:
+    """Relabel as background the LV regions detached from the ventricle, in place.
+
+    Per phase, the ventricle is the largest blood-pool region connected through the stack (in-plane
+    neighbours, and the same pixel on the adjacent slice); its footprint is its extent over all
+    slices. In each frame, a connected region of blood pool and myocardium that lies wholly farther
+    than :data:`DETACHED_DISTANCE_MM` from that footprint is detached. Regions near the ventricle
+    stay, whatever their size: whether they are ventricle is for the model and the other QC checks.
+
+    Parameters
+    ----------
+    labels
+        ``(slices, phases, rows, cols)`` class indices, slices in order along the normal.
+    pixel_spacing
+        (row, column) spacing in mm.
+
+    Returns
+    -------
+    ``(slices, phases)``: the pixels relabelled in each frame.
+    """
+    removed = np.zeros(labels.shape[:2], dtype=np.int64)
+    # Every LV pixel lies within these bounds, the ventricle's footprint too, so distances measured
+    # within them are exact.
+    anywhere = np.zeros(labels.shape[2:], dtype=bool)
+    for frames in labels:  # one slice at a time bounds the temporary masks
+        anywhere |= ((frames == blood_pool) | (frames == myocardium)).any(axis=0)
+    rows = np.flatnonzero(anywhere.any(axis=1))
+    cols = np.flatnonzero(anywhere.any(axis=0))
+    if rows.size == 0:
+        return removed
+    bounded = labels[..., rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    through_stack = np.zeros((3, 3, 3), dtype=bool)
+    through_stack[1] = True
+    through_stack[0, 1, 1] = through_stack[2, 1, 1] = True
+    for phase in range(labels.shape[1]):
+        frames = bounded[:, phase]  # a view: relabelling it relabels ``labels``
+        regions, count = ndimage.label(frames == blood_pool, structure=through_stack)
+        if count == 0:
+            continue
+        sizes = np.bincount(regions.ravel())[1:]
+        footprint = (regions == 1 + int(sizes.argmax())).any(axis=0)
+        distance = ndimage.distance_transform_edt(~footprint, sampling=pixel_spacing)
+        near = distance <= DETACHED_DISTANCE_MM
+        lv = (frames == blood_pool) | (frames == myocardium)
+        for slice_index in np.flatnonzero((lv & ~near).any(axis=(1, 2))):
+            parts, _ = ndimage.label(lv[slice_index], structure=np.ones((3, 3), dtype=bool))
+            kept = np.unique(parts[near & (parts > 0)])
+            far = (parts > 0) & ~np.isin(parts, kept)
+            frames[slice_index][far] = background
+            removed[slice_index, phase] = int(far.sum())
+    return removed

@@ -12,6 +12,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from node.inference.measurements import DETACHED_DISTANCE_MM
+
 #: Population range of LV volumes in the Kaggle Second Annual Data Science Bowl training labels
 #: (500 volumes, ``dsb2/train.csv``): ESV 4.6-488.6 mL, EDV 10.5-568.6 mL.
 ESV_RANGE_ML = (4.6, 488.6)
@@ -28,6 +30,9 @@ JAGGED_ROUGHNESS = 0.25
 FLIP_DISAGREEMENT_FRACTION = 0.08
 #: Fraction of an ED/ES blood-pool mask outside its largest connected component.
 FRAGMENT_FRACTION = 0.05
+#: Detached LV labels (:func:`~node.inference.measurements.remove_detached_lv`) flag the result from
+#: this volume in one phase; smaller specks are left out without a flag.
+DETACHED_FLAG_ML = 1.0
 #: Fraction of LV pixels whose most likely class is uncertain, above which confidence drops to 0.
 UNCERTAINTY_SCALE = 0.5
 
@@ -49,6 +54,7 @@ FLAG_WEIGHTS = {
     "duplicate_positions_replaced": 0.1,
     "inconsistent_frame_of_reference": 0.0,
     "basal_slices_excluded": 0.2,
+    "detached_lv_removed": 0.3,
 }
 
 #: Plain-language explanation of each flag (for reports and the worklist).
@@ -81,6 +87,11 @@ FLAG_TEXT = {
     "basal_slices_excluded": (
         "Basal slices that are atrium or outflow tract in part of the cycle (blood pool less than half"
         " surrounded by myocardium) are left out of the volumes and masses."
+    ),
+    "detached_lv_removed": (
+        f"The model labelled LV outside the heart (more than {DETACHED_DISTANCE_MM:.0f} mm from the"
+        " ventricle, e.g. stomach or a vessel); those regions are left out, but the model may be"
+        " unreliable on this study."
     ),
 }
 

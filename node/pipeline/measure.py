@@ -12,10 +12,11 @@ from node.domain import ModelIdentity, StackResult
 from node.inference.measurements import (
     basal_slices_to_exclude,
     measure,
+    remove_detached_lv,
     volume_curve_ml,
 )
 from node.inference.preprocess import Box, normalise
-from node.inference.qc import assess, fragmented_fraction
+from node.inference.qc import DETACHED_FLAG_ML, assess, fragmented_fraction
 from node.inference.runner import BACKGROUND, Segmenter
 from node.pipeline.pixels import load_pixels
 from node.pipeline.stacks import StackPlan
@@ -70,6 +71,11 @@ class StackMeasurer:
         del segmentation  # its labels are copied into the grid
 
         pixel_area = plan.pixel_spacing[0] * plan.pixel_spacing[1]
+        # LV labels far from the ventricle (stomach, a vessel) are left out of every output too.
+        detached = remove_detached_lv(labels, self._blood, self._myo, self._background, plan.pixel_spacing)
+        detached_ml = float(
+            volume_curve_ml(detached.astype(np.float64), pixel_area, plan.slice_spacing_mm).max()
+        )
         blood_px = _fill_missing((labels == self._blood).sum(axis=(2, 3)).astype(np.float64), present)
         basal = basal_slices_to_exclude(labels, self._blood, self._myo, present)
         if basal:
@@ -104,7 +110,9 @@ class StackMeasurer:
             flip_disagreement_ml=flip_ml,
             fragment_fraction=fragments,
             uncertain_fraction=uncertain / max(total_blood, 1),
-            stack_flags=plan.flags + (("basal_slices_excluded",) if basal else ()),
+            stack_flags=plan.flags
+            + (("detached_lv_removed",) if detached_ml >= DETACHED_FLAG_ML else ())
+            + (("basal_slices_excluded",) if basal else ()),
         )
 
         def uids(phase: int) -> tuple[str | None, ...]:
@@ -167,8 +175,9 @@ class StackMeasurer:
             mirrored = np.ascontiguousarray(values[indices][:, :, ::-1])
             flipped = self.segmenter.segment(
                 mirrored, plan.pixel_spacing, normalised=True, heart=mirrored_heart
-            ).labels
-            flipped_px = (flipped[:, :, ::-1] == self._blood).sum(axis=(1, 2)).astype(np.float64)
+            ).labels[:, None, :, ::-1]
+            remove_detached_lv(flipped, self._blood, self._myo, self._background, plan.pixel_spacing)
+            flipped_px = (flipped[:, 0] == self._blood).sum(axis=(1, 2)).astype(np.float64)
             original_px = (labels[present[:, phase], phase] == self._blood).sum(axis=(1, 2))
             difference = volume_curve_ml(
                 (flipped_px - original_px)[:, None], pixel_area, plan.slice_spacing_mm

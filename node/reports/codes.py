@@ -106,6 +106,7 @@ QC_FLAG_CODES: Final = {
     "duplicate_positions_replaced": Code("QC-DUPLICATE", SCHEME, "Repeated slice positions replaced"),
     "inconsistent_frame_of_reference": Code("QC-FOR", SCHEME, "Inconsistent Frame of Reference UIDs"),
     "basal_slices_excluded": Code("QC-BASAL", SCHEME, "Basal slices left out of the volumes"),
+    "detached_lv_removed": Code("QC-DETACHED", SCHEME, "LV labels outside the heart left out"),
 }
 
 

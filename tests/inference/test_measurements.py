@@ -10,6 +10,7 @@ from node.inference.measurements import (
     basal_slices_to_exclude,
     measure,
     myocardial_surround,
+    remove_detached_lv,
     volume_curve_ml,
 )
 
@@ -176,3 +177,58 @@ def test_basal_rule_ignores_missing_frames_and_never_trims_without_a_ventricle_s
     assert basal_slices_to_exclude(labels, BLOOD, MYO, present) == ()
     open_labels, open_blood = _stack([[0.3, 0.3], [0.3, 0.3], [1.0, 1.0], [1.0, 1.0]], [14, 13, 10, 5])
     assert basal_slices_to_exclude(open_labels, BLOOD, MYO, np.ones(open_blood.shape, bool)) == ()
+
+
+def _ventricle_stack(slices: int = 5, phases: int = 2, size: int = 96) -> np.ndarray:
+    """``(slices, phases, size, size)``: a ventricle (blood-pool disk in a myocardial ring) on every frame."""
+    frame = _frame(size, 12, 1.0)
+    return np.repeat(np.repeat(frame[None, None], slices, axis=0), phases, axis=1)
+
+
+def _blob(labels: np.ndarray, top: int, left: int, side: int = 8) -> np.ndarray:
+    """A square of blood pool with a one-pixel myocardial rim; returns its (rows, cols) mask."""
+    mask = np.zeros(labels.shape[-2:], dtype=bool)
+    mask[top : top + side, left : left + side] = True
+    labels[..., mask] = MYO
+    labels[..., top + 1 : top + side - 1, left + 1 : left + side - 1] = BLOOD
+    return mask
+
+
+def test_lv_labels_far_from_the_ventricle_are_removed() -> None:
+    """A blood pool with its rim 60 mm from the ventricle, on one slice in one phase, becomes background."""
+    labels = _ventricle_stack()
+    original = labels.copy()
+    # The ventricle's ring spans pixels 33-63; at 1.5 mm a blob at column 85 is over 30 mm away.
+    far = _blob(labels[2, 1], top=10, left=85)
+    removed = remove_detached_lv(labels, BLOOD, MYO, 0, (1.5, 1.5))
+    assert removed[2, 1] == int(far.sum())
+    assert removed.sum() == removed[2, 1]
+    assert not labels[2, 1][far].any()
+    np.testing.assert_array_equal(labels, original)
+
+
+def test_lv_labels_near_the_ventricle_stay_whatever_their_size() -> None:
+    """A separate piece 10 mm from the ventricle, and an apical pool off the stack's axis, stay.
+
+    Neither is connected to the ventricle through the stack, but both lie within
+    ``DETACHED_DISTANCE_MM`` of its footprint: whether they are ventricle is for the model and the
+    other QC checks to say.
+    """
+    labels = _ventricle_stack()
+    _blob(labels[1, 0], top=44, left=70)  # 7 pixels (10.5 mm) right of the ring, which ends at 63
+    labels[4] = 0
+    labels[4, :, 44:52, 66:74] = BLOOD  # the apex: beside slice 3's blood pool, not over it
+    kept = labels.copy()
+    removed = remove_detached_lv(labels, BLOOD, MYO, 0, (1.5, 1.5))
+    assert removed.sum() == 0
+    np.testing.assert_array_equal(labels, kept)
+
+
+def test_detached_lv_removal_without_lv_changes_nothing() -> None:
+    """Frames without LV labels (or a stack of background) are left as they are."""
+    labels = np.zeros((3, 2, 32, 32), np.uint8)
+    labels[1, 0, 5:9, 5:9] = 1  # another class (right ventricle) is never touched
+    removed = remove_detached_lv(labels, BLOOD, MYO, 0, (1.5, 1.5))
+    assert removed.shape == (3, 2)
+    assert removed.sum() == 0
+    assert (labels == 1).sum() == 16

@@ -125,6 +125,16 @@ def test_measure_leaves_out_basal_slices_that_are_not_ventricle_throughout(
     assert flagged == {"SCD0000101", "SCD0000201"}
 
 
+def test_measure_leaves_out_lv_labels_outside_the_heart(measured: dict[str, dict[str, object]]) -> None:
+    """On one slice of SCD0000301 the model labels a structure about 13 cm below the heart as blood pool.
+
+    It is left out (with its rim of myocardium) and the result says so; the other two series have no
+    such region, and their volumes are the same either way.
+    """
+    flagged = {patient for patient in REFERENCE if "detached_lv_removed" in measured[patient]["qc_flags"]}  # type: ignore[operator]
+    assert flagged == {"SCD0000301"}
+
+
 def test_measure_lists_unreadable_files_on_stderr(measured: dict[str, dict[str, object]]) -> None:
     """Files that are not DICOM (the contour text files) are listed on stderr and skipped."""
     stderr = str(measured["_stderr"]["text"])
