@@ -96,7 +96,7 @@ def test_measure_matches_expert_volumes(measured: dict[str, dict[str, object]]) 
                 strict=True,
                 reason=(
                     "known gap of lvseg-unet 1.0.0: the ED plateau of this series is flat (phases 17 and 18"
-                    " differ by 0.1 mL, 19 is 1.9 mL lower), the maximum lands on 17, the expert contoured 19"
+                    " differ by 0.2 mL, 19 is 1.9 mL lower), the maximum lands on 17, the expert contoured 19"
                 ),
             ),
         ),
