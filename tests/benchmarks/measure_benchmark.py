@@ -44,22 +44,13 @@ def end_to_end(threads: int) -> tuple[float, float]:
 def inference_only(threads: int, repeat: int, heart_margin: int) -> tuple[list[float], str]:
     """Seconds of ``Segmenter.segment`` over the 240 frames, after one warm-up (margin 0: whole grid)."""
     from node.config import InferenceSettings
-    from node.inference.registry import find_model
-    from node.inference.runner import Segmenter
+    from node.inference.runner import load_segmenter
     from node.pipeline.offline import collect
     from node.pipeline.pixels import load_pixels
     from node.pipeline.stacks import find_sax_stacks
 
-    settings = InferenceSettings(intra_op_threads=threads)
-    model = find_model(settings.model_dir, settings.model_name, settings.model_version)
-    segmenter = Segmenter(
-        model,
-        providers=settings.providers,
-        intra_op_threads=threads,
-        batch_size=settings.batch_size,
-        heart_margin=heart_margin or None,
-        parallel_batches=settings.parallel_batches,
-    )
+    # The node's own loader, so the benchmark runs what ``dicomnode measure`` and ``serve`` run.
+    segmenter = load_segmenter(InferenceSettings(intra_op_threads=threads, heart_window_margin=heart_margin))
     (plan,) = find_sax_stacks(collect([SERIES], [])).stacks
     pixels = load_pixels(plan, Path("/"))
     frames = pixels.frames.reshape(-1, plan.rows, plan.columns)
