@@ -211,14 +211,15 @@ def remove_detached_lv(
     through_stack[0, 1, 1] = through_stack[2, 1, 1] = True
     for phase in range(labels.shape[1]):
         frames = bounded[:, phase]  # a view: relabelling it relabels ``labels``
-        regions, count = ndimage.label(frames == blood_pool, structure=through_stack)
+        blood = frames == blood_pool
+        regions, count = ndimage.label(blood, structure=through_stack)
         if count == 0:
             continue
         sizes = np.bincount(regions.ravel())[1:]
         footprint = (regions == 1 + int(sizes.argmax())).any(axis=0)
         distance = ndimage.distance_transform_edt(~footprint, sampling=pixel_spacing)
         near = distance <= DETACHED_DISTANCE_MM
-        lv = (frames == blood_pool) | (frames == myocardium)
+        lv = blood | (frames == myocardium)
         for slice_index in np.flatnonzero((lv & ~near).any(axis=(1, 2))):
             parts, _ = ndimage.label(lv[slice_index], structure=np.ones((3, 3), dtype=bool))
             kept = np.unique(parts[near & (parts > 0)])
