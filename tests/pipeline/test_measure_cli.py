@@ -107,8 +107,8 @@ def test_measure_finds_the_expert_ed_and_es_phases(
 ) -> None:
     """ED and ES come from the volume curve and land on (or next to) the phases the expert contoured.
 
-    The expert contoured ED at phase 18 on some slices and 19 on others (frames 37 ms apart), so a
-    phase counts as matching when it is within one frame, cyclically, of an expert phase.
+    The expert contoured ED at phase 18 in one series and 19 in the other two (frames 35-46 ms
+    apart), so a phase counts as matching when it is within one frame, cyclically, of an expert phase.
     """
     expert_ed, expert_es = _expert_phases(shared_data, patient)
     ed, es = int(measured[patient]["ed_phase"]), int(measured[patient]["es_phase"])  # type: ignore[call-overload]
