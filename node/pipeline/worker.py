@@ -11,6 +11,7 @@ from pathlib import Path
 
 from node.clock import Clock, monotonic
 from node.domain import Outcome
+from node.errors import NodeError
 from node.failpoints import failpoint
 from node.logging import Pseudonymiser, get_logger
 from node.metrics import NodeMetrics
@@ -73,7 +74,28 @@ class PipelineWorker:
         rows = []
         for stack_index, plan in enumerate(search.stacks):
             started = monotonic()
-            measured = self.measurer.measure(plan, self.spool_root)
+            try:
+                measured = self.measurer.measure(plan, self.spool_root)
+            except NodeError as error:
+                # This stack's own data (pixels no decoder reads, say): the same on every attempt, so
+                # it is recorded as failed now, and the study's other stacks are still measured.
+                reason = str(error) or type(error).__name__
+                rows.append(
+                    ResultRow(
+                        stack_index=stack_index,
+                        outcome=Outcome.FAILED,
+                        series_instance_uids=plan.series_instance_uids,
+                        record={"error": reason},
+                    )
+                )
+                log.warning(
+                    "stack not measured",
+                    study=study,
+                    version=job.version,
+                    stack_index=stack_index,
+                    error=reason,
+                )
+                continue
             self.metrics.inference_seconds.observe(monotonic() - started)
             relative = Path(safe_component(job.study_instance_uid), f"job{job.id}-stack{stack_index}.npz")
             self.results_spool.write(relative, encode_labels(measured.labels))
@@ -101,5 +123,6 @@ class PipelineWorker:
                 confidence=round(result.confidence, 3),
             )
         failpoint("worker:measured")
-        self.queue.complete(job, Outcome.MEASURED, rows, self.clock.now())
-        self.metrics.studies_processed.labels(outcome=str(Outcome.MEASURED)).inc()
+        outcome = Outcome.MEASURED if any(row.outcome == Outcome.MEASURED for row in rows) else Outcome.FAILED
+        self.queue.complete(job, outcome, rows, self.clock.now())
+        self.metrics.studies_processed.labels(outcome=str(outcome)).inc()

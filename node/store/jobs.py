@@ -190,7 +190,12 @@ class JobQueue:
             connection.execute(
                 update(jobs)
                 .where(jobs.c.id == job.id)
-                .values(state=DONE, outcome=str(outcome), finished_at=now, error=None)
+                .values(
+                    state=FAILED if outcome == Outcome.FAILED else DONE,
+                    outcome=str(outcome),
+                    finished_at=now,
+                    error=None,
+                )
             )
         return ids
 

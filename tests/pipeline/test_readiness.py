@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
 from node.app import Node
 from node.clock import ManualClock
 from node.config import load_settings
 from node.domain import Outcome
+from tests.pipeline.test_odd_input import phantom_stack
+from tests.pipeline.test_stacks import SAX_TILTED
 from tests.support import clear_dicomnode_env
 
 PHASES = 20
@@ -137,3 +143,51 @@ def test_study_without_short_axis_cine_records_that_outcome(
     (result,) = built.queue.results_for_study(job.study_instance_uid)
     assert result["outcome"] == Outcome.NO_SHORT_AXIS_CINE
     assert result["edv_ml"] is None
+
+
+def _undecodable(path: Path) -> bytes:
+    """The file's instance as JPEG Baseline whose codestream is only start- and end-of-image markers.
+
+    It is well formed enough to be received (nothing in it contradicts Rows and Columns), but no
+    decoder can read a picture out of it.
+    """
+    dataset = pydicom.dcmread(path)
+    dataset.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 8, 8, 7
+    dataset.PixelData = encapsulate([b"\xff\xd8\xff\xd9"])
+    dataset["PixelData"].VR = "OB"
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("decodable_stacks", [1, 0])
+def test_a_stack_that_cannot_be_decoded_fails_alone_and_at_once(
+    node: tuple[Node, ManualClock], tmp_path: Path, decodable_stacks: int
+) -> None:
+    """A stack whose pixel data no decoder reads is recorded as failed, with the reason, at the first
+    attempt (retrying cannot change it); the study's other stack is still measured and reported."""
+    built, clock = node
+    study = generate_uid()
+    good = phantom_stack(tmp_path / "good", slices=3, phases=4, side=48, study=study)
+    bad = phantom_stack(tmp_path / "bad", slices=3, phases=4, side=48, study=study, iop=SAX_TILTED)
+    for instance in good[: len(good) * decodable_stacks]:
+        built.ingest.store(Path(instance.path).read_bytes())
+    for instance in bad:
+        built.ingest.store(_undecodable(Path(instance.path)))
+    clock.advance(11)
+    assert len(built.assembler.tick()) == 1
+    assert built.workers[0].run_once() is not None
+    assert built.workers[0].run_once() is None, "the job was put back to be retried"
+    rows = {row["outcome"]: row for row in built.queue.results_for_study(study)}
+    expected = {Outcome.FAILED, Outcome.MEASURED} if decodable_stacks else {Outcome.FAILED}
+    assert set(rows) == {str(outcome) for outcome in expected}
+    failed = rows[str(Outcome.FAILED)]
+    assert failed["series_instance_uids"] == [bad[0].header.series_instance_uid]
+    assert failed["record"]["error"].startswith("cannot decode pixel data")
+    if decodable_stacks:
+        measured = rows[str(Outcome.MEASURED)]
+        assert measured["series_instance_uids"] == [good[0].header.series_instance_uid]
+        assert measured["record"]["slices"] == 3 and measured["record"]["phases"] == 4
+    states = built.queue.job_states()
+    assert states == ({"done": 1} if decodable_stacks else {"failed": 1}), states
