@@ -144,7 +144,9 @@ class StackPlan:
     normal
         Unit slice normal, row direction x column direction of :attr:`orientation`.
     slice_positions_mm
-        Image Position (Patient) (0020,0032) projected on :attr:`normal`, one per slice, ascending.
+        The images' centres (from Image Position (Patient) (0020,0032), Pixel Spacing and the matrix)
+        projected on :attr:`normal`, one per slice, ascending. For planes exactly parallel to the
+        stack's this is Image Position (Patient) projected on the normal.
     slice_spacing_mm
         Median distance between neighbouring slice positions; not Slice Thickness (0018,0050).
     pixel_spacing
@@ -212,6 +214,24 @@ class _Image:
     pixel_spacing: tuple[float, float]
     rows: int
     columns: int
+
+    @property
+    def centre(self) -> Vector:
+        """Patient coordinates (mm) of the image's centre.
+
+        Image Position (Patient) is the centre of the first transmitted pixel (PS3.3 C.7.6.2.1.1), a
+        corner of the image. Projected on the normal of another plane, a corner moves by half the
+        field of view times the sine of the angle between the planes (13 mm for 300 mm at 5 degrees,
+        the tilt :data:`PARALLEL_TOLERANCE_DEG` allows), the centre does not.
+        """
+        column = _cross(self.normal, self.row)
+        along_row = (self.columns - 1) / 2 * self.pixel_spacing[1]
+        along_column = (self.rows - 1) / 2 * self.pixel_spacing[0]
+        return (
+            self.position[0] + along_row * self.row[0] + along_column * column[0],
+            self.position[1] + along_row * self.row[1] + along_column * column[1],
+            self.position[2] + along_row * self.row[2] + along_column * column[2],
+        )
 
     @property
     def trigger_time(self) -> float | None:
@@ -494,7 +514,7 @@ def _build(
     pending: Counter[str] = Counter()
     reference = _modal(image.orientation for image in images)
     normal = next(image.normal for image in images if image.orientation == reference)
-    projections = [_dot(image.position, normal) for image in images]
+    projections = [_dot(image.centre, normal) for image in images]
 
     # Units: one acquisition (series, Acquisition Number (0020,0012)) at one position.
     units: dict[tuple[int, str, int], list[_Image]] = defaultdict(list)
@@ -548,7 +568,7 @@ def _plan(
     orientation = _modal(image.orientation for image in placed)
     normal = next(image.normal for image in placed if image.orientation == orientation)
     positioned = sorted(
-        ((float(statistics.median(_dot(i.position, normal) for i in images)), images) for images in slices),
+        ((float(statistics.median(_dot(i.centre, normal) for i in images)), images) for images in slices),
         key=lambda pair: pair[0],
     )
     positions = [position for position, _ in positioned]

@@ -350,6 +350,46 @@ def test_repeated_slice_position_keeps_later_acquisition(
     assert_accounted(search, instances)
 
 
+def test_slightly_tilted_repeat_of_a_slice_replaces_it_by_its_centre() -> None:
+    """A slice re-acquired 3 degrees off, about its own centre, replaces that slice: positions along
+    the normal are the images' centres, so a 384 mm field of view does not move it by 10 mm."""
+    study = generate_uid()
+    side, pixel_mm, tilt = 256, 1.5, math.radians(3.0)
+    stack = cine_stack(study=study, rows=side, columns=side, pixel_spacing=(pixel_mm, pixel_mm))
+    row, column, normal = np.asarray(SAX[:3]), np.asarray(SAX[3:]), normal_of(SAX)
+    half = (side - 1) / 2 * pixel_mm
+    centre = np.asarray(position_at(2 * SPACING_MM)) + half * row + half * column
+    tilted_row = math.cos(tilt) * row + math.sin(tilt) * normal
+    tilted = orientation(tilted_row, column)
+    corner = centre - half * np.asarray(tilted[:3]) - half * np.asarray(tilted[3:])
+    repeat_series = generate_uid()
+    repeat = [
+        mr_image(
+            study=study,
+            series=repeat_series,
+            frame="1.2.3.4",
+            iop=tilted,
+            position=corner,
+            trigger_time=p * 200.0,
+            instance_number=p + 1,
+            series_number=20,
+            rows=side,
+            columns=side,
+            pixel_spacing=(pixel_mm, pixel_mm),
+        )
+        for p in range(4)
+    ]
+    instances = stack + repeat
+    search = find_sax_stacks(instances)
+    plan = only_stack(search)
+    assert (plan.slices, plan.phases) == (5, 4)
+    assert {cell.header.series_instance_uid for cell in plan.grid[2] if cell} == {repeat_series}
+    assert np.allclose(np.diff(plan.slice_positions_mm), SPACING_MM, atol=0.5)
+    assert plan.flags == ("duplicate_positions_replaced",)
+    assert search.skipped == {"superseded_by_later_acquisition": 4}
+    assert_accounted(search, instances)
+
+
 def test_missing_phase_leaves_a_none_cell() -> None:
     """A slice missing one phase keeps the stack, with a None cell at that phase and a flag."""
     instances = cine_stack(study=generate_uid(), drop=frozenset({(1, 2)}))
