@@ -135,6 +135,13 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
+def texts(value: Any) -> tuple[str, ...]:
+    """A DICOM multi-value as strings; a single value, which pydicom gives as one str, is one item."""
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(item) for item in value)
+
+
 def floats(count: int) -> Callable[[Any], tuple[float, ...]]:
     """A converter of a DICOM multi-value to exactly ``count`` floats (ValueError otherwise)."""
 
@@ -570,7 +577,7 @@ def parse_instance(
         transfer_syntax_uid=str(transfer_syntax),
         modality=_value(dataset, "Modality", _text),
         frame_of_reference_uid=_value(dataset, "FrameOfReferenceUID", _text),
-        image_type=_value(dataset, "ImageType", lambda v: tuple(str(x) for x in v)) or (),
+        image_type=_value(dataset, "ImageType", texts) or (),
         series_number=_value(dataset, "SeriesNumber", int),
         instance_number=_value(dataset, "InstanceNumber", int),
         acquisition_number=_value(dataset, "AcquisitionNumber", int),

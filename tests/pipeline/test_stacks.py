@@ -457,7 +457,11 @@ def test_two_sax_stacks_in_one_study_are_both_found(difference: str) -> None:
     assert all(plan.flags == () for plan in search.stacks)
 
 
-def test_derived_image_and_sr_are_skipped() -> None:
+@pytest.mark.parametrize(
+    "image_type",
+    [("DERIVED", "SECONDARY"), ("DERIVED",)],  # one value (below PS3.3's two, but seen) is one word
+)
+def test_derived_image_and_sr_are_skipped(image_type: tuple[str, ...]) -> None:
     """A DERIVED image in the stack's plane and an SR document are skipped with their reasons."""
     study = generate_uid()
     stack = cine_stack(study=study)
@@ -469,7 +473,7 @@ def test_derived_image_and_sr_are_skipped() -> None:
         position=ORIGIN,
         trigger_time=0.0,
         instance_number=1,
-        image_type=("DERIVED", "SECONDARY"),
+        image_type=image_type,
     )
     sr = Dataset()
     sr.SOPClassUID = BasicTextSRStorage
