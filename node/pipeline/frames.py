@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -28,7 +29,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage
 
-from node.store.instance import InstanceHeader, SpooledInstance, floats
+from node.store.instance import InstanceHeader, SpooledInstance, floats, texts
 
 #: Multi-frame greyscale MR classes whose frames can fill a stack's cells (PS3.4 B.5).
 SPLIT_MR_CLASSES: Final = frozenset(
@@ -37,6 +38,8 @@ SPLIT_MR_CLASSES: Final = frozenset(
 
 _T = TypeVar("_T")
 _DT_DATE_DIGITS: Final = 8
+#: The sign that starts the optional "&ZZXX" UTC offset of a DT value.
+_UTC_OFFSET: Final = re.compile(r"[+-]")
 
 
 @dataclass(frozen=True)
@@ -143,16 +146,8 @@ def _frame_header(header: InstanceHeader, groups: FunctionalGroups, index: int) 
         groups.item(index, "PlaneOrientationSequence"), "ImageOrientationPatient", floats(6)
     )
     spacing = _converted(groups.item(index, "PixelMeasuresSequence"), "PixelSpacing", floats(2))
-    frame_type = _converted(
-        groups.item(index, "MRImageFrameTypeSequence"),
-        "FrameType",
-        lambda v: tuple(str(x) for x in v),
-    )
-    acquired = _converted(
-        groups.item(index, "FrameContentSequence"),
-        "FrameAcquisitionDateTime",
-        lambda v: str(v).strip()[_DT_DATE_DIGITS:] or None,
-    )
+    frame_type = _converted(groups.item(index, "MRImageFrameTypeSequence"), "FrameType", texts)
+    acquired = _converted(groups.item(index, "FrameContentSequence"), "FrameAcquisitionDateTime", _dt_time)
     return dataclasses.replace(
         header,
         image_position=(position[0], position[1], position[2]) if position else header.image_position,
@@ -166,6 +161,15 @@ def _frame_header(header: InstanceHeader, groups: FunctionalGroups, index: int) 
         image_type=frame_type or header.image_type,
         acquisition_time=header.acquisition_time or acquired,
     )
+
+
+def _dt_time(value: object) -> str | None:
+    """The time of a DT value (YYYYMMDDHHMMSS.FFFFFF&ZZXX, PS3.5 6.2) as TM, its UTC offset dropped.
+
+    Acquisitions are compared within one study, on one scanner's clock, so the offset adds nothing.
+    """
+    time = str(value).strip()[_DT_DATE_DIGITS:]
+    return _UTC_OFFSET.split(time, maxsplit=1)[0] or None
 
 
 def _temporal_index(groups: FunctionalGroups, index: int) -> int | None:

@@ -406,6 +406,35 @@ def test_enhanced_mr_one_instance_per_slice_is_one_stack(tmp_path: Path) -> None
     ]
 
 
+def _acquired_at(instance: SpooledInstance, when: str, series_number: int) -> SpooledInstance:
+    """The Enhanced MR instance with every frame's Frame Acquisition DateTime set to ``when``."""
+    dataset = pydicom.dcmread(instance.path)
+    dataset.SeriesNumber = series_number
+    for item in dataset.PerFrameFunctionalGroupsSequence:
+        item.FrameContentSequence[0].FrameAcquisitionDateTime = when
+    Path(instance.path).unlink()
+    return encode(dataset, Path(instance.path).parent)
+
+
+def test_enhanced_mr_repeat_is_chosen_by_frame_acquisition_time_with_utc_offset(tmp_path: Path) -> None:
+    """A slice acquired twice as Enhanced MR keeps the acquisition whose frames were acquired later,
+    by Frame Acquisition DateTime, UTC offset and all; here the later one has the lower Series Number."""
+    single = phantom_stack(tmp_path / "single", slices=3, phases=4, side=16)
+    series = generate_uid()
+    per_slice = [
+        enhanced_mr(single[s * 4 : (s + 1) * 4], tmp_path / "multi", series=series) for s in range(3)
+    ]
+    per_slice = [_acquired_at(instance, "20250101101500.000000+0100", 30) for instance in per_slice]
+    repeat = _acquired_at(
+        enhanced_mr(single[4:8], tmp_path / "repeat"), "20250101104500.000000+0100", series_number=5
+    )
+    search = find_sax_stacks([*per_slice, repeat])
+    plan = only_stack(search)
+    assert (plan.slices, plan.phases) == (3, 4)
+    assert {cell.path for cell in plan.grid[1] if cell} == {repeat.path}
+    assert search.skipped == {"superseded_by_later_acquisition": 4}
+
+
 def test_enhanced_mr_without_trigger_times_orders_phases_by_temporal_position(tmp_path: Path) -> None:
     """Without Cardiac Synchronization, frames stored out of order are phased by Temporal Position Index."""
     single = phantom_stack(tmp_path / "single", slices=3, phases=4, side=16)
