@@ -81,7 +81,8 @@ class StackFlag(StrEnum):
     IRREGULAR_SLICE_SPACING = "irregular_slice_spacing"
     #: Images whose Rows, Columns or Pixel Spacing disagree with the stack's majority were dropped.
     INCONSISTENT_GEOMETRY = "inconsistent_geometry"
-    #: A position (or a phase of it) was acquired twice; the later acquisition was kept.
+    #: A position (or a phase of it) was acquired twice; one acquisition was kept, see
+    #: :attr:`SkipReason.SUPERSEDED`.
     DUPLICATE_POSITIONS_REPLACED = "duplicate_positions_replaced"
     #: A series' instances disagree on Frame of Reference UID (0020,0052), which PS3.3 C.7.4.1 makes
     #: series-wide; the stack was grouped as if it had none (seen in anonymised exports).
@@ -119,7 +120,8 @@ class SkipReason(StrEnum):
     NOT_CINE = "not_cine"
     #: Rows, Columns or Pixel Spacing disagree with the stack's majority.
     INCONSISTENT_GEOMETRY = "inconsistent_geometry"
-    #: Superseded by a later acquisition of the same position (and phase).
+    #: Superseded by a later acquisition of the same position (and phase), or by one with the stack's
+    #: usual number of phases where this one has another number.
     SUPERSEDED = "superseded_by_later_acquisition"
     #: In a group of parallel images that is not a SAX cine stack: fewer than :data:`MIN_SLICES`
     #: positions with a cine (a long-axis view, a single-slice series, an untyped localizer ...).
@@ -541,9 +543,15 @@ def _build(
     by_slot: dict[int, list[list[_Image]]] = defaultdict(list)
     for key, unit in units.items():
         by_slot[key[0]].append(unit)
+    # Where a position was acquired more than once, an acquisition with the stack's usual number of
+    # phases beats one without: a TI scout or other multi-time series planned on a cine slice must not
+    # replace that slice (nor set the phase axis). Among equals, the later acquisition wins.
+    usual_phases = _modal((_phase_count(unit),) for unit in units.values())[0] if units else 0
     slices: list[list[_Image]] = []
     for slot in sorted(by_slot):
-        candidates = sorted(by_slot[slot], key=_recency)
+        candidates = sorted(
+            by_slot[slot], key=lambda unit: (_phase_count(unit) == usual_phases, *_recency(unit))
+        )
         for superseded in candidates[:-1]:
             flags.add(StackFlag.DUPLICATE_POSITIONS_REPLACED)
             pending[SkipReason.SUPERSEDED.value] += len(superseded)
@@ -624,8 +632,10 @@ def find_sax_stacks(instances: Sequence[SpooledInstance], root: Path | None = No
     A series whose instances disagree on Frame of Reference UID is grouped with the study's images
     that have none. Within a group, a series with fewer than :data:`MIN_PHASES` trigger times at every
     position (late enhancement planned like the cine, say) is left out as ``not_cine`` rather than
-    mixed into the stack. Where a position was acquired twice, the later acquisition wins: by
-    Acquisition Time (0008,0032), then Series Number (0020,0011), then arrival order.
+    mixed into the stack. Where a position was acquired twice, an acquisition with the number of
+    phases most of the stack's acquisitions have wins over one without (a TI scout planned on a cine
+    slice, say); among those, the later acquisition wins: by Acquisition Time (0008,0032), then Series
+    Number (0020,0011), then arrival order.
     """
     skipped: Counter[str] = Counter()
     latest: dict[str, int] = {}

@@ -350,6 +350,36 @@ def test_repeated_slice_position_keeps_later_acquisition(
     assert_accounted(search, instances)
 
 
+def test_later_series_with_other_phase_count_does_not_replace_a_cine_slice() -> None:
+    """A later single-position series with 30 times (a TI scout planned on the mid slice, say) does not
+    replace that slice of a 20-phase cine, nor set the stack's phase axis."""
+    study = generate_uid()
+    stack = cine_stack(study=study, phases=20, series_number=10)
+    scout_series = generate_uid()
+    scout = [
+        mr_image(
+            study=study,
+            series=scout_series,
+            frame="1.2.3.4",
+            iop=SAX,
+            position=position_at(2 * SPACING_MM),
+            trigger_time=100.0 + 20.0 * k,
+            instance_number=k + 1,
+            series_number=40,
+            acquisition_time="104500",
+        )
+        for k in range(30)
+    ]
+    instances = stack + scout
+    search = find_sax_stacks(instances)
+    plan = only_stack(search)
+    assert (plan.slices, plan.phases) == (5, 20)
+    assert scout_series not in plan.series_instance_uids
+    assert plan.trigger_times_ms == tuple(p * RR_MS / 20 for p in range(20))
+    assert search.skipped == {"superseded_by_later_acquisition": 30}
+    assert_accounted(search, instances)
+
+
 def test_slightly_tilted_repeat_of_a_slice_replaces_it_by_its_centre() -> None:
     """A slice re-acquired 3 degrees off, about its own centre, replaces that slice: positions along
     the normal are the images' centres, so a 384 mm field of view does not move it by 10 mm."""
