@@ -18,7 +18,7 @@ from node.metrics import NodeMetrics
 from node.pipeline.assembler import Assembler
 from node.pipeline.measure import StackMeasurer
 from node.pipeline.publish import Publisher
-from node.pipeline.worker import PipelineWorker
+from node.pipeline.worker import MAX_ATTEMPTS, PipelineWorker
 from node.reports.codes import ReviewStatus
 from node.reports.labels import LabelClasses
 from node.reports.sr import derived_uid
@@ -109,11 +109,13 @@ class Node:
         )
         measurer = StackMeasurer(segmenter)
         queue = JobQueue(index)
-        requeued = queue.requeue_abandoned(claimant_is_dead)
+        requeued, given_up = queue.requeue_abandoned(claimant_is_dead, MAX_ATTEMPTS, clock.now())
         outbox = Outbox(index, Spool(data_dir / "outbox"))
         released = outbox.release_abandoned(claimant_is_dead)
         if requeued or released:
             log.info("resumed work of a stopped process", jobs=requeued, deliveries=released)
+        if given_up:
+            log.error("jobs failed: the node stopped while processing them at every attempt", jobs=given_up)
         results_spool = Spool(data_dir / "results")
         workers = [
             PipelineWorker(

@@ -81,6 +81,8 @@ class JobQueue:
                         .where(
                             studies.c.study_instance_uid == study_uid,
                             studies.c.pending_since == pending_since,
+                            # Again here: an instance may have arrived since the select above.
+                            or_(studies.c.last_received_at <= quiet, studies.c.pending_since <= waited),
                         )
                         .values(pending_since=None)
                     )
@@ -146,12 +148,12 @@ class JobQueue:
         """
         ids = [str(uuid.uuid4()) for _ in rows]
         with self._engine.begin() as connection:
+            # A newer version queued, running or done makes these results stale at birth: they are
+            # recorded superseded, so they are neither published nor shown as current.
             newer = connection.execute(
                 select(func.count())
-                .select_from(results)
-                .where(
-                    results.c.study_instance_uid == job.study_instance_uid, results.c.version > job.version
-                )
+                .select_from(jobs)
+                .where(jobs.c.study_instance_uid == job.study_instance_uid, jobs.c.version > job.version)
             ).scalar_one()
             for result_id, row in zip(ids, rows, strict=True):
                 record = row.record
@@ -218,11 +220,32 @@ class JobQueue:
             connection.execute(update(jobs).where(jobs.c.id == job.id).values(state=FAILED, error=error))
         return True
 
-    def requeue_abandoned(self, is_abandoned: Callable[[str], bool]) -> int:
-        """Put back running jobs whose claimant ``is_abandoned`` (its process was killed)."""
-        return release_abandoned(
+    def requeue_abandoned(
+        self, is_abandoned: Callable[[str], bool], max_attempts: int, now: datetime
+    ) -> tuple[int, int]:
+        """Put back running jobs whose claimant ``is_abandoned`` (its process was killed).
+
+        A job whose process died in each of ``max_attempts`` attempts is finished as failed instead:
+        a study that kills the node (memory, a crashing library) must not keep it in a crash loop.
+        Returns the number of jobs put back and of jobs failed.
+        """
+        released = release_abandoned(
             self._engine, jobs, claimed=RUNNING, released=QUEUED, is_abandoned=is_abandoned
         )
+        with self._engine.connect() as connection:
+            exhausted = connection.execute(
+                select(jobs.c.id, jobs.c.study_instance_uid, jobs.c.version, jobs.c.attempts).where(
+                    jobs.c.state == QUEUED, jobs.c.attempts >= max_attempts
+                )
+            ).all()
+        for job_id, study_uid, version, attempts in exhausted:
+            job = Job(
+                id=int(job_id), study_instance_uid=str(study_uid), version=int(version), attempts=attempts
+            )
+            self.fail(
+                job, f"the node stopped while processing this study, {attempts} times", max_attempts, now
+            )
+        return max(0, released - len(exhausted)), len(exhausted)
 
     def results_for_study(
         self, study_instance_uid: str, include_superseded: bool = False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -15,6 +17,9 @@ from node.app import Node
 from node.clock import ManualClock
 from node.config import load_settings
 from node.domain import Outcome
+from node.pipeline.worker import MAX_ATTEMPTS
+from node.store import jobs as jobs_module
+from node.store.jobs import ResultRow
 from tests.pipeline.test_odd_input import phantom_stack
 from tests.pipeline.test_stacks import SAX_TILTED
 from tests.support import clear_dicomnode_env
@@ -191,3 +196,90 @@ def test_a_stack_that_cannot_be_decoded_fails_alone_and_at_once(
         assert measured["record"]["slices"] == 3 and measured["record"]["phases"] == 4
     states = built.queue.job_states()
     assert states == ({"done": 1} if decodable_stacks else {"failed": 1}), states
+
+
+def _phantom_files(directory: Path, study: str, slices: int = 3) -> list[bytes]:
+    return [
+        Path(i.path).read_bytes()
+        for i in phantom_stack(directory, slices=slices, phases=4, side=48, study=study)
+    ]
+
+
+def test_a_version_finished_after_a_newer_one_was_queued_is_recorded_superseded(
+    node: tuple[Node, ManualClock], tmp_path: Path
+) -> None:
+    """Results of a version that a newer version is already queued behind are stale when recorded:
+    they are superseded at once, so they are never published (a second draft at the PACS) nor current."""
+    built, clock = node
+    study = generate_uid()
+    files = _phantom_files(tmp_path / "stack", study, slices=4)
+    for data in files[:-1]:
+        built.ingest.store(data)
+    clock.advance(11)
+    assert len(built.assembler.tick()) == 1
+    running = built.queue.claim("another-worker", clock.now())  # v1 is being measured elsewhere ...
+    assert running is not None and running.version == 1
+    built.ingest.store(files[-1])  # ... when a late instance reopens the study
+    clock.advance(11)
+    (second,) = built.assembler.tick()
+    assert second.version == 2
+    row = ResultRow(stack_index=0, outcome=Outcome.MEASURED, series_instance_uids=(), record={"edv_ml": 1.0})
+    built.queue.complete(running, Outcome.MEASURED, [row], clock.now())  # v1 finishes after v2 was queued
+    assert built.queue.results_for_study(study) == [], "a stale version was recorded as current"
+    pending = built.queue.next_unpublished()
+    assert pending is not None and pending["superseded"], "the stale version would be published"
+
+    built.workers[0].run_once()
+    everything = built.queue.results_for_study(study, include_superseded=True)
+    assert sorted((r["version"], r["superseded"]) for r in everything) == [(1, True), (2, False)]
+
+
+def test_a_job_whose_process_dies_at_every_attempt_ends_failed_instead_of_a_crash_loop(
+    node: tuple[Node, ManualClock], tmp_path: Path
+) -> None:
+    """A study that kills the node (memory, a crashing library) is retried after each restart, but
+    after MAX_ATTEMPTS deaths it is recorded as failed with the reason, and the node stays up."""
+    built, clock = node
+    study = generate_uid()
+    for data in _phantom_files(tmp_path / "stack", study):
+        built.ingest.store(data)
+    clock.advance(11)
+    (queued,) = built.assembler.tick()
+    dead_run = f"{socket.gethostname()}:{os.getpid()}:run-a-run-that-died:worker-1"
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        claimed = built.queue.claim(dead_run, clock.now())
+        assert claimed is not None and (claimed.id, claimed.attempts) == (queued.id, attempt)
+        restarted = Node.build(load_settings(), clock=clock)  # the restart after the crash
+        restarted.index.close()
+        expected = {"queued": 1} if attempt < MAX_ATTEMPTS else {"failed": 1}
+        assert built.queue.job_states() == expected
+    assert built.queue.claim("worker", clock.now()) is None
+    (result,) = built.queue.results_for_study(study)
+    assert result["outcome"] == Outcome.FAILED
+    assert result["record"]["error"] == f"the node stopped while processing this study, {MAX_ATTEMPTS} times"
+
+
+def test_an_instance_arriving_while_a_study_is_queued_keeps_it_waiting(
+    node: tuple[Node, ManualClock], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance that arrives between the readiness check and the queueing (another association
+    thread) means the study is no longer quiet: it is not queued until it is quiet again."""
+    built, clock = node
+    study = generate_uid()
+    files = _phantom_files(tmp_path / "stack", study, slices=4)
+    for data in files[:-1]:
+        built.ingest.store(data)
+    clock.advance(11)
+
+    def arrival(name: str) -> None:
+        if name == "jobs:ready":
+            built.ingest.store(files[-1])
+
+    monkeypatch.setattr(jobs_module, "failpoint", arrival)
+    assert built.assembler.tick() == []
+    monkeypatch.undo()
+    clock.advance(11)
+    (job,) = built.assembler.tick()
+    built.workers[0].run_once()
+    (result,) = built.queue.results_for_study(job.study_instance_uid)
+    assert result["version"] == 1 and result["record"]["slices"] == 4
