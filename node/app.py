@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from pydicom.dataset import Dataset
 
@@ -108,7 +109,7 @@ class Node:
             providers=segmenter.providers,
         )
         measurer = StackMeasurer(segmenter)
-        queue = JobQueue(index)
+        queue = JobQueue(index, timedelta(seconds=settings.pipeline.retry_seconds))
         requeued, given_up = queue.requeue_abandoned(claimant_is_dead, MAX_ATTEMPTS, clock.now())
         outbox = Outbox(index, Spool(data_dir / "outbox"))
         released = outbox.release_abandoned(claimant_is_dead)

@@ -220,6 +220,11 @@ class PipelineSettings(BaseModel):
     max_wait_seconds: float = Field(default=600.0, gt=0)
     workers: int = Field(default=1, ge=1, le=64)
     poll_seconds: float = Field(default=1.0, gt=0)
+    retry_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="wait before a job whose attempt failed (or whose process died) is tried again",
+    )
     max_queued_studies: int = Field(
         default=200,
         ge=1,

@@ -52,8 +52,10 @@ class ResultRow:
 class JobQueue:
     """Queue operations over the index's ``jobs``, ``studies`` and ``results`` tables."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, retry_delay: timedelta = timedelta(0)) -> None:
+        """``retry_delay``: how long a job whose attempt failed waits before it is claimed again."""
         self._engine = index.engine
+        self._retry_delay = retry_delay
 
     def enqueue_ready(self, now: datetime, stable_seconds: float, max_wait_seconds: float) -> list[Job]:
         """Queue a new version of every study that is quiet (or has waited long enough).
@@ -112,12 +114,18 @@ class JobQueue:
         return queued
 
     def claim(self, worker_id: str, now: datetime) -> Job | None:
-        """Atomically take the oldest queued job whose study has no job running."""
+        """Atomically take the oldest queued job whose study has no job running.
+
+        A job tried before (its last claim time is kept) waits the retry delay after that claim, so
+        that a passing problem (a locked database, memory taken by another study) gets time to pass
+        before the attempts run out.
+        """
         running = jobs.alias("running")
         candidate = (
             select(jobs.c.id)
             .where(
                 jobs.c.state == QUEUED,
+                or_(jobs.c.claimed_at.is_(None), jobs.c.claimed_at <= now - self._retry_delay),
                 ~exists().where(
                     and_(
                         running.c.study_instance_uid == jobs.c.study_instance_uid,

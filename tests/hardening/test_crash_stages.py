@@ -74,6 +74,7 @@ def test_sigkill_at_a_stage_loses_nothing_and_reports_once(
     settings = {
         "DICOMNODE_PIPELINE__STABLE_SECONDS": "1",
         "DICOMNODE_PIPELINE__POLL_SECONDS": "0.2",
+        "DICOMNODE_PIPELINE__RETRY_SECONDS": "1",  # the job killed mid-inference runs again soon
         "DICOMNODE_DELIVERY__DESTINATIONS": destinations,
         "DICOMNODE_DELIVERY__POLL_SECONDS": "0.2",
         "DICOMNODE_DELIVERY__BACKOFF_INITIAL_S": "1",

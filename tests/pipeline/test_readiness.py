@@ -253,6 +253,7 @@ def test_a_job_whose_process_dies_at_every_attempt_ends_failed_instead_of_a_cras
         restarted.index.close()
         expected = {"queued": 1} if attempt < MAX_ATTEMPTS else {"failed": 1}
         assert built.queue.job_states() == expected
+        clock.advance(61)  # past the retry delay
     assert built.queue.claim("worker", clock.now()) is None
     (result,) = built.queue.results_for_study(study)
     assert result["outcome"] == Outcome.FAILED
@@ -283,3 +284,37 @@ def test_an_instance_arriving_while_a_study_is_queued_keeps_it_waiting(
     built.workers[0].run_once()
     (result,) = built.queue.results_for_study(job.study_instance_uid)
     assert result["version"] == 1 and result["record"]["slices"] == 4
+
+
+def test_a_failed_attempt_is_tried_again_after_the_retry_delay(
+    node: tuple[Node, ManualClock], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt that fails for a passing reason (here an injected OSError: a real one cannot be
+    made to pass on cue) is tried again only after RETRY_SECONDS (default 60), then measured."""
+    built, clock = node
+    study = generate_uid()
+    for data in _phantom_files(tmp_path / "stack", study):
+        built.ingest.store(data)
+    clock.advance(11)
+    assert len(built.assembler.tick()) == 1
+    worker = built.workers[0]
+    measure = worker.measurer.measure
+    failures = iter([OSError("database is locked")])
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return measure(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worker.measurer, "measure", flaky)
+    assert worker.run_once() is not None
+    assert built.queue.job_states() == {"queued": 1}
+    assert worker.run_once() is None, "retried at once"
+    clock.advance(59)
+    assert worker.run_once() is None, "retried before the delay"
+    clock.advance(2)
+    retried = worker.run_once()
+    assert retried is not None and retried.attempts == 2
+    (result,) = built.queue.results_for_study(study)
+    assert result["outcome"] == Outcome.MEASURED
