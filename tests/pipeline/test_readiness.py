@@ -205,21 +205,30 @@ def _phantom_files(directory: Path, study: str, slices: int = 3) -> list[bytes]:
     ]
 
 
+def _quiet_but_the_last(built: Node, clock: ManualClock, directory: Path) -> tuple[str, bytes]:
+    """A 4-slice phantom study received but for its last instance, then quiet for the stable period.
+
+    Returns the study's UID and the instance held back.
+    """
+    study = generate_uid()
+    files = _phantom_files(directory, study, slices=4)
+    for data in files[:-1]:
+        built.ingest.store(data)
+    clock.advance(11)
+    return study, files[-1]
+
+
 def test_a_version_finished_after_a_newer_one_was_queued_is_recorded_superseded(
     node: tuple[Node, ManualClock], tmp_path: Path
 ) -> None:
     """Results of a version that a newer version is already queued behind are stale when recorded:
     they are superseded at once, so they are never published (a second draft at the PACS) nor current."""
     built, clock = node
-    study = generate_uid()
-    files = _phantom_files(tmp_path / "stack", study, slices=4)
-    for data in files[:-1]:
-        built.ingest.store(data)
-    clock.advance(11)
+    study, late = _quiet_but_the_last(built, clock, tmp_path / "stack")
     assert len(built.assembler.tick()) == 1
     running = built.queue.claim("another-worker", clock.now())  # v1 is being measured elsewhere ...
     assert running is not None and running.version == 1
-    built.ingest.store(files[-1])  # ... when a late instance reopens the study
+    built.ingest.store(late)  # ... when a late instance reopens the study
     clock.advance(11)
     (second,) = built.assembler.tick()
     assert second.version == 2
@@ -266,15 +275,11 @@ def test_an_instance_arriving_while_a_study_is_queued_keeps_it_waiting(
     """An instance that arrives between the readiness check and the queueing (another association
     thread) means the study is no longer quiet: it is not queued until it is quiet again."""
     built, clock = node
-    study = generate_uid()
-    files = _phantom_files(tmp_path / "stack", study, slices=4)
-    for data in files[:-1]:
-        built.ingest.store(data)
-    clock.advance(11)
+    _, late = _quiet_but_the_last(built, clock, tmp_path / "stack")
 
     def arrival(name: str) -> None:
         if name == "jobs:ready":
-            built.ingest.store(files[-1])
+            built.ingest.store(late)
 
     monkeypatch.setattr(jobs_module, "failpoint", arrival)
     assert built.assembler.tick() == []

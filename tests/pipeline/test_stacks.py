@@ -189,6 +189,22 @@ def cine_stack(
     return images
 
 
+def one_position(
+    study: str, series: str, offset_mm: float, trigger_times: Sequence[float], **image: object
+) -> list[SpooledInstance]:
+    """A single-position series ``offset_mm`` along SAX's normal, one image per trigger time.
+
+    ``image`` overrides :func:`mr_image`'s other arguments (``iop`` and ``position`` included).
+    """
+    options: dict[str, object] = {"iop": SAX, "position": position_at(offset_mm), **image}
+    return [
+        mr_image(
+            study=study, series=series, frame="1.2.3.4", trigger_time=t, instance_number=k + 1, **options
+        )
+        for k, t in enumerate(trigger_times)
+    ]
+
+
 def long_axis_cine(study: str, frame: str = "1.2.3.4", phases: int = 20) -> list[SpooledInstance]:
     """A single-position 4-chamber cine."""
     series = generate_uid()
@@ -325,20 +341,14 @@ def test_repeated_slice_position_keeps_later_acquisition(
     study = generate_uid()
     stack = cine_stack(study=study, series_number=10)
     repeat_series = generate_uid()
-    repeat = [
-        mr_image(
-            study=study,
-            series=repeat_series,
-            frame="1.2.3.4",
-            iop=SAX,
-            position=position_at(2 * SPACING_MM),
-            trigger_time=p * 200.0,
-            instance_number=p + 1,
-            series_number=repeat_series_number,
-            acquisition_time=repeat_time,
-        )
-        for p in range(4)
-    ]
+    repeat = one_position(
+        study,
+        repeat_series,
+        2 * SPACING_MM,
+        [p * 200.0 for p in range(4)],
+        series_number=repeat_series_number,
+        acquisition_time=repeat_time,
+    )
     instances = repeat + stack  # the repeat arrives first, so arrival order cannot decide
     search = find_sax_stacks(instances)
     plan = only_stack(search)
@@ -356,20 +366,14 @@ def test_later_series_with_other_phase_count_does_not_replace_a_cine_slice() -> 
     study = generate_uid()
     stack = cine_stack(study=study, phases=20, series_number=10)
     scout_series = generate_uid()
-    scout = [
-        mr_image(
-            study=study,
-            series=scout_series,
-            frame="1.2.3.4",
-            iop=SAX,
-            position=position_at(2 * SPACING_MM),
-            trigger_time=100.0 + 20.0 * k,
-            instance_number=k + 1,
-            series_number=40,
-            acquisition_time="104500",
-        )
-        for k in range(30)
-    ]
+    scout = one_position(
+        study,
+        scout_series,
+        2 * SPACING_MM,
+        [100.0 + 20.0 * k for k in range(30)],
+        series_number=40,
+        acquisition_time="104500",
+    )
     instances = stack + scout
     search = find_sax_stacks(instances)
     plan = only_stack(search)
@@ -393,22 +397,18 @@ def test_slightly_tilted_repeat_of_a_slice_replaces_it_by_its_centre() -> None:
     tilted = orientation(tilted_row, column)
     corner = centre - half * np.asarray(tilted[:3]) - half * np.asarray(tilted[3:])
     repeat_series = generate_uid()
-    repeat = [
-        mr_image(
-            study=study,
-            series=repeat_series,
-            frame="1.2.3.4",
-            iop=tilted,
-            position=corner,
-            trigger_time=p * 200.0,
-            instance_number=p + 1,
-            series_number=20,
-            rows=side,
-            columns=side,
-            pixel_spacing=(pixel_mm, pixel_mm),
-        )
-        for p in range(4)
-    ]
+    repeat = one_position(
+        study,
+        repeat_series,
+        2 * SPACING_MM,
+        [p * 200.0 for p in range(4)],
+        iop=tilted,
+        position=corner,
+        series_number=20,
+        rows=side,
+        columns=side,
+        pixel_spacing=(pixel_mm, pixel_mm),
+    )
     instances = stack + repeat
     search = find_sax_stacks(instances)
     plan = only_stack(search)
