@@ -13,6 +13,7 @@ from node.config import Settings
 from node.delivery.sender import DeliverySender
 from node.dicom.scp import StorageSCP
 from node.dicom.tls import DeliveryTLS
+from node.domain import Outcome
 from node.inference.runner import load_segmenter
 from node.logging import Pseudonymiser, get_logger
 from node.metrics import NodeMetrics
@@ -116,6 +117,7 @@ class Node:
         if requeued or released:
             log.info("resumed work of a stopped process", jobs=requeued, deliveries=released)
         if given_up:
+            metrics.studies_processed.labels(outcome=str(Outcome.FAILED)).inc(given_up)
             log.error("jobs failed: the node stopped while processing them at every attempt", jobs=given_up)
         results_spool = Spool(data_dir / "results")
         workers = [

@@ -262,6 +262,10 @@ def test_a_job_whose_process_dies_at_every_attempt_ends_failed_instead_of_a_cras
         restarted.index.close()
         expected = {"queued": 1} if attempt < MAX_ATTEMPTS else {"failed": 1}
         assert built.queue.job_states() == expected
+        failed_count = restarted.metrics.registry.get_sample_value(
+            "dicomnode_studies_processed_total", {"outcome": str(Outcome.FAILED)}
+        )
+        assert (failed_count or 0.0) == (1.0 if attempt == MAX_ATTEMPTS else 0.0)
         clock.advance(61)  # past the retry delay
     assert built.queue.claim("worker", clock.now()) is None
     (result,) = built.queue.results_for_study(study)
