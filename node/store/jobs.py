@@ -149,9 +149,12 @@ class JobQueue:
             return None
         return Job(id=int(row[0]), study_instance_uid=str(row[1]), version=int(row[2]), attempts=int(row[3]))
 
-    def complete(self, job: Job, outcome: Outcome, rows: list[ResultRow], now: datetime) -> list[str]:
+    def complete(
+        self, job: Job, outcome: Outcome, rows: list[ResultRow], now: datetime, error: str | None = None
+    ) -> list[str]:
         """Record a job's results and mark it done, superseding older versions' results, atomically.
 
+        A job whose outcome is failed ends in state failed, with ``error`` as the job's last error.
         Returns the new result ids.
         """
         ids = [str(uuid.uuid4()) for _ in rows]
@@ -204,7 +207,7 @@ class JobQueue:
                     state=FAILED if outcome == Outcome.FAILED else DONE,
                     outcome=str(outcome),
                     finished_at=now,
-                    error=None,
+                    error=error,
                 )
             )
         return ids
@@ -223,9 +226,7 @@ class JobQueue:
         row = ResultRow(
             stack_index=0, outcome=Outcome.FAILED, series_instance_uids=(), record={"error": error}
         )
-        self.complete(job, Outcome.FAILED, [row], now)
-        with self._engine.begin() as connection:
-            connection.execute(update(jobs).where(jobs.c.id == job.id).values(state=FAILED, error=error))
+        self.complete(job, Outcome.FAILED, [row], now, error=error)
         return True
 
     def requeue_abandoned(
