@@ -26,6 +26,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom.dsutils import split_dataset
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import OperationalError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
@@ -394,3 +396,19 @@ def clear_dicomnode_env(monkeypatch: Any) -> None:
     for key in list(os.environ):
         if key.startswith("DICOMNODE_"):
             monkeypatch.delenv(key)
+
+
+class IndexOutage:
+    """While ``down`` is set, the index's engine refuses every statement as a database gone away does.
+
+    The real database stays up: a real outage cannot be started and ended between two statements of
+    one step, so the refusal is raised where the driver would raise it (before the cursor executes).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.down = False
+        event.listen(engine, "before_cursor_execute", self._refuse)
+
+    def _refuse(self, *_args: object) -> None:
+        if self.down:
+            raise OperationalError("index statement", None, ConnectionError("the index is unreachable"))

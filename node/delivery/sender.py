@@ -63,11 +63,24 @@ class DeliverySender:
     claimant: str
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
     tls: ClientTLS | None = None
+    #: Set from a claim until its outcome is recorded. Still set at the next batch when recording
+    #: failed (the index unreachable, say), so that batch first puts back the pairs still claimed
+    #: under this sender's id.
+    _holding: bool = field(default=False, init=False)
 
     def run_once(self) -> int:
         """Send one batch of due pairs; returns how many were attempted."""
+        if self._holding:
+            # Between batches this sender holds no pair, so whatever is still claimed under its id
+            # was left by a batch whose outcome the index could not record: it is sent again.
+            released = self.outbox.release_abandoned(lambda claimant: claimant == self.claimant)
+            self._holding = False
+            if released:
+                log.warning("delivery outcome could not be recorded: pairs put back", pairs=released)
+        self._holding = True  # from the claim: a claim's commit can succeed although its call fails
         due = self.outbox.claim_due(self.claimant, self.clock.now(), self.settings.batch_size)
         if not due:
+            self._holding = False
             return 0
         by_destination: dict[str, list[DueDelivery]] = defaultdict(list)
         for delivery in due:
@@ -80,6 +93,7 @@ class DeliverySender:
                     self._failed(delivery, "destination no longer configured", None)
                 continue
             self._send_batch(destination, batch)
+        self._holding = False
         return len(due)
 
     def _send_batch(self, destination: Destination, batch: list[DueDelivery]) -> None:

@@ -7,6 +7,7 @@ job is marked done, so a crash at any point leaves the job to be resumed, never 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from node.clock import Clock, monotonic
@@ -41,11 +42,19 @@ class PipelineWorker:
     pseudonymise: Pseudonymiser
     worker_id: str
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
+    #: Set from a claim until its outcome is recorded. Still set at the next step when recording
+    #: failed (the index unreachable, say), so that step first puts back the job still claimed
+    #: under this worker's id.
+    _holding: bool = field(default=False, init=False)
 
     def run_once(self) -> Job | None:
         """Claim and process one job; None when the queue had nothing to run."""
+        if self._holding:
+            self._release_unrecorded(self.clock.now())
+        self._holding = True  # from the claim: a claim's commit can succeed although its call fails
         job = self.queue.claim(self.worker_id, self.clock.now())
         if job is None:
+            self._holding = False
             return None
         study = self.pseudonymise(job.study_instance_uid)
         try:
@@ -55,7 +64,25 @@ class PipelineWorker:
             if final:
                 self.metrics.studies_processed.labels(outcome=str(Outcome.FAILED)).inc()
             log.exception("job failed", study=study, version=job.version, final=final)
+        self._holding = False
         return job
+
+    def _release_unrecorded(self, now: datetime) -> None:
+        """Put back the job whose outcome the index could not record: it counts as a failed attempt.
+
+        Between steps this worker holds no job, so whatever is still claimed under its id is that one.
+        """
+        requeued, failed = self.queue.requeue_abandoned(
+            lambda claimant: claimant == self.worker_id,
+            MAX_ATTEMPTS,
+            now,
+            reason="the outcome of this study could not be recorded",
+        )
+        self._holding = False
+        if failed:
+            self.metrics.studies_processed.labels(outcome=str(Outcome.FAILED)).inc(failed)
+        if requeued or failed:
+            log.warning("job outcome could not be recorded: job put back", requeued=requeued, failed=failed)
 
     def _process(self, job: Job, study: str) -> None:
         instances = self.index.study_instances(job.study_instance_uid)

@@ -230,13 +230,17 @@ class JobQueue:
         return True
 
     def requeue_abandoned(
-        self, is_abandoned: Callable[[str], bool], max_attempts: int, now: datetime
+        self,
+        is_abandoned: Callable[[str], bool],
+        max_attempts: int,
+        now: datetime,
+        reason: str = "the node stopped while processing this study",
     ) -> tuple[int, int]:
-        """Put back running jobs whose claimant ``is_abandoned`` (its process was killed).
+        """Put back running jobs whose claimant ``is_abandoned`` (its process was killed, say).
 
-        A job whose process died in each of ``max_attempts`` attempts is finished as failed instead:
-        a study that kills the node (memory, a crashing library) must not keep it in a crash loop.
-        Returns the number of jobs put back and of jobs failed.
+        A job abandoned in each of ``max_attempts`` attempts is finished as failed instead, with
+        ``reason`` as its error: a study that kills the node (memory, a crashing library) must not
+        keep it in a crash loop. Returns the number of jobs put back and of jobs failed.
         """
         released = release_abandoned(
             self._engine, jobs, claimed=RUNNING, released=QUEUED, is_abandoned=is_abandoned
@@ -251,9 +255,7 @@ class JobQueue:
             job = Job(
                 id=int(job_id), study_instance_uid=str(study_uid), version=int(version), attempts=attempts
             )
-            self.fail(
-                job, f"the node stopped while processing this study, {attempts} times", max_attempts, now
-            )
+            self.fail(job, f"{reason}, {attempts} times", max_attempts, now)
         return max(0, released - len(exhausted)), len(exhausted)
 
     def results_for_study(

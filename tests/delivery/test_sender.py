@@ -9,16 +9,18 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from sqlalchemy.exc import OperationalError
 
 from node.clock import ManualClock
 from node.config import DeliverySettings, Destination
+from node.delivery import sender as sender_module
 from node.delivery.sender import DeliverySender
 from node.status import Status
 from node.store.index import Index
-from node.store.outbox import DEAD, DELIVERED, PENDING, Outbox, OutgoingObject
+from node.store.outbox import DEAD, DELIVERED, PENDING, SENDING, Outbox, OutgoingObject
 from node.store.spool import Spool
 from tests.delivery.peer import RecordingSCP
-from tests.support import free_port
+from tests.support import IndexOutage, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -139,3 +141,34 @@ def test_a_refusing_destination_ends_in_dead_letter_after_the_cap(harness: Harne
     assert row["last_error"] == "failure status 0xA700"
     assert waits == [5.0, 10.0, 20.0], "backoff is exponential from backoff_initial_s"
     assert len(peer.received) == harness.settings.max_attempts
+
+
+def test_a_delivery_the_index_could_not_record_is_sent_again_without_a_restart(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PACS stores an object, then the index goes away before the delivery is recorded. The pair
+    must not stay "sending" until the node restarts: once the index is back, the next batch puts it
+    back and sends it again (the PACS sees the SOP Instance UID twice, as after a crash there)."""
+    item, data = _object("1.2.826.0.1.3680043.10.3")
+    harness.outbox.add(item, data, [harness.destination.key], harness.clock.now())
+    outage = IndexOutage(harness.index.engine)
+    acknowledged = iter(["sender:sent"])
+
+    def index_goes_away(name: str) -> None:
+        if name == next(acknowledged, None):
+            outage.down = True
+
+    monkeypatch.setattr(sender_module, "failpoint", index_goes_away)
+    peer = RecordingSCP(port=harness.destination.port).start()
+    try:
+        with pytest.raises(OperationalError):
+            harness.sender.run_once()
+        outage.down = False
+        assert [row["state"] for row in harness.outbox.delivery_states()] == [SENDING]
+        assert harness.sender.run_once() == 1
+        assert harness.sender.run_once() == 0
+    finally:
+        peer.stop()
+    assert peer.received == [item.sop_instance_uid] * 2
+    (row,) = harness.outbox.delivery_states()
+    assert (row["state"], row["attempts"]) == (DELIVERED, 1)

@@ -12,6 +12,7 @@ import pydicom
 import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
+from sqlalchemy.exc import OperationalError
 
 from node.app import Node
 from node.clock import ManualClock
@@ -22,7 +23,7 @@ from node.store import jobs as jobs_module
 from node.store.jobs import ResultRow
 from tests.pipeline.test_odd_input import phantom_stack
 from tests.pipeline.test_stacks import SAX_TILTED
-from tests.support import clear_dicomnode_env
+from tests.support import IndexOutage, clear_dicomnode_env
 
 PHASES = 20
 #: Four mid-ventricular slices of one series: enough for a stack, quick to segment.
@@ -323,6 +324,42 @@ def test_a_failed_attempt_is_tried_again_after_the_retry_delay(
     clock.advance(59)
     assert worker.run_once() is None, "retried before the delay"
     clock.advance(2)
+    retried = worker.run_once()
+    assert retried is not None and retried.attempts == 2
+    (result,) = built.queue.results_for_study(study)
+    assert result["outcome"] == Outcome.MEASURED
+
+
+def test_a_job_whose_outcome_the_index_could_not_record_is_put_back_without_a_restart(
+    node: tuple[Node, ManualClock], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index goes away once a study is measured, so neither its results nor the failed attempt
+    can be recorded. The job must not stay running until the node restarts: once the index is back,
+    the worker's next step puts it back (a failed attempt) and, after the retry delay, measures it."""
+    built, clock = node
+    study = generate_uid()
+    for data in _phantom_files(tmp_path / "stack", study):
+        built.ingest.store(data)
+    clock.advance(11)
+    assert len(built.assembler.tick()) == 1
+    worker = built.workers[0]
+    outage = IndexOutage(built.index.engine)
+    measure = worker.measurer.measure
+    first = iter([True])
+
+    def index_goes_away(*args: object, **kwargs: object) -> object:
+        measured = measure(*args, **kwargs)  # type: ignore[arg-type]
+        outage.down = next(first, False)
+        return measured
+
+    monkeypatch.setattr(worker.measurer, "measure", index_goes_away)
+    with pytest.raises(OperationalError):
+        worker.run_once()
+    outage.down = False
+    assert built.queue.job_states() == {"running": 1}
+    assert worker.run_once() is None, "retried before the delay"
+    assert built.queue.job_states() == {"queued": 1}
+    clock.advance(61)
     retried = worker.run_once()
     assert retried is not None and retried.attempts == 2
     (result,) = built.queue.results_for_study(study)
