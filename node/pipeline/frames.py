@@ -29,7 +29,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage
 
-from node.store.instance import InstanceHeader, SpooledInstance, floats, texts
+from node.store.instance import InstanceHeader, SpooledInstance, dated_time, floats, texts
 
 #: Multi-frame greyscale MR classes whose frames can fill a stack's cells (PS3.4 B.5).
 SPLIT_MR_CLASSES: Final = frozenset(
@@ -164,12 +164,13 @@ def _frame_header(header: InstanceHeader, groups: FunctionalGroups, index: int) 
 
 
 def _dt_time(value: object) -> str | None:
-    """The time of a DT value (YYYYMMDDHHMMSS.FFFFFF&ZZXX, PS3.5 6.2) as TM, its UTC offset dropped.
+    """A DT value (YYYYMMDDHHMMSS.FFFFFF&ZZXX, PS3.5 6.2) as :func:`dated_time` keeps it, offset dropped.
 
     Acquisitions are compared within one study, on one scanner's clock, so the offset adds nothing.
     """
-    time = str(value).strip()[_DT_DATE_DIGITS:]
-    return _UTC_OFFSET.split(time, maxsplit=1)[0] or None
+    text = str(value).strip()
+    time = _UTC_OFFSET.split(text[_DT_DATE_DIGITS:], maxsplit=1)[0]
+    return dated_time(text[:_DT_DATE_DIGITS], time) if time else None
 
 
 def _temporal_index(groups: FunctionalGroups, index: int) -> int | None:

@@ -25,6 +25,7 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Final, TypeVar
@@ -63,7 +64,10 @@ ORTHOGONALITY_TOLERANCE: Final = 0.05
 _PARALLEL_COSINE: Final = math.cos(math.radians(PARALLEL_TOLERANCE_DEG))
 _SECONDS_PER_MINUTE: Final = 60
 _SECONDS_PER_HOUR: Final = 3600
+_SECONDS_PER_DAY: Final = 86400
 _TM_FIELD_DIGITS: Final = 2
+_TM_DIGITS: Final = 6
+_DA_DIGITS: Final = 8
 #: Multi-frame MR classes that are not split into frames (colour, not the magnitude the model reads).
 _UNSPLIT_MULTI_FRAME_MR_CLASSES: Final = frozenset({str(EnhancedMRColorImageStorage)})
 _DERIVED: Final = "DERIVED"
@@ -334,9 +338,37 @@ def _tm_seconds(value: str | None) -> float | None:
     return seconds + (float("0." + fraction) if fraction else 0.0)
 
 
-def _recency(images: Sequence[_Image]) -> tuple[bool, float, bool, int, int]:
-    """Sort key, larger is later: Acquisition Time (0008,0032), Series Number (0020,0011), arrival."""
-    times = [t for t in (_tm_seconds(i.instance.header.acquisition_time) for i in images) if t is not None]
+def _acquired(value: str | None) -> tuple[int | None, float] | None:
+    """An indexed acquisition moment (DT from :func:`dated_time`, or TM) as (day, seconds since
+    midnight); the day is None for a bare time. None when unusable."""
+    if not value:
+        return None
+    text = value.strip()
+    if len(text.replace(":", "").partition(".")[0]) <= _TM_DIGITS:
+        seconds = _tm_seconds(text)
+        return None if seconds is None else (None, seconds)
+    try:
+        day = datetime.strptime(text[:_DA_DIGITS], "%Y%m%d").toordinal()
+    except ValueError:
+        return None
+    seconds = _tm_seconds(text[_DA_DIGITS:])
+    return None if seconds is None else (day, seconds)
+
+
+def _all_dated(images: Iterable[_Image]) -> bool:
+    """Whether every image with an acquisition moment has its date: only then do dates count."""
+    moments = (_acquired(image.instance.header.acquisition_time) for image in images)
+    return all(moment[0] is not None for moment in moments if moment is not None)
+
+
+def _recency(images: Sequence[_Image], dated: bool) -> tuple[bool, float, bool, int, int]:
+    """Sort key, larger is later: acquisition moment, Series Number (0020,0011), arrival.
+
+    The moment is Acquisition Date and Time where ``dated`` (all images compared have a date), else
+    Acquisition Time (0008,0032) alone.
+    """
+    moments = [m for m in (_acquired(i.instance.header.acquisition_time) for i in images) if m is not None]
+    times = [seconds + (day * _SECONDS_PER_DAY if dated and day else 0) for day, seconds in moments]
     numbers = [n for n in (i.instance.header.series_number for i in images) if n is not None]
     return (
         bool(times),
@@ -368,11 +400,11 @@ def _phase_count(images: Sequence[_Image]) -> int:
     return len(_cluster([t for t in times if t is not None], TRIGGER_TIME_TOLERANCE_MS))
 
 
-def _phase_order(images: Sequence[_Image]) -> tuple[list[_Image], list[_Image]]:
+def _phase_order(images: Sequence[_Image], dated: bool) -> tuple[list[_Image], list[_Image]]:
     """One position's images in phase order, and those superseded by a later image of the same phase.
 
     Phases are ordered by Trigger Time (0018,1060), or by Instance Number (0020,0013) when any
-    Trigger Time is missing.
+    Trigger Time is missing. ``dated`` as for :func:`_recency`.
     """
     if any(image.trigger_time is None for image in images):
         ordered = sorted(images, key=lambda i: (i.instance.header.instance_number or 0, i.arrival))
@@ -383,7 +415,7 @@ def _phase_order(images: Sequence[_Image]) -> tuple[list[_Image], list[_Image]]:
     for group in _cluster(times, TRIGGER_TIME_TOLERANCE_MS):
         members = sorted(
             (images[i] for i in group),
-            key=lambda i: (*_recency([i]), i.instance.header.instance_number or 0),
+            key=lambda i: (*_recency([i], dated), i.instance.header.instance_number or 0),
         )
         kept.append(members[-1])
         replaced.extend(members[:-1])
@@ -547,15 +579,16 @@ def _build(
     # phases beats one without: a TI scout or other multi-time series planned on a cine slice must not
     # replace that slice (nor set the phase axis). Among equals, the later acquisition wins.
     usual_phases = _modal((_phase_count(unit),) for unit in units.values())[0] if units else 0
+    dated = _all_dated(image for unit in units.values() for image in unit)
     slices: list[list[_Image]] = []
     for slot in sorted(by_slot):
         candidates = sorted(
-            by_slot[slot], key=lambda unit: (_phase_count(unit) == usual_phases, *_recency(unit))
+            by_slot[slot], key=lambda unit: (_phase_count(unit) == usual_phases, *_recency(unit, dated))
         )
         for superseded in candidates[:-1]:
             flags.add(StackFlag.DUPLICATE_POSITIONS_REPLACED)
             pending[SkipReason.SUPERSEDED.value] += len(superseded)
-        ordered, replaced = _phase_order(candidates[-1])
+        ordered, replaced = _phase_order(candidates[-1], dated)
         if replaced:
             flags.add(StackFlag.DUPLICATE_POSITIONS_REPLACED)
             pending[SkipReason.SUPERSEDED.value] += len(replaced)
@@ -634,8 +667,9 @@ def find_sax_stacks(instances: Sequence[SpooledInstance], root: Path | None = No
     position (late enhancement planned like the cine, say) is left out as ``not_cine`` rather than
     mixed into the stack. Where a position was acquired twice, an acquisition with the number of
     phases most of the stack's acquisitions have wins over one without (a TI scout planned on a cine
-    slice, say); among those, the later acquisition wins: by Acquisition Time (0008,0032), then Series
-    Number (0020,0011), then arrival order.
+    slice, say); among those, the later acquisition wins: by Acquisition Date and Time (0008,0022 and
+    0008,0032; the time alone where some image lacks a valid date), then Series Number (0020,0011),
+    then arrival order.
     """
     skipped: Counter[str] = Counter()
     latest: dict[str, int] = {}

@@ -21,6 +21,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from io import BytesIO
 from itertools import pairwise
 from typing import Any, TypeVar
@@ -102,6 +103,8 @@ class InstanceHeader:
     series_number: int | None
     instance_number: int | None
     acquisition_number: int | None
+    #: Acquisition Time (0008,0032), as a DT value (date first, see :func:`dated_time`) where the
+    #: header gives a valid Acquisition Date (0008,0022).
     acquisition_time: str | None
     trigger_time: float | None
     image_position: tuple[float, float, float] | None
@@ -140,6 +143,21 @@ def texts(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     return tuple(str(item) for item in value)
+
+
+def dated_time(date: str | None, time: str | None) -> str | None:
+    """``time`` (TM) prefixed with ``date`` (DA) as one DT value, or ``time`` alone for want of a date.
+
+    Acquisitions on either side of midnight then compare in order wherever the headers date them.
+    A date that is no calendar date (such as 20120000) is left out rather than trusted.
+    """
+    if not time or not date:
+        return time
+    try:
+        datetime.strptime(date, "%Y%m%d")
+    except ValueError:
+        return time
+    return date + time.replace(":", "")
 
 
 def floats(count: int) -> Callable[[Any], tuple[float, ...]]:
@@ -581,7 +599,9 @@ def parse_instance(
         series_number=_value(dataset, "SeriesNumber", int),
         instance_number=_value(dataset, "InstanceNumber", int),
         acquisition_number=_value(dataset, "AcquisitionNumber", int),
-        acquisition_time=_value(dataset, "AcquisitionTime", _text),
+        acquisition_time=dated_time(
+            _value(dataset, "AcquisitionDate", _text), _value(dataset, "AcquisitionTime", _text)
+        ),
         trigger_time=_value(dataset, "TriggerTime", float),
         image_position=(position[0], position[1], position[2]) if position else None,
         image_orientation=(

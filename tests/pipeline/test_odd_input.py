@@ -416,18 +416,25 @@ def _acquired_at(instance: SpooledInstance, when: str, series_number: int) -> Sp
     return encode(dataset, Path(instance.path).parent)
 
 
-def test_enhanced_mr_repeat_is_chosen_by_frame_acquisition_time_with_utc_offset(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("stack_at", "repeat_at"),
+    [
+        ("20250101101500.000000+0100", "20250101104500.000000+0100"),
+        ("20250101235500.000000+0100", "20250102000500.000000+0100"),  # repeated after midnight
+    ],
+)
+def test_enhanced_mr_repeat_is_chosen_by_frame_acquisition_datetime_with_utc_offset(
+    tmp_path: Path, stack_at: str, repeat_at: str
+) -> None:
     """A slice acquired twice as Enhanced MR keeps the acquisition whose frames were acquired later,
-    by Frame Acquisition DateTime, UTC offset and all; here the later one has the lower Series Number."""
+    by Frame Acquisition DateTime, date and UTC offset and all; the later one has the lower Series Number."""
     single = phantom_stack(tmp_path / "single", slices=3, phases=4, side=16)
     series = generate_uid()
     per_slice = [
         enhanced_mr(single[s * 4 : (s + 1) * 4], tmp_path / "multi", series=series) for s in range(3)
     ]
-    per_slice = [_acquired_at(instance, "20250101101500.000000+0100", 30) for instance in per_slice]
-    repeat = _acquired_at(
-        enhanced_mr(single[4:8], tmp_path / "repeat"), "20250101104500.000000+0100", series_number=5
-    )
+    per_slice = [_acquired_at(instance, stack_at, 30) for instance in per_slice]
+    repeat = _acquired_at(enhanced_mr(single[4:8], tmp_path / "repeat"), repeat_at, series_number=5)
     search = find_sax_stacks([*per_slice, repeat])
     plan = only_stack(search)
     assert (plan.slices, plan.phases) == (3, 4)

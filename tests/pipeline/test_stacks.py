@@ -99,6 +99,7 @@ def mr_image(
     instance_number: int,
     series_number: int = 10,
     acquisition_time: str = "101500",
+    acquisition_date: str | None = None,
     image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "M", "NONE"),
     sop_class: str = MRImageStorage,
     rows: int = SIDE,
@@ -121,6 +122,8 @@ def mr_image(
     ds.InstanceNumber = instance_number
     ds.AcquisitionNumber = 1
     ds.AcquisitionTime = acquisition_time
+    if acquisition_date is not None:
+        ds.AcquisitionDate = acquisition_date
     if trigger_time is not None:
         ds.TriggerTime = round(trigger_time, 3)
     ds.ImagePositionPatient = [round(float(v), 4) for v in position]
@@ -146,6 +149,7 @@ def cine_stack(
     series_per_slice: bool = False,
     series_number: int = 10,
     acquisition_time: str = "101500",
+    acquisition_date: str | None = None,
     origin: Sequence[float] = ORIGIN,
     with_trigger_time: bool = True,
     drop: frozenset[tuple[int, int]] = frozenset(),
@@ -179,6 +183,7 @@ def cine_stack(
                     instance_number=s * phases + p + 1,
                     series_number=series_number + s if series_per_slice else series_number,
                     acquisition_time=acquisition_time,
+                    acquisition_date=acquisition_date,
                     rows=rows,
                     columns=columns,
                     pixel_spacing=pixel_spacing(s, p) if callable(pixel_spacing) else pixel_spacing,
@@ -358,6 +363,36 @@ def test_repeated_slice_position_keeps_later_acquisition(
     assert middle == ({repeat_series} if repeat_wins else {stack[0].header.series_instance_uid})
     assert search.skipped == {"superseded_by_later_acquisition": 4}
     assert_accounted(search, instances)
+
+
+@pytest.mark.parametrize(
+    ("stack_date", "repeat_date", "repeat_wins"),
+    [
+        ("20261122", "20261123", True),  # repeated after midnight: the next day's 00:05 is later
+        ("20261122", "20261122", False),  # the same day: 00:05 is earlier than 23:55
+        ("20261100", "20261123", False),  # no valid date on every image: the time of day decides
+    ],
+)
+def test_repeat_after_midnight_is_later_where_the_headers_date_it(
+    stack_date: str, repeat_date: str, repeat_wins: bool
+) -> None:
+    """A slice repeated just after midnight replaces the one acquired just before, by Acquisition Date
+    and Time; an invalid date (such as the 00 day) is not trusted, and the time of day decides."""
+    study = generate_uid()
+    stack = cine_stack(study=study, series_number=30, acquisition_time="235500", acquisition_date=stack_date)
+    repeat_series = generate_uid()
+    repeat = one_position(
+        study,
+        repeat_series,
+        2 * SPACING_MM,
+        [p * 200.0 for p in range(4)],
+        series_number=5,
+        acquisition_time="000500",
+        acquisition_date=repeat_date,
+    )
+    plan = only_stack(find_sax_stacks(stack + repeat))
+    middle = {cell.header.series_instance_uid for cell in plan.grid[2] if cell}
+    assert middle == ({repeat_series} if repeat_wins else {stack[0].header.series_instance_uid})
 
 
 def test_later_series_with_other_phase_count_does_not_replace_a_cine_slice() -> None:
