@@ -27,10 +27,10 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.pixels.processing import apply_modality_lut
 from pydicom.pixels.utils import pixel_array
 
 from node.domain import StackResult
+from node.pipeline.pixels import frame_source, grey_levels
 from node.reports.errors import ReportError
 from node.store.instance import SpooledInstance
 
@@ -335,7 +335,7 @@ class _Headers:
 
 
 def decode_frame(path: Path, header: Dataset, frame_number: int) -> npt.NDArray[np.float32]:
-    """One frame of a multi-frame image file, decoded alone, its Modality LUT applied.
+    """One frame of a multi-frame image file, decoded alone, as grey levels (MONOCHROME1 inverted).
 
     The Modality LUT is the frame's Pixel Value Transformation functional group (PS3.3
     C.7.6.16.2.9), per frame or shared, else the top-level Rescale Slope and Intercept.
@@ -348,12 +348,11 @@ def decode_frame(path: Path, header: Dataset, frame_number: int) -> npt.NDArray[
     if not 1 <= frame_number <= int(header.get("NumberOfFrames") or 1):
         raise ReportError("frame number outside Number of Frames")
     try:
-        pixels = pixel_array(path, index=frame_number - 1)
+        pixels = pixel_array(frame_source(path, header), index=frame_number - 1)
         modality = frame_functional_group(header, frame_number, "PixelValueTransformationSequence")
-        transformed = apply_modality_lut(pixels, modality if modality is not None else header)
+        return grey_levels(pixels, header, modality)
     except Exception as error:  # noqa: BLE001 - pixel decoders raise many types
         raise ReportError(f"cannot decode source pixel data: {type(error).__name__}") from None
-    return np.asarray(transformed, dtype=np.float32)
 
 
 def load_report_sources(
@@ -443,7 +442,7 @@ def stack_frame_numbers(
 
 
 def frame_pixels(dataset: Dataset) -> npt.NDArray[np.float32]:
-    """The decoded frame of a single-frame image, Modality LUT applied (PS3.3 C.11.1).
+    """The decoded frame of a single-frame image as grey levels (Modality LUT, MONOCHROME1 inverted).
 
     Raises
     ------
@@ -451,7 +450,6 @@ def frame_pixels(dataset: Dataset) -> npt.NDArray[np.float32]:
         The pixel data cannot be decoded.
     """
     try:
-        pixels = apply_modality_lut(dataset.pixel_array, dataset)
+        return grey_levels(dataset.pixel_array, dataset)
     except Exception as error:  # noqa: BLE001 - pixel decoders raise many types
         raise ReportError(f"cannot decode source pixel data: {type(error).__name__}") from None
-    return np.asarray(pixels, dtype=np.float32)

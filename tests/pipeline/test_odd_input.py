@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
     EnhancedMRImageStorage,
     ExplicitVRLittleEndian,
     LegacyConvertedEnhancedMRImageStorage,
@@ -36,6 +37,7 @@ from node.pipeline.measure import MeasuredStack, StackMeasurer
 from node.pipeline.offline import measure_paths
 from node.pipeline.pixels import UnreadablePixels, load_pixels, read_cell
 from node.pipeline.stacks import StackPlan, find_sax_stacks
+from node.reports.sources import decode_frame, frame_pixels
 from node.store.index import Index
 from node.store.instance import SpooledInstance, parse_instance
 from tests.pipeline.test_stacks import (
@@ -304,8 +306,10 @@ def enhanced_mr(
         per_frame.append(item)
     ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
     pixels = np.stack([source.pixel_array for source in datasets]).astype(np.uint16)
-    if transfer_syntax == ExplicitVRLittleEndian:
+    if transfer_syntax in (ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
         ds.PixelData = pixels.tobytes()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
     else:
         ds.compress(transfer_syntax, pixels, encoding_plugin="pydicom")
     return encode(ds, directory)
@@ -457,19 +461,57 @@ def test_enhanced_mr_without_trigger_times_orders_phases_by_temporal_position(tm
     ]
 
 
-def test_compressed_enhanced_mr_decodes_the_right_frames(tmp_path: Path) -> None:
-    """An RLE Lossless Enhanced MR decodes, frame by frame, to the single-frame images' pixels."""
+@pytest.mark.parametrize("transfer_syntax", [RLELossless, DeflatedExplicitVRLittleEndian])
+def test_compressed_enhanced_mr_decodes_the_right_frames(tmp_path: Path, transfer_syntax: str) -> None:
+    """An RLE Lossless or Deflated Enhanced MR decodes, frame by frame, to the single-frame images'
+    pixels, for measuring and for the reports' pictures."""
     single = phantom_stack(tmp_path / "single", slices=3, phases=3, side=24)
     multi = enhanced_mr(
         single,
         tmp_path / "multi",
         positions=[(s, p) for s in range(3) for p in range(3)],
-        transfer_syntax=RLELossless,
+        transfer_syntax=transfer_syntax,
     )
-    assert multi.header.transfer_syntax_uid == RLELossless
+    assert multi.header.transfer_syntax_uid == transfer_syntax
     plan = only_stack(find_sax_stacks([multi]))
     expected = load_pixels(only_stack(find_sax_stacks(single)), Path("/")).frames
     np.testing.assert_array_equal(load_pixels(plan, Path("/")).frames, expected)
+    header = pydicom.dcmread(multi.path, stop_before_pixels=True)
+    np.testing.assert_array_equal(decode_frame(Path(multi.path), header, 5), expected[4])
+
+
+def _as_monochrome1(path: Path) -> None:
+    """Rewrite the image at ``path`` as MONOCHROME1 showing the same picture: each stored value v
+    becomes low + high - v within the range Bits Stored and Pixel Representation allow."""
+    dataset = pydicom.dcmread(path)
+    bits, signed = int(dataset.BitsStored), int(dataset.PixelRepresentation) == 1
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    stored = dataset.pixel_array.astype(np.int64)
+    dataset.PixelData = (low + high - stored).astype(dataset.pixel_array.dtype).tobytes()
+    dataset.PhotometricInterpretation = "MONOCHROME1"
+    dataset.save_as(path)
+
+
+def test_monochrome1_images_read_as_the_monochrome2_images_they_show(tmp_path: Path) -> None:
+    """MONOCHROME1 (smallest value white) is turned around: single frames, the frames of an Enhanced
+    MR and the reports' pictures all read as the MONOCHROME2 images showing the same picture."""
+    single = phantom_stack(tmp_path / "single", slices=3, phases=3, side=24)
+    multi = enhanced_mr(single, tmp_path / "multi", positions=[(s, p) for s in range(3) for p in range(3)])
+
+    def pixels(instances: Sequence[SpooledInstance]) -> np.ndarray:
+        return load_pixels(only_stack(find_sax_stacks(instances)), Path("/")).frames
+
+    expected = pixels(single)
+    for path in [Path(instance.path) for instance in single] + [Path(multi.path)]:
+        _as_monochrome1(path)
+    stored = pydicom.dcmread(single[0].path)
+    assert stored.PhotometricInterpretation == "MONOCHROME1"
+    assert not np.array_equal(stored.pixel_array, expected[0]), "the stored values were not turned around"
+    np.testing.assert_array_equal(pixels(single), expected)
+    np.testing.assert_array_equal(pixels([multi]), expected)
+    np.testing.assert_array_equal(frame_pixels(stored), expected[0])
+    header = pydicom.dcmread(multi.path, stop_before_pixels=True)
+    np.testing.assert_array_equal(decode_frame(Path(multi.path), header, 2), expected[1])
 
 
 def test_enhanced_mr_that_cannot_be_split_is_counted_not_raised(tmp_path: Path) -> None:
@@ -548,6 +590,30 @@ def test_sunnybrook_as_legacy_converted_enhanced_mr_gives_the_same_volumes(
     assert (result.ed_phase, result.es_phase) == (expected.ed_phase, expected.es_phase)
     # Sunnybrook's per-instance Frame of Reference UIDs were made one for the conversion.
     assert set(expected.qc_flags) - set(result.qc_flags) <= {"inconsistent_frame_of_reference"}
+
+
+def test_sunnybrook_stored_as_monochrome1_gives_the_same_volumes(
+    sunnybrook: Path, tmp_path: Path, measurer: StackMeasurer
+) -> None:
+    """A real cine stored as MONOCHROME1 (the same picture, values turned around) measures as the
+    original MONOCHROME2 does; read as stored, the model would see inverted contrast."""
+    files = sorted((sunnybrook / "SCD0000301").glob("*.dcm"), key=lambda p: int(p.stem))
+    copies = []
+    for path in files:
+        copy = tmp_path / path.name
+        copy.write_bytes(path.read_bytes())
+        _as_monochrome1(copy)
+        copies.append(copy)
+    ((expected,), (result,)) = measure_paths(files, measurer).results, measure_paths(copies, measurer).results
+    assert expected.edv_ml > 150
+    assert (result.edv_ml, result.esv_ml, result.lv_mass_g) == pytest.approx(
+        (expected.edv_ml, expected.esv_ml, expected.lv_mass_g), abs=0.01
+    )
+    assert (result.ed_phase, result.es_phase, result.qc_flags) == (
+        expected.ed_phase,
+        expected.es_phase,
+        expected.qc_flags,
+    )
 
 
 # -- 5,000 instances -----------------------------------------------------------------------------------
