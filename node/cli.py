@@ -104,7 +104,10 @@ def measure(
 
     settings = _settings(config)
     configure_logging(settings.logging)
-    measurer = StackMeasurer(load_segmenter(settings.inference))
+    try:
+        measurer = StackMeasurer(load_segmenter(settings.inference))  # the model and its providers
+    except ConfigError as error:
+        raise _config_error(error) from None
     if sys.stderr.isatty():
         with typer.progressbar(length=1, label="measuring", file=sys.stderr) as bar:
 

@@ -7,15 +7,18 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from node.errors import NodeError
+from node.errors import ConfigError
 from node.inference.card import ModelCard, load_card, sha256_of
 
 #: Where a source checkout keeps the released artifacts (the repository's top-level ``models/``).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models"
 
 
-class ModelNotFound(NodeError):
-    """No released model matches the requested name, or its file fails its card's checksum."""
+class ModelNotFound(ConfigError):
+    """No released model matches the requested name, or its file fails its card's checksum.
+
+    The settings name the model, so this is a configuration error: the CLI prints it and exits 2.
+    """
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import onnxruntime as ort
 from threadpoolctl import threadpool_limits
 
 from node.config import InferenceSettings
+from node.errors import ConfigError
 from node.inference.preprocess import (
     Box,
     Geometry,
@@ -31,6 +32,9 @@ from node.inference.preprocess import (
     window_to_model_grid,
 )
 from node.inference.registry import ReleasedModel, find_model
+from node.logging import get_logger
+
+log = get_logger(__name__)
 
 #: Threads NumPy's BLAS may use in a process that runs ONNX Runtime (see :func:`limit_blas_threads`).
 BLAS_THREADS = 1
@@ -40,9 +44,45 @@ CPU = "CPUExecutionProvider"
 
 
 def default_providers() -> list[str]:
-    """CUDA when onnxruntime-gpu sees a GPU, else CPU."""
+    """CUDA when onnxruntime-gpu is installed, else CPU.
+
+    onnxruntime-gpu offers CUDA whether or not a GPU is there; :class:`Segmenter` falls back to CPU
+    when the session cannot use it.
+    """
     available = ort.get_available_providers()
     return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+def resolve_providers(requested: list[str] | None) -> list[str]:
+    """The providers to ask ONNX Runtime for: the configured ones it offers, else :func:`default_providers`.
+
+    Raises
+    ------
+    ConfigError
+        A name ONNX Runtime does not know (``CPU`` for ``CPUExecutionProvider``, say), or none of the
+        configured providers is offered by the installed onnxruntime.
+    """
+    if not requested:
+        return default_providers()
+    unknown = [name for name in requested if name not in ort.get_all_providers()]
+    available = ort.get_available_providers()
+    if unknown:
+        raise ConfigError(
+            f"DICOMNODE_INFERENCE__PROVIDERS: unknown ONNX Runtime provider {', '.join(unknown)}; "
+            f"this onnxruntime offers {', '.join(available)}"
+        )
+    offered = [name for name in requested if name in available]
+    if not offered:
+        raise ConfigError(
+            f"DICOMNODE_INFERENCE__PROVIDERS: this onnxruntime offers none of {', '.join(requested)}; "
+            f"it offers {', '.join(available)}"
+        )
+    if len(offered) < len(requested):
+        log.warning(
+            "configured execution providers not offered by this onnxruntime are left out",
+            left_out=[name for name in requested if name not in offered],
+        )
+    return offered
 
 
 def limit_blas_threads() -> None:
@@ -157,16 +197,18 @@ class Segmenter:
         batch_size: int = 8,
         heart_margin: int | None = None,
         parallel_batches: int = 0,
+        cores: int | None = None,
     ) -> None:
         limit_blas_threads()
-        providers = providers or default_providers()
-        self.threading = plan_threading(providers, intra_op_threads, parallel_batches)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threading.intra_op_threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle workers sleep instead of spinning: on cores shared with the rest of the node (or other
-        # processes), spinning threads take the CPU from the threads with work.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        requested = resolve_providers(providers)
+        self.threading = plan_threading(requested, intra_op_threads, parallel_batches, cores)
+        self._session = _open_session(model, requested, self.threading)
+        actual = self._session.get_providers()
+        if actual[:1] != requested[:1]:
+            # onnxruntime-gpu without a usable GPU runs on CPU, whose threads are planned otherwise.
+            log.warning("execution provider unavailable", requested=requested[0], using=actual[0])
+            self.threading = plan_threading(actual, intra_op_threads, parallel_batches, cores)
+            self._session = _open_session(model, actual, self.threading)
         self.model = model
         self.card = model.card
         self.batch_size = batch_size
@@ -175,7 +217,6 @@ class Segmenter:
         self._background = classes.index(BACKGROUND) if BACKGROUND in classes else 0
         known = len(self._heart) == len(HEART_CLASSES) and BACKGROUND in classes
         self.heart_margin = heart_margin if known else None
-        self._session = ort.InferenceSession(str(model.path), options, providers=providers)
         # One stack at a time: each already uses every core (ONNX Runtime's run itself is thread-safe).
         self._lock = threading.Lock()
 
@@ -298,6 +339,16 @@ class Segmenter:
             for start in starts:
                 run_batch(start)
         return Segmentation(labels=labels, soft_areas_px=soft_areas, uncertain_px=uncertain, heart=heart)
+
+
+def _open_session(model: ReleasedModel, providers: list[str], plan: Threading) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = plan.intra_op_threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle workers sleep instead of spinning: on cores shared with the rest of the node (or other
+    # processes), spinning threads take the CPU from the threads with work.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(model.path), options, providers=providers)
 
 
 def load_segmenter(settings: InferenceSettings) -> Segmenter:

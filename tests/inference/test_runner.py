@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from models.spec import INPUT as SPEC
 from models.spec import OUTPUT
 from node.config import HEART_WINDOW_MARGIN, MIN_HEART_WINDOW_MARGIN
+from node.errors import ConfigError
 from node.inference.card import ModelCard, sha256_of
 from node.inference.preprocess import normalise, plan_geometry
 from node.inference.registry import DEFAULT_MODEL_DIR, ReleasedModel, find_model
@@ -22,6 +24,7 @@ from node.inference.runner import (
     Segmenter,
     Threading,
     plan_threading,
+    resolve_providers,
 )
 
 ROWS, COLS = 70, 90
@@ -230,3 +233,29 @@ def test_parallel_batches_give_the_serial_result(tiny_model: ReleasedModel, fram
     np.testing.assert_array_equal(result.labels, serial.labels)
     np.testing.assert_allclose(result.soft_areas_px, serial.soft_areas_px, rtol=1e-5)
     np.testing.assert_array_equal(result.uncertain_px, serial.uncertain_px)
+
+
+def test_provider_names_onnx_runtime_does_not_know_or_offer_are_configuration_errors() -> None:
+    """A typo is an error at start-up, not ONNX Runtime's silent fall back; a known provider this
+    onnxruntime lacks is left out while another configured one remains."""
+    with pytest.raises(ConfigError, match="unknown ONNX Runtime provider CPU;"):
+        resolve_providers(["CPU"])
+    missing = next(name for name in ort.get_all_providers() if name not in ort.get_available_providers())
+    with pytest.raises(ConfigError, match=f"offers none of {missing};"):
+        resolve_providers([missing])
+    assert resolve_providers([missing, CPU]) == [CPU]
+    default = [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
+    assert resolve_providers(None) == resolve_providers([]) == default
+
+
+def test_a_session_that_falls_back_to_cpu_plans_its_threads_for_cpu(
+    released: ReleasedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime-gpu offers CUDA whether or not there is a GPU; without one its session runs on CPU,
+    whose batches and threads are planned otherwise than CUDA's. CI has no onnxruntime-gpu, so the
+    offer is patched in; the session and its fall back to CPU are ONNX Runtime's own."""
+    available = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, *available])
+    segmenter = Segmenter(released, cores=4)
+    assert segmenter.providers[0] == CPU
+    assert segmenter.threading == plan_threading([CPU], cores=4) == Threading(4, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -156,3 +157,10 @@ def test_measure_exit_status_without_stack_and_on_usage_error(sunnybrook: Path, 
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert usage.returncode == 2
+    typo = subprocess.run(
+        [*dicomnode_command(), "measure", str(one_slice[0])],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "DICOMNODE_INFERENCE__PROVIDERS": "CPU"},
+    )  # fmt: skip
+    assert typo.returncode == 2
+    assert typo.stderr.startswith("error: DICOMNODE_INFERENCE__PROVIDERS: unknown ONNX Runtime provider CPU;")
