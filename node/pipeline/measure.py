@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from node.domain import ModelIdentity, StackResult
+from node.errors import NodeError
 from node.inference.measurements import (
     basal_slices_to_exclude,
     measure,
@@ -23,6 +24,13 @@ from node.pipeline.stacks import StackPlan
 
 BLOOD_POOL = "lv_blood_pool"
 MYOCARDIUM = "lv_myocardium"
+#: Widest field of view (mm, each axis) a stack may cover: beyond any MR scanner's bore. A header with
+#: absurd Pixel Spacing would otherwise size the model grid past any memory.
+MAX_FIELD_OF_VIEW_MM = 1000.0
+
+
+class UnmeasurableStack(NodeError):
+    """A stack whose geometry or results are out of any physical range; it alone is not measured."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,26 @@ class StackMeasurer:
         self.model = ModelIdentity(name=card.name, version=card.version)
 
     def measure(self, plan: StackPlan, root: Path) -> MeasuredStack:
-        """Segment every frame of the stack and derive measurements and QC."""
+        """Segment every frame of the stack and derive measurements and QC.
+
+        Raises
+        ------
+        NodeError
+            This stack cannot be measured: its pixels cannot be decoded (``UnreadablePixels``), or
+            its field of view or volumes are out of any physical range (``UnmeasurableStack``).
+        """
+        field_of_view = (plan.rows * plan.pixel_spacing[0], plan.columns * plan.pixel_spacing[1])
+        if max(field_of_view) > MAX_FIELD_OF_VIEW_MM:
+            raise UnmeasurableStack(
+                f"field of view {field_of_view[0]:.4g} x {field_of_view[1]:.4g} mm is beyond any MR "
+                f"scanner's {MAX_FIELD_OF_VIEW_MM:.0f} mm (Pixel Spacing out of range)"
+            )
+        extent = plan.slice_positions_mm[-1] - plan.slice_positions_mm[0] + plan.slice_spacing_mm
+        if not extent <= MAX_FIELD_OF_VIEW_MM:
+            raise UnmeasurableStack(
+                f"the slices span {extent:.4g} mm, beyond any MR scanner's {MAX_FIELD_OF_VIEW_MM:.0f} mm "
+                "(Image Position out of range)"
+            )
         pixels = load_pixels(plan, root)
         present = pixels.present
         # In place: a large stack (many phases, a 512 x 512 matrix) is held as one float32 copy.
@@ -86,6 +113,8 @@ class StackMeasurer:
             blood_px[list(basal)] = 0.0
         myo_px = _fill_missing((labels == self._myo).sum(axis=(2, 3)).astype(np.float64), present)
         result = measure(blood_px, myo_px, pixel_area, plan.slice_spacing_mm)
+        if not np.isfinite([result.edv_ml, result.esv_ml, result.ef_pct, result.lv_mass_g]).all():
+            raise UnmeasurableStack("volumes are not finite numbers (slice positions out of range)")
         ed, es = result.ed_phase, result.es_phase
 
         # cells[s, p]: the frame's index among the segmented (present) frames, -1 where missing.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,8 @@ from node.store.instance import SpooledInstance, parse_instance
 
 #: The four bytes after the 128-byte preamble of every Part 10 file (PS3.10 7.1).
 PART10_MAGIC = b"DICM"
+#: Bytes of the Part 10 preamble.
+PART10_PREAMBLE = 128
 
 
 @dataclass
@@ -30,24 +34,57 @@ class OfflineRun:
     skipped: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
-    """Files named directly, and every file under named folders (recursively, sorted)."""
+def iter_files(paths: Iterable[Path], unreadable: list[tuple[Path, str]]) -> Iterator[Path]:
+    """Paths named directly, and every file under named folders, recursively and sorted.
+
+    Linked folders are followed (each folder once, so a link loop ends); a folder that cannot be
+    listed and a link that leads nowhere are reported in ``unreadable`` rather than left out unsaid.
+    """
+    seen: set[Path] = set()
     for path in paths:
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file())
-        else:
+        if not path.is_dir():
             yield path
+            continue
+        found: list[Path] = []
+        for folder, subfolders, names in os.walk(
+            path, followlinks=True, onerror=lambda error: unreadable.append(_walk_error(error))
+        ):
+            real = Path(folder).resolve()
+            if real in seen:
+                subfolders.clear()
+                continue
+            seen.add(real)
+            for name in names:
+                file = Path(folder, name)
+                if file.is_symlink() and not file.exists():
+                    unreadable.append((file, "link to nothing"))
+                else:
+                    found.append(file)
+        yield from sorted(found)
+
+
+def _walk_error(error: OSError) -> tuple[Path, str]:
+    return Path(error.filename or ""), error.strerror or type(error).__name__
 
 
 def collect(paths: Iterable[Path], unreadable: list[tuple[Path, str]]) -> list[SpooledInstance]:
-    """Parse every file's header; files that are not DICOM instances are reported and skipped."""
+    """Parse every file's header; files that are not DICOM instances are reported and skipped.
+
+    Only the first bytes of a file are read before it is known to be a Part 10 file, so a large file
+    of another kind costs no memory, and anything but a regular file (a pipe, a device) is not read.
+    """
     instances: list[SpooledInstance] = []
-    for path in iter_files(paths):
+    for path in iter_files(paths, unreadable):
         try:
-            data = path.read_bytes()
-            if data[128:132] != PART10_MAGIC:
-                unreadable.append((path, "not a DICOM Part 10 file"))
+            if not stat.S_ISREG(path.stat().st_mode):
+                unreadable.append((path, "not a regular file"))
                 continue
+            with path.open("rb") as file:
+                if file.read(PART10_PREAMBLE + len(PART10_MAGIC))[PART10_PREAMBLE:] != PART10_MAGIC:
+                    unreadable.append((path, "not a DICOM Part 10 file"))
+                    continue
+                file.seek(0)
+                data = file.read()
             header = parse_instance(data)
         except (NodeError, OSError) as error:
             unreadable.append((path, str(error) or type(error).__name__))
@@ -80,6 +117,8 @@ def measure_paths(
             run.results.append(measurer.measure(plan, Path("/")).result)
         except NodeError as error:
             run.failed_stacks.append((plan.series_instance_uids, str(error)))
+        except Exception as error:  # noqa: BLE001 - one stack's failure must not lose the others'
+            run.failed_stacks.append((plan.series_instance_uids, f"{type(error).__name__}: {error}"))
         if progress is not None:
             progress(done + 1, len(plans))
     return run

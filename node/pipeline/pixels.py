@@ -151,7 +151,8 @@ def load_pixels(plan: StackPlan, root: Path) -> StackPixels:
     Raises
     ------
     UnreadablePixels
-        A file cannot be decoded, or an image's size differs from the plan's Rows x Columns.
+        A file cannot be decoded, an image's size differs from the plan's Rows x Columns, or it
+        holds values that are not finite numbers.
     """
     present = np.array([[cell is not None for cell in row] for row in plan.grid], dtype=bool)
     cells = [cell for row in plan.grid for cell in row if cell is not None]
@@ -160,6 +161,8 @@ def load_pixels(plan: StackPlan, root: Path) -> StackPixels:
     def place(position: int, frame: npt.NDArray[np.float32]) -> None:
         if frame.shape != (plan.rows, plan.columns):
             raise UnreadablePixels("decoded frame size differs from Rows x Columns")
+        if not np.isfinite(frame).all():  # float pixel data: one NaN would blank the whole stack
+            raise UnreadablePixels("pixel data holds values that are not finite numbers")
         frames[position] = frame
 
     multi_frame: dict[str, list[tuple[int, int]]] = defaultdict(list)

@@ -1,0 +1,142 @@
+"""The offline run behind ``dicomnode measure``: what it reads, and one bad stack or file losing nothing.
+
+Phantom stacks and the released model; volumes are not asserted, only which stacks were measured.
+"""
+
+from __future__ import annotations
+
+import os
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from node.config import InferenceSettings
+from node.inference.runner import load_segmenter
+from node.pipeline.measure import StackMeasurer
+from node.pipeline.offline import collect, measure_paths
+from tests.pipeline.test_odd_input import phantom_stack
+
+SLICES, PHASES, SIDE = 4, 4, 48
+
+
+@pytest.fixture(scope="module")
+def measurer() -> StackMeasurer:
+    """The released model behind the pipeline's measurer."""
+    return StackMeasurer(load_segmenter(InferenceSettings()))
+
+
+def _stack(directory: Path, **options: object) -> Path:
+    phantom_stack(directory, slices=SLICES, phases=PHASES, side=SIDE, **options)
+    return directory
+
+
+def _rewrite(directory: Path, change: object) -> None:
+    for path in directory.glob("*.dcm"):
+        dataset = pydicom.dcmread(path)
+        change(dataset)  # type: ignore[operator]
+        dataset.save_as(path)
+
+
+def _float_pixels_with_nan(dataset: pydicom.Dataset) -> None:
+    values = dataset.pixel_array.astype(np.float32)
+    values[0, :5] = np.nan
+    del dataset.PixelData, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation
+    dataset.BitsAllocated = 32
+    dataset.FloatPixelData = values.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda d: setattr(d, "PixelSpacing", [1e6, 1e6]), "field of view 4.8e+07 x 4.8e+07 mm is beyond"),
+        (_float_pixels_with_nan, "pixel data holds values that are not finite numbers"),
+    ],
+    ids=["absurd_pixel_spacing", "float_pixels_with_nan"],
+)
+def test_a_stack_out_of_any_physical_range_fails_alone(
+    tmp_path: Path, measurer: StackMeasurer, change: object, reason: str
+) -> None:
+    """Such a stack is reported with its reason; the other study's stack is still measured. Before,
+    absurd Pixel Spacing sized the model grid past any memory and the run ended in a traceback, and
+    one NaN pixel turned the whole stack's normalisation into NaN (EDV 0 reported as measured)."""
+    good = _stack(tmp_path / "good")
+    bad = _stack(tmp_path / "bad")
+    _rewrite(bad, change)
+    run = measure_paths([good, bad], measurer)
+    assert len(run.results) == 1
+    (failed,) = run.failed_stacks
+    assert failed[1].startswith(reason)
+    assert run.results[0].series_instance_uids != failed[0]
+
+
+def test_slices_spread_beyond_any_scanner_fail_alone(tmp_path: Path, measurer: StackMeasurer) -> None:
+    """Image Positions 1e300 mm apart gave infinite volumes, printed as Infinity (invalid JSON)."""
+    good = _stack(tmp_path / "good")
+    bad = _stack(tmp_path / "bad", offsets_mm=[k * 1e300 for k in range(SLICES)])
+    run = measure_paths([good, bad], measurer)
+    assert len(run.results) == 1
+    ((_, reason),) = run.failed_stacks
+    assert reason.startswith("the slices span 4e+300 mm, beyond")
+
+
+def test_an_unexpected_error_in_one_stack_loses_no_other_result(
+    tmp_path: Path,
+    measurer: StackMeasurer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Any error measuring one stack (injected here: a MemoryError on the second stack) is that stack's
+    failure, with its type; the run goes on and keeps the first stack's result."""
+    first, second = _stack(tmp_path / "first"), _stack(tmp_path / "second")
+    measure = measurer.measure
+    calls = iter([measure, None])
+
+    def second_fails(*args: object, **kwargs: object) -> object:
+        real = next(calls, None)
+        if real is None:
+            raise MemoryError("injected")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(measurer, "measure", second_fails)
+    run = measure_paths([first, second], measurer)
+    assert len(run.results) == 1
+    assert [reason for _, reason in run.failed_stacks] == ["MemoryError: injected"]
+
+
+def test_files_are_read_only_once_known_to_be_dicom(tmp_path: Path) -> None:
+    """A large file of another kind is judged by its first bytes (a pipe is not read at all, which
+    would wait for a writer forever); both are listed as unreadable beside the stack's instances."""
+    folder = _stack(tmp_path / "study")
+    large = folder / "video.mp4"
+    with large.open("wb") as file:
+        file.truncate(256 * 1024 * 1024)  # sparse: no disk, but read whole it takes 256 MiB
+    pipe = folder / "pipe"
+    os.mkfifo(pipe)
+    unreadable: list[tuple[Path, str]] = []
+    tracemalloc.start()
+    try:
+        instances = collect([folder], unreadable)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(instances) == SLICES * PHASES
+    assert sorted(unreadable) == [(pipe, "not a regular file"), (large, "not a DICOM Part 10 file")]
+    assert peak < 32 * 1024 * 1024, f"{peak / 2**20:.0f} MiB held while reading the folder"
+
+
+def test_linked_folders_are_followed_once_and_dangling_links_reported(tmp_path: Path) -> None:
+    """A folder reached through a link is read like any other (it was skipped without a word), a link
+    loop ends, and a link that leads nowhere is listed rather than left out unsaid."""
+    study = _stack(tmp_path / "study", study=generate_uid())
+    top = tmp_path / "top"
+    top.mkdir()
+    (top / "linked").symlink_to(study, target_is_directory=True)
+    (top / "loop").symlink_to(top, target_is_directory=True)
+    (top / "gone.dcm").symlink_to(tmp_path / "nothing-here.dcm")
+    unreadable: list[tuple[Path, str]] = []
+    instances = collect([top], unreadable)
+    assert len(instances) == SLICES * PHASES
+    assert unreadable == [(top / "gone.dcm", "link to nothing")]
