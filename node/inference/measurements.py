@@ -1,8 +1,9 @@
 """LV volumes from per-slice, per-phase mask areas: EDV, ESV, EF, SV, myocardial mass.
 
 Volume at a phase = sum over slices of mask area x slice spacing, the spacing taken from positions
-along the slice normal. ED and ES are the maximum and minimum of the blood-pool volume curve over
-the cardiac cycle, never frame order.
+along the slice normal (where slices are missing, their neighbours stand for the gap, see
+:attr:`node.pipeline.stacks.StackPlan.slice_extents_mm`). ED and ES are the maximum and minimum of
+the blood-pool volume curve over the cardiac cycle, never frame order.
 
 Which basal slices count is decided first (:func:`basal_slices_to_exclude`): the base of the heart
 moves towards the apex in systole by about a slice spacing, so the most basal slice is ventricle in
@@ -19,6 +20,7 @@ bowel, a vessel) blood pool, and the ventricle is one structure through the stac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,11 +52,16 @@ class Measurements:
 
 
 def volume_curve_ml(
-    areas_px: npt.NDArray[np.floating], pixel_area_mm2: float, slice_spacing_mm: float
+    areas_px: npt.NDArray[np.floating], pixel_area_mm2: float, slice_extents_mm: Sequence[float] | float
 ) -> npt.NDArray[np.float64]:
-    """Volume per phase from ``(slices, phases)`` mask areas in pixels (NaN cells count as 0)."""
+    """Volume per phase from ``(slices, phases)`` mask areas in pixels (NaN cells count as 0).
+
+    ``slice_extents_mm``: the length along the normal each slice stands for (one value: all alike).
+    """
     areas = np.nan_to_num(np.asarray(areas_px, dtype=np.float64), nan=0.0)
-    result: npt.NDArray[np.float64] = areas.sum(axis=0) * pixel_area_mm2 * slice_spacing_mm / _MM3_PER_ML
+    extents = np.asarray(slice_extents_mm, dtype=np.float64)
+    weighted = areas * (extents[:, None] if extents.ndim == 1 else extents)
+    result: npt.NDArray[np.float64] = weighted.sum(axis=0) * pixel_area_mm2 / _MM3_PER_ML
     return result
 
 
@@ -62,7 +69,7 @@ def measure(
     blood_pool_px: npt.NDArray[np.floating],
     myocardium_px: npt.NDArray[np.floating],
     pixel_area_mm2: float,
-    slice_spacing_mm: float,
+    slice_extents_mm: Sequence[float] | float,
 ) -> Measurements:
     """EDV/ESV (max/min of the blood-pool curve), EF, SV and myocardial mass at ED.
 
@@ -72,17 +79,18 @@ def measure(
         ``(slices, phases)`` mask areas in pixels.
     pixel_area_mm2
         Row spacing x column spacing, from PixelSpacing (0028,0030).
-    slice_spacing_mm
-        Distance between adjacent slice centres along the normal.
+    slice_extents_mm
+        The length along the normal each slice stands for: the distance between adjacent slice
+        centres, more where slices are missing (one value: every slice alike).
     """
-    curve = volume_curve_ml(blood_pool_px, pixel_area_mm2, slice_spacing_mm)
+    curve = volume_curve_ml(blood_pool_px, pixel_area_mm2, slice_extents_mm)
     ed_phase = int(np.argmax(curve))
     es_phase = int(np.argmin(curve))
     edv = float(curve[ed_phase])
     esv = float(curve[es_phase])
     sv = edv - esv
     ef = 100.0 * sv / edv if edv > 0 else 0.0
-    myocardium = volume_curve_ml(myocardium_px, pixel_area_mm2, slice_spacing_mm)
+    myocardium = volume_curve_ml(myocardium_px, pixel_area_mm2, slice_extents_mm)
     return Measurements(
         edv_ml=edv,
         esv_ml=esv,

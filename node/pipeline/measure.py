@@ -101,7 +101,7 @@ class StackMeasurer:
         # LV labels far from the ventricle (stomach, a vessel) are left out of every output too.
         detached = remove_detached_lv(labels, self._blood, self._myo, self._background, plan.pixel_spacing)
         detached_ml = float(
-            volume_curve_ml(detached.astype(np.float64), pixel_area, plan.slice_spacing_mm).max()
+            volume_curve_ml(detached.astype(np.float64), pixel_area, plan.slice_extents_mm).max()
         )
         blood_px = _fill_missing((labels == self._blood).sum(axis=(2, 3)).astype(np.float64), present)
         basal = basal_slices_to_exclude(labels, self._blood, self._myo, present)
@@ -112,7 +112,7 @@ class StackMeasurer:
             labels[list(basal)] = lv
             blood_px[list(basal)] = 0.0
         myo_px = _fill_missing((labels == self._myo).sum(axis=(2, 3)).astype(np.float64), present)
-        result = measure(blood_px, myo_px, pixel_area, plan.slice_spacing_mm)
+        result = measure(blood_px, myo_px, pixel_area, plan.slice_extents_mm)
         if not np.isfinite([result.edv_ml, result.esv_ml, result.ef_pct, result.lv_mass_g]).all():
             raise UnmeasurableStack("volumes are not finite numbers (slice positions out of range)")
         ed, es = result.ed_phase, result.es_phase
@@ -208,8 +208,7 @@ class StackMeasurer:
             remove_detached_lv(flipped, self._blood, self._myo, self._background, plan.pixel_spacing)
             flipped_px = (flipped[:, 0] == self._blood).sum(axis=(1, 2)).astype(np.float64)
             original_px = (labels[present[:, phase], phase] == self._blood).sum(axis=(1, 2))
-            difference = volume_curve_ml(
-                (flipped_px - original_px)[:, None], pixel_area, plan.slice_spacing_mm
-            )
+            extents = [e for e, kept in zip(plan.slice_extents_mm, present[:, phase], strict=True) if kept]
+            difference = volume_curve_ml((flipped_px - original_px)[:, None], pixel_area, extents)
             worst = max(worst, abs(float(difference[0])))
         return worst

@@ -194,6 +194,22 @@ class StackPlan:
         return len(self.grid)
 
     @property
+    def slice_extents_mm(self) -> tuple[float, ...]:
+        """Per slice, the length along the normal it stands for in a volume.
+
+        The slice spacing; where a gap to a neighbour is flagged ``missing_slices``, each of the two
+        slices also stands for half of what the gap has beyond one spacing. The missing slices then
+        count with areas interpolated linearly between their neighbours, rather than as nothing.
+        """
+        spacing = self.slice_spacing_mm
+        extents = [spacing] * self.slices
+        for index, (low, high) in enumerate(itertools.pairwise(self.slice_positions_mm)):
+            if high - low >= MISSING_SLICE_RATIO * spacing:
+                extents[index] += (high - low - spacing) / 2
+                extents[index + 1] += (high - low - spacing) / 2
+        return tuple(extents)
+
+    @property
     def phases(self) -> int:
         """Number of phase indices (the longest slice's cine)."""
         return len(self.trigger_times_ms)

@@ -27,6 +27,13 @@ def test_volume_curve_sums_slices_times_pixel_area_times_spacing() -> None:
     assert curve.shape == (3,)
 
 
+def test_volume_curve_weighs_each_slice_by_the_length_it_stands_for() -> None:
+    """Per-slice extents (a missing slice's neighbours stand for half of it each) weigh the areas."""
+    areas = np.array([[100.0, 50.0], [200.0, 100.0], [300.0, 150.0]])
+    curve = volume_curve_ml(areas, 1.0, [8.0, 12.0, 12.0])
+    np.testing.assert_allclose(curve, [6.8, 3.4])  # (100 x 8 + 200 x 12 + 300 x 12) / 1000, and half
+
+
 def test_volume_curve_counts_nan_cells_as_zero() -> None:
     """A NaN area (missing slice/phase) contributes nothing to the volume."""
     areas = np.array([[100.0, np.nan], [np.nan, 30.0]])

@@ -481,6 +481,8 @@ def test_missing_slice_is_flagged() -> None:
     assert plan.slices == 5
     assert plan.slice_spacing_mm == pytest.approx(SPACING_MM, abs=1e-3)
     assert plan.flags == ("missing_slices",)
+    # The two slices beside the gap each stand for half the missing slice in volumes.
+    assert plan.slice_extents_mm == pytest.approx([8.0, 8.0, 12.0, 12.0, 8.0], abs=1e-3)
 
 
 def test_irregular_spacing_is_flagged() -> None:
@@ -489,6 +491,7 @@ def test_irregular_spacing_is_flagged() -> None:
     plan = only_stack(find_sax_stacks(instances))
     assert plan.slice_spacing_mm == pytest.approx(8.0, abs=1e-3)
     assert plan.flags == ("irregular_slice_spacing",)
+    assert plan.slice_extents_mm == pytest.approx([8.0] * 5, abs=1e-3), "no slice is missing"
 
 
 def test_study_without_sax_returns_no_stack() -> None:
