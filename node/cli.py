@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -120,15 +120,22 @@ def measure(
         run = measure_paths(paths, measurer)
     for path, reason in run.unreadable:
         typer.echo(f"skipped {path}: {reason}", err=True)
+    if not run.instances and not run.unreadable:
+        typer.echo("no files found", err=True)
     for series, reason in run.failed_stacks:
-        typer.echo(f"stack of {len(series)} series not measured: {reason}", err=True)
-    if run.studies_without_stack:
-        typer.echo(f"{len(run.studies_without_stack)} study(ies): no short-axis cine found", err=True)
+        typer.echo(f"stack of series {_series_text(series)} not measured: {reason}", err=True)
+    for study in run.studies_without_stack:
+        typer.echo(f"study {study}: no short-axis cine found", err=True)
     if as_json:
         typer.echo(json.dumps([result.to_json() for result in run.results], indent=2))
     else:
         _print_table([result.to_json() for result in run.results])
     raise typer.Exit(0 if run.results else 1)
+
+
+def _series_text(series: Sequence[str]) -> str:
+    """Series Instance UIDs for a message: the first, and how many more (a stack may be 12 series)."""
+    return series[0] + (f" and {len(series) - 1} more" if len(series) > 1 else "")
 
 
 def _print_table(rows: list[dict[str, object]]) -> None:
@@ -144,6 +151,12 @@ def _print_table(rows: list[dict[str, object]]) -> None:
             f"{row['esv_ml']:>7} {row['ef_pct']:>5} {row['sv_ml']:>6} {row['lv_mass_g']:>6} "
             f"{row['ed_phase']:>3} {row['es_phase']:>3} {row['confidence']:>5}  "
             f"{', '.join(flags) if isinstance(flags, list) and flags else '-'}"
+        )
+    for number, row in enumerate(rows, start=1):  # which study and series each row measured
+        series = row["series_instance_uids"]
+        typer.echo(
+            f"{number:>5} study {row['study_instance_uid']}, series "
+            f"{_series_text(series if isinstance(series, list) else [str(series)])}"
         )
 
 

@@ -382,7 +382,7 @@ def load_settings(config_file: Path | None = None) -> Settings:
     """
     path = config_file or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
     if path is not None and not path.is_file():
-        raise ConfigError(f"{CONFIG_ENV}: config file not found: {path}")
+        raise ConfigError(f"{'--config' if config_file else CONFIG_ENV}: config file not found: {path}")
 
     class _Loaded(Settings):
         @classmethod

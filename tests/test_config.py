@@ -96,10 +96,14 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert settings.storage.data_dir == Path("/srv/dicomnode")
 
 
-def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
-    """A config file that does not exist is reported, naming DICOMNODE_CONFIG."""
-    with pytest.raises(ConfigError, match="DICOMNODE_CONFIG"):
+def test_missing_config_file_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config file that does not exist is reported, naming where it was given: --config or
+    DICOMNODE_CONFIG."""
+    with pytest.raises(ConfigError, match=r"^--config: config file not found"):
         load_settings(tmp_path / "absent.toml")
+    monkeypatch.setenv("DICOMNODE_CONFIG", str(tmp_path / "absent.toml"))
+    with pytest.raises(ConfigError, match=r"^DICOMNODE_CONFIG: config file not found"):
+        load_settings()
 
 
 def test_unknown_key_in_file_is_an_error(tmp_path: Path) -> None:

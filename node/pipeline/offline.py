@@ -25,6 +25,8 @@ class OfflineRun:
     """What an offline run found: results, studies without a stack, files that could not be read."""
 
     results: list[StackResult] = field(default_factory=list)
+    #: DICOM instances read (every file found, less the unreadable ones).
+    instances: int = 0
     studies_without_stack: list[str] = field(default_factory=list)
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
     #: (series UIDs, reason) of stacks that were found but could not be measured.
@@ -101,6 +103,7 @@ def measure_paths(
     """Find and measure every short-axis cine stack in the given files and folders."""
     run = OfflineRun()
     instances = collect(paths, run.unreadable)
+    run.instances = len(instances)
     by_study: dict[str, list[SpooledInstance]] = {}
     for instance in instances:
         by_study.setdefault(instance.header.study_instance_uid, []).append(instance)

@@ -13,12 +13,15 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
+from typer.testing import CliRunner
 
+from node.cli import app
 from node.config import InferenceSettings
 from node.inference.runner import load_segmenter
 from node.pipeline.measure import StackMeasurer
 from node.pipeline.offline import collect, measure_paths
 from tests.pipeline.test_odd_input import phantom_stack
+from tests.support import clear_dicomnode_env
 
 SLICES, PHASES, SIDE = 4, 4, 48
 
@@ -140,3 +143,33 @@ def test_linked_folders_are_followed_once_and_dangling_links_reported(tmp_path: 
     instances = collect([top], unreadable)
     assert len(instances) == SLICES * PHASES
     assert unreadable == [(top / "gone.dcm", "link to nothing")]
+
+
+def test_the_table_and_messages_name_each_stack_and_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Table rows are followed by which study and series each measured; a study without a stack,
+    an empty input and a --config file that is not there are each named (the rows were numbered only,
+    and the messages counted studies without naming them)."""
+    clear_dicomnode_env(monkeypatch)
+    first, second = _stack(tmp_path / "first"), _stack(tmp_path / "second")
+    lone = tmp_path / "lone"
+    phantom_stack(lone, slices=1, phases=PHASES, side=SIDE)  # one slice: no stack
+    runner = CliRunner()
+    result = runner.invoke(app, ["measure", str(first), str(second), str(lone)])
+    assert result.exit_code == 0, result.output
+    rows = result.stdout.splitlines()
+    assert rows[0].split()[:2] == ["stack", "slices"] and len(rows) == 5
+    for number, folder in enumerate([first, second], start=1):
+        dataset = pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True)
+        expected = f"{number} study {dataset.StudyInstanceUID}, series {dataset.SeriesInstanceUID}"
+        assert expected in [row.strip() for row in rows[3:]]
+    lone_study = pydicom.dcmread(next(lone.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
+    assert f"study {lone_study}: no short-axis cine found" in result.stderr
+
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(app, ["measure", str(tmp_path / "empty")])
+    assert (empty.exit_code, empty.stderr.strip()) == (1, "no files found")
+    absent = runner.invoke(app, ["measure", str(first), "--config", str(tmp_path / "absent.toml")])
+    assert absent.exit_code == 2
+    assert absent.stderr.strip() == f"error: --config: config file not found: {tmp_path / 'absent.toml'}"
