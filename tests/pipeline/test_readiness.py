@@ -206,6 +206,16 @@ def _phantom_files(directory: Path, study: str, slices: int = 3) -> list[bytes]:
     ]
 
 
+def _queued_phantom_study(built: Node, clock: ManualClock, directory: Path) -> str:
+    """A 3-slice phantom study received, quiet for the stable period and queued; returns its UID."""
+    study = generate_uid()
+    for data in _phantom_files(directory, study):
+        built.ingest.store(data)
+    clock.advance(11)
+    assert len(built.assembler.tick()) == 1
+    return study
+
+
 def _quiet_but_the_last(built: Node, clock: ManualClock, directory: Path) -> tuple[str, bytes]:
     """A 4-slice phantom study received but for its last instance, then quiet for the stable period.
 
@@ -302,11 +312,7 @@ def test_a_failed_attempt_is_tried_again_after_the_retry_delay(
     """An attempt that fails for a passing reason (here an injected OSError: a real one cannot be
     made to pass on cue) is tried again only after RETRY_SECONDS (default 60), then measured."""
     built, clock = node
-    study = generate_uid()
-    for data in _phantom_files(tmp_path / "stack", study):
-        built.ingest.store(data)
-    clock.advance(11)
-    assert len(built.assembler.tick()) == 1
+    study = _queued_phantom_study(built, clock, tmp_path / "stack")
     worker = built.workers[0]
     measure = worker.measurer.measure
     failures = iter([OSError("database is locked")])
@@ -337,11 +343,7 @@ def test_a_job_whose_outcome_the_index_could_not_record_is_put_back_without_a_re
     can be recorded. The job must not stay running until the node restarts: once the index is back,
     the worker's next step puts it back (a failed attempt) and, after the retry delay, measures it."""
     built, clock = node
-    study = generate_uid()
-    for data in _phantom_files(tmp_path / "stack", study):
-        built.ingest.store(data)
-    clock.advance(11)
-    assert len(built.assembler.tick()) == 1
+    study = _queued_phantom_study(built, clock, tmp_path / "stack")
     worker = built.workers[0]
     outage = IndexOutage(built.index.engine)
     measure = worker.measurer.measure

@@ -332,19 +332,35 @@ def test_localizer_and_four_chamber_view_are_skipped() -> None:
 
 
 @pytest.mark.parametrize(
-    ("repeat_time", "repeat_series_number", "repeat_wins"),
+    ("stack_at", "repeat_at", "repeat_series_number", "repeat_wins"),
     [
-        ("103000", 5, True),  # later Acquisition Time wins over a lower Series Number
-        ("101500", 20, True),  # same time: the higher Series Number wins
-        ("100000", 20, False),  # an earlier acquisition does not replace a later one
+        (("101500", None), ("103000", None), 5, True),  # later Acquisition Time beats a lower Series Number
+        (("101500", None), ("101500", None), 20, True),  # same time: the higher Series Number wins
+        (
+            ("101500", None),
+            ("100000", None),
+            20,
+            False,
+        ),  # an earlier acquisition does not replace a later one
+        # Repeated after midnight: the next day's 00:05 is later than 23:55 ...
+        (("235500", "20261122"), ("000500", "20261123"), 5, True),
+        (("235500", "20261122"), ("000500", "20261122"), 5, False),  # ... but not the same day's
+        # An invalid date (the 00 day) is not trusted: without a date on every image, the time decides.
+        (("235500", "20261100"), ("000500", "20261123"), 5, False),
     ],
 )
 def test_repeated_slice_position_keeps_later_acquisition(
-    repeat_time: str, repeat_series_number: int, repeat_wins: bool
+    stack_at: tuple[str, str | None],
+    repeat_at: tuple[str, str | None],
+    repeat_series_number: int,
+    repeat_wins: bool,
 ) -> None:
-    """A position acquired twice keeps the later acquisition (by AcquisitionTime, then SeriesNumber)."""
+    """A position acquired twice keeps the later acquisition: by Acquisition Date and Time where every
+    image has a valid date, else by Acquisition Time; then by Series Number."""
     study = generate_uid()
-    stack = cine_stack(study=study, series_number=10)
+    stack = cine_stack(
+        study=study, series_number=10, acquisition_time=stack_at[0], acquisition_date=stack_at[1]
+    )
     repeat_series = generate_uid()
     repeat = one_position(
         study,
@@ -352,7 +368,8 @@ def test_repeated_slice_position_keeps_later_acquisition(
         2 * SPACING_MM,
         [p * 200.0 for p in range(4)],
         series_number=repeat_series_number,
-        acquisition_time=repeat_time,
+        acquisition_time=repeat_at[0],
+        acquisition_date=repeat_at[1],
     )
     instances = repeat + stack  # the repeat arrives first, so arrival order cannot decide
     search = find_sax_stacks(instances)
@@ -363,36 +380,6 @@ def test_repeated_slice_position_keeps_later_acquisition(
     assert middle == ({repeat_series} if repeat_wins else {stack[0].header.series_instance_uid})
     assert search.skipped == {"superseded_by_later_acquisition": 4}
     assert_accounted(search, instances)
-
-
-@pytest.mark.parametrize(
-    ("stack_date", "repeat_date", "repeat_wins"),
-    [
-        ("20261122", "20261123", True),  # repeated after midnight: the next day's 00:05 is later
-        ("20261122", "20261122", False),  # the same day: 00:05 is earlier than 23:55
-        ("20261100", "20261123", False),  # no valid date on every image: the time of day decides
-    ],
-)
-def test_repeat_after_midnight_is_later_where_the_headers_date_it(
-    stack_date: str, repeat_date: str, repeat_wins: bool
-) -> None:
-    """A slice repeated just after midnight replaces the one acquired just before, by Acquisition Date
-    and Time; an invalid date (such as the 00 day) is not trusted, and the time of day decides."""
-    study = generate_uid()
-    stack = cine_stack(study=study, series_number=30, acquisition_time="235500", acquisition_date=stack_date)
-    repeat_series = generate_uid()
-    repeat = one_position(
-        study,
-        repeat_series,
-        2 * SPACING_MM,
-        [p * 200.0 for p in range(4)],
-        series_number=5,
-        acquisition_time="000500",
-        acquisition_date=repeat_date,
-    )
-    plan = only_stack(find_sax_stacks(stack + repeat))
-    middle = {cell.header.series_instance_uid for cell in plan.grid[2] if cell}
-    assert middle == ({repeat_series} if repeat_wins else {stack[0].header.series_instance_uid})
 
 
 def test_later_series_with_other_phase_count_does_not_replace_a_cine_slice() -> None:
