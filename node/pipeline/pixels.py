@@ -71,7 +71,7 @@ def grey_levels(
     return np.asarray(ends.min() + ends.max() - values, dtype=np.float32)
 
 
-def frame_source(path: Path, header: Dataset) -> Path | Dataset:
+def _frame_source(path: Path, header: Dataset) -> Path | Dataset:
     """What pydicom's frame-by-frame decoders are given for the file at ``path`` (``header``: its
     dataset without pixels): the path, so that only the wanted frames are read, except for a
     Deflated file, which they cannot read from a path: then the whole dataset, inflated."""
@@ -131,7 +131,7 @@ def _decode_frames(
         if indices and (indices[0] < 0 or indices[-1] >= count):
             raise IndexError("frame number outside Number of Frames")
         groups = FunctionalGroups.of(header)
-        source = frame_source(path, header)
+        source = _frame_source(path, header)
         for index, pixels in zip(indices, iter_pixels(source, indices=indices), strict=True):
             frame = grey_levels(pixels, header, groups.item(index, "PixelValueTransformationSequence"))
             for key in by_index[index]:

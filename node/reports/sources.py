@@ -27,10 +27,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.pixels.utils import pixel_array
 
 from node.domain import StackResult
-from node.pipeline.pixels import frame_source, grey_levels
+from node.pipeline.pixels import UnreadablePixels, grey_levels, read_frame
 from node.reports.errors import ReportError
 from node.store.instance import SpooledInstance
 
@@ -335,10 +334,9 @@ class _Headers:
 
 
 def decode_frame(path: Path, header: Dataset, frame_number: int) -> npt.NDArray[np.float32]:
-    """One frame of a multi-frame image file, decoded alone, as grey levels (MONOCHROME1 inverted).
-
-    The Modality LUT is the frame's Pixel Value Transformation functional group (PS3.3
-    C.7.6.16.2.9), per frame or shared, else the top-level Rescale Slope and Intercept.
+    """One frame of a multi-frame image file (``header``: its dataset without pixels), decoded alone
+    as the pipeline decodes it (:func:`node.pipeline.pixels.read_frame`): grey levels, MONOCHROME1
+    inverted, the frame's own Modality LUT applied.
 
     Raises
     ------
@@ -348,11 +346,9 @@ def decode_frame(path: Path, header: Dataset, frame_number: int) -> npt.NDArray[
     if not 1 <= frame_number <= int(header.get("NumberOfFrames") or 1):
         raise ReportError("frame number outside Number of Frames")
     try:
-        pixels = pixel_array(frame_source(path, header), index=frame_number - 1)
-        modality = frame_functional_group(header, frame_number, "PixelValueTransformationSequence")
-        return grey_levels(pixels, header, modality)
-    except Exception as error:  # noqa: BLE001 - pixel decoders raise many types
-        raise ReportError(f"cannot decode source pixel data: {type(error).__name__}") from None
+        return read_frame(path, frame_number)
+    except UnreadablePixels as error:
+        raise ReportError(f"source image: {error}") from None
 
 
 def load_report_sources(
