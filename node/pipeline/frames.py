@@ -29,7 +29,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage
 
-from node.store.instance import InstanceHeader, SpooledInstance, dated_time, floats, texts
+from node.store.instance import DA_DIGITS, InstanceHeader, SpooledInstance, dated_time, floats, texts
 
 #: Multi-frame greyscale MR classes whose frames can fill a stack's cells (PS3.4 B.5).
 SPLIT_MR_CLASSES: Final = frozenset(
@@ -37,7 +37,6 @@ SPLIT_MR_CLASSES: Final = frozenset(
 )
 
 _T = TypeVar("_T")
-_DT_DATE_DIGITS: Final = 8
 #: The sign that starts the optional "&ZZXX" UTC offset of a DT value.
 _UTC_OFFSET: Final = re.compile(r"[+-]")
 
@@ -169,8 +168,8 @@ def _dt_time(value: object) -> str | None:
     Acquisitions are compared within one study, on one scanner's clock, so the offset adds nothing.
     """
     text = str(value).strip()
-    time = _UTC_OFFSET.split(text[_DT_DATE_DIGITS:], maxsplit=1)[0]
-    return dated_time(text[:_DT_DATE_DIGITS], time) if time else None
+    time = _UTC_OFFSET.split(text[DA_DIGITS:], maxsplit=1)[0]
+    return dated_time(text[:DA_DIGITS], time) if time else None
 
 
 def _temporal_index(groups: FunctionalGroups, index: int) -> int | None:

@@ -25,7 +25,6 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Final, TypeVar
@@ -33,7 +32,7 @@ from typing import Final, TypeVar
 from pydicom.uid import EnhancedMRColorImageStorage, MRImageStorage
 
 from node.pipeline.frames import SPLIT_MR_CLASSES, FrameProblem, SpooledFrame, split_frames
-from node.store.instance import SpooledInstance
+from node.store.instance import DA_DIGITS, SpooledInstance, da_day
 
 Vector = tuple[float, float, float]
 Orientation = tuple[float, float, float, float, float, float]
@@ -67,7 +66,6 @@ _SECONDS_PER_HOUR: Final = 3600
 _SECONDS_PER_DAY: Final = 86400
 _TM_FIELD_DIGITS: Final = 2
 _TM_DIGITS: Final = 6
-_DA_DIGITS: Final = 8
 #: Multi-frame MR classes that are not split into frames (colour, not the magnitude the model reads).
 _UNSPLIT_MULTI_FRAME_MR_CLASSES: Final = frozenset({str(EnhancedMRColorImageStorage)})
 _DERIVED: Final = "DERIVED"
@@ -204,7 +202,7 @@ class StackPlan:
         spacing = self.slice_spacing_mm
         extents = [spacing] * self.slices
         for index, (low, high) in enumerate(itertools.pairwise(self.slice_positions_mm)):
-            if high - low >= MISSING_SLICE_RATIO * spacing:
+            if _holds_missing_slices(high - low, spacing):
                 extents[index] += (high - low - spacing) / 2
                 extents[index + 1] += (high - low - spacing) / 2
         return tuple(extents)
@@ -363,12 +361,9 @@ def _acquired(value: str | None) -> tuple[int | None, float] | None:
     if len(text.replace(":", "").partition(".")[0]) <= _TM_DIGITS:
         seconds = _tm_seconds(text)
         return None if seconds is None else (None, seconds)
-    try:
-        day = datetime.strptime(text[:_DA_DIGITS], "%Y%m%d").toordinal()
-    except ValueError:
-        return None
-    seconds = _tm_seconds(text[_DA_DIGITS:])
-    return None if seconds is None else (day, seconds)
+    day = da_day(text[:DA_DIGITS])
+    seconds = _tm_seconds(text[DA_DIGITS:])
+    return None if day is None or seconds is None else (day, seconds)
 
 
 def _all_dated(images: Iterable[_Image]) -> bool:
@@ -500,13 +495,18 @@ def _grid(
     return grid, trigger_times
 
 
+def _holds_missing_slices(gap: float, spacing: float) -> bool:
+    """Whether a gap between neighbouring slices leaves slices out (flagged, and counted in volumes)."""
+    return gap >= MISSING_SLICE_RATIO * spacing
+
+
 def _spacing_flags(positions: Sequence[float]) -> tuple[float, set[StackFlag]]:
     """Median slice spacing, and the flags its gaps and irregularities raise."""
     gaps = [b - a for a, b in itertools.pairwise(positions)]
     spacing = float(statistics.median(gaps))
     flags: set[StackFlag] = set()
     for gap in gaps:
-        if gap >= MISSING_SLICE_RATIO * spacing:
+        if _holds_missing_slices(gap, spacing):
             flags.add(StackFlag.MISSING_SLICES)
         elif abs(gap - spacing) > IRREGULAR_SPACING_FRACTION * spacing:
             flags.add(StackFlag.IRREGULAR_SLICE_SPACING)

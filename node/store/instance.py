@@ -145,17 +145,26 @@ def texts(value: Any) -> tuple[str, ...]:
     return tuple(str(item) for item in value)
 
 
+#: Digits of a DA value (YYYYMMDD, PS3.5 6.2); a DT value starts with one.
+DA_DIGITS = 8
+
+
+def da_day(value: str) -> int | None:
+    """A DA value as a day number (proleptic Gregorian ordinal); None when it is no calendar date
+    (such as 20120000)."""
+    try:
+        return datetime.strptime(value, "%Y%m%d").toordinal()
+    except ValueError:
+        return None
+
+
 def dated_time(date: str | None, time: str | None) -> str | None:
     """``time`` (TM) prefixed with ``date`` (DA) as one DT value, or ``time`` alone for want of a date.
 
     Acquisitions on either side of midnight then compare in order wherever the headers date them.
-    A date that is no calendar date (such as 20120000) is left out rather than trusted.
+    A date that is no calendar date (:func:`da_day`) is left out rather than trusted.
     """
-    if not time or not date:
-        return time
-    try:
-        datetime.strptime(date, "%Y%m%d")
-    except ValueError:
+    if not time or not date or da_day(date) is None:
         return time
     return date + time.replace(":", "")
 
