@@ -30,7 +30,7 @@ MAX_FIELD_OF_VIEW_MM = 1000.0
 
 
 class UnmeasurableStack(NodeError):
-    """A stack whose geometry or results are out of any physical range; it alone is not measured."""
+    """A stack whose geometry is out of any physical range; it alone is not measured."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,9 @@ class StackMeasurer:
         ------
         NodeError
             This stack cannot be measured: its pixels cannot be decoded (``UnreadablePixels``), or
-            its field of view or volumes are out of any physical range (``UnmeasurableStack``).
+            its field of view or slice extent is out of any physical range (``UnmeasurableStack``).
+            Within those bounds (finite, positive spacings found by the stack finder) every volume
+            is a finite number.
         """
         field_of_view = (plan.rows * plan.pixel_spacing[0], plan.columns * plan.pixel_spacing[1])
         if max(field_of_view) > MAX_FIELD_OF_VIEW_MM:
@@ -113,8 +115,6 @@ class StackMeasurer:
             blood_px[list(basal)] = 0.0
         myo_px = _fill_missing((labels == self._myo).sum(axis=(2, 3)).astype(np.float64), present)
         result = measure(blood_px, myo_px, pixel_area, plan.slice_extents_mm)
-        if not np.isfinite([result.edv_ml, result.esv_ml, result.ef_pct, result.lv_mass_g]).all():
-            raise UnmeasurableStack("volumes are not finite numbers (slice positions out of range)")
         ed, es = result.ed_phase, result.es_phase
 
         # cells[s, p]: the frame's index among the segmented (present) frames, -1 where missing.
