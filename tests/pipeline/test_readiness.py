@@ -20,7 +20,7 @@ from node.config import load_settings
 from node.domain import Outcome
 from node.pipeline.worker import MAX_ATTEMPTS
 from node.store import jobs as jobs_module
-from node.store.jobs import ResultRow
+from node.store.jobs import Job, ResultRow
 from tests.pipeline.test_odd_input import phantom_stack
 from tests.pipeline.test_stacks import SAX_TILTED
 from tests.support import IndexOutage, clear_dicomnode_env
@@ -206,14 +206,14 @@ def _phantom_files(directory: Path, study: str, slices: int = 3) -> list[bytes]:
     ]
 
 
-def _queued_phantom_study(built: Node, clock: ManualClock, directory: Path) -> str:
-    """A 3-slice phantom study received, quiet for the stable period and queued; returns its UID."""
+def _queued_phantom_study(built: Node, clock: ManualClock, directory: Path) -> Job:
+    """A 3-slice phantom study received, quiet for the stable period and queued: its job."""
     study = generate_uid()
     for data in _phantom_files(directory, study):
         built.ingest.store(data)
     clock.advance(11)
-    assert len(built.assembler.tick()) == 1
-    return study
+    (queued,) = built.assembler.tick()
+    return queued
 
 
 def _quiet_but_the_last(built: Node, clock: ManualClock, directory: Path) -> tuple[str, bytes]:
@@ -260,11 +260,7 @@ def test_a_job_whose_process_dies_at_every_attempt_ends_failed_instead_of_a_cras
     """A study that kills the node (memory, a crashing library) is retried after each restart, but
     after MAX_ATTEMPTS deaths it is recorded as failed with the reason, and the node stays up."""
     built, clock = node
-    study = generate_uid()
-    for data in _phantom_files(tmp_path / "stack", study):
-        built.ingest.store(data)
-    clock.advance(11)
-    (queued,) = built.assembler.tick()
+    queued = _queued_phantom_study(built, clock, tmp_path / "stack")
     dead_run = f"{socket.gethostname()}:{os.getpid()}:run-a-run-that-died:worker-1"
     for attempt in range(1, MAX_ATTEMPTS + 1):
         claimed = built.queue.claim(dead_run, clock.now())
@@ -279,7 +275,7 @@ def test_a_job_whose_process_dies_at_every_attempt_ends_failed_instead_of_a_cras
         assert (failed_count or 0.0) == (1.0 if attempt == MAX_ATTEMPTS else 0.0)
         clock.advance(61)  # past the retry delay
     assert built.queue.claim("worker", clock.now()) is None
-    (result,) = built.queue.results_for_study(study)
+    (result,) = built.queue.results_for_study(queued.study_instance_uid)
     assert result["outcome"] == Outcome.FAILED
     assert result["record"]["error"] == f"the node stopped while processing this study, {MAX_ATTEMPTS} times"
 
@@ -312,7 +308,7 @@ def test_a_failed_attempt_is_tried_again_after_the_retry_delay(
     """An attempt that fails for a passing reason (here an injected OSError: a real one cannot be
     made to pass on cue) is tried again only after RETRY_SECONDS (default 60), then measured."""
     built, clock = node
-    study = _queued_phantom_study(built, clock, tmp_path / "stack")
+    study = _queued_phantom_study(built, clock, tmp_path / "stack").study_instance_uid
     worker = built.workers[0]
     measure = worker.measurer.measure
     failures = iter([OSError("database is locked")])
@@ -343,7 +339,7 @@ def test_a_job_whose_outcome_the_index_could_not_record_is_put_back_without_a_re
     can be recorded. The job must not stay running until the node restarts: once the index is back,
     the worker's next step puts it back (a failed attempt) and, after the retry delay, measures it."""
     built, clock = node
-    study = _queued_phantom_study(built, clock, tmp_path / "stack")
+    study = _queued_phantom_study(built, clock, tmp_path / "stack").study_instance_uid
     worker = built.workers[0]
     outage = IndexOutage(built.index.engine)
     measure = worker.measurer.measure
