@@ -33,6 +33,13 @@ class UnmeasurableStack(NodeError):
     """A stack whose geometry is out of any physical range; it alone is not measured."""
 
 
+class NoLeftVentricle(NodeError):
+    """The model labelled LV blood pool in no frame of a stack: there is nothing to measure.
+
+    Reported as that stack's failure, never as a result with EDV 0 and EF 0.
+    """
+
+
 @dataclass(frozen=True)
 class MeasuredStack:
     """A result and the label volume ``[slice, phase, row, col]`` it was measured from."""
@@ -72,7 +79,8 @@ class StackMeasurer:
         ------
         NodeError
             This stack cannot be measured: its pixels cannot be decoded (``UnreadablePixels``), or
-            its field of view or slice extent is out of any physical range (``UnmeasurableStack``).
+            its field of view or slice extent is out of any physical range (``UnmeasurableStack``),
+            or no frame holds LV blood pool (``NoLeftVentricle``).
             Within those bounds (finite, positive spacings found by the stack finder) every volume
             is a finite number.
         """
@@ -115,6 +123,8 @@ class StackMeasurer:
             blood_px[list(basal)] = 0.0
         myo_px = _fill_missing((labels == self._myo).sum(axis=(2, 3)).astype(np.float64), present)
         result = measure(blood_px, myo_px, pixel_area, plan.slice_extents_mm)
+        if result.edv_ml == 0.0:
+            raise NoLeftVentricle("no left ventricle found: the model labelled LV blood pool in no frame")
         ed, es = result.ed_phase, result.es_phase
 
         # cells[s, p]: the frame's index among the segmented (present) frames, -1 where missing.

@@ -86,6 +86,20 @@ def test_slices_spread_beyond_any_scanner_fail_alone(tmp_path: Path, measurer: S
     assert reason.startswith("the slices span 4e+300 mm, beyond")
 
 
+def test_a_stack_without_any_left_ventricle_is_not_measured(tmp_path: Path, measurer: StackMeasurer) -> None:
+    """Blank images hold no LV: the stack is reported as not measured, with that reason, and the other
+    study's stack is still measured. Before, it was a result with EDV 0, ESV 0 and EF 0."""
+    good = _stack(tmp_path / "good")
+    blank = _stack(tmp_path / "blank")
+    _rewrite(blank, lambda d: setattr(d, "PixelData", bytes(len(d.PixelData))))
+    run = measure_paths([good, blank], measurer)
+    assert len(run.results) == 1
+    assert run.results[0].edv_ml > 0
+    ((series, reason),) = run.failed_stacks
+    assert reason == "no left ventricle found: the model labelled LV blood pool in no frame"
+    assert series != run.results[0].series_instance_uids
+
+
 def test_an_unexpected_error_in_one_stack_loses_no_other_result(
     tmp_path: Path,
     measurer: StackMeasurer,
