@@ -109,12 +109,7 @@ def measure(
     except ConfigError as error:
         raise _config_error(error) from None
     if sys.stderr.isatty():
-        with typer.progressbar(length=1, label="measuring", file=sys.stderr) as bar:
-
-            def progress(done: int, total: int) -> None:
-                bar.length = total
-                bar.update(1)
-
+        with _stage_bars() as progress:
             run = measure_paths(paths, measurer, progress)
     else:
         run = measure_paths(paths, measurer)
@@ -131,6 +126,25 @@ def measure(
     else:
         _print_table([result.to_json() for result in run.results])
     raise typer.Exit(0 if run.results else 1)
+
+
+@contextlib.contextmanager
+def _stage_bars() -> Iterator[Any]:
+    """A ``progress(stage, done, total)`` callback drawing one bar per stage on stderr."""
+    import sys
+
+    with contextlib.ExitStack() as stack:
+        bars: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in bars:
+                stack.close()  # the previous stage's bar ends at its last count
+                bars[stage] = stack.enter_context(typer.progressbar(length=1, label=stage, file=sys.stderr))
+            bar = bars[stage]
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+
+        yield progress
 
 
 def _series_text(series: Sequence[str]) -> str:

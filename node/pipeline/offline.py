@@ -6,7 +6,12 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from io import BytesIO
 from pathlib import Path
+
+import pydicom
+from pydicom.uid import MediaStorageDirectoryStorage
 
 from node.domain import StackResult
 from node.errors import NodeError
@@ -18,6 +23,8 @@ from node.store.instance import SpooledInstance, parse_instance
 PART10_MAGIC = b"DICM"
 #: Bytes of the Part 10 preamble.
 PART10_PREAMBLE = 128
+#: How a Referenced File ID's components are written as one path (PS3.10 8.2).
+FILE_ID_SEPARATOR = "\\"
 
 
 @dataclass
@@ -69,14 +76,30 @@ def _walk_error(error: OSError) -> tuple[Path, str]:
     return Path(error.filename or ""), error.strerror or type(error).__name__
 
 
-def collect(paths: Iterable[Path], unreadable: list[tuple[Path, str]]) -> list[SpooledInstance]:
+def collect(
+    paths: Iterable[Path],
+    unreadable: list[tuple[Path, str]],
+    progress: Callable[[int, int], None] | None = None,
+) -> list[SpooledInstance]:
     """Parse every file's header; files that are not DICOM instances are reported and skipped.
 
     Only the first bytes of a file are read before it is known to be a Part 10 file, so a large file
     of another kind costs no memory, and anything but a regular file (a pipe, a device) is not read.
+    A DICOMDIR (the index of a CD or a USB export) is no instance: the files it lists are read, once
+    each, whether or not the folders named hold them too. ``progress(files done, files known)`` is
+    called after each file; the folders are listed first, so the second count is known from the
+    start and grows only by what a DICOMDIR lists.
     """
     instances: list[SpooledInstance] = []
-    for path in iter_files(paths, unreadable):
+    queue = list(iter_files(paths, unreadable))
+    read: set[Path] = set()
+    for done, path in enumerate(_growing(queue), start=1):
+        if progress is not None:
+            progress(done, len(queue))
+        real = path.resolve()
+        if real in read:
+            continue
+        read.add(real)
         try:
             if not stat.S_ISREG(path.stat().st_mode):
                 unreadable.append((path, "not a regular file"))
@@ -87,22 +110,82 @@ def collect(paths: Iterable[Path], unreadable: list[tuple[Path, str]]) -> list[S
                     continue
                 file.seek(0)
                 data = file.read()
-            header = parse_instance(data)
-        except (NodeError, OSError) as error:
+            try:
+                header = parse_instance(data)
+            except NodeError:
+                if not _is_media_directory(data):
+                    raise
+                queue.extend(_listed_files(path))
+                continue
+        except NodeError as error:
             unreadable.append((path, str(error) or type(error).__name__))
             continue
-        instances.append(SpooledInstance(header=header, path=str(path.resolve())))
+        except OSError as error:  # the path is listed beside its reason already
+            unreadable.append((path, error.strerror or type(error).__name__))
+            continue
+        instances.append(SpooledInstance(header=header, path=str(real)))
     return instances
+
+
+def _growing(queue: list[Path]) -> Iterator[Path]:
+    """Yield the queue's paths in order, including any appended while it is being walked."""
+    position = 0
+    while position < len(queue):
+        yield queue[position]
+        position += 1
+
+
+def _is_media_directory(data: bytes) -> bool:
+    """Whether a Part 10 file is a DICOMDIR (Media Storage Directory Storage, PS3.10 8.6)."""
+    try:
+        meta = pydicom.dcmread(BytesIO(data), specific_tags=[]).file_meta
+    except Exception:  # noqa: BLE001 - not even a file meta: parse_instance's error stands
+        return False
+    return bool(meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage)
+
+
+def _listed_files(dicomdir: Path) -> list[Path]:
+    """The files a DICOMDIR's directory records reference (Referenced File ID, PS3.3 F.3.2.2), as
+    paths under its folder.
+
+    The records are read here rather than through pydicom's ``FileSet``, which leaves a listed file
+    that is missing out with only a warning: such a file must be reported like any unreadable one.
+
+    Raises
+    ------
+    NodeError
+        The DICOMDIR cannot be parsed, or a record names a file outside the DICOMDIR's folder.
+    """
+    try:
+        records = pydicom.dcmread(dicomdir).get("DirectoryRecordSequence", [])
+        file_ids = [record.get("ReferencedFileID") for record in records]
+    except Exception as error:  # pydicom raises ValueError, KeyError, struct.error...
+        raise NodeError(f"DICOMDIR cannot be read: {type(error).__name__}: {error}") from error
+    files: list[Path] = []
+    for file_id in file_ids:
+        if not file_id:
+            continue
+        parts = [file_id] if isinstance(file_id, str) else [str(part) for part in file_id]
+        if any(part in ("", ".", "..") or "/" in part or FILE_ID_SEPARATOR in part for part in parts):
+            shown = FILE_ID_SEPARATOR.join(parts)
+            raise NodeError(f"DICOMDIR cannot be read: Referenced File ID {shown} leaves its folder")
+        files.append(dicomdir.parent.joinpath(*parts))
+    return files
 
 
 def measure_paths(
     paths: Iterable[Path],
     measurer: StackMeasurer,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> OfflineRun:
-    """Find and measure every short-axis cine stack in the given files and folders."""
+    """Find and measure every short-axis cine stack in the given files and folders.
+
+    ``progress(stage, done, total)`` follows the two slow stages: ``"reading"`` counts files,
+    ``"measuring"`` counts stacks.
+    """
     run = OfflineRun()
-    instances = collect(paths, run.unreadable)
+    reading = partial(progress, "reading") if progress is not None else None
+    instances = collect(paths, run.unreadable, reading)
     run.instances = len(instances)
     by_study: dict[str, list[SpooledInstance]] = {}
     for instance in instances:
@@ -123,5 +206,5 @@ def measure_paths(
         except Exception as error:  # noqa: BLE001 - one stack's failure must not lose the others'
             run.failed_stacks.append((plan.series_instance_uids, f"{type(error).__name__}: {error}"))
         if progress is not None:
-            progress(done + 1, len(plans))
+            progress("measuring", done + 1, len(plans))
     return run

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.fileset import FileSet
 from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
@@ -157,6 +158,67 @@ def test_linked_folders_are_followed_once_and_dangling_links_reported(tmp_path: 
     instances = collect([top], unreadable)
     assert len(instances) == SLICES * PHASES
     assert unreadable == [(top / "gone.dcm", "link to nothing")]
+
+
+def test_progress_counts_files_read_then_stacks_measured(tmp_path: Path, measurer: StackMeasurer) -> None:
+    """The bar moves while headers are read (it stood still before the first stack was measured), then
+    per stack."""
+    folder = _stack(tmp_path / "study")
+    (folder / "notes.txt").write_text("not DICOM")
+    calls: list[tuple[str, int, int]] = []
+    measure_paths([folder], measurer, lambda *call: calls.append(call))
+    files = SLICES * PHASES + 1
+    assert calls == [("reading", done, files) for done in range(1, files + 1)] + [("measuring", 1, 1)]
+
+
+def _on_media(source: Path, media: Path) -> None:
+    """Write the instances under ``source`` as a File-set (a DICOMDIR and its PT*/ST*/SE*/IM* files),
+    as a CD export does."""
+    file_set = FileSet()
+    for path in sorted(source.glob("*.dcm")):
+        dataset = pydicom.dcmread(path)
+        # The Patient, Study and Series records need these (PS3.3 F.5); the phantoms leave them out.
+        dataset.PatientID = "PHANTOM"
+        dataset.StudyDate, dataset.StudyTime, dataset.StudyID = "20260101", "120000", "1"
+        dataset.AccessionNumber = ""
+        file_set.add(dataset)
+    file_set.write(media)
+
+
+def test_a_dicomdir_is_followed_and_its_files_read_once(tmp_path: Path, measurer: StackMeasurer) -> None:
+    """A DICOMDIR named alone leads to the files it lists; a media folder is read with each instance
+    once, though the walk and the DICOMDIR both find it; the files it lists join the progress count.
+    Before, the DICOMDIR was reported as an instance missing its UIDs, and named alone it gave 'no
+    stack found'."""
+    _on_media(_stack(tmp_path / "source"), tmp_path / "cd")
+    dicomdir = tmp_path / "cd" / "DICOMDIR"
+    for named in ([dicomdir], [tmp_path / "cd"], [tmp_path / "cd", dicomdir]):
+        run = measure_paths(named, measurer)
+        assert (len(run.results), run.instances, run.unreadable) == (1, SLICES * PHASES, []), named
+    counts: list[tuple[int, int]] = []
+    collect([dicomdir], [], lambda done, known: counts.append((done, known)))
+    assert (counts[0], counts[-1]) == ((1, 1), (1 + SLICES * PHASES, 1 + SLICES * PHASES))
+
+
+def test_a_dicomdir_listing_a_missing_file_or_one_outside_is_reported(tmp_path: Path) -> None:
+    """A file the DICOMDIR lists but the media lacks is reported by its path, and the files present are
+    still read. A DICOMDIR that names a file outside its folder is reported, and nothing it lists is
+    read."""
+    _on_media(_stack(tmp_path / "source"), tmp_path / "cd")
+    dicomdir = tmp_path / "cd" / "DICOMDIR"
+    listed = sorted((tmp_path / "cd").rglob("IM*"))
+    listed[0].unlink()
+    unreadable: list[tuple[Path, str]] = []
+    assert len(collect([dicomdir], unreadable)) == SLICES * PHASES - 1
+    assert unreadable == [(listed[0], "No such file or directory")]
+
+    dataset = pydicom.dcmread(dicomdir)
+    dataset.DirectoryRecordSequence[-1].ReferencedFileID = ["..", "source", "slice0-phase0.dcm"]
+    dataset.save_as(dicomdir)
+    unreadable.clear()
+    assert collect([dicomdir], unreadable) == []
+    reason = "DICOMDIR cannot be read: Referenced File ID ..\\source\\slice0-phase0.dcm leaves its folder"
+    assert unreadable == [(dicomdir, reason)]
 
 
 def test_the_table_and_messages_name_each_stack_and_study(
