@@ -32,6 +32,13 @@ from scipy import ndimage
 DETACHED_DISTANCE_MM = 30.0
 #: A blood pool at least this fraction surrounded by myocardium is ventricle (SCMR 2020 guideline).
 VENTRICLE_SURROUND_FRACTION = 0.5
+#: Typical direction from the base of the LV to its apex in patient coordinates (DICOM LPS: x to the
+#: patient's left, y posterior, z superior): the apex points left, anterior and inferior.
+APEX_DIRECTION_LPS = (1.0 / np.sqrt(3.0), -1.0 / np.sqrt(3.0), -1.0 / np.sqrt(3.0))
+#: The slice normal tells which end of a stack is the base when it is within this cosine (60 degrees)
+#: of :data:`APEX_DIRECTION_LPS` either way; an oblique stack or a heart on the right (dextrocardia,
+#: cosine about 1/3) is left to the blood pool.
+APEX_AXIS_MIN_COSINE = 0.5
 #: Density of myocardium, g/mL (the conventional value used for CMR LV mass).
 MYOCARDIAL_DENSITY_G_PER_ML = 1.05
 _MM3_PER_ML = 1000.0
@@ -133,20 +140,30 @@ def myocardial_surround(
     return surround
 
 
+def base_is_last(normal: Sequence[float]) -> bool | None:
+    """Whether the base is the last slice of a stack ordered along ``normal`` (a unit vector in
+    patient coordinates), judged by anatomy: None when the normal is not within
+    :data:`APEX_AXIS_MIN_COSINE` of the usual long axis (:data:`APEX_DIRECTION_LPS`)."""
+    cosine = float(np.dot(normal, APEX_DIRECTION_LPS))
+    if abs(cosine) < APEX_AXIS_MIN_COSINE:
+        return None
+    return cosine < 0  # slices further along the normal lie towards the base
+
+
 def basal_slices_to_exclude(
     labels: npt.NDArray[np.integer],
     blood_pool: int,
     myocardium: int,
     present: npt.NDArray[np.bool_],
+    base_last: bool | None = None,
 ) -> tuple[int, ...]:
     """Basal slices that are not ventricle in every phase, counted from the base inwards.
 
     A frame is ventricle when it has a blood pool at least :data:`VENTRICLE_SURROUND_FRACTION`
     surrounded by myocardium (:func:`myocardial_surround`); missing frames (``present`` False) do
-    not count against a slice. The base is the end of the stack with the larger blood pool (the LV
-    narrows to the apex). Walking from the base, slices are left out until the first slice that is
-    ventricle throughout; at most half the stack is examined, and nothing is left out when no slice
-    there qualifies (the rule cannot tell where the ventricle starts, and QC reports the rest).
+    not count against a slice. Walking from the base, slices are left out until the first slice that
+    is ventricle throughout; at most half the stack is examined, and nothing is left out when no
+    slice there qualifies (the rule cannot tell where the ventricle starts, and QC reports the rest).
 
     Parameters
     ----------
@@ -156,6 +173,10 @@ def basal_slices_to_exclude(
         Class indices of the LV blood pool and the LV myocardium.
     present
         ``(slices, phases)`` True where the frame was acquired.
+    base_last
+        Which end is the base, where the stack's orientation tells (:func:`base_is_last`). None: the
+        end with the larger blood pool (the LV narrows to the apex), which is wrong for a stack that
+        stops short of the apex, where the mid-ventricle outweighs the base.
     """
     areas = (labels == blood_pool).sum(axis=(2, 3)).astype(np.float64)
     surround = myocardial_surround(labels, blood_pool, myocardium)
@@ -163,8 +184,10 @@ def basal_slices_to_exclude(
     half = slices // 2
     if half == 0:
         return ()
-    per_slice = areas.max(axis=1)
-    base_first = per_slice[:half].sum() >= per_slice[slices - half :].sum()
+    if base_last is None:
+        per_slice = areas.max(axis=1)
+        base_last = bool(per_slice[:half].sum() < per_slice[slices - half :].sum())
+    base_first = not base_last
     order = range(half) if base_first else range(slices - 1, slices - 1 - half, -1)
     ventricle = (np.nan_to_num(surround, nan=0.0) >= VENTRICLE_SURROUND_FRACTION) & (areas > 0)
     excluded: list[int] = []

@@ -12,6 +12,7 @@ from node.domain import ModelIdentity, StackResult
 from node.errors import NodeError
 from node.inference.measurements import (
     basal_slices_to_exclude,
+    base_is_last,
     measure,
     remove_detached_lv,
     volume_curve_ml,
@@ -114,7 +115,7 @@ class StackMeasurer:
             volume_curve_ml(detached.astype(np.float64), pixel_area, plan.slice_extents_mm).max()
         )
         blood_px = _fill_missing((labels == self._blood).sum(axis=(2, 3)).astype(np.float64), present)
-        basal = basal_slices_to_exclude(labels, self._blood, self._myo, present)
+        basal = basal_slices_to_exclude(labels, self._blood, self._myo, present, base_is_last(plan.normal))
         if basal:
             # Left out of every output alike: volumes, mass, contours, SEG and the worklist.
             lv = labels[list(basal)]

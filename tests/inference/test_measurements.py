@@ -8,6 +8,7 @@ import pytest
 from node.inference.measurements import (
     MYOCARDIAL_DENSITY_G_PER_ML,
     basal_slices_to_exclude,
+    base_is_last,
     measure,
     myocardial_surround,
     remove_detached_lv,
@@ -172,6 +173,34 @@ def test_basal_end_is_found_from_the_larger_blood_pool_and_the_apex_is_kept() ->
     labels, blood = _stack(surrounds, [4, 9, 11, 13, 14, 15])
     present = np.ones(blood.shape, bool)
     assert basal_slices_to_exclude(labels, BLOOD, MYO, present) == (4, 5)
+
+
+def test_the_orientation_names_the_base_of_a_stack_cut_short_of_the_apex() -> None:
+    """A stack stopping at mid-ventricle: its mid slices outweigh the base, so the blood pool points at
+    the wrong end (nothing left out, atrium counted); the orientation names the base and the basal
+    slice that is atrium in systole goes."""
+    labels, blood = _stack(
+        [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 0.2, 0.3]],
+        [15, 15, 14, 12, 7],
+    )
+    present = np.ones(blood.shape, bool)
+    assert basal_slices_to_exclude(labels, BLOOD, MYO, present) == ()
+    assert basal_slices_to_exclude(labels, BLOOD, MYO, present, base_last=True) == (4,)
+
+
+@pytest.mark.parametrize(
+    ("normal", "expected"),
+    [
+        ((-0.67, 0.67, 0.32), True),  # SCD0000101: slices run from apex to base along the normal
+        ((0.67, -0.67, -0.32), False),  # the same stack listed the other way round
+        ((-0.58, -0.58, -0.58), None),  # apex to the right (dextrocardia): cosine 1/3, undecided
+        ((0.71, 0.71, 0.0), None),  # a plane along the long axis: cosine 0
+    ],
+    ids=["sunnybrook", "reversed", "dextrocardia", "long_axis_plane"],
+)
+def test_base_end_from_the_slice_normal(normal: tuple[float, float, float], expected: bool | None) -> None:
+    """The apex lies left, anterior and inferior (LPS +x, -y, -z); a normal far from that says nothing."""
+    assert base_is_last(normal) is expected
 
 
 def test_basal_rule_ignores_missing_frames_and_never_trims_without_a_ventricle_slice() -> None:
