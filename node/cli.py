@@ -142,6 +142,7 @@ def _stage_bars() -> Iterator[Any]:
                 bars[stage] = stack.enter_context(typer.progressbar(length=1, label=stage, file=sys.stderr))
             bar = bars[stage]
             bar.length = max(total, 1)
+            bar.finished = False  # click keeps a bar finished once it reached its length, which grows
             bar.update(done - bar.pos)
 
         yield progress

@@ -7,15 +7,12 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from io import BytesIO
 from pathlib import Path
-
-import pydicom
-from pydicom.uid import MediaStorageDirectoryStorage
 
 from node.domain import StackResult
 from node.errors import NodeError
 from node.pipeline.measure import StackMeasurer
+from node.pipeline.media import is_media_directory, listed_files
 from node.pipeline.stacks import StackPlan, find_sax_stacks
 from node.store.instance import SpooledInstance, parse_instance
 
@@ -23,8 +20,6 @@ from node.store.instance import SpooledInstance, parse_instance
 PART10_MAGIC = b"DICM"
 #: Bytes of the Part 10 preamble.
 PART10_PREAMBLE = 128
-#: How a Referenced File ID's components are written as one path (PS3.10 8.2).
-FILE_ID_SEPARATOR = "\\"
 
 
 @dataclass
@@ -96,11 +91,11 @@ def collect(
     for done, path in enumerate(_growing(queue), start=1):
         if progress is not None:
             progress(done, len(queue))
-        real = path.resolve()
-        if real in read:
-            continue
-        read.add(real)
         try:
+            real = path.resolve()
+            if real in read:
+                continue
+            read.add(real)
             if not stat.S_ISREG(path.stat().st_mode):
                 unreadable.append((path, "not a regular file"))
                 continue
@@ -113,15 +108,18 @@ def collect(
             try:
                 header = parse_instance(data)
             except NodeError:
-                if not _is_media_directory(data):
+                if not is_media_directory(data):
                     raise
-                queue.extend(_listed_files(path))
+                queue.extend(listed_files(path))
                 continue
         except NodeError as error:
             unreadable.append((path, str(error) or type(error).__name__))
             continue
         except OSError as error:  # the path is listed beside its reason already
             unreadable.append((path, error.strerror or type(error).__name__))
+            continue
+        except (RuntimeError, ValueError) as error:  # a link loop, a NUL byte in a name
+            unreadable.append((path, str(error) or type(error).__name__))
             continue
         instances.append(SpooledInstance(header=header, path=str(real)))
     return instances
@@ -133,44 +131,6 @@ def _growing(queue: list[Path]) -> Iterator[Path]:
     while position < len(queue):
         yield queue[position]
         position += 1
-
-
-def _is_media_directory(data: bytes) -> bool:
-    """Whether a Part 10 file is a DICOMDIR (Media Storage Directory Storage, PS3.10 8.6)."""
-    try:
-        meta = pydicom.dcmread(BytesIO(data), specific_tags=[]).file_meta
-    except Exception:  # noqa: BLE001 - not even a file meta: parse_instance's error stands
-        return False
-    return bool(meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage)
-
-
-def _listed_files(dicomdir: Path) -> list[Path]:
-    """The files a DICOMDIR's directory records reference (Referenced File ID, PS3.3 F.3.2.2), as
-    paths under its folder.
-
-    The records are read here rather than through pydicom's ``FileSet``, which leaves a listed file
-    that is missing out with only a warning: such a file must be reported like any unreadable one.
-
-    Raises
-    ------
-    NodeError
-        The DICOMDIR cannot be parsed, or a record names a file outside the DICOMDIR's folder.
-    """
-    try:
-        records = pydicom.dcmread(dicomdir).get("DirectoryRecordSequence", [])
-        file_ids = [record.get("ReferencedFileID") for record in records]
-    except Exception as error:  # pydicom raises ValueError, KeyError, struct.error...
-        raise NodeError(f"DICOMDIR cannot be read: {type(error).__name__}: {error}") from error
-    files: list[Path] = []
-    for file_id in file_ids:
-        if not file_id:
-            continue
-        parts = [file_id] if isinstance(file_id, str) else [str(part) for part in file_id]
-        if any(part in ("", ".", "..") or "/" in part or FILE_ID_SEPARATOR in part for part in parts):
-            shown = FILE_ID_SEPARATOR.join(parts)
-            raise NodeError(f"DICOMDIR cannot be read: Referenced File ID {shown} leaves its folder")
-        files.append(dicomdir.parent.joinpath(*parts))
-    return files
 
 
 def measure_paths(
@@ -198,6 +158,8 @@ def measure_paths(
         if search.skipped:
             run.skipped[study_uid] = search.skipped
         plans.extend(search.stacks)
+    if progress is not None:
+        progress("measuring", 0, len(plans))  # the bar shows the stage while the first stack runs
     for done, plan in enumerate(plans):
         try:
             run.results.append(measurer.measure(plan, Path("/")).result)

@@ -8,15 +8,17 @@ from __future__ import annotations
 import os
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
+import typer
 from pydicom.fileset import FileSet
 from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
-from node.cli import app
+from node.cli import _stage_bars, app
 from node.config import InferenceSettings
 from node.inference.runner import load_segmenter
 from node.pipeline.measure import StackMeasurer
@@ -168,7 +170,32 @@ def test_progress_counts_files_read_then_stacks_measured(tmp_path: Path, measure
     calls: list[tuple[str, int, int]] = []
     measure_paths([folder], measurer, lambda *call: calls.append(call))
     files = SLICES * PHASES + 1
-    assert calls == [("reading", done, files) for done in range(1, files + 1)] + [("measuring", 1, 1)]
+    reading = [("reading", done, files) for done in range(1, files + 1)]
+    assert calls == [*reading, ("measuring", 0, 1), ("measuring", 1, 1)]
+
+
+def test_progress_bars_follow_a_count_that_grows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DICOMDIR named alone is one file known at first, then its files join the count: the bar
+    shows the share read (it stood at 100 % before, click keeping a bar finished once it reached its
+    length). The measuring bar starts at 0 before the first stack runs."""
+    created: list[Any] = []
+    real = typer.progressbar
+
+    def capture(*args: Any, **kwargs: Any) -> Any:
+        created.append(real(*args, **kwargs))
+        return created[-1]
+
+    monkeypatch.setattr(typer, "progressbar", capture)
+    with _stage_bars() as progress:
+        progress("reading", 1, 1)
+        progress("reading", 2, 4)
+        reading = created[0].pct
+        progress("measuring", 0, 2)
+        at_start = created[1].pct
+        progress("measuring", 1, 2)
+        measuring = created[1].pct
+    assert [bar.label for bar in created] == ["reading", "measuring"]
+    assert (reading, at_start, measuring) == (0.5, 0.0, 0.5)
 
 
 def _on_media(source: Path, media: Path) -> None:
@@ -217,8 +244,64 @@ def test_a_dicomdir_listing_a_missing_file_or_one_outside_is_reported(tmp_path: 
     dataset.save_as(dicomdir)
     unreadable.clear()
     assert collect([dicomdir], unreadable) == []
-    reason = "DICOMDIR cannot be read: Referenced File ID ..\\source\\slice0-phase0.dcm leaves its folder"
+    file_id = "..\\source\\slice0-phase0.dcm"
+    reason = f"DICOMDIR cannot be read: Referenced File ID {file_id} is not a file under its folder"
     assert unreadable == [(dicomdir, reason)]
+
+
+def _lower_case(media: Path) -> None:
+    """Rename everything under ``media`` as Linux shows a CD without Rock Ridge (``mount -o
+    map=normal``): in lower case."""
+    for path in sorted(media.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        path.rename(path.with_name(path.name.lower()))
+
+
+def test_a_dicomdir_on_a_lower_case_mount_finds_its_files(tmp_path: Path) -> None:
+    """File IDs are upper case (``PT000000\\ST000000\\...``); a CD mounted in lower case, or showing an
+    ISO 9660 version (``;1``), still gives every file, and none is reported missing."""
+    _on_media(_stack(tmp_path / "source"), tmp_path / "cd")
+    _lower_case(tmp_path / "cd")
+    versioned = sorted((tmp_path / "cd").rglob("im*"))[0]
+    versioned.rename(versioned.with_name(versioned.name.upper() + ";1"))
+    for named in ([tmp_path / "cd" / "dicomdir"], [tmp_path / "cd"]):
+        unreadable: list[tuple[Path, str]] = []
+        assert len(collect(named, unreadable)) == SLICES * PHASES
+        assert unreadable == [], named
+
+
+def test_a_truncated_or_odd_dicomdir_is_reported_and_loses_nothing_silently(tmp_path: Path) -> None:
+    """A DICOMDIR cut short is reported as truncated (pydicom reads the records it can and says
+    nothing), a File ID holding a control character is refused, and a listed file that is a link loop
+    is reported: before, a NUL byte or a link loop ended the whole run in a traceback."""
+    _on_media(_stack(tmp_path / "source"), tmp_path / "cd")
+    dicomdir = tmp_path / "cd" / "DICOMDIR"
+    whole = dicomdir.read_bytes()
+
+    dicomdir.write_bytes(whole[: len(whole) * 2 // 3])
+    unreadable: list[tuple[Path, str]] = []
+    assert collect([dicomdir], unreadable) == []
+    ((path, reason),) = unreadable
+    assert (path, reason.split(" (")[0]) == (dicomdir, "DICOMDIR cannot be read: truncated")
+
+    dicomdir.write_bytes(whole)
+    dataset = pydicom.dcmread(dicomdir)
+    dataset.DirectoryRecordSequence[-1].ReferencedFileID = ["PT000000", "IM\x00001"]
+    dataset.save_as(dicomdir)
+    unreadable.clear()
+    assert collect([dicomdir], unreadable) == []
+    file_id = "PT000000\\IM\\x00001"
+    reason = f"DICOMDIR cannot be read: Referenced File ID {file_id} is not a file under its folder"
+    assert unreadable == [(dicomdir, reason)]
+
+    dicomdir.write_bytes(whole)
+    loop = sorted((tmp_path / "cd").rglob("IM*"))[0]
+    loop.unlink()
+    loop.symlink_to(loop)
+    unreadable.clear()
+    assert len(collect([dicomdir], unreadable)) == SLICES * PHASES - 1
+    ((path, reason),) = unreadable
+    assert path == loop
+    assert "loop" in reason.lower()
 
 
 def test_the_table_and_messages_name_each_stack_and_study(
