@@ -187,8 +187,7 @@ def basal_slices_to_exclude(
     if base_last is None:
         per_slice = areas.max(axis=1)
         base_last = bool(per_slice[:half].sum() < per_slice[slices - half :].sum())
-    base_first = not base_last
-    order = range(half) if base_first else range(slices - 1, slices - 1 - half, -1)
+    order = range(slices - 1, slices - 1 - half, -1) if base_last else range(half)
     ventricle = (np.nan_to_num(surround, nan=0.0) >= VENTRICLE_SURROUND_FRACTION) & (areas > 0)
     excluded: list[int] = []
     for slice_index in order:

@@ -34,9 +34,9 @@ def is_media_directory(data: bytes) -> bool:
     return bool(meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage)
 
 
-def listed_files(dicomdir: Path) -> list[Path]:
+def listed_files(dicomdir: Path, data: bytes) -> list[Path]:
     """The files a DICOMDIR's directory records reference (Referenced File ID), as paths under its
-    folder, in record order.
+    folder, in record order (``data``: the whole DICOMDIR file, already read).
 
     The records are read here rather than through pydicom's ``FileSet``, which leaves a listed file
     that is missing out with only a warning: such a file must be reported like any unreadable one.
@@ -50,7 +50,7 @@ def listed_files(dicomdir: Path) -> list[Path]:
         or a record names something that is not a file under the DICOMDIR's folder.
     """
     try:
-        dataset = pydicom.dcmread(dicomdir)
+        dataset = pydicom.dcmread(BytesIO(data))
         records = list(dataset.get("DirectoryRecordSequence", []))
         found = {record.seq_item_tell for record in records}
         pointed = {int(dataset.get(name) or 0) for name in _ROOT_OFFSETS}

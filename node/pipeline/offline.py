@@ -88,7 +88,8 @@ def collect(
     instances: list[SpooledInstance] = []
     queue = list(iter_files(paths, unreadable))
     read: set[Path] = set()
-    for done, path in enumerate(_growing(queue), start=1):
+    # A list's iterator also yields what is appended during the loop: the files a DICOMDIR lists.
+    for done, path in enumerate(queue, start=1):
         if progress is not None:
             progress(done, len(queue))
         try:
@@ -110,27 +111,16 @@ def collect(
             except NodeError:
                 if not is_media_directory(data):
                     raise
-                queue.extend(listed_files(path))
+                queue.extend(listed_files(path, data))
                 continue
-        except NodeError as error:
-            unreadable.append((path, str(error) or type(error).__name__))
-            continue
         except OSError as error:  # the path is listed beside its reason already
             unreadable.append((path, error.strerror or type(error).__name__))
             continue
-        except (RuntimeError, ValueError) as error:  # a link loop, a NUL byte in a name
+        except (NodeError, RuntimeError, ValueError) as error:  # also a link loop, a NUL byte in a name
             unreadable.append((path, str(error) or type(error).__name__))
             continue
         instances.append(SpooledInstance(header=header, path=str(real)))
     return instances
-
-
-def _growing(queue: list[Path]) -> Iterator[Path]:
-    """Yield the queue's paths in order, including any appended while it is being walked."""
-    position = 0
-    while position < len(queue):
-        yield queue[position]
-        position += 1
 
 
 def measure_paths(
