@@ -31,6 +31,7 @@ from node.store.claims import claimant_id, claimant_is_dead
 from node.store.index import Index
 from node.store.ingest import Ingest, IngestLimits
 from node.store.jobs import JobQueue
+from node.store.leases import LeaseKeeper
 from node.store.outbox import Outbox
 from node.store.reviews import ReviewRecord
 from node.store.spool import Spool
@@ -111,6 +112,7 @@ class Node:
         )
         measurer = StackMeasurer(segmenter)
         queue = JobQueue(index, timedelta(seconds=settings.pipeline.retry_seconds))
+        lease = timedelta(seconds=settings.storage.claim_lease_seconds)
         requeued, given_up = queue.requeue_abandoned(claimant_is_dead, MAX_ATTEMPTS, clock.now())
         outbox = Outbox(index, Spool(data_dir / "outbox"))
         released = outbox.release_abandoned(claimant_is_dead)
@@ -131,6 +133,7 @@ class Node:
                 pseudonymise=pseudonymise,
                 worker_id=claimant_id(f"worker-{number}"),
                 metrics=metrics,
+                lease=lease,
             )
             for number in range(settings.pipeline.workers)
         ]
@@ -142,7 +145,7 @@ class Node:
             spool_root=spool.root,
             results_root=results_spool.root,
             classes=LabelClasses.from_card(segmenter.card),
-            destinations=[destination.key for destination in settings.delivery.destinations],
+            destinations=settings.delivery.destinations,
             send_seg=settings.reports.send_seg,
             clock=clock,
             pseudonymise=pseudonymise,
@@ -154,6 +157,7 @@ class Node:
             clock=clock,
             claimant=claimant_id("sender"),
             metrics=metrics,
+            lease=lease,
             tls=(
                 DeliveryTLS(settings.dicom)
                 if any(destination.tls for destination in settings.delivery.destinations)
@@ -166,6 +170,8 @@ class Node:
             loops.add(f"worker-{number}", _worker_step(worker))
         loops.add("publisher", publisher.run_once)
         loops.add("sender", lambda: sender.run_once() > 0)
+        loops.add("dead-letters", lambda: sender.probe_dead_letters() > 0)
+        loops.add("leases", LeaseKeeper(queue, outbox, clock, lease, MAX_ATTEMPTS, metrics).step)
         review = ReviewParts.build(
             settings, index, outbox, metrics, verified_picture=_verified_picture(publisher)
         )

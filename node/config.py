@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from node.domain import ReportObject
 from node.errors import ConfigError
 
 ENV_PREFIX = "DICOMNODE_"
@@ -150,6 +151,12 @@ class StorageSettings(BaseModel):
     max_instances_per_study: int = Field(
         default=50000, ge=1, description="instances one study may hold; more are refused (0xA700)"
     )
+    claim_lease_seconds: float = Field(
+        default=120.0,
+        ge=10,
+        description="how long a node's claim on a job or delivery holds unless renewed; "
+        "any node takes over a claim whose lease ran out",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -244,6 +251,11 @@ class Destination(BaseModel):
         default=False,
         description="DICOM TLS: verify the peer against dicom.tls_ca, present dicom.tls_cert",
     )
+    send: frozenset[ReportObject] = Field(
+        default=frozenset(ReportObject),
+        min_length=1,
+        description='what this destination receives, any of "sr", "sc", "seg" (default: all of them)',
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -269,6 +281,12 @@ class DeliverySettings(BaseModel):
     batch_size: int = Field(default=50, ge=1)
     poll_seconds: float = Field(default=1.0, gt=0)
     timeout_s: float = Field(default=30.0, gt=0)
+    dead_letter_probe_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="how often a destination holding dead letters is sent C-ECHO; "
+        "when it answers, its dead letters (other than refused objects) are sent again",
+    )
 
     def backoff(self, attempts: int) -> float:
         """Seconds before retry number ``attempts`` + 1: exponential, capped."""

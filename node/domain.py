@@ -87,3 +87,56 @@ class StackResult:
         for name in ("blood_pool_mm2", "myocardium_mm2"):
             values[name] = tuple(tuple(row) for row in values[name])
         return cls(**values)
+
+
+class ReportObject(StrEnum):
+    """What a destination may be sent (``Destination.send``): the SR, the picture, the SEG."""
+
+    SR = "sr"
+    SC = "sc"
+    SEG = "seg"
+
+
+class OutboxKind(StrEnum):
+    """What an outbox object is; each belongs to one :class:`ReportObject`."""
+
+    DRAFT_SR = "draft_sr"
+    SC = "sc"
+    SEG = "seg"
+    VERIFIED_SR = "verified_sr"
+    VERIFIED_SC = "verified_sc"
+
+    @property
+    def report_object(self) -> ReportObject:
+        """The kind of object a destination opts in to (``send``)."""
+        return _REPORT_OBJECT[self]
+
+    @property
+    def label(self) -> str:
+        """How the worklist names the object."""
+        return _KIND_LABEL[self]
+
+
+_REPORT_OBJECT = {
+    OutboxKind.DRAFT_SR: ReportObject.SR,
+    OutboxKind.VERIFIED_SR: ReportObject.SR,
+    OutboxKind.SC: ReportObject.SC,
+    OutboxKind.VERIFIED_SC: ReportObject.SC,
+    OutboxKind.SEG: ReportObject.SEG,
+}
+_KIND_LABEL = {
+    OutboxKind.DRAFT_SR: "draft report (SR)",
+    OutboxKind.VERIFIED_SR: "verified report (SR)",
+    OutboxKind.SC: "draft picture (SC)",
+    OutboxKind.VERIFIED_SC: "verified picture (SC)",
+    OutboxKind.SEG: "segmentation (SEG)",
+}
+
+
+class DeliveryState(StrEnum):
+    """State of one (object, destination) pair in the outbox."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    DEAD = "dead"

@@ -1,9 +1,16 @@
 """The delivery sender: C-STORE SCU (PS3.4 Annex B) of outbox objects, with backoff and dead letters.
 
-A destination that answers with a failure status, or cannot be reached, counts as a failed
-attempt; only Success or a Warning status (the peer stored the object) counts as delivered. A
-destination with ``tls = true`` is reached over DICOM TLS; a failed handshake is a failed attempt
-like any other.
+Each (object, destination) pair succeeds or fails on its own. A destination that answers with a
+failure status, or cannot be reached, counts as a failed attempt; only Success or a Warning status
+(the peer stored the object) counts as delivered. An object whose SOP class the destination did not
+accept as a presentation context (PS3.8 9.3.3.2; many PACS take no Comprehensive 3D SR) is refused
+for good by that destination: it is dead-lettered at once, and the destination's other objects go
+on. A destination with ``tls = true`` is reached over DICOM TLS; a failed handshake is a failed
+attempt like any other.
+
+A destination holding dead letters is sent C-ECHO every ``dead_letter_probe_s``; once it answers
+again (an outage longer than the backoff has ended), its dead letters other than refused objects are
+sent again.
 """
 
 from __future__ import annotations
@@ -11,11 +18,15 @@ from __future__ import annotations
 import ssl
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import pydicom
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.clock import Clock
 from node.config import DeliverySettings, Destination
@@ -36,6 +47,12 @@ def is_stored(status: int) -> bool:
     return status == Status.SUCCESS or status in _STORED_WITH_WARNING
 
 
+def refused_reason(sop_class_uid: str) -> str:
+    """The dead letter's reason for an object whose SOP class a destination does not accept."""
+    name = UID(sop_class_uid).name
+    return f"destination does not accept {name}"
+
+
 class ClientTLS(Protocol):
     """Client contexts for DICOM TLS destinations (:class:`node.dicom.tls.DeliveryTLS`)."""
 
@@ -48,12 +65,21 @@ class ClientTLS(Protocol):
         ...
 
 
+class _NotAssociated(Exception):
+    """No association with a destination; the message says why (for every pair of the batch)."""
+
+
+class _NothingAccepted(Exception):
+    """The destination accepted none of the proposed presentation contexts."""
+
+
 @dataclass
 class DeliverySender:
     """Sends due outbox pairs, one association per destination per batch.
 
     ``tls`` holds the client contexts (built once, at startup) for destinations with ``tls = true``;
-    without it such a destination's attempts fail.
+    without it such a destination's attempts fail. ``lease`` is how long a claim holds before another
+    node may take it over; the node's lease keeper renews it while the sender works.
     """
 
     outbox: Outbox
@@ -63,10 +89,13 @@ class DeliverySender:
     claimant: str
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
     tls: ClientTLS | None = None
+    lease: timedelta = timedelta(seconds=120)
     #: Set from a claim until its outcome is recorded. Still set at the next batch when recording
     #: failed (the index unreachable, say), so that batch first puts back the pairs still claimed
     #: under this sender's id.
     _holding: bool = field(default=False, init=False)
+    #: When each destination with dead letters is next sent C-ECHO.
+    _next_probe: dict[str, datetime] = field(default_factory=dict, init=False)
 
     def run_once(self) -> int:
         """Send one batch of due pairs; returns how many were attempted."""
@@ -78,7 +107,7 @@ class DeliverySender:
             if released:
                 log.warning("delivery outcome could not be recorded: pairs put back", pairs=released)
         self._holding = True  # from the claim: a claim's commit can succeed although its call fails
-        due = self.outbox.claim_due(self.claimant, self.clock.now(), self.settings.batch_size)
+        due = self.outbox.claim_due(self.claimant, self.clock.now(), self.settings.batch_size, self.lease)
         if not due:
             self._holding = False
             return 0
@@ -96,8 +125,77 @@ class DeliverySender:
         self._holding = False
         return len(due)
 
+    def probe_dead_letters(self) -> int:
+        """C-ECHO each configured destination holding dead letters (at most every probe interval);
+        send its dead letters again when it answers. Returns how many pairs were put back."""
+        now = self.clock.now()
+        put_back = 0
+        known = {destination.key: destination for destination in self.settings.destinations}
+        for key in self.outbox.dead_destinations():
+            destination = known.get(key)
+            if destination is None or self._next_probe.get(key, now) > now:
+                continue
+            self._next_probe[key] = now + timedelta(seconds=self.settings.dead_letter_probe_s)
+            if not self._answers_echo(destination):
+                continue
+            ids = self.outbox.retry_dead(now, destination=key, refused=False)
+            if ids:
+                put_back += len(ids)
+                log.warning(
+                    "destination answers again: dead letters sent again", destination=key, pairs=len(ids)
+                )
+        return put_back
+
+    def _answers_echo(self, destination: Destination) -> bool:
+        try:
+            association = self._associate(destination, [Verification])
+        except (_NotAssociated, _NothingAccepted):
+            return False
+        try:
+            response = association.send_c_echo()
+        except Exception:  # noqa: BLE001 - any failure of the probe means "not yet"
+            return False
+        finally:
+            if association.is_established:
+                association.release()
+        return "Status" in response and int(response.Status) == Status.SUCCESS
+
+    def _associate(self, destination: Destination, sop_classes: list[str]) -> Association:
+        """An established association proposing each SOP class as its own presentation context.
+
+        Raises
+        ------
+        _NotAssociated
+            Rejected, unreachable, or the TLS handshake failed; the message says which.
+        _NothingAccepted
+            The destination accepted none of the contexts (its association was aborted).
+        """
+        ae = AE(self.calling_ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.settings.timeout_s
+        ae.connection_timeout = self.settings.timeout_s
+        for sop_class in sop_classes:
+            ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        tls_args = None
+        if destination.tls:
+            if self.tls is None:
+                raise _NotAssociated("TLS destination but DICOM TLS is not configured")
+            tls_args = self.tls.tls_args(destination.host)
+        association = ae.associate(
+            destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+        )
+        if association.is_established:
+            return association
+        if association.is_rejected:
+            raise _NotAssociated("association rejected")
+        if association.rejected_contexts and not association.accepted_contexts:
+            raise _NothingAccepted
+        handshake = self.tls.handshake_failure(destination.host) if tls_args and self.tls else None
+        if handshake is not None:
+            raise _NotAssociated(f"TLS handshake failed: {handshake}")
+        raise _NotAssociated("destination unreachable")
+
     def _send_batch(self, destination: Destination, batch: list[DueDelivery]) -> None:
-        datasets = {}
+        datasets: dict[int, Dataset] = {}
         for delivery in batch:
             try:
                 datasets[delivery.delivery_id] = pydicom.dcmread(delivery.path)
@@ -106,54 +204,62 @@ class DeliverySender:
         sendable = [delivery for delivery in batch if delivery.delivery_id in datasets]
         if not sendable:
             return
-        ae = AE(self.calling_ae_title)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.settings.timeout_s
-        ae.connection_timeout = self.settings.timeout_s
-        for sop_class in sorted({str(datasets[d.delivery_id].SOPClassUID) for d in sendable}):
-            ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        tls_args = None
-        if destination.tls:
-            if self.tls is None:
-                for delivery in sendable:
-                    self._failed(delivery, "TLS destination but DICOM TLS is not configured", None)
-                return
-            tls_args = self.tls.tls_args(destination.host)
-        association = ae.associate(
-            destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
-        )
-        if not association.is_established:
-            handshake = self.tls.handshake_failure(destination.host) if tls_args and self.tls else None
-            if association.is_rejected:
-                reason = "association rejected"
-            elif handshake is not None:
-                reason = f"TLS handshake failed: {handshake}"
-            else:
-                reason = "destination unreachable"
-            for delivery in sendable:
-                self._failed(delivery, reason, None)
-            return
-        handled: set[int] = set()
+        classes = {d.delivery_id: str(datasets[d.delivery_id].SOPClassUID) for d in sendable}
         try:
+            association = self._associate(destination, sorted(set(classes.values())))
+        except _NothingAccepted:
             for delivery in sendable:
-                handled.add(delivery.delivery_id)
-                response = association.send_c_store(datasets[delivery.delivery_id])
-                status = int(response.Status) if "Status" in response else None
-                if status is not None and is_stored(status):
-                    failpoint("sender:sent")
-                    self.metrics.delivery_attempts.inc()
-                    self.outbox.mark_delivered(delivery, status, self.clock.now())
-                    log.info("object delivered", destination=destination.key, kind="c-store", status=status)
-                else:
-                    reason = "no response" if status is None else f"failure status 0x{status:04X}"
-                    self._failed(delivery, reason, status)
-                if not association.is_established:
-                    break
+                self._refused(destination, delivery, classes[delivery.delivery_id])
+            return
+        except _NotAssociated as error:
+            for delivery in sendable:
+                self._failed(delivery, str(error), None)
+            return
+        accepted = {str(context.abstract_syntax) for context in association.accepted_contexts}
+        remaining = list(sendable)
+        try:
+            while remaining and association.is_established:
+                delivery = remaining.pop(0)
+                sop_class = classes[delivery.delivery_id]
+                if sop_class not in accepted:
+                    self._refused(destination, delivery, sop_class)
+                    continue
+                self._store(association, destination, delivery, datasets[delivery.delivery_id])
         finally:
             if association.is_established:
                 association.release()
-        for delivery in sendable:
-            if delivery.delivery_id not in handled:
-                self._failed(delivery, "association lost before sending", None)
+        for delivery in remaining:
+            self._failed(delivery, "association lost before sending", None)
+
+    def _store(
+        self, association: Association, destination: Destination, delivery: DueDelivery, dataset: Dataset
+    ) -> None:
+        """One C-STORE; whatever happens is this pair's outcome alone."""
+        try:
+            response = association.send_c_store(dataset)
+        except Exception as error:  # noqa: BLE001 - one object's failure must not stop the batch
+            self._failed(delivery, f"sending failed: {type(error).__name__}: {error}", None)
+            return
+        status = int(response.Status) if "Status" in response else None
+        if status is not None and is_stored(status):
+            failpoint("sender:sent")
+            self.metrics.delivery_attempts.inc()
+            self.outbox.mark_delivered(delivery, status, self.clock.now())
+            log.info("object delivered", destination=destination.key, kind="c-store", status=status)
+        else:
+            reason = "no response" if status is None else f"failure status 0x{status:04X}"
+            self._failed(delivery, reason, status)
+
+    def _refused(self, destination: Destination, delivery: DueDelivery, sop_class_uid: str) -> None:
+        reason = refused_reason(sop_class_uid)
+        self.outbox.mark_refused(delivery, reason, self.clock.now())
+        self.metrics.delivery_attempts.inc()
+        self.metrics.delivery_failures.labels(final="true").inc()
+        log.warning(
+            "delivery refused by destination: dead-lettered",
+            destination=destination.key,
+            reason=reason,
+        )
 
     def _failed(self, delivery: DueDelivery, reason: str, status: int | None) -> None:
         dead = self.outbox.mark_failed(

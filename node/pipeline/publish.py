@@ -20,7 +20,8 @@ from pydicom.dataset import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 
 from node.clock import Clock
-from node.domain import Outcome, StackResult
+from node.config import Destination
+from node.domain import OutboxKind, Outcome, StackResult
 from node.failpoints import failpoint
 from node.logging import Pseudonymiser, get_logger
 from node.pipeline.stacks import find_sax_stacks
@@ -45,9 +46,9 @@ from node.store.outbox import Outbox, OutgoingObject
 
 log = get_logger(__name__)
 
-DRAFT_SR = "draft_sr"
-SECONDARY_CAPTURE = "sc"
-SEGMENTATION = "seg"
+DRAFT_SR = OutboxKind.DRAFT_SR
+SECONDARY_CAPTURE = OutboxKind.SC
+SEGMENTATION = OutboxKind.SEG
 
 
 def encode(dataset: Dataset) -> bytes:
@@ -75,7 +76,7 @@ class Publisher:
     spool_root: Path
     results_root: Path
     classes: LabelClasses
-    destinations: Sequence[str]
+    destinations: Sequence[Destination]
     send_seg: bool
     clock: Clock
     pseudonymise: Pseudonymiser
@@ -214,7 +215,7 @@ class Publisher:
             return
         result = stack.result
         now = self.clock.now()
-        objects: list[tuple[str, Dataset]] = [
+        objects: list[tuple[OutboxKind, Dataset]] = [
             (
                 DRAFT_SR,
                 build_draft_sr(

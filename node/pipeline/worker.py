@@ -7,7 +7,7 @@ job is marked done, so a crash at any point leaves the job to be resumed, never 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from node.clock import Clock, monotonic
@@ -42,6 +42,8 @@ class PipelineWorker:
     pseudonymise: Pseudonymiser
     worker_id: str
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
+    #: How long a claim holds unless the node's lease keeper renews it.
+    lease: timedelta = timedelta(minutes=2)
     #: Set from a claim until its outcome is recorded. Still set at the next step when recording
     #: failed (the index unreachable, say), so that step first puts back the job still claimed
     #: under this worker's id.
@@ -52,7 +54,7 @@ class PipelineWorker:
         if self._holding:
             self._release_unrecorded(self.clock.now())
         self._holding = True  # from the claim: a claim's commit can succeed although its call fails
-        job = self.queue.claim(self.worker_id, self.clock.now())
+        job = self.queue.claim(self.worker_id, self.clock.now(), self.lease)
         if job is None:
             self._holding = False
             return None

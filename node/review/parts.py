@@ -46,7 +46,7 @@ class ReviewParts:
             outbox=outbox,
             outbox_root=settings.storage.data_dir / "outbox",
             audit=audit,
-            destinations=[destination.key for destination in settings.delivery.destinations],
+            destinations=settings.delivery.destinations,
             build_verified_sr=build_verified_sr,
             metrics=metrics,
             verified_picture=verified_picture,

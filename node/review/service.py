@@ -31,7 +31,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from node.accounts.users import User
-from node.domain import Outcome
+from node.config import Destination
+from node.domain import OutboxKind, Outcome
 from node.logging import get_logger
 from node.metrics import NodeMetrics
 from node.reports.codes import SCHEME, ReviewStatus
@@ -51,9 +52,9 @@ from node.store.reviews import ReviewRecord, ReviewStore
 
 log = get_logger(__name__)
 
-DRAFT_SR: Final = "draft_sr"
-VERIFIED_SR: Final = "verified_sr"
-VERIFIED_SC: Final = "verified_sc"
+DRAFT_SR: Final = OutboxKind.DRAFT_SR
+VERIFIED_SR: Final = OutboxKind.VERIFIED_SR
+VERIFIED_SC: Final = OutboxKind.VERIFIED_SC
 #: Builds the "VERIFIED BY" secondary capture of a review (None when its stack cannot be read).
 VerifiedPicture = Callable[[ReviewRecord], Dataset | None]
 #: Largest volume a radiologist can enter (mL); far above any human LV.
@@ -121,7 +122,7 @@ class ReviewService:
         outbox: Outbox,
         outbox_root: Path,
         audit: AuditLog,
-        destinations: Sequence[str],
+        destinations: Sequence[Destination],
         build_verified_sr: VerifiedSrBuilder | None = None,
         metrics: NodeMetrics | None = None,
         verified_picture: VerifiedPicture | None = None,

@@ -1,5 +1,10 @@
 """Who holds a claim on a queued row, and whether their process still runs.
 
+A claim is also a lease: it holds until ``lease_until``, which the claiming process renews while it
+runs (:func:`renew`). A claim whose lease ran out is released by any node (:func:`release_expired`), on
+any host, so a host that dies for good, or a container rescheduled under a new host name, leaves
+nothing stuck. The checks below release a dead process's claims on its own host at once.
+
 A claimant id is ``host:pid:start:thread``. ``start`` tells one run of a process from another that
 got the same pid later: after a reboot, and in a container, where the node is often pid 1 every time,
 a restarted node has the pid of the one that died holding claims. On Linux it is the boot id and the
@@ -13,6 +18,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, Table, select, update
@@ -42,6 +48,11 @@ _OWN_MARK = _start_mark(os.getpid()) or f"run-{uuid.uuid4().hex}"
 def claimant_id(thread_name: str) -> str:
     """An id unique to this host, process (run) and thread."""
     return f"{socket.gethostname()}:{os.getpid()}:{_OWN_MARK}:{thread_name}"
+
+
+def process_claimant_prefix() -> str:
+    """The start of every claimant id of this process (``host:pid:start:``)."""
+    return claimant_id("")
 
 
 def claimant_is_dead(claimant: str) -> bool:
@@ -91,6 +102,29 @@ def release_abandoned(
             connection.execute(
                 update(table)
                 .where(table.c.id.in_(abandoned), table.c.state == claimed)
-                .values(state=released, claimed_by=None)
+                .values(state=released, claimed_by=None, lease_until=None)
             )
     return len(abandoned)
+
+
+def renew(engine: Engine, table: Table, *, claimed: str, claimant_prefix: str, until: datetime) -> int:
+    """Extend to ``until`` the lease of every row in state ``claimed`` held by a claimant id that
+    starts with ``claimant_prefix`` (this process's); returns how many."""
+    with engine.begin() as connection:
+        result = connection.execute(
+            update(table)
+            .where(table.c.state == claimed, table.c.claimed_by.startswith(claimant_prefix, autoescape=True))
+            .values(lease_until=until)
+        )
+    return int(result.rowcount)
+
+
+def release_expired(engine: Engine, table: Table, *, claimed: str, released: str, now: datetime) -> int:
+    """Return rows in state ``claimed`` whose lease ran out before ``now`` to state ``released``."""
+    with engine.begin() as connection:
+        result = connection.execute(
+            update(table)
+            .where(table.c.state == claimed, table.c.lease_until < now)
+            .values(state=released, claimed_by=None, lease_until=None)
+        )
+    return int(result.rowcount)

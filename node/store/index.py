@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, insert, select, union, update
+from sqlalchemy import Engine, create_engine, event, func, insert, inspect, select, text, union, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -44,11 +44,41 @@ def create_index_engine(url: str) -> Engine:
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=32
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=8,
+            max_overflow=32,
+            hide_parameters=True,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_size=8, max_overflow=32, pool_pre_ping=True)
+    return create_engine(url, pool_size=8, max_overflow=32, pool_pre_ping=True, hide_parameters=True)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add columns that a newer node defines to tables an older node created.
+
+    ``create_all`` creates missing tables only; a column added since (always nullable or with a
+    server default) is added here, so an existing index keeps working after an upgrade.
+    """
+    inspector = inspect(engine)
+    existing_tables = set(inspector.get_table_names())
+    with engine.begin() as connection:
+        for table in metadata.sorted_tables:
+            if table.name not in existing_tables:
+                continue
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                default = ""
+                if column.server_default is not None:
+                    value = column.server_default.arg  # type: ignore[attr-defined]
+                    compiled = value.compile(dialect=engine.dialect) if hasattr(value, "compile") else value
+                    default = f"{'' if column.nullable else ' NOT NULL'} DEFAULT {compiled}"
+                added = f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}'
+                connection.execute(text(added))
 
 
 class Index:
@@ -57,6 +87,7 @@ class Index:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         metadata.create_all(engine)
+        _add_missing_columns(engine)
 
     @classmethod
     def open(cls, url: str) -> Index:
@@ -159,12 +190,16 @@ class Index:
     def study_instances(self, study_instance_uid: str) -> list[SpooledInstance]:
         """Every indexed instance of a study, in arrival order, with its header."""
         with self.engine.connect() as connection:
-            rows = connection.execute(
-                select(instances, studies)
-                .join(studies, studies.c.study_instance_uid == instances.c.study_instance_uid)
-                .where(instances.c.study_instance_uid == study_instance_uid)
-                .order_by(instances.c.id)
-            ).mappings().all()
+            rows = (
+                connection.execute(
+                    select(instances, studies)
+                    .join(studies, studies.c.study_instance_uid == instances.c.study_instance_uid)
+                    .where(instances.c.study_instance_uid == study_instance_uid)
+                    .order_by(instances.c.id)
+                )
+                .mappings()
+                .all()
+            )
         return [SpooledInstance(header=_header(row), path=str(row["path"])) for row in rows]
 
     def series_counts(self) -> dict[str, int]:
@@ -182,7 +217,6 @@ class Index:
         with self.engine.connect() as connection:
             rows = connection.execute(select(instances.c.sop_instance_uid, instances.c.path)).all()
         return {str(uid): str(path) for uid, path in rows}
-
 
 
 def _tuple(value: Any) -> tuple[Any, ...] | None:

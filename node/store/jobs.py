@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from node.domain import Outcome
 from node.failpoints import failpoint
-from node.store.claims import release_abandoned
+from node.store import claims
 from node.store.index import Index
 from node.store.schema import JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING, jobs, results, studies
 
@@ -113,7 +113,7 @@ class JobQueue:
                 continue  # the same version was queued concurrently elsewhere
         return queued
 
-    def claim(self, worker_id: str, now: datetime) -> Job | None:
+    def claim(self, worker_id: str, now: datetime, lease: timedelta = timedelta(minutes=2)) -> Job | None:
         """Atomically take the oldest queued job whose study has no job running.
 
         A job tried before (its last claim time is kept) waits the retry delay after that claim, so
@@ -142,7 +142,13 @@ class JobQueue:
             row = connection.execute(
                 update(jobs)
                 .where(jobs.c.id == candidate, jobs.c.state == QUEUED)
-                .values(state=RUNNING, claimed_by=worker_id, claimed_at=now, attempts=jobs.c.attempts + 1)
+                .values(
+                    state=RUNNING,
+                    claimed_by=worker_id,
+                    claimed_at=now,
+                    lease_until=now + lease,
+                    attempts=jobs.c.attempts + 1,
+                )
                 .returning(jobs.c.id, jobs.c.study_instance_uid, jobs.c.version, jobs.c.attempts)
             ).first()
         if row is None:
@@ -220,7 +226,9 @@ class JobQueue:
         if job.attempts < max_attempts:
             with self._engine.begin() as connection:
                 connection.execute(
-                    update(jobs).where(jobs.c.id == job.id).values(state=QUEUED, error=error, claimed_by=None)
+                    update(jobs)
+                    .where(jobs.c.id == job.id)
+                    .values(state=QUEUED, error=error, claimed_by=None, lease_until=None)
                 )
             return False
         row = ResultRow(
@@ -242,9 +250,29 @@ class JobQueue:
         ``reason`` as its error: a study that kills the node (memory, a crashing library) must not
         keep it in a crash loop. Returns the number of jobs put back and of jobs failed.
         """
-        released = release_abandoned(
+        released = claims.release_abandoned(
             self._engine, jobs, claimed=RUNNING, released=QUEUED, is_abandoned=is_abandoned
         )
+        return self._fail_exhausted(released, max_attempts, now, reason)
+
+    def requeue_expired(
+        self,
+        max_attempts: int,
+        now: datetime,
+        reason: str = "the node processing this study stopped renewing its claim",
+    ) -> tuple[int, int]:
+        """Put back running jobs whose lease ran out (their node died, on any host); as
+        :meth:`requeue_abandoned`, a job that ran out of attempts so is finished as failed."""
+        released = claims.release_expired(self._engine, jobs, claimed=RUNNING, released=QUEUED, now=now)
+        return self._fail_exhausted(released, max_attempts, now, reason)
+
+    def renew(self, claimant_prefix: str, until: datetime) -> int:
+        """Extend the lease of the jobs this process is running (see :func:`claims.renew`)."""
+        return claims.renew(self._engine, jobs, claimed=RUNNING, claimant_prefix=claimant_prefix, until=until)
+
+    def _fail_exhausted(
+        self, released: int, max_attempts: int, now: datetime, reason: str
+    ) -> tuple[int, int]:
         with self._engine.connect() as connection:
             exhausted = connection.execute(
                 select(jobs.c.id, jobs.c.study_instance_uid, jobs.c.version, jobs.c.attempts).where(

@@ -1,8 +1,10 @@
 """The outbox: objects to send are stored first, then delivered to each destination with retries.
 
-Each (object, destination) pair has a state: pending (due at ``next_attempt_at``), sending (claimed
-by a sender), delivered, or dead (after the attempt cap, with the last error). Claiming uses
-``FOR UPDATE SKIP LOCKED`` on PostgreSQL so several node processes never send the same pair at once.
+Each (object, destination) pair has a :class:`~node.domain.DeliveryState`: pending (due at
+``next_attempt_at``), sending (claimed by a sender, under a lease its node renews), delivered, or
+dead (after the attempt cap, or at once when the destination refuses the object's SOP class, with the
+last error). Claiming uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL so several node processes never
+send the same pair at once; a claim whose lease ran out (its node died) is put back by any node.
 """
 
 from __future__ import annotations
@@ -13,18 +15,20 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from node.store.claims import release_abandoned
+from node.config import Destination
+from node.domain import DeliveryState, OutboxKind
+from node.store import claims
 from node.store.index import Index
 from node.store.schema import deliveries, outbox
 from node.store.spool import Spool, safe_component
 
-PENDING = "pending"
-SENDING = "sending"
-DELIVERED = "delivered"
-DEAD = "dead"
+PENDING = DeliveryState.PENDING
+SENDING = DeliveryState.SENDING
+DELIVERED = DeliveryState.DELIVERED
+DEAD = DeliveryState.DEAD
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class OutgoingObject:
     sop_instance_uid: str
     sop_class_uid: str
     study_instance_uid: str
-    kind: str
+    kind: OutboxKind
     result_id: str | None
 
 
@@ -49,6 +53,25 @@ class DueDelivery:
     sop_instance_uid: str
 
 
+@dataclass(frozen=True)
+class DeliveryRow:
+    """One (object, destination) pair as ``dicomnode deliveries list`` and the worklist show it."""
+
+    id: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    kind: OutboxKind
+    result_id: str | None
+    destination: str
+    state: DeliveryState
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    next_attempt_at: datetime
+    delivered_at: datetime | None
+    refused: bool
+
+
 class Outbox:
     """Store-first outbox over the index and a spool of outgoing files."""
 
@@ -56,10 +79,14 @@ class Outbox:
         self._engine = index.engine
         self._spool = spool
 
-    def add(self, item: OutgoingObject, data: bytes, destinations: Sequence[str], now: datetime) -> bool:
-        """Store an object durably and schedule it for every destination; idempotent per SOP UID.
+    def add(
+        self, item: OutgoingObject, data: bytes, destinations: Sequence[Destination], now: datetime
+    ) -> bool:
+        """Store an object durably and schedule it for every destination that takes its kind.
 
-        Returns False when the object was already in the outbox (nothing is written again).
+        A destination whose ``send`` leaves out the object's kind (a PACS that takes no SR, say) gets
+        no delivery of it; the object is stored all the same (the worklist shows it). Idempotent per
+        SOP UID: returns False when the object was already in the outbox (nothing is written again).
         """
         if self.contains(item.sop_instance_uid):
             return False
@@ -83,10 +110,12 @@ class Outbox:
                     .returning(outbox.c.id)
                 ).scalar_one()
                 for destination in destinations:
+                    if item.kind.report_object not in destination.send:
+                        continue
                     connection.execute(
                         insert(deliveries).values(
                             outbox_id=outbox_id,
-                            destination=destination,
+                            destination=destination.key,
                             state=PENDING,
                             attempts=0,
                             next_attempt_at=now,
@@ -104,8 +133,8 @@ class Outbox:
             ).first()
         return found is not None
 
-    def claim_due(self, claimant: str, now: datetime, limit: int) -> list[DueDelivery]:
-        """Claim up to ``limit`` pending pairs that are due, oldest first."""
+    def claim_due(self, claimant: str, now: datetime, limit: int, lease: timedelta) -> list[DueDelivery]:
+        """Claim up to ``limit`` pending pairs that are due, oldest first, leased until ``now + lease``."""
         due = (
             select(deliveries.c.id)
             .where(deliveries.c.state == PENDING, deliveries.c.next_attempt_at <= now)
@@ -120,7 +149,7 @@ class Outbox:
             connection.execute(
                 update(deliveries)
                 .where(deliveries.c.id.in_(ids), deliveries.c.state == PENDING)
-                .values(state=SENDING, claimed_by=claimant)
+                .values(state=SENDING, claimed_by=claimant, lease_until=now + lease)
             )
             rows = connection.execute(
                 select(
@@ -158,6 +187,7 @@ class Outbox:
                     last_error=None,
                     delivered_at=now,
                     claimed_by=None,
+                    lease_until=None,
                 )
             )
 
@@ -176,32 +206,142 @@ class Outbox:
         """
         attempts = delivery.attempts + 1
         dead = attempts >= max_attempts
+        self._record_failure(
+            delivery,
+            state=DEAD if dead else PENDING,
+            attempts=attempts,
+            next_attempt_at=now + timedelta(seconds=0 if dead else backoff(attempts)),
+            status=status,
+            error=error,
+            refused=False,
+        )
+        return dead
+
+    def mark_refused(self, delivery: DueDelivery, error: str, now: datetime) -> None:
+        """Dead-letter a pair at once: the destination refuses the object (it will not change).
+
+        Such a pair is not brought back when the destination answers C-ECHO again; an operator may
+        retry it (``dicomnode deliveries retry``) once the destination is configured to take it.
+        """
+        self._record_failure(
+            delivery,
+            state=DEAD,
+            attempts=delivery.attempts + 1,
+            next_attempt_at=now,
+            status=None,
+            error=error,
+            refused=True,
+        )
+
+    def _record_failure(
+        self,
+        delivery: DueDelivery,
+        *,
+        state: DeliveryState,
+        attempts: int,
+        next_attempt_at: datetime,
+        status: int | None,
+        error: str,
+        refused: bool,
+    ) -> None:
         with self._engine.begin() as connection:
             connection.execute(
                 update(deliveries)
                 .where(deliveries.c.id == delivery.delivery_id)
                 .values(
-                    state=DEAD if dead else PENDING,
+                    state=state,
                     attempts=attempts,
-                    next_attempt_at=now + timedelta(seconds=0 if dead else backoff(attempts)),
+                    next_attempt_at=next_attempt_at,
                     last_status=status,
                     last_error=error,
+                    refused=refused,
                     claimed_by=None,
+                    lease_until=None,
                 )
             )
-        return dead
+
+    def renew(self, claimant_prefix: str, until: datetime) -> int:
+        """Extend the lease of the pairs this process is sending (see :func:`claims.renew`)."""
+        return claims.renew(
+            self._engine, deliveries, claimed=SENDING, claimant_prefix=claimant_prefix, until=until
+        )
+
+    def release_expired(self, now: datetime) -> int:
+        """Put back pairs whose sender's lease ran out (its node died, on any host)."""
+        return claims.release_expired(self._engine, deliveries, claimed=SENDING, released=PENDING, now=now)
+
+    def retry(self, delivery_ids: Sequence[int], now: datetime) -> list[int]:
+        """Put dead pairs back to pending, due now, with their attempt count reset; returns those put back."""
+        if not delivery_ids:
+            return []
+        return self._requeue_dead(deliveries.c.id.in_(list(delivery_ids)), now)
+
+    def retry_dead(self, now: datetime, destination: str | None = None, refused: bool = True) -> list[int]:
+        """Put back every dead pair (of one destination); ``refused=False`` leaves refused ones dead."""
+        condition: Any = deliveries.c.state == DEAD
+        if destination is not None:
+            condition = and_(condition, deliveries.c.destination == destination)
+        if not refused:
+            condition = and_(condition, deliveries.c.refused.is_(False))
+        return self._requeue_dead(condition, now)
+
+    def _requeue_dead(self, condition: Any, now: datetime) -> list[int]:
+        with self._engine.begin() as connection:
+            ids = [
+                int(row[0])
+                for row in connection.execute(
+                    select(deliveries.c.id).where(condition, deliveries.c.state == DEAD)
+                ).all()
+            ]
+            if ids:
+                connection.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id.in_(ids), deliveries.c.state == DEAD)
+                    .values(state=PENDING, attempts=0, next_attempt_at=now, refused=False)
+                )
+        return ids
+
+    def dead_destinations(self) -> dict[str, int]:
+        """Destinations with dead pairs that were not refused (outage victims), with their number."""
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                select(deliveries.c.destination, func.count())
+                .where(deliveries.c.state == DEAD, deliveries.c.refused.is_(False))
+                .group_by(deliveries.c.destination)
+            ).all()
+        return {str(destination): int(count) for destination, count in rows}
 
     def release_abandoned(self, is_abandoned: Callable[[str], bool]) -> int:
         """Put back pairs a killed process left in ``sending`` (they are retried; same SOP UIDs)."""
-        return release_abandoned(
+        return claims.release_abandoned(
             self._engine, deliveries, claimed=SENDING, released=PENDING, is_abandoned=is_abandoned
         )
 
     def delivery_states(self, result_id: str | None = None) -> list[dict[str, Any]]:
         """Delivery state per object and destination (optionally of one result), for the worklist."""
+        return [
+            {
+                "sop_instance_uid": row.sop_instance_uid,
+                "kind": row.kind,
+                "result_id": row.result_id,
+                "destination": row.destination,
+                "state": row.state,
+                "attempts": row.attempts,
+                "last_status": row.last_status,
+                "last_error": row.last_error,
+                "next_attempt_at": row.next_attempt_at,
+                "delivered_at": row.delivered_at,
+            }
+            for row in self.rows(result_id=result_id)
+        ]
+
+    def rows(self, result_id: str | None = None, state: DeliveryState | None = None) -> list[DeliveryRow]:
+        """Every (object, destination) pair, oldest object first; optionally one result's or state's."""
         query = (
             select(
+                deliveries.c.id,
                 outbox.c.sop_instance_uid,
+                outbox.c.sop_class_uid,
                 outbox.c.kind,
                 outbox.c.result_id,
                 deliveries.c.destination,
@@ -211,14 +351,35 @@ class Outbox:
                 deliveries.c.last_error,
                 deliveries.c.next_attempt_at,
                 deliveries.c.delivered_at,
+                deliveries.c.refused,
             )
             .join(outbox, outbox.c.id == deliveries.c.outbox_id)
             .order_by(outbox.c.id, deliveries.c.destination)
         )
         if result_id is not None:
             query = query.where(outbox.c.result_id == result_id)
+        if state is not None:
+            query = query.where(deliveries.c.state == state)
         with self._engine.connect() as connection:
-            return [dict(row) for row in connection.execute(query).mappings().all()]
+            found = connection.execute(query).all()
+        return [
+            DeliveryRow(
+                id=int(row[0]),
+                sop_instance_uid=str(row[1]),
+                sop_class_uid=str(row[2]),
+                kind=OutboxKind(row[3]),
+                result_id=row[4],
+                destination=str(row[5]),
+                state=DeliveryState(row[6]),
+                attempts=int(row[7]),
+                last_status=row[8],
+                last_error=row[9],
+                next_attempt_at=row[10],
+                delivered_at=row[11],
+                refused=bool(row[12]),
+            )
+            for row in found
+        ]
 
     def counts(self) -> dict[str, int]:
         """Number of (object, destination) pairs per state."""

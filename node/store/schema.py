@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -116,6 +117,9 @@ jobs = Table(
     Column("outcome", String(40)),
     Column("attempts", Integer, nullable=False, default=0),
     Column("claimed_by", String(200)),
+    #: Until when the claimant's claim holds; its holder renews it while it works, and any node may
+    #: take over a running job whose lease has run out.
+    Column("lease_until", UtcDateTime()),
     Column("queued_at", UtcDateTime(), nullable=False),
     Column("claimed_at", UtcDateTime()),
     Column("finished_at", UtcDateTime()),
@@ -180,9 +184,14 @@ deliveries = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", UtcDateTime(), nullable=False),
     Column("claimed_by", String(200)),
+    #: Until when a ``sending`` claim holds (see ``jobs.lease_until``).
+    Column("lease_until", UtcDateTime()),
     Column("last_status", Integer),
     Column("last_error", Text),
     Column("delivered_at", UtcDateTime()),
+    #: Dead because the destination refuses the object (no presentation context for its SOP class),
+    #: not because it was unreachable: a C-ECHO that succeeds again does not bring it back.
+    Column("refused", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("outbox_id", "destination", name="uq_deliveries_object_destination"),
     Index("ix_deliveries_state", "state", "next_attempt_at"),
 )

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 
+from node.domain import OutboxKind
 from node.logging import get_logger
 from node.pipeline.pixels import read_cell
 from node.pipeline.stacks import StackPlan, find_sax_stacks
@@ -27,7 +28,7 @@ from node.web.images import DEFAULT_FRAME_MS, cine_gif, dataset_png
 
 log = get_logger(__name__)
 
-SECONDARY_CAPTURE: Final = "sc"
+SECONDARY_CAPTURE: Final = OutboxKind.SC
 #: Label values of the released model (background, RV, LV myocardium, LV blood pool).
 DEFAULT_CLASSES: Final = ("background", "right_ventricle", "lv_myocardium", "lv_blood_pool")
 CACHE_ENTRIES: Final = 16

@@ -23,6 +23,7 @@ from node.clock import ManualClock
 from node.config import DeliverySettings, Destination, DicomSettings
 from node.delivery.sender import DeliverySender
 from node.dicom.tls import DeliveryTLS, is_ip_address
+from node.domain import OutboxKind
 from node.errors import ConfigError
 from node.store.index import Index
 from node.store.outbox import DELIVERED, PENDING, Outbox, OutgoingObject
@@ -87,10 +88,10 @@ def sending(tmp_path: Path, pki: Pki) -> Iterator[Sending]:
         sop_instance_uid=str(dataset.SOPInstanceUID),
         sop_class_uid=str(dataset.SOPClassUID),
         study_instance_uid=str(dataset.StudyInstanceUID),
-        kind="sc",
+        kind=OutboxKind.SC,
         result_id=None,
     )
-    assert outbox.add(item, data, [destination.key], clock.now())
+    assert outbox.add(item, data, [destination], clock.now())
     sender = DeliverySender(
         outbox=outbox,
         settings=settings,

@@ -5,10 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from sqlalchemy.exc import OperationalError
 
 from node.clock import ManualClock
@@ -19,38 +16,14 @@ from node.status import Status
 from node.store.index import Index
 from node.store.outbox import DEAD, DELIVERED, PENDING, SENDING, Outbox, OutgoingObject
 from node.store.spool import Spool
-from tests.delivery.peer import RecordingSCP
+from tests.delivery.peer import RecordingSCP, outgoing_object
 from tests.support import IndexOutage, free_port
 
 pytestmark = pytest.mark.integration
 
 
 def _object(study_uid: str) -> tuple[OutgoingObject, bytes]:
-    """A small, valid Secondary Capture instance as Part 10 bytes."""
-    dataset = Dataset()
-    dataset.SOPClassUID = SecondaryCaptureImageStorage
-    dataset.SOPInstanceUID = generate_uid()
-    dataset.StudyInstanceUID = study_uid
-    dataset.SeriesInstanceUID = generate_uid()
-    dataset.Modality = "OT"
-    dataset.PatientName = "TEST^DELIVERY"
-    dataset.PatientID = "DELIVERY-1"
-    dataset.file_meta = FileMetaDataset()
-    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
-    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-    from io import BytesIO
-
-    buffer = BytesIO()
-    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-    item = OutgoingObject(
-        sop_instance_uid=str(dataset.SOPInstanceUID),
-        sop_class_uid=str(dataset.SOPClassUID),
-        study_instance_uid=study_uid,
-        kind="sc",
-        result_id=None,
-    )
-    return item, buffer.getvalue()
+    return outgoing_object(study_uid)
 
 
 class Harness:
@@ -94,8 +67,8 @@ def test_objects_wait_through_an_outage_and_a_restart_then_arrive_exactly_once(h
     """With the destination down, objects stay pending across a restart and then arrive once each."""
     objects = [_object("1.2.826.0.1.3680043.10.1") for _ in range(3)]
     for item, data in objects:
-        assert harness.outbox.add(item, data, [harness.destination.key], harness.clock.now())
-    again = harness.outbox.add(objects[0][0], objects[0][1], [harness.destination.key], harness.clock.now())
+        assert harness.outbox.add(item, data, [harness.destination], harness.clock.now())
+    again = harness.outbox.add(objects[0][0], objects[0][1], [harness.destination], harness.clock.now())
     assert again is False, "the same SOP Instance UID was scheduled twice"
 
     assert harness.sender.run_once() == 3  # destination down: every attempt fails
@@ -121,7 +94,7 @@ def test_objects_wait_through_an_outage_and_a_restart_then_arrive_exactly_once(h
 def test_a_refusing_destination_ends_in_dead_letter_after_the_cap(harness: Harness) -> None:
     """A failure status counts as a failed attempt; after max_attempts the pair is dead with the error."""
     item, data = _object("1.2.826.0.1.3680043.10.2")
-    harness.outbox.add(item, data, [harness.destination.key], harness.clock.now())
+    harness.outbox.add(item, data, [harness.destination], harness.clock.now())
     peer = RecordingSCP(port=harness.destination.port, status=Status.OUT_OF_RESOURCES).start()
     try:
         waits = []
@@ -150,7 +123,7 @@ def test_a_delivery_the_index_could_not_record_is_sent_again_without_a_restart(
     must not stay "sending" until the node restarts: once the index is back, the next batch puts it
     back and sends it again (the PACS sees the SOP Instance UID twice, as after a crash there)."""
     item, data = _object("1.2.826.0.1.3680043.10.3")
-    harness.outbox.add(item, data, [harness.destination.key], harness.clock.now())
+    harness.outbox.add(item, data, [harness.destination], harness.clock.now())
     outage = IndexOutage(harness.index.engine)
     acknowledged = iter(["sender:sent"])
 

@@ -22,7 +22,7 @@ from node.accounts.passwords import Passwords
 from node.accounts.users import Role, User
 from node.clock import ManualClock
 from node.config import DeliverySettings, Destination, Settings, StorageSettings
-from node.domain import ModelIdentity, Outcome, StackResult
+from node.domain import ModelIdentity, OutboxKind, Outcome, StackResult
 from node.metrics import NodeMetrics
 from node.reports.codes import ReviewStatus
 from node.reports.sc import build_sc
@@ -242,8 +242,8 @@ def seed_result(
             review=ReviewStatus.PENDING,
             now=seeded.clock.now(),
         )
-        item = OutgoingObject(str(sc.SOPInstanceUID), str(sc.SOPClassUID), study, "sc", str(result_id))
-        seeded.outbox.add(item, encode(sc), [PACS.key], seeded.clock.now())
+        item = OutgoingObject(str(sc.SOPInstanceUID), str(sc.SOPClassUID), study, OutboxKind.SC, str(result_id))
+        seeded.outbox.add(item, encode(sc), [PACS], seeded.clock.now())
     return str(result_id)
 
 
@@ -258,9 +258,9 @@ def publish_draft(seeded: Seeded, result_id: str, result: StackResult, evidence:
         now=seeded.clock.now(),
     )
     item = OutgoingObject(
-        str(draft.SOPInstanceUID), str(draft.SOPClassUID), result.study_instance_uid, "draft_sr", result_id
+        str(draft.SOPInstanceUID), str(draft.SOPClassUID), result.study_instance_uid, OutboxKind.DRAFT_SR, result_id
     )
-    seeded.outbox.add(item, encode(draft), [PACS.key], seeded.clock.now())
+    seeded.outbox.add(item, encode(draft), [PACS], seeded.clock.now())
     seeded.clock.advance(timedelta(seconds=1).total_seconds())
     return str(draft.SOPInstanceUID)
 

@@ -34,7 +34,7 @@ def _service(seeded: Seeded, builder: Any) -> ReviewService:
         outbox=seeded.outbox,
         outbox_root=seeded.settings.storage.data_dir / "outbox",
         audit=seeded.parts.audit,
-        destinations=[PACS.key],
+        destinations=[PACS],
         build_verified_sr=builder,
     )
 
