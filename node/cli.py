@@ -508,6 +508,105 @@ def worklist_reject(
         typer.echo(f"rejected {result_id}; verified SR {review.sr_sop_instance_uid}")
 
 
+# -- deliveries (dead letters) -------------------------------------------------------------------------
+
+deliveries_app = typer.Typer(
+    help="Outgoing objects per destination; send dead letters again (audited).", no_args_is_help=True
+)
+app.add_typer(deliveries_app, name="deliveries")
+StateOption = Annotated[
+    str | None, typer.Option("--state", help="Only pairs in this state: pending, sending, delivered or dead.")
+]
+
+
+def _retry_audit(when: Any, target: str | None, why: str) -> Any:
+    from node.store.audit import AuditAction, AuditEntry
+
+    def entry(ids: list[int]) -> AuditEntry:
+        return AuditEntry(
+            at=when,
+            actor=_console_actor(),
+            address=CLI_ADDRESS,
+            action=AuditAction.DELIVERY_RETRY,
+            target=target,
+            details={"deliveries": ids, "why": why},
+        )
+
+    return entry
+
+
+@deliveries_app.command("list")
+def deliveries_list(
+    state: StateOption = None, as_json: JsonOption = False, config: ConfigOption = None
+) -> None:
+    """List (object, destination) pairs with their state, attempts and last error."""
+    from node.domain import DeliveryState
+
+    if state is not None and state not in {str(value) for value in DeliveryState}:
+        typer.echo(f"error: --state must be one of: {', '.join(str(v) for v in DeliveryState)}", err=True)
+        raise typer.Exit(2)
+    with _review_parts(config) as parts:
+        rows = parts.outbox.rows(state=DeliveryState(state) if state else None)
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    [
+                        {
+                            "id": row.id,
+                            "state": str(row.state),
+                            "destination": row.destination,
+                            "kind": str(row.kind),
+                            "sop_instance_uid": row.sop_instance_uid,
+                            "result_id": row.result_id,
+                            "attempts": row.attempts,
+                            "last_status": row.last_status,
+                            "last_error": row.last_error,
+                            "refused": row.refused,
+                        }
+                        for row in rows
+                    ],
+                    indent=2,
+                )
+            )
+            return
+        typer.echo(f"{'id':>6} {'state':<9} {'destination':<32} {'object':<22} {'tries':>5} last error")
+        for row in rows:
+            typer.echo(
+                f"{row.id:>6} {row.state!s:<9} {row.destination:<32} {row.kind.label:<22} "
+                f"{row.attempts:>5} {row.last_error or ''}".rstrip()
+            )
+
+
+@deliveries_app.command("retry")
+def deliveries_retry(
+    ids: Annotated[list[int], typer.Argument(help="Ids of dead pairs (from `deliveries list`).")],
+    config: ConfigOption = None,
+) -> None:
+    """Send dead pairs again, from their first attempt; the running node picks them up."""
+    with _review_parts(config) as parts:
+        done = parts.outbox.retry(ids, _now(), _retry_audit(_now(), None, "retry"))
+        skipped = sorted(set(ids) - set(done))
+        typer.echo(f"{len(done)} dead letter(s) queued again")
+        if skipped:
+            typer.echo(f"not dead, left alone: {', '.join(str(i) for i in skipped)}", err=True)
+            raise typer.Exit(1)
+
+
+@deliveries_app.command("retry-all-dead")
+def deliveries_retry_all_dead(
+    destination: Annotated[
+        str | None, typer.Option("--destination", help="Only this destination (AE@host:port).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Send every dead pair (of one destination) again, from its first attempt."""
+    with _review_parts(config) as parts:
+        done = parts.outbox.retry_dead(
+            _now(), _retry_audit(_now(), destination, "retry-all-dead"), destination=destination
+        )
+        typer.echo(f"{len(done)} dead letter(s) queued again")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

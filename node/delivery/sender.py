@@ -34,7 +34,8 @@ from node.failpoints import failpoint
 from node.logging import get_logger
 from node.metrics import NodeMetrics
 from node.status import Status
-from node.store.outbox import DueDelivery, Outbox
+from node.store.audit import AuditAction, AuditEntry
+from node.store.outbox import Audit, DueDelivery, Outbox
 
 log = get_logger(__name__)
 
@@ -63,6 +64,20 @@ class ClientTLS(Protocol):
     def handshake_failure(self, host: str) -> str | None:
         """Why the last handshake with ``host`` failed, if it did."""
         ...
+
+
+def _echo_audit(now: datetime, destination: str) -> Audit:
+    def entry(ids: list[int]) -> AuditEntry:
+        return AuditEntry(
+            at=now,
+            actor="node",
+            address="-",
+            action=AuditAction.DELIVERY_RETRY,
+            target=destination,
+            details={"deliveries": ids, "why": "destination answered C-ECHO again"},
+        )
+
+    return entry
 
 
 class _NotAssociated(Exception):
@@ -131,14 +146,14 @@ class DeliverySender:
         now = self.clock.now()
         put_back = 0
         known = {destination.key: destination for destination in self.settings.destinations}
-        for key in self.outbox.dead_destinations():
+        for key in self.outbox.dead_letters(refused=False):
             destination = known.get(key)
             if destination is None or self._next_probe.get(key, now) > now:
                 continue
             self._next_probe[key] = now + timedelta(seconds=self.settings.dead_letter_probe_s)
             if not self._answers_echo(destination):
                 continue
-            ids = self.outbox.retry_dead(now, destination=key, refused=False)
+            ids = self.outbox.retry_dead(now, _echo_audit(now, key), destination=key, refused=False)
             if ids:
                 put_back += len(ids)
                 log.warning(

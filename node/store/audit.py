@@ -34,6 +34,7 @@ class AuditAction(StrEnum):
     USER_ADD = "user_add"
     USER_DISABLE = "user_disable"
     USER_RESET = "user_reset"
+    DELIVERY_RETRY = "delivery_retry"
 
 
 @dataclass(frozen=True)

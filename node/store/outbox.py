@@ -21,9 +21,13 @@ from sqlalchemy.exc import IntegrityError
 from node.config import Destination
 from node.domain import DeliveryState, OutboxKind
 from node.store import claims
+from node.store.audit import AuditEntry, audit_insert
 from node.store.index import Index
 from node.store.schema import deliveries, outbox
 from node.store.spool import Spool, safe_component
+
+#: Makes the audit line of a retry from the ids of the pairs put back.
+Audit = Callable[[list[int]], AuditEntry]
 
 PENDING = DeliveryState.PENDING
 SENDING = DeliveryState.SENDING
@@ -270,22 +274,28 @@ class Outbox:
         """Put back pairs whose sender's lease ran out (its node died, on any host)."""
         return claims.release_expired(self._engine, deliveries, claimed=SENDING, released=PENDING, now=now)
 
-    def retry(self, delivery_ids: Sequence[int], now: datetime) -> list[int]:
-        """Put dead pairs back to pending, due now, with their attempt count reset; returns those put back."""
+    def retry(self, delivery_ids: Sequence[int], now: datetime, audit: Audit) -> list[int]:
+        """Put dead pairs back to pending, due now, with their attempt count reset.
+
+        ``audit`` makes the audit line of the ids put back; it is written in the same transaction.
+        Returns the ids put back (pairs that were not dead are left alone).
+        """
         if not delivery_ids:
             return []
-        return self._requeue_dead(deliveries.c.id.in_(list(delivery_ids)), now)
+        return self._requeue_dead(deliveries.c.id.in_(list(delivery_ids)), now, audit)
 
-    def retry_dead(self, now: datetime, destination: str | None = None, refused: bool = True) -> list[int]:
+    def retry_dead(
+        self, now: datetime, audit: Audit, destination: str | None = None, refused: bool = True
+    ) -> list[int]:
         """Put back every dead pair (of one destination); ``refused=False`` leaves refused ones dead."""
         condition: Any = deliveries.c.state == DEAD
         if destination is not None:
             condition = and_(condition, deliveries.c.destination == destination)
         if not refused:
             condition = and_(condition, deliveries.c.refused.is_(False))
-        return self._requeue_dead(condition, now)
+        return self._requeue_dead(condition, now, audit)
 
-    def _requeue_dead(self, condition: Any, now: datetime) -> list[int]:
+    def _requeue_dead(self, condition: Any, now: datetime, audit: Audit) -> list[int]:
         with self._engine.begin() as connection:
             ids = [
                 int(row[0])
@@ -299,14 +309,18 @@ class Outbox:
                     .where(deliveries.c.id.in_(ids), deliveries.c.state == DEAD)
                     .values(state=PENDING, attempts=0, next_attempt_at=now, refused=False)
                 )
+                connection.execute(audit_insert(audit(ids)))
         return ids
 
-    def dead_destinations(self) -> dict[str, int]:
-        """Destinations with dead pairs that were not refused (outage victims), with their number."""
+    def dead_letters(self, refused: bool = True) -> dict[str, int]:
+        """Dead pairs per destination; ``refused=False`` counts only those that were not refused."""
+        condition: Any = deliveries.c.state == DEAD
+        if not refused:
+            condition = and_(condition, deliveries.c.refused.is_(False))
         with self._engine.connect() as connection:
             rows = connection.execute(
                 select(deliveries.c.destination, func.count())
-                .where(deliveries.c.state == DEAD, deliveries.c.refused.is_(False))
+                .where(condition)
                 .group_by(deliveries.c.destination)
             ).all()
         return {str(destination): int(count) for destination, count in rows}

@@ -57,6 +57,12 @@ def build_app(
     metrics.add_gauge_source(
         "dicomnode_deliveries", "Outgoing (object, destination) pairs by state", "state", parts.outbox.counts
     )
+    metrics.add_gauge_source(
+        "dicomnode_dead_letters",
+        "Dead-lettered (object, destination) pairs by destination",
+        "destination",
+        parts.outbox.dead_letters,
+    )
     context = WebContext(
         settings=settings.web,
         parts=parts,

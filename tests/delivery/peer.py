@@ -17,6 +17,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.domain import OutboxKind, ReportObject
@@ -45,6 +46,7 @@ class RecordingSCP:
         ae = AE(self.ae_title)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax)
+        ae.add_supported_context(Verification)
         self._server = ae.start_server(
             ("127.0.0.1", self.port),
             block=False,

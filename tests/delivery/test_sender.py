@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from node.config import DeliverySettings, Destination
 from node.delivery import sender as sender_module
 from node.delivery.sender import DeliverySender
 from node.status import Status
+from node.store.audit import AuditAction, AuditLog
 from node.store.index import Index
 from node.store.outbox import DEAD, DELIVERED, PENDING, SENDING, Outbox, OutgoingObject
 from node.store.spool import Spool
@@ -145,3 +147,38 @@ def test_a_delivery_the_index_could_not_record_is_sent_again_without_a_restart(
     assert peer.received == [item.sop_instance_uid] * 2
     (row,) = harness.outbox.delivery_states()
     assert (row["state"], row["attempts"]) == (DELIVERED, 1)
+
+
+def test_dead_letters_of_an_outage_are_sent_again_once_the_destination_answers_c_echo(
+    harness: Harness,
+) -> None:
+    """After an outage longer than the backoff, the PACS's return brings its dead letters back; a
+    refused object stays dead (the destination would refuse it again)."""
+    study = "1.2.826.0.1.3680043.10.9"
+    (lost, lost_data), (refused, refused_data) = _object(study), _object(study)
+    harness.outbox.add(lost, lost_data, [harness.destination], harness.clock.now())
+    harness.outbox.add(refused, refused_data, [harness.destination], harness.clock.now())
+    now = harness.clock.now()
+    (_, second) = harness.outbox.claim_due("other:1:sender", now, 10, timedelta(minutes=2))
+    harness.outbox.mark_refused(second, "destination does not accept Secondary Capture Image Storage", now)
+    harness.outbox.release_abandoned(lambda claimant: claimant == "other:1:sender")
+    for _ in range(harness.settings.max_attempts):
+        assert harness.sender.run_once() == 1
+        harness.clock.advance(harness.settings.backoff_max_s)
+    assert {row.state for row in harness.outbox.rows()} == {DEAD}
+
+    assert harness.sender.probe_dead_letters() == 0, "dead letters came back while the PACS was down"
+    peer = RecordingSCP(port=harness.destination.port).start()
+    try:
+        harness.clock.advance(5)
+        assert harness.sender.probe_dead_letters() == 0, "probed again before the probe interval"
+        harness.clock.advance(harness.settings.dead_letter_probe_s)
+        assert harness.sender.probe_dead_letters() == 1
+        assert harness.sender.run_once() == 1
+    finally:
+        peer.stop()
+    assert peer.received == [lost.sop_instance_uid]
+    states = {row.sop_instance_uid: row.state for row in harness.outbox.rows()}
+    assert states == {lost.sop_instance_uid: DELIVERED, refused.sop_instance_uid: DEAD}
+    (entry,) = AuditLog(harness.index).entries(action=AuditAction.DELIVERY_RETRY)
+    assert entry.actor == "node" and entry.target == harness.destination.key

@@ -242,7 +242,9 @@ def seed_result(
             review=ReviewStatus.PENDING,
             now=seeded.clock.now(),
         )
-        item = OutgoingObject(str(sc.SOPInstanceUID), str(sc.SOPClassUID), study, OutboxKind.SC, str(result_id))
+        item = OutgoingObject(
+            str(sc.SOPInstanceUID), str(sc.SOPClassUID), study, OutboxKind.SC, str(result_id)
+        )
         seeded.outbox.add(item, encode(sc), [PACS], seeded.clock.now())
     return str(result_id)
 
@@ -258,7 +260,11 @@ def publish_draft(seeded: Seeded, result_id: str, result: StackResult, evidence:
         now=seeded.clock.now(),
     )
     item = OutgoingObject(
-        str(draft.SOPInstanceUID), str(draft.SOPClassUID), result.study_instance_uid, OutboxKind.DRAFT_SR, result_id
+        str(draft.SOPInstanceUID),
+        str(draft.SOPClassUID),
+        result.study_instance_uid,
+        OutboxKind.DRAFT_SR,
+        result_id,
     )
     seeded.outbox.add(item, encode(draft), [PACS], seeded.clock.now())
     seeded.clock.advance(timedelta(seconds=1).total_seconds())
