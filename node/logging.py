@@ -75,8 +75,10 @@ def drop_phi(
     return event_dict
 
 
-#: A UID of five or more components (PS3.5 9.1) standing alone in a text.
-_UID_IN_TEXT = re.compile(r"(?<![\w.])[0-2](?:\.\d+){4,}(?![\w.])")
+#: A UID of five or more components (PS3.5 9.1) in a text: standing alone, or as a path component or
+#: file name (``.../1.2.840.113619.2.1.3.dcm``); whatever follows it is no word character and no
+#: further component.
+_UID_IN_TEXT = re.compile(r"(?<![\w.])[0-2](?:\.\d+){4,}(?!\w)(?!\.\d)")
 #: UIDs defined by the standard (SOP classes, transfer syntaxes) identify nobody and stay readable.
 _STANDARD_UID_ROOT = "1.2.840.10008."
 

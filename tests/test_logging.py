@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from sqlalchemy import insert
+from sqlalchemy.exc import SQLAlchemyError
+
 from node.logging import drop_phi, redact_uids
+from node.store.index import Index
+from node.store.schema import outbox
 
 
 def test_drop_phi_removes_identifying_keys() -> None:
@@ -40,3 +46,30 @@ def test_redact_uids_keeps_standard_uids_addresses_and_versions() -> None:
         "count": 3,
     }
     assert redact_uids(None, "info", dict(event)) == event
+
+
+def test_redact_uids_hides_uids_inside_spool_paths() -> None:
+    """A UID as a folder or as a file name before ``.dcm`` is redacted too."""
+    study, sop = "1.3.6.1.4.1.9328.50.1.12345", "1.3.6.1.4.1.9328.50.1.0000678"
+    event: dict[str, Any] = {"exception": f"OSError: cannot open spool/{study}/{sop}.dcm (x.1.2.3.4.5.6)"}
+    redacted = redact_uids(None, "error", event)
+    assert redacted["exception"] == "OSError: cannot open spool/<uid>/<uid>.dcm (x.1.2.3.4.5.6)"
+
+
+def test_index_errors_never_carry_their_parameters(tmp_path: Path) -> None:
+    """An index error's text (which lands in a logged traceback) names no bound value."""
+    index = Index.open(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    secret = "spool/1.2.3.4.5/ACQUIRED-AT-0815.dcm"
+    try:
+        with index.engine.begin() as connection:
+            connection.execute(insert(outbox).values(id=1, sop_instance_uid="1.2.3.4.5"))
+            connection.execute(
+                insert(outbox).values(id=1, sop_instance_uid="1.2.3.4.6", path=secret, kind="sc")
+            )
+    except SQLAlchemyError as error:
+        text = str(error)
+    else:
+        raise AssertionError("the duplicate insert was accepted")
+    finally:
+        index.close()
+    assert "ACQUIRED-AT-0815" not in text and "parameters hidden" in text
