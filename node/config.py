@@ -88,6 +88,22 @@ class DicomSettings(BaseModel):
     acse_timeout_s: float = Field(default=30.0, gt=0)
     dimse_timeout_s: float = Field(default=60.0, gt=0)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
+    request_deadline_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a connection must deliver its whole A-ASSOCIATE-RQ within this many seconds "
+        "(however slowly it trickles), or it is closed",
+    )
+    max_pending_connections: int = Field(
+        default=64,
+        ge=1,
+        description="connections that have not yet sent their A-ASSOCIATE-RQ; more are closed at once",
+    )
+    max_pending_per_address: int = Field(
+        default=4,
+        ge=1,
+        description="such connections from one address; more from it are closed at once",
+    )
     max_associations_per_caller: int = Field(
         default=8, ge=1, le=1000, description="concurrent associations one calling AE title may hold"
     )

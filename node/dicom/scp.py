@@ -7,6 +7,7 @@ slower happens here. Callers outside ``allowed_callers`` are rejected at associa
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import uuid
@@ -76,18 +77,23 @@ class _NodeAE(AE):
 
     @property
     def maximum_associations(self) -> int:
-        """The association limit as it applies to the association negotiated on this thread."""
+        """The association limit as it applies to the association negotiated on this thread.
+
+        pynetdicom rejects when its running acceptor threads outnumber this value, and counts
+        connections that have not negotiated (an idle socket, a port scan) among them. The limits
+        are meant for negotiated associations only, so the value returned is the limit plus the
+        acceptors that are not established: the request is rejected exactly when ``max_associations``
+        associations (or ``per_caller`` of the same calling AE title) are already established.
+        """
         current = threading.current_thread()
-        if isinstance(current, Association) and current.is_acceptor:
-            title = str(current.requestor.ae_title).strip()
-            same_caller = [
-                other
-                for other in self.active_associations
-                if other.is_acceptor and str(other.requestor.ae_title).strip() == title
-            ]
-            if len(same_caller) > self._per_caller:
-                return 0  # pynetdicom rejects when active associations exceed the maximum
-        return self._maximum_associations
+        if not (isinstance(current, Association) and current.is_acceptor):
+            return self._maximum_associations
+        acceptors = [other for other in self.active_associations if other.is_acceptor]
+        established = [other for other in acceptors if other.is_established and other is not current]
+        title = str(current.requestor.ae_title).strip()
+        if sum(str(other.requestor.ae_title).strip() == title for other in established) >= self._per_caller:
+            return 0  # at least this one acceptor runs, so pynetdicom rejects
+        return self._maximum_associations + len(acceptors) - len(established) - 1
 
     @maximum_associations.setter
     def maximum_associations(self, value: int) -> None:
@@ -95,13 +101,15 @@ class _NodeAE(AE):
 
 
 class _ReceiveMeter:
-    """Bounds what one association may make the node hold in memory.
+    """Bounds what one connection may make the node hold in memory, and for how long.
 
     pynetdicom reads a whole PDU of whatever length the peer declares, and a whole DIMSE message
     before the C-STORE handler runs. The meter wraps the association socket's ``recv``: a PDU
     longer than ``max_pdu_bytes`` or more than ``max_message_bytes`` received since the last
     complete message raises ``OSError`` before the bytes are read, which pynetdicom treats as a
-    lost connection (the association ends, the listener carries on).
+    lost connection (the association ends, the listener carries on). It also notes since when a
+    read has been waiting for the rest of a PDU (pynetdicom reads only once data has arrived), so
+    that :class:`_Connections` can close a peer that stops half-way.
     """
 
     def __init__(self, max_pdu_bytes: int, max_message_bytes: int) -> None:
@@ -109,6 +117,7 @@ class _ReceiveMeter:
         self.max_message_bytes = max_message_bytes
         self.received = 0
         self.exceeded: str | None = None
+        self.reading_since: float | None = None
 
     def reset(self) -> None:
         """A whole message has been received and handed to its handler."""
@@ -124,11 +133,138 @@ class _ReceiveMeter:
                 self.exceeded = f"message over the {self.max_message_bytes}-byte instance limit"
             if self.exceeded is not None:
                 raise OSError(self.exceeded)
-            data = recv(nr_bytes)
+            self.reading_since = monotonic()
+            try:
+                data = recv(nr_bytes)
+            finally:
+                self.reading_since = None
             self.received += len(data)
             return data
 
         return bounded
+
+
+@dataclass
+class _Connection:
+    """One accepted TCP connection, from accept until it closes."""
+
+    address: str
+    opened: float
+    socket: socket.socket
+    meter: _ReceiveMeter | None = None
+    association: Association | None = None
+    #: Its whole A-ASSOCIATE-RQ was read (accepted or rejected); before that it is pending.
+    requested: bool = False
+    closed_by_node: str | None = None
+
+
+class _Connections:
+    """Admission and deadlines for connections, so that strangers cannot lock senders out.
+
+    A connection is pending until its whole A-ASSOCIATE-RQ has been read. Pending connections are
+    capped in total and per address (more are closed at accept), and one that has not delivered its
+    request within ``request_deadline_s`` is closed, however slowly it trickles (the ACSE timeout
+    bounds each read, not the whole). Any PDU, once begun, must complete within ``pdu_deadline_s``.
+    A watchdog thread closes what overstays; closing the socket ends its thread at once.
+    """
+
+    def __init__(
+        self, max_pending: int, max_pending_per_address: int, request_deadline_s: float, pdu_deadline_s: float
+    ) -> None:
+        self.max_pending = max_pending
+        self.max_pending_per_address = max_pending_per_address
+        self.request_deadline_s = request_deadline_s
+        self.pdu_deadline_s = pdu_deadline_s
+        self._lock = threading.Lock()
+        self._open: dict[tuple[str, int], _Connection] = {}
+        self._stopping = threading.Event()
+        self.refused = 0
+
+    def admit(self, sock: socket.socket, address: tuple[str, int]) -> bool:
+        """Whether a just-accepted connection may stay (it is then tracked until it closes)."""
+        with self._lock:
+            self._prune()
+            pending = [c for c in self._open.values() if not c.requested]
+            if len(pending) >= self.max_pending or (
+                sum(c.address == address[0] for c in pending) >= self.max_pending_per_address
+            ):
+                self.refused += 1
+                return False
+            self._open[address] = _Connection(address=address[0], opened=monotonic(), socket=sock)
+            return True
+
+    def attach(self, address: tuple[str, int], association: Association, meter: _ReceiveMeter) -> None:
+        """Link the connection at ``address`` to its association and receive meter."""
+        with self._lock:
+            connection = self._open.get(address)
+            if connection is not None:
+                connection.association, connection.meter = association, meter
+
+    def requested(self, association: Association) -> None:
+        """The association's A-ASSOCIATE-RQ has been read whole."""
+        with self._lock:
+            for connection in self._open.values():
+                if connection.association is association:
+                    connection.requested = True
+
+    def pending(self) -> int:
+        """Connections that have not yet delivered their A-ASSOCIATE-RQ."""
+        with self._lock:
+            self._prune()
+            return sum(not c.requested for c in self._open.values())
+
+    def _prune(self) -> None:
+        """Forget connections that are over: their association ended, or they were closed before
+        one began (a TLS handshake that never finished)."""
+        gone = [
+            key
+            for key, c in self._open.items()
+            if c.socket.fileno() == -1
+            or (c.association is not None and not c.association.is_alive())
+            or (c.association is None and c.closed_by_node is not None)
+        ]
+        for key in gone:
+            del self._open[key]
+
+    def enforce(self, now: float) -> list[str]:
+        """Close every connection past a deadline; returns why, one reason each."""
+        with self._lock:
+            self._prune()
+            overdue: list[tuple[_Connection, str]] = []
+            for connection in self._open.values():
+                reading = connection.meter.reading_since if connection.meter else None
+                if not connection.requested and now - connection.opened > self.request_deadline_s:
+                    overdue.append((connection, "no whole association request within the deadline"))
+                elif reading is not None and now - reading > self.pdu_deadline_s:
+                    overdue.append((connection, "PDU not completed within the network timeout"))
+        for connection, reason in overdue:
+            connection.closed_by_node = reason
+            _close(connection.socket)
+        return [reason for _, reason in overdue]
+
+    def close_all(self) -> int:
+        """Close every tracked connection (at the end of a shutdown's grace); returns how many."""
+        with self._lock:
+            connections = list(self._open.values())
+        for connection in connections:
+            _close(connection.socket)
+        return len(connections)
+
+    def watch(self, interval_s: float = 0.25) -> None:
+        """Run :meth:`enforce` until :meth:`stop` (on a daemon thread)."""
+        while not self._stopping.wait(interval_s):
+            for reason in self.enforce(monotonic()):
+                log.warning("connection closed", reason=reason)
+
+    def stop(self) -> None:
+        """End :meth:`watch`."""
+        self._stopping.set()
+
+
+def _close(sock: socket.socket) -> None:
+    """Shut a socket down so that a thread blocked reading it returns at once."""
+    with contextlib.suppress(OSError):  # already closed
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class _MeteredRequestHandler(RequestHandler):
@@ -141,23 +277,33 @@ class _MeteredRequestHandler(RequestHandler):
         transport = cast(AssociationSocket, association.dul.socket)
         transport.recv = meter.wrap(transport.recv)  # type: ignore[method-assign,assignment]
         server.meters[association] = meter
+        server.connections.attach(cast(tuple[str, int], self.client_address), association, meter)
         return association
 
 
 class _NoDelayServer(ThreadedAssociationServer):
     """Association server that disables Nagle on accepted sockets (small PDUs are not delayed).
 
-    It also carries the receive limits its request handler applies to each association.
+    It also carries the receive limits its request handler applies to each association, and the
+    admission of connections (:class:`_Connections`).
     """
 
     max_pdu_bytes: int = 1 << 20
     max_message_bytes: int = 1 << 30
     meters: weakref.WeakKeyDictionary[Association, _ReceiveMeter]
+    connections: _Connections
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = super().get_request()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Admit the connection unless too many from anyone, or from its address, are pending."""
+        if self.connections.admit(request, client_address):
+            return True
+        log.warning("connection refused: too many connections without an association request")
+        return False
 
 
 @dataclass
@@ -198,6 +344,7 @@ class StorageSCP:
         ae.dimse_timeout = settings.dimse_timeout_s
         self._ae = ae
         self._server: ThreadedAssociationServer | None = None
+        self._connections: _Connections | None = None
         # Built now so that an unusable certificate, key or CA stops the node at startup.
         self._ssl_context = server_context(settings) if settings.tls else None
 
@@ -211,6 +358,8 @@ class StorageSCP:
     def start(self) -> None:
         """Bind and serve in a background thread."""
         handlers: list[Any] = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_CONN_CLOSE, self._on_connection_closed),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_closed),
@@ -229,6 +378,13 @@ class StorageSCP:
             ),
         )
         server.meters = weakref.WeakKeyDictionary()
+        self._connections = server.connections = _Connections(
+            max_pending=self._settings.max_pending_connections,
+            max_pending_per_address=self._settings.max_pending_per_address,
+            request_deadline_s=self._settings.request_deadline_s,
+            pdu_deadline_s=self._settings.network_timeout_s,
+        )
+        threading.Thread(target=self._connections.watch, name="dicom-connections", daemon=True).start()
         server.max_message_bytes = self._settings.max_instance_mb * 1024 * 1024 + _COMMAND_ALLOWANCE
         server.max_pdu_bytes = max(self._settings.max_pdu_size, _MIN_PDU_ALLOWANCE) + _PDU_HEADER
         thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
@@ -259,12 +415,39 @@ class StorageSCP:
         for association in established:
             association.join(timeout=max(0.0, deadline - monotonic()))
         unfinished = [a for a in established if a.is_alive()]
-        for association in [a for a in active if a.is_alive()]:
-            association.abort()
+        # An A-ABORT waits for the association's reader, and a peer that stopped half-way through a
+        # PDU holds that reader in a read; each abort gets a second, then every socket is closed,
+        # which ends any read, so SIGTERM is honoured whatever a peer does.
+        aborts = [
+            threading.Thread(target=association.abort, name="dicom-abort", daemon=True)
+            for association in unfinished
+        ]
+        for thread in aborts:
+            thread.start()
+        for thread in aborts:
+            thread.join(timeout=1.0)
+        if self._connections is not None:
+            self._connections.close_all()
+            self._connections.stop()
         self._server = None
         log.info("listener stopped", unfinished_associations=len(unfinished))
 
     # -- event handlers (association threads) ------------------------------------------------------
+
+    def _on_requested(self, event: evt.Event) -> None:
+        if self._connections is not None:
+            self._connections.requested(event.assoc)
+
+    def _on_connection_closed(self, event: evt.Event) -> None:
+        """A connection closed before its A-ASSOCIATE-RQ: end its association now.
+
+        pynetdicom's acceptor would otherwise wait out the ACSE timeout for a request that cannot
+        come, holding two threads per closed connection (a port scan, a health check). ``None`` on
+        the user queue is what it receives when that wait times out, and it then ends cleanly.
+        """
+        association = event.assoc
+        if association.is_acceptor and association.requestor.primitive is None:
+            association.dul.to_user_queue.put(None)  # type: ignore[arg-type]
 
     def _on_accepted(self, event: evt.Event) -> None:
         association_id = uuid.uuid4().hex[:12]
