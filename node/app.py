@@ -14,6 +14,7 @@ from node.delivery.sender import DeliverySender
 from node.dicom.scp import StorageSCP
 from node.dicom.tls import DeliveryTLS
 from node.domain import Outcome
+from node.errors import ConfigError
 from node.inference.runner import load_segmenter
 from node.logging import Pseudonymiser, get_logger
 from node.metrics import NodeMetrics
@@ -93,14 +94,26 @@ class Node:
         clock = clock or SystemClock()
         metrics = NodeMetrics()
         data_dir = settings.storage.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        spool = Spool(data_dir / "spool")
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            spool = Spool(data_dir / "spool")
+        except OSError as error:
+            raise ConfigError(
+                f"DICOMNODE_STORAGE__DATA_DIR: {data_dir} is not writable "
+                f"({error.strerror or type(error).__name__}); give the node a folder it can write"
+            ) from None
         removed = spool.clear_incoming()
         if removed:
             log.info("removed unacknowledged partial files", count=removed)
         index = Index.open(settings.storage.effective_database_url())
         pseudonymise = Pseudonymiser.from_key_file(data_dir / "log-key")
         ingest = Ingest(spool, index, clock, IngestLimits.from_settings(settings))
+        indexed, quarantined = ingest.reconcile(data_dir / "quarantine")
+        if indexed or quarantined:
+            log.warning("spool files the index lacked", indexed=indexed, quarantined=quarantined)
+        waiting = index.restart_quiet_periods(clock.now())
+        if waiting:
+            log.info("studies that were receiving wait one quiet period", studies=waiting)
         scp = StorageSCP(settings.dicom, ingest, pseudonymise, metrics)
 
         segmenter = load_segmenter(settings.inference)

@@ -29,5 +29,11 @@ class OutOfResources(NodeError):
     status = Status.OUT_OF_RESOURCES
 
 
+class ConflictingInstance(NodeError):
+    """A SOP Instance UID the node holds arrived again with other bytes (the first content is kept)."""
+
+    status = Status.DUPLICATE_SOP_INSTANCE
+
+
 class ConfigError(NodeError):
     """Settings that do not validate; the CLI prints one line per problem and exits 2."""

@@ -19,6 +19,9 @@ class Status(IntEnum):
     CANNOT_UNDERSTAND = 0xC000
     #: Processing failure (PS3.7 C.4.1.1.1); an unexpected failure inside the node.
     PROCESSING_FAILURE = 0x0110
+    #: Duplicate SOP Instance (PS3.7 C.4.1.1.3): sent when a held SOP Instance UID arrives again with
+    #: other content; the first content is kept.
+    DUPLICATE_SOP_INSTANCE = 0x0111
 
     @property
     def is_success(self) -> bool:

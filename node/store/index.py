@@ -105,6 +105,27 @@ class Index:
             return sqlite.insert(table).on_conflict_do_nothing(index_elements=[key])
         return insert(table)
 
+    def restart_quiet_periods(self, now: datetime) -> int:
+        """Count every study still receiving as last received ``now`` (start-up).
+
+        A node that died while a study was arriving cannot tell whether the sender finished; the
+        study waits one whole quiet period after the restart before it is measured, however short
+        ``STABLE_SECONDS`` is against the time the node was down. Returns how many studies.
+        """
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                update(studies).where(studies.c.pending_since.is_not(None)).values(last_received_at=now)
+            )
+        return int(result.rowcount)
+
+    def instance_path(self, sop_instance_uid: str) -> str | None:
+        """Spool path (relative) of an indexed instance; None when it is not indexed."""
+        with self.engine.connect() as connection:
+            found = connection.execute(
+                select(instances.c.path).where(instances.c.sop_instance_uid == sop_instance_uid)
+            ).first()
+        return str(found[0]) if found is not None else None
+
     def has_instance(self, sop_instance_uid: str) -> bool:
         """Whether an instance is already indexed."""
         with self.engine.connect() as connection:

@@ -6,11 +6,18 @@ is a :class:`~node.errors.NodeError` carrying the status to answer.
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.exc import OperationalError
 
 from node.clock import Clock
 from node.config import Settings
-from node.errors import OutOfResources
+from node.errors import ConflictingInstance, NodeError, OutOfResources
 from node.failpoints import failpoint
 from node.store.index import Index
 from node.store.instance import InstanceHeader, parse_instance
@@ -50,14 +57,45 @@ class Stored:
     duplicate: bool
 
 
+class _KeyedLocks:
+    """One lock per key while anyone holds or waits for it (per SOP Instance UID here)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
 class Ingest:
-    """Durable receipt of instances into the spool and the index."""
+    """Durable receipt of instances into the spool and the index.
+
+    The write-and-index step is serialised per SOP Instance UID, so two associations sending the
+    same UID at once cannot leave the index naming one sender's bytes while the file holds the
+    other's: the first content wins. A later arrival is acknowledged as a duplicate only when it is
+    byte-identical; other content under a held UID is refused (0x0111) and logged.
+    """
 
     def __init__(self, spool: Spool, index: Index, clock: Clock, limits: IngestLimits) -> None:
         self._spool = spool
         self._index = index
         self._clock = clock
         self._limits = limits
+        self._locks = _KeyedLocks()
 
     def store(
         self,
@@ -72,29 +110,94 @@ class Ingest:
         ------
         MalformedInstance, SopClassMismatch
             The data is not a whole, identifiable dataset.
+        ConflictingInstance
+            The SOP Instance UID is held with other bytes.
         OutOfResources
-            A limit of :class:`IngestLimits` is reached; nothing was written.
+            A limit of :class:`IngestLimits` is reached, the spool cannot be written or the index is
+            unavailable; nothing is left behind.
         """
         limits = self._limits
         if len(data) > limits.max_instance_bytes:
             raise OutOfResources("instance larger than the configured maximum")
         header = parse_instance(data, expected_sop_class, expected_sop_instance)
-        if self._index.has_instance(header.sop_instance_uid):
-            return Stored(header=header, duplicate=True)
-        held = self._index.study_instance_count(header.study_instance_uid)
-        if held is None and self._index.waiting_studies() >= limits.max_waiting_studies:
-            raise OutOfResources("inference backlog full: new studies refused until it drains")
-        if held is not None and held >= limits.max_instances_per_study:
-            raise OutOfResources("study holds the configured maximum number of instances")
-        if self._spool.free_bytes() - len(data) < limits.min_free_bytes:
-            raise OutOfResources("free disk below the configured floor")
-        relative = self._spool.relative_path(
-            header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
-        )
-        self._spool.write(relative, data)
-        failpoint("ingest:written")
-        added = self._index.add_instance(
-            header, relative.as_posix(), len(data), calling_ae, self._clock.now()
-        )
-        failpoint("ingest:indexed")
+        with self._locks.hold(header.sop_instance_uid):
+            held = self._index.instance_path(header.sop_instance_uid)
+            if held is not None:
+                self._check_same(held, data)
+                return Stored(header=header, duplicate=True)
+            count = self._index.study_instance_count(header.study_instance_uid)
+            if count is None and self._index.waiting_studies() >= limits.max_waiting_studies:
+                raise OutOfResources("inference backlog full: new studies refused until it drains")
+            if count is not None and count >= limits.max_instances_per_study:
+                raise OutOfResources("study holds the configured maximum number of instances")
+            if self._spool.free_bytes() - len(data) < limits.min_free_bytes:
+                raise OutOfResources("free disk below the configured floor")
+            relative = self._spool.relative_path(
+                header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
+            )
+            try:
+                self._spool.write(relative, data)
+            except OSError as error:
+                raise OutOfResources(
+                    f"spool not writable: {error.strerror or type(error).__name__}"
+                ) from None
+            failpoint("ingest:written")
+            try:
+                added = self._index.add_instance(
+                    header, relative.as_posix(), len(data), calling_ae, self._clock.now()
+                )
+            except BaseException as error:
+                # No file without its index row: what was just written goes again.
+                self._spool.remove(relative)
+                if isinstance(error, OperationalError):
+                    raise OutOfResources("index unavailable: try again later") from None
+                raise
+            failpoint("ingest:indexed")
         return Stored(header=header, duplicate=not added)
+
+    def reconcile(self, quarantine: Path) -> tuple[int, int]:
+        """Index every spool file the index lacks (start-up, before the listener opens).
+
+        A file whose instance is not indexed (the node died between write and index) is indexed as
+        received now, so its study waits a quiet period. A file that cannot be parsed, or whose SOP
+        Instance UID is indexed under another path, is moved to ``quarantine`` with its spool path,
+        so no file stays in the spool without its index row. Returns (indexed, quarantined).
+        """
+        known = set(self._index.instance_paths().values())
+        indexed = quarantined = 0
+        for relative in self._spool.files():
+            if relative.as_posix() in known:
+                continue
+            data = (self._spool.root / relative).read_bytes()
+            try:
+                header = parse_instance(data)
+            except NodeError:
+                header = None
+            expected = (
+                self._spool.relative_path(
+                    header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
+                )
+                if header is not None
+                else None
+            )
+            if (
+                header is not None
+                and relative == expected
+                and self._index.add_instance(header, relative.as_posix(), len(data), None, self._clock.now())
+            ):
+                indexed += 1
+                continue
+            target = quarantine / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._spool.root / relative, target)
+            quarantined += 1
+        return indexed, quarantined
+
+    def _check_same(self, held: str, data: bytes) -> None:
+        """Raise :class:`ConflictingInstance` unless the held file has exactly these bytes."""
+        try:
+            same = (self._spool.root / held).read_bytes() == data
+        except OSError:
+            same = False
+        if not same:
+            raise ConflictingInstance("SOP Instance UID already held with other content; the first is kept")

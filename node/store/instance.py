@@ -134,6 +134,19 @@ def _value(dataset: Dataset, keyword: str, convert: Callable[[Any], _T]) -> _T |
         return None
 
 
+#: IS values lie in -2^31 .. 2^31-1 (PS3.5 Table 6.2-1); one outside is invalid and read as absent
+#: (the file keeps it as received), so it can never overflow an index column.
+_IS_RANGE = range(-(2**31), 2**31)
+
+
+def integer(value: Any) -> int:
+    """An IS (or US) value as an int; ValueError outside the range an IS may hold."""
+    number = int(value)
+    if number not in _IS_RANGE:
+        raise ValueError(f"integer string out of range: {number}")
+    return number
+
+
 def _text(value: Any) -> str:
     return str(value).strip()
 
@@ -605,9 +618,9 @@ def parse_instance(
         modality=_value(dataset, "Modality", _text),
         frame_of_reference_uid=_value(dataset, "FrameOfReferenceUID", _text),
         image_type=_value(dataset, "ImageType", texts) or (),
-        series_number=_value(dataset, "SeriesNumber", int),
-        instance_number=_value(dataset, "InstanceNumber", int),
-        acquisition_number=_value(dataset, "AcquisitionNumber", int),
+        series_number=_value(dataset, "SeriesNumber", integer),
+        instance_number=_value(dataset, "InstanceNumber", integer),
+        acquisition_number=_value(dataset, "AcquisitionNumber", integer),
         acquisition_time=dated_time(
             _value(dataset, "AcquisitionDate", _text), _value(dataset, "AcquisitionTime", _text)
         ),
@@ -619,9 +632,9 @@ def parse_instance(
             else None
         ),
         pixel_spacing=(spacing[0], spacing[1]) if spacing else None,
-        rows=_value(dataset, "Rows", int),
-        columns=_value(dataset, "Columns", int),
-        number_of_frames=_value(dataset, "NumberOfFrames", int),
+        rows=_value(dataset, "Rows", integer),
+        columns=_value(dataset, "Columns", integer),
+        number_of_frames=_value(dataset, "NumberOfFrames", integer),
         series_description=_value(dataset, "SeriesDescription", _text),
         patient_id=_value(dataset, "PatientID", _text),
         patient_name=_value(dataset, "PatientName", _text),

@@ -13,6 +13,7 @@ import re
 import shutil
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 _SAFE_UID = re.compile(r"^[0-9][0-9.]{0,63}$")
@@ -92,6 +93,19 @@ class Spool:
                 path.mkdir(exist_ok=True)
                 _fsync_dir(path.parent)
             self._durable_dirs.add(directory)
+
+    def remove(self, relative: Path) -> None:
+        """Remove a file durably (its directory is fsync'd); a missing file is no error."""
+        target = self.root / relative
+        target.unlink(missing_ok=True)
+        _fsync_dir(target.parent)
+
+    def files(self) -> Iterator[Path]:
+        """Every stored file, relative to the root (temporary files left out)."""
+        for path in self.root.rglob("*.dcm"):
+            relative = path.relative_to(self.root)
+            if relative.parts[0] != self._tmp.name:
+                yield relative
 
     def clear_incoming(self) -> int:
         """Remove temporary files a crash left behind; they were never acknowledged."""
