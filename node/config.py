@@ -110,6 +110,12 @@ class DicomSettings(BaseModel):
     max_instance_mb: int = Field(
         default=1024, ge=1, description="largest instance accepted; a bigger one aborts the association"
     )
+    max_inflight_mb: int = Field(
+        default=512,
+        ge=1,
+        description="received instance data not yet stored, all associations together; beyond it "
+        "reads wait (the oldest instance always proceeds)",
+    )
     tls_cert: Path | None = Field(default=None, description="PEM certificate: serve DICOM TLS")
     tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
     tls_ca: Path | None = Field(

@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -230,6 +230,8 @@ class NodeServer:
     port: int
     extra_env: Mapping[str, str] = field(default_factory=dict)
     start_timeout_s: float = 60.0
+    #: A command line the server runs under (``unshare ...``), ending where ``dicomnode serve`` follows.
+    wrapper: Sequence[str] = ()
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -277,7 +279,7 @@ class NodeServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [*dicomnode_command(), "serve"],
+                [*self.wrapper, *dicomnode_command(), "serve"],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -412,3 +414,15 @@ class IndexOutage:
     def _refuse(self, *_args: object) -> None:
         if self.down:
             raise OperationalError("index statement", None, ConnectionError("the index is unreachable"))
+
+
+def write_large_mr(path: Path, megabytes: int) -> Path:
+    """A multi-frame MR instance of about ``megabytes`` MB (512 x 512, 16 bit frames), written to ``path``."""
+    dataset = pydicom.dcmread(BytesIO(synthetic_mr()))
+    frames = max(1, megabytes * 2)  # 512 * 512 * 2 bytes = 0.5 MB a frame
+    dataset.Rows = dataset.Columns = 512
+    dataset.NumberOfFrames = frames
+    dataset.PixelData = bytes(512 * 512 * 2 * frames)
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset.save_as(path, enforce_file_format=True)
+    return path

@@ -100,6 +100,47 @@ class _NodeAE(AE):
         self._maximum_associations = max(1, value)
 
 
+class _MemoryBudget:
+    """One budget of received-but-not-yet-stored bytes, shared by every association.
+
+    Each message's bytes are taken from the budget as they are read and given back once its handler
+    has stored it (or its association ends). A read that the budget cannot cover waits, and TCP flow
+    control makes its sender wait too, unless its message is the oldest in flight: the oldest always
+    proceeds, so waiting can never deadlock and memory stays within the budget plus one instance.
+    A read that waits longer than ``wait_s`` ends its association (the PACS sends again later).
+    """
+
+    def __init__(self, limit_bytes: int, wait_s: float) -> None:
+        self.limit_bytes = limit_bytes
+        self.wait_s = wait_s
+        self._changed = threading.Condition()
+        self._used = 0
+        #: Bytes held per message in flight, oldest first.
+        self._held: dict[_ReceiveMeter, int] = {}
+
+    def take(self, meter: _ReceiveMeter, nr_bytes: int) -> None:
+        """Take ``nr_bytes`` for ``meter``'s message; OSError when the wait runs out."""
+        with self._changed:
+            deadline = monotonic() + self.wait_s
+            while self._used + nr_bytes > self.limit_bytes and next(iter(self._held), meter) is not meter:
+                left = deadline - monotonic()
+                if left <= 0 or not self._changed.wait(left):
+                    raise OSError("memory budget for received instances exhausted")
+            self._used += nr_bytes
+            self._held[meter] = self._held.get(meter, 0) + nr_bytes
+
+    def release(self, meter: _ReceiveMeter) -> None:
+        """Give back whatever ``meter``'s message holds."""
+        with self._changed:
+            self._used -= self._held.pop(meter, 0)
+            self._changed.notify_all()
+
+    @property
+    def used(self) -> int:
+        """Bytes held now."""
+        return self._used
+
+
 class _ReceiveMeter:
     """Bounds what one connection may make the node hold in memory, and for how long.
 
@@ -112,9 +153,12 @@ class _ReceiveMeter:
     that :class:`_Connections` can close a peer that stops half-way.
     """
 
-    def __init__(self, max_pdu_bytes: int, max_message_bytes: int) -> None:
+    def __init__(
+        self, max_pdu_bytes: int, max_message_bytes: int, budget: _MemoryBudget | None = None
+    ) -> None:
         self.max_pdu_bytes = max_pdu_bytes
         self.max_message_bytes = max_message_bytes
+        self.budget = budget
         self.received = 0
         self.exceeded: str | None = None
         self.reading_since: float | None = None
@@ -122,6 +166,11 @@ class _ReceiveMeter:
     def reset(self) -> None:
         """A whole message has been received and handed to its handler."""
         self.received = 0
+
+    def release(self) -> None:
+        """The message has been stored (or dropped): its bytes leave the memory budget."""
+        if self.budget is not None:
+            self.budget.release(self)
 
     def wrap(self, recv: Callable[[int], bytearray]) -> Callable[[int], bytearray]:
         """``recv`` with the limits applied."""
@@ -135,6 +184,12 @@ class _ReceiveMeter:
                 raise OSError(self.exceeded)
             self.reading_since = monotonic()
             try:
+                if self.budget is not None:
+                    try:
+                        self.budget.take(self, nr_bytes)
+                    except OSError as error:
+                        self.exceeded = str(error)
+                        raise
                 data = recv(nr_bytes)
             finally:
                 self.reading_since = None
@@ -273,7 +328,7 @@ class _MeteredRequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         association = super()._create_association()
         server = cast(_NoDelayServer, self.server)
-        meter = _ReceiveMeter(server.max_pdu_bytes, server.max_message_bytes)
+        meter = _ReceiveMeter(server.max_pdu_bytes, server.max_message_bytes, server.budget)
         transport = cast(AssociationSocket, association.dul.socket)
         transport.recv = meter.wrap(transport.recv)  # type: ignore[method-assign,assignment]
         server.meters[association] = meter
@@ -292,6 +347,7 @@ class _NoDelayServer(ThreadedAssociationServer):
     max_message_bytes: int = 1 << 30
     meters: weakref.WeakKeyDictionary[Association, _ReceiveMeter]
     connections: _Connections
+    budget: _MemoryBudget | None = None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = super().get_request()
@@ -345,6 +401,7 @@ class StorageSCP:
         self._ae = ae
         self._server: ThreadedAssociationServer | None = None
         self._connections: _Connections | None = None
+        self.budget: _MemoryBudget | None = None
         # Built now so that an unusable certificate, key or CA stops the node at startup.
         self._ssl_context = server_context(settings) if settings.tls else None
 
@@ -378,6 +435,9 @@ class StorageSCP:
             ),
         )
         server.meters = weakref.WeakKeyDictionary()
+        server.budget = self.budget = _MemoryBudget(
+            self._settings.max_inflight_mb * 1024 * 1024, wait_s=self._settings.network_timeout_s / 2
+        )
         self._connections = server.connections = _Connections(
             max_pending=self._settings.max_pending_connections,
             max_pending_per_address=self._settings.max_pending_per_address,
@@ -439,13 +499,19 @@ class StorageSCP:
             self._connections.requested(event.assoc)
 
     def _on_connection_closed(self, event: evt.Event) -> None:
-        """A connection closed before its A-ASSOCIATE-RQ: end its association now.
+        """A connection closed: its bytes leave the memory budget, and if it closed before its
+        A-ASSOCIATE-RQ, its association ends now.
 
-        pynetdicom's acceptor would otherwise wait out the ACSE timeout for a request that cannot
-        come, holding two threads per closed connection (a port scan, a health check). ``None`` on
-        the user queue is what it receives when that wait times out, and it then ends cleanly.
+        Every end of a connection passes here (a release, an abort, a peer that went away before it
+        asked for anything), so no bytes stay counted against the budget. pynetdicom's acceptor
+        would otherwise wait out the ACSE timeout for a request that cannot come, holding two threads
+        per closed connection (a port scan, a health check). ``None`` on the user queue is what it
+        receives when that wait times out, and it then ends cleanly.
         """
         association = event.assoc
+        meter = self._meter(association)
+        if meter is not None:
+            meter.release()
         if association.is_acceptor and association.requestor.primitive is None:
             association.dul.to_user_queue.put(None)  # type: ignore[arg-type]
 
@@ -479,6 +545,8 @@ class StorageSCP:
         with self._lock:
             counts = self._counts.pop(id(event.assoc), None)
         meter = self._meter(event.assoc)
+        if meter is not None:
+            meter.release()
         if meter is not None and meter.exceeded is not None:
             self._metrics.associations.labels(outcome="over-limit").inc()
             log.warning("association ended by a receive limit", limit=meter.exceeded)
@@ -496,6 +564,7 @@ class StorageSCP:
         meter = self._meter(event.assoc)
         if meter is not None:
             meter.reset()
+            meter.release()
         return int(Status.SUCCESS)
 
     def _count(self, counts: _Counts | None, outcome: str) -> None:
@@ -511,10 +580,17 @@ class StorageSCP:
             counts.refused += 1
 
     def _on_store(self, event: evt.Event) -> int:
-        counts = self._counts.get(id(event.assoc))
         meter = self._meter(event.assoc)
         if meter is not None:
             meter.reset()
+        try:
+            return self._store(event)
+        finally:
+            if meter is not None:
+                meter.release()
+
+    def _store(self, event: evt.Event) -> int:
+        counts = self._counts.get(id(event.assoc))
         request = cast(C_STORE, event.request)
         try:
             stored = self._ingest.store(

@@ -6,6 +6,7 @@ free port, as the ``postgres`` OS user when the test runs as root (PostgreSQL re
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import (
+    STORESCP,
     SUNNYBROOK_SERIES,
     NodeServer,
     dcmtk_env,
@@ -192,3 +194,77 @@ def test_two_nodes_on_one_postgres_index_measure_each_study_once(
     finally:
         for node in nodes:
             node.stop()
+
+
+@pytest.mark.parametrize("failpoint", ["worker:measured", "sender:sent"])
+def test_work_of_a_node_that_dies_for_good_on_another_host_is_taken_over_when_its_lease_runs_out(
+    postgres: Postgres, sunnybrook: Path, tmp_path: Path, failpoint: str
+) -> None:
+    """Node A (its own host name) is killed holding a job or a delivery and never comes back; node B,
+    on another host, takes the claim over once A's lease has run out, and the result reaches PACS."""
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare to give node A a host name of its own")
+    if not Path(STORESCP).exists():
+        pytest.skip("DCMTK storescp is not installed")
+    pacs_port, pacs_dir = free_port(), tmp_path / "pacs"
+    pacs_dir.mkdir()
+    pacs = subprocess.Popen(
+        [STORESCP, "-aet", "PACS", "-od", str(pacs_dir), str(pacs_port)],
+        env=dcmtk_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        "DICOMNODE_STORAGE__DATABASE_URL": postgres.url,
+        "DICOMNODE_STORAGE__CLAIM_LEASE_SECONDS": "10",
+        "DICOMNODE_PIPELINE__STABLE_SECONDS": "2",
+        "DICOMNODE_PIPELINE__POLL_SECONDS": "0.2",
+        "DICOMNODE_WEB__ENABLED": "false",
+        "DICOMNODE_INFERENCE__PROVIDERS": "CPUExecutionProvider",
+        "DICOMNODE_DELIVERY__DESTINATIONS": json.dumps(
+            [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}]
+        ),
+    }
+    data_dir = tmp_path / "shared-data"
+    ghost = NodeServer(
+        data_dir=data_dir,
+        log_path=tmp_path / "a" / "node.log",
+        port=free_port(),
+        extra_env={**env, "DICOMNODE_FAILPOINT": failpoint},
+        wrapper=[unshare, "--uts", "sh", "-c", 'hostname node-a-gone && exec "$@"', "sh"],
+    )
+    survivor = NodeServer(
+        data_dir=data_dir, log_path=tmp_path / "b" / "node.log", port=free_port(), extra_env=env
+    )
+    try:
+        ghost.start()
+        files = sorted((sunnybrook / "SCD0000301").glob("*.dcm"))
+        sent = subprocess.run(
+            storescu_command(ghost.port, files), env=dcmtk_env(), capture_output=True, check=False
+        )
+        assert sent.returncode == 0, sent.stdout
+        wait_for(lambda: not ghost.is_running(), 300, f"node A to die at {failpoint}", poll_s=0.5)
+        claimed = _query(
+            postgres.url,
+            "SELECT claimed_by FROM jobs WHERE state = 'running' "
+            "UNION ALL SELECT claimed_by FROM deliveries WHERE state = 'sending'",
+        )
+        assert claimed and all(str(row[0]).startswith("node-a-gone:") for row in claimed), claimed
+
+        survivor.start()
+
+        def delivered() -> bool:
+            rows = _query(postgres.url, "SELECT state FROM deliveries")
+            return len(rows) >= 2 and all(row[0] == "delivered" for row in rows)
+
+        wait_for(delivered, 400, "node B to finish node A's work and deliver it", poll_s=0.5)
+        assert survivor.log_events("took over work whose node stopped renewing its claim")
+        jobs = _query(postgres.url, "SELECT state FROM jobs")
+        assert [row[0] for row in jobs] == ["done"]
+        assert len(list(pacs_dir.iterdir())) >= 2  # the draft SR and the SC
+    finally:
+        survivor.stop()
+        ghost.stop()
+        pacs.terminate()
+        pacs.wait(timeout=10)
