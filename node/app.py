@@ -97,6 +97,7 @@ class Node:
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
             spool = Spool(data_dir / "spool")
+            spool.check_writable()
         except OSError as error:
             raise ConfigError(
                 f"DICOMNODE_STORAGE__DATA_DIR: {data_dir} is not writable "

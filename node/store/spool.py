@@ -94,6 +94,16 @@ class Spool:
                 _fsync_dir(path.parent)
             self._durable_dirs.add(directory)
 
+    def check_writable(self) -> None:
+        """Write, fsync and remove a probe file; OSError when the spool cannot be written."""
+        probe = self._tmp / f"probe-{uuid.uuid4().hex}.part"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+
     def remove(self, relative: Path) -> None:
         """Remove a file durably (its directory is fsync'd); a missing file is no error."""
         target = self.root / relative
