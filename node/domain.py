@@ -140,3 +140,78 @@ class DeliveryState(StrEnum):
     SENDING = "sending"
     DELIVERED = "delivered"
     DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """The image measured at one slice and phase: an instance, or one frame of a multi-frame one."""
+
+    sop_instance_uid: str
+    #: The frame's number within its instance, from 1 (PS3.3 C.7.6.6); None for a single-frame one.
+    frame_number: int | None = None
+
+
+@dataclass(frozen=True)
+class StackGrid:
+    """The measured stack as it is stored with its result, so that later stages never find it again.
+
+    ``cells[slice][phase]`` names the image measured there (None where the slice lacks the phase);
+    the geometry is the stack's as measured (see :class:`node.pipeline.stacks.StackPlan`, whose
+    fields these are). Reports, the worklist's pictures and the verified picture load the stack
+    from this record (:func:`node.pipeline.grid.load_plan`).
+    """
+
+    study_instance_uid: str
+    frame_of_reference_uid: str | None
+    series_instance_uids: tuple[str, ...]
+    orientation: tuple[float, float, float, float, float, float]
+    normal: tuple[float, float, float]
+    slice_positions_mm: tuple[float, ...]
+    slice_spacing_mm: float
+    pixel_spacing: tuple[float, float]
+    rows: int
+    columns: int
+    trigger_times_ms: tuple[float | None, ...]
+    flags: tuple[str, ...]
+    cells: tuple[tuple[GridCell | None, ...], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON values for the index."""
+        data = asdict(self)
+        data["cells"] = [
+            [None if cell is None else [cell.sop_instance_uid, cell.frame_number] for cell in row]
+            for row in self.cells
+        ]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StackGrid:
+        """The record :meth:`to_json` wrote."""
+        orientation = tuple(float(value) for value in data["orientation"])
+        normal = tuple(float(value) for value in data["normal"])
+        spacing = tuple(float(value) for value in data["pixel_spacing"])
+        return cls(
+            study_instance_uid=str(data["study_instance_uid"]),
+            frame_of_reference_uid=data["frame_of_reference_uid"],
+            series_instance_uids=tuple(str(uid) for uid in data["series_instance_uids"]),
+            orientation=(
+                orientation[0],
+                orientation[1],
+                orientation[2],
+                orientation[3],
+                orientation[4],
+                orientation[5],
+            ),
+            normal=(normal[0], normal[1], normal[2]),
+            slice_positions_mm=tuple(float(value) for value in data["slice_positions_mm"]),
+            slice_spacing_mm=float(data["slice_spacing_mm"]),
+            pixel_spacing=(spacing[0], spacing[1]),
+            rows=int(data["rows"]),
+            columns=int(data["columns"]),
+            trigger_times_ms=tuple(None if t is None else float(t) for t in data["trigger_times_ms"]),
+            flags=tuple(str(flag) for flag in data["flags"]),
+            cells=tuple(
+                tuple(None if cell is None else GridCell(str(cell[0]), cell[1]) for cell in row)
+                for row in data["cells"]
+            ),
+        )

@@ -66,9 +66,7 @@ class Pseudonymiser:
         return digest.hexdigest()[:16]
 
 
-def drop_phi(
-    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
+def drop_phi(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: remove every key that could carry patient data."""
     for key in PHI_KEYS.intersection(event_dict):
         del event_dict[key]
@@ -88,9 +86,7 @@ def _redact_uid(match: re.Match[str]) -> str:
     return uid if uid.startswith(_STANDARD_UID_ROOT) else "<uid>"
 
 
-def redact_uids(
-    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
+def redact_uids(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: replace instance UIDs inside text values by ``<uid>``.
 
     Messages of other libraries (pynetdicom warns "Non-conformant 'Affected SOP Instance UID' value
@@ -113,9 +109,7 @@ def configure_logging(settings: LoggingSettings) -> None:
         drop_phi,
     ]
     use_console = settings.format == "console" or (settings.format == "auto" and sys.stderr.isatty())
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
-    )
+    renderer: Any = structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -111,9 +111,7 @@ def server_context(settings: DicomSettings) -> ssl.SSLContext:
     _load_chain(context, settings)
     if settings.tls_ca is not None:
         _load_ca(context, settings, "callers' certificates cannot be verified")
-        context.verify_mode = (
-            ssl.CERT_REQUIRED if settings.tls_require_client_cert else ssl.CERT_OPTIONAL
-        )
+        context.verify_mode = ssl.CERT_REQUIRED if settings.tls_require_client_cert else ssl.CERT_OPTIONAL
     elif settings.tls_require_client_cert:
         _load_ca(context, settings, f"{_setting('tls_require_client_cert')} needs it")
     else:

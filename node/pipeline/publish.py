@@ -21,10 +21,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node.clock import Clock
 from node.config import Destination
-from node.domain import OutboxKind, Outcome, StackResult
+from node.domain import OutboxKind, Outcome, StackGrid, StackResult
 from node.failpoints import failpoint
 from node.logging import Pseudonymiser, get_logger
-from node.pipeline.stacks import find_sax_stacks
+from node.pipeline.grid import load_plan
 from node.reports.codes import ReviewStatus
 from node.reports.errors import ReportError
 from node.reports.labels import LabelClasses
@@ -99,22 +99,17 @@ class Publisher:
         return True
 
     def _stack(self, row: dict[str, Any]) -> _Stack | None:
-        """The result, its stack's grid, labels and report sources, or None if the stack changed."""
+        """The result, its stack's grid, labels and report sources, loaded from what the worker stored
+        with it; None when the images it was measured on can no longer be read (logged)."""
         result = StackResult.from_record(row["record"])
-        plans = [
-            plan
-            for plan in find_sax_stacks(
-                self.index.study_instances(result.study_instance_uid), root=self.spool_root
-            ).stacks
-            if plan.series_instance_uids == result.series_instance_uids
-            and (plan.slices, plan.phases) == (result.slices, result.phases)
-        ]
-        if not plans:
-            log.warning("stack of a result no longer matches the study", result=str(row["id"]))
+        plan = (
+            load_plan(StackGrid.from_json(row["grid"]), self.index, self.spool_root) if row["grid"] else None
+        )
+        if plan is None:
+            log.warning("the images of a result can no longer be read", result=str(row["id"]))
             return None
-        grid = plans[0].grid
         labels = decode_labels((self.results_root / str(row["labels_path"])).read_bytes())
-        return _Stack(result, grid, labels, load_report_sources(grid, result, self.spool_root))
+        return _Stack(result, plan.grid, labels, load_report_sources(plan.grid, result, self.spool_root))
 
     def _picture(
         self,

@@ -16,6 +16,7 @@ from node.errors import NodeError
 from node.failpoints import failpoint
 from node.logging import Pseudonymiser, get_logger
 from node.metrics import NodeMetrics
+from node.pipeline.grid import stored_grid
 from node.pipeline.measure import StackMeasurer
 from node.pipeline.stacks import find_sax_stacks
 from node.store.index import Index
@@ -135,6 +136,7 @@ class PipelineWorker:
                     series_instance_uids=plan.series_instance_uids,
                     record=measured.result.as_record(),
                     labels_path=relative.as_posix(),
+                    grid=stored_grid(plan),
                 )
             )
             result = measured.result

@@ -37,8 +37,13 @@ class ReviewParts:
         passwords: Passwords | None = None,
         build_verified_sr: VerifiedSrBuilder | None = None,
         verified_picture: VerifiedPicture | None = None,
+        serving: bool = True,
     ) -> ReviewParts:
-        """Wire the review parts onto an open index and the node's outbox (``<data_dir>/outbox``)."""
+        """Wire the review parts onto an open index and the node's outbox (``<data_dir>/outbox``).
+
+        ``serving``: these parts belong to the running node, whose destinations receive the verified
+        results; the CLI's parts (``serving=False``) only record reviews, which the node then sends.
+        """
         audit = AuditLog(index)
         store = ReviewStore(index)
         service = ReviewService(
@@ -46,7 +51,7 @@ class ReviewParts:
             outbox=outbox,
             outbox_root=settings.storage.data_dir / "outbox",
             audit=audit,
-            destinations=settings.delivery.destinations,
+            destinations=settings.delivery.destinations if serving else None,
             build_verified_sr=build_verified_sr,
             metrics=metrics,
             verified_picture=verified_picture,
@@ -59,7 +64,7 @@ class ReviewParts:
         """Open the index and outbox without the rest of the node (the CLI); :meth:`close` when done."""
         index = Index.open(settings.storage.effective_database_url())
         outbox = Outbox(index, Spool(settings.storage.data_dir / "outbox"))
-        return cls.build(settings, index, outbox, passwords=passwords)
+        return cls.build(settings, index, outbox, passwords=passwords, serving=False)
 
     def close(self) -> None:
         """Release the index's connections."""

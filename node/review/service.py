@@ -122,7 +122,7 @@ class ReviewService:
         outbox: Outbox,
         outbox_root: Path,
         audit: AuditLog,
-        destinations: Sequence[Destination],
+        destinations: Sequence[Destination] | None,
         build_verified_sr: VerifiedSrBuilder | None = None,
         metrics: NodeMetrics | None = None,
         verified_picture: VerifiedPicture | None = None,
@@ -135,10 +135,13 @@ class ReviewService:
         self._outbox = outbox
         self._outbox_root = outbox_root
         self._audit = audit
-        self._destinations = tuple(destinations)
+        #: The serving node's destinations; None outside the node (the CLI), where a review is only
+        #: recorded and the running node's :meth:`publish_pending` queues its verified SR.
+        self._destinations = None if destinations is None else tuple(destinations)
         self._build = build_verified_sr
         self._metrics = metrics
         self._picture = verified_picture
+        self._without_picture: set[str] = set()
 
     # -- the three actions ---------------------------------------------------------------------------
 
@@ -219,8 +222,10 @@ class ReviewService:
             raise
         if self._metrics is not None:
             self._metrics.reviews.labels(status=str(status)).inc()
+        if self._destinations is None:
+            return review  # the running node publishes it, to the destinations it serves
         try:
-            self._publish(review, result["study_instance_uid"], dataset, now)
+            self._publish(review, result["study_instance_uid"], dataset, now, self._destinations)
         except Exception:  # recorded: publish_pending finishes it; the review itself stands
             log.exception("verified SR not yet in the outbox; will retry", review_id=review.id)
             return review
@@ -319,7 +324,12 @@ class ReviewService:
         )
 
     def _publish(
-        self, review: ReviewRecord, study_instance_uid: str, dataset: Dataset, now: datetime
+        self,
+        review: ReviewRecord,
+        study_instance_uid: str,
+        dataset: Dataset,
+        now: datetime,
+        destinations: Sequence[Destination],
     ) -> None:
         item = OutgoingObject(
             sop_instance_uid=review.sr_sop_instance_uid,
@@ -328,7 +338,7 @@ class ReviewService:
             kind=VERIFIED_SR,
             result_id=review.result_id,
         )
-        self._outbox.add(item, encode(dataset), self._destinations, now)
+        self._outbox.add(item, encode(dataset), destinations, now)
         self._store.mark_published(review.id)
 
     def publish_pictures(self, now: datetime) -> int:
@@ -337,15 +347,18 @@ class ReviewService:
         Runs in the node (which can read stacks and masks), so a sign-off from the CLI gets its
         picture too. The SOP Instance UID derives from the review, so a retry never duplicates it.
         """
-        if self._picture is None:
+        if self._picture is None or self._destinations is None:
             return 0
         done = 0
         for review in self._store.without_outbox_object(VERIFIED_SC):
             result = self._store.result(review.result_id)
-            if result is None:
+            if result is None or review.id in self._without_picture:
                 continue
             dataset = self._picture(review)
             if dataset is None:
+                # Its images are gone: the same every time, so not tried again until a restart.
+                self._without_picture.add(review.id)
+                log.warning("verified picture not built: the result's images can no longer be read")
                 continue
             item = OutgoingObject(
                 sop_instance_uid=str(dataset.SOPInstanceUID),
@@ -359,7 +372,10 @@ class ReviewService:
         return done
 
     def publish_pending(self, now: datetime) -> int:
-        """Finish reviews whose verified SR did not reach the outbox (a crash); returns how many."""
+        """Queue the verified SR of every review not yet in the outbox (recorded from the CLI, or cut
+        short by a crash), for the node's destinations; returns how many."""
+        if self._destinations is None:
+            return 0
         done = 0
         for review in self._store.unpublished():
             result = self._store.result(review.result_id)
@@ -369,6 +385,6 @@ class ReviewService:
                 self._store.mark_published(review.id)
             else:
                 dataset = self._verified_sr(review, self._draft(review.result_id))
-                self._publish(review, str(result["study_instance_uid"]), dataset, now)
+                self._publish(review, str(result["study_instance_uid"]), dataset, now, self._destinations)
             done += 1
         return done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -222,6 +223,27 @@ class Index:
                 .all()
             )
         return [SpooledInstance(header=_header(row), path=str(row["path"])) for row in rows]
+
+    def instances_by_uid(self, sop_instance_uids: Iterable[str]) -> dict[str, SpooledInstance]:
+        """The indexed instances among ``sop_instance_uids``, with their headers, by SOP Instance UID."""
+        wanted = sorted(set(sop_instance_uids))
+        found: dict[str, SpooledInstance] = {}
+        with self.engine.connect() as connection:
+            for start in range(0, len(wanted), 500):
+                rows = (
+                    connection.execute(
+                        select(instances, studies)
+                        .join(studies, studies.c.study_instance_uid == instances.c.study_instance_uid)
+                        .where(instances.c.sop_instance_uid.in_(wanted[start : start + 500]))
+                    )
+                    .mappings()
+                    .all()
+                )
+                for row in rows:
+                    found[str(row["sop_instance_uid"])] = SpooledInstance(
+                        header=_header(row), path=str(row["path"])
+                    )
+        return found
 
     def series_counts(self) -> dict[str, int]:
         """Number of indexed instances per SeriesInstanceUID."""

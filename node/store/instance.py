@@ -236,8 +236,27 @@ class _Container:
 
 #: Every VR of PS3.5 Table 6.2-1, as encoded in an explicit VR header.
 _VRS = _LONG_VRS | {
-    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN", b"SH",
-    b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+    b"AE",
+    b"AS",
+    b"AT",
+    b"CS",
+    b"DA",
+    b"DS",
+    b"DT",
+    b"FD",
+    b"FL",
+    b"IS",
+    b"LO",
+    b"LT",
+    b"PN",
+    b"SH",
+    b"SL",
+    b"SS",
+    b"ST",
+    b"TM",
+    b"UI",
+    b"UL",
+    b"US",
 }
 
 
@@ -337,8 +356,10 @@ def _check_structure(data: bytes, start: int, transfer_syntax: UID) -> None:
                 item_explicit = container.explicit_vr and _looks_explicit(data, position, True)
                 end = None if length == _UNDEFINED else position + length
                 open_.append(_Container(end, False, item_explicit))
-            elif container.end is None and len(open_) > 1 and tag == (
-                _SEQUENCE_DELIMITER if container.is_sequence else _ITEM_DELIMITER
+            elif (
+                container.end is None
+                and len(open_) > 1
+                and tag == (_SEQUENCE_DELIMITER if container.is_sequence else _ITEM_DELIMITER)
             ):
                 open_.pop()
                 depth -= container.is_sequence

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import and_, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from node.domain import Outcome
+from node.domain import Outcome, StackGrid
 from node.failpoints import failpoint
 from node.store import claims
 from node.store.index import Index
@@ -47,6 +47,7 @@ class ResultRow:
     series_instance_uids: tuple[str, ...]
     record: dict[str, Any]
     labels_path: str | None = None
+    grid: StackGrid | None = None
 
 
 class JobQueue:
@@ -194,6 +195,7 @@ class JobQueue:
                         model_version=(record.get("model") or {}).get("version"),
                         record=record,
                         labels_path=row.labels_path,
+                        grid=row.grid.to_json() if row.grid is not None else None,
                         superseded=newer > 0,
                         published=False,
                         created_at=now,

@@ -150,6 +150,8 @@ results = Table(
     Column("model_version", String(40)),
     Column("record", JSON, nullable=False),
     Column("labels_path", Text),
+    #: The measured stack (:class:`node.domain.StackGrid` as JSON): what reports and pictures load.
+    Column("grid", JSON),
     Column("superseded", Boolean, nullable=False, default=False),
     #: True once the result's reports (draft SR, SC, SEG) are in the outbox.
     Column("published", Boolean, nullable=False, default=False),

@@ -17,10 +17,11 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 
-from node.domain import OutboxKind
+from node.domain import OutboxKind, StackGrid
 from node.logging import get_logger
+from node.pipeline.grid import load_plan
 from node.pipeline.pixels import read_cell
-from node.pipeline.stacks import StackPlan, find_sax_stacks
+from node.pipeline.stacks import StackPlan
 from node.store.index import Index
 from node.store.labels import decode_labels
 from node.store.reviews import ReviewStore
@@ -118,15 +119,13 @@ class StudyMedia:
         )
 
     def _plan(self, result: dict[str, Any], labels: npt.NDArray[np.uint8]) -> StackPlan | None:
-        """The stack the labels were predicted on, found again from the study's stored instances."""
-        instances = self._index.study_instances(str(result["study_instance_uid"]))
-        stacks = find_sax_stacks(instances, root=self._spool).stacks
-        wanted = tuple(result["series_instance_uids"] or ())
-        for plan in stacks:
-            shape = (plan.slices, plan.phases, plan.rows, plan.columns)
-            if plan.series_instance_uids == wanted and shape == labels.shape:
-                return plan
-        return None
+        """The stack the labels were predicted on, as stored with the result."""
+        if not result.get("grid"):
+            return None
+        plan = load_plan(StackGrid.from_json(result["grid"]), self._index, self._spool)
+        if plan is None or (plan.slices, plan.phases, plan.rows, plan.columns) != labels.shape:
+            return None
+        return plan
 
 
 def _frame_ms(plan: StackPlan) -> float:

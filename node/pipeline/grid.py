@@ -1,0 +1,100 @@
+"""The measured stack stored with a result, and loaded back from it: the one way every later stage
+(reports, the worklist's pictures, the verified picture) gets the images a result was measured on.
+
+The worker stores :func:`stored_grid` of the plan it measured; :func:`load_plan` rebuilds that plan
+from the index by SOP Instance UID, whatever arrived in the study since. Only the worker and the
+offline ``measure`` search a study for stacks (:func:`node.pipeline.stacks.find_sax_stacks`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from node.domain import GridCell, StackGrid
+from node.logging import get_logger
+from node.pipeline.frames import SpooledFrame, split_frames
+from node.pipeline.stacks import StackPlan
+from node.store.index import Index
+from node.store.instance import SpooledInstance
+
+log = get_logger(__name__)
+
+
+def stored_grid(plan: StackPlan) -> StackGrid:
+    """The record of ``plan`` that is stored with its result."""
+    return StackGrid(
+        study_instance_uid=plan.study_instance_uid,
+        frame_of_reference_uid=plan.frame_of_reference_uid,
+        series_instance_uids=plan.series_instance_uids,
+        orientation=plan.orientation,
+        normal=plan.normal,
+        slice_positions_mm=plan.slice_positions_mm,
+        slice_spacing_mm=plan.slice_spacing_mm,
+        pixel_spacing=plan.pixel_spacing,
+        rows=plan.rows,
+        columns=plan.columns,
+        trigger_times_ms=plan.trigger_times_ms,
+        flags=plan.flags,
+        cells=tuple(
+            tuple(
+                None
+                if cell is None
+                else GridCell(
+                    cell.header.sop_instance_uid,
+                    cell.frame_number if isinstance(cell, SpooledFrame) else None,
+                )
+                for cell in row
+            )
+            for row in plan.grid
+        ),
+    )
+
+
+def load_plan(grid: StackGrid, index: Index, spool_root: Path) -> StackPlan | None:
+    """The plan ``grid`` was stored from, its cells read from the index; None when an image it names
+    is no longer indexed or readable (logged)."""
+    wanted = {cell.sop_instance_uid for row in grid.cells for cell in row if cell is not None}
+    found = index.instances_by_uid(wanted)
+    if len(found) != len(wanted):
+        log.warning("stored stack names images the index no longer holds", missing=len(wanted) - len(found))
+        return None
+    frames: dict[str, dict[int, SpooledFrame]] = {}
+
+    def cell_of(cell: GridCell | None) -> SpooledInstance | None:
+        if cell is None:
+            return None
+        instance = found[cell.sop_instance_uid]
+        if cell.frame_number is None:
+            return instance
+        if cell.sop_instance_uid not in frames:
+            split = split_frames(instance, spool_root / instance.path)
+            frames[cell.sop_instance_uid] = (
+                {} if not isinstance(split, tuple) else {frame.frame_number: frame for frame in split}
+            )
+        return frames[cell.sop_instance_uid].get(cell.frame_number)
+
+    rows = tuple(tuple(cell_of(cell) for cell in row) for row in grid.cells)
+    lost = sum(
+        1
+        for stored, loaded in zip(grid.cells, rows, strict=True)
+        for a, b in zip(stored, loaded, strict=True)
+        if (a is None) != (b is None)
+    )
+    if lost:
+        log.warning("stored stack names frames that can no longer be read", frames=lost)
+        return None
+    return StackPlan(
+        study_instance_uid=grid.study_instance_uid,
+        frame_of_reference_uid=grid.frame_of_reference_uid,
+        series_instance_uids=grid.series_instance_uids,
+        orientation=grid.orientation,
+        normal=grid.normal,
+        slice_positions_mm=grid.slice_positions_mm,
+        slice_spacing_mm=grid.slice_spacing_mm,
+        pixel_spacing=grid.pixel_spacing,
+        rows=grid.rows,
+        columns=grid.columns,
+        trigger_times_ms=grid.trigger_times_ms,
+        grid=rows,
+        flags=grid.flags,
+    )
