@@ -31,10 +31,6 @@ class BackgroundLoops:
         """Register a loop (before :meth:`start`)."""
         self._steps.append((name, step))
 
-    def wake(self) -> None:
-        """Tell idle loops that new work may be waiting."""
-        self._wake.set()
-
     def start(self) -> None:
         """Start every loop on its own thread."""
         self._threads = [

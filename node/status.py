@@ -22,8 +22,3 @@ class Status(IntEnum):
     #: Duplicate SOP Instance (PS3.7 C.4.1.1.3): sent when a held SOP Instance UID arrives again with
     #: other content; the first content is kept.
     DUPLICATE_SOP_INSTANCE = 0x0111
-
-    @property
-    def is_success(self) -> bool:
-        """True for Success and Warning statuses (the instance was stored)."""
-        return self in (Status.SUCCESS, Status.WARNING_COERCION)

@@ -426,3 +426,12 @@ def write_large_mr(path: Path, megabytes: int) -> Path:
     dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     dataset.save_as(path, enforce_file_format=True)
     return path
+
+
+def series_counts(index: Any) -> dict[str, int]:
+    """Number of indexed instances per Series Instance UID (straight from the index's table)."""
+    with index.engine.connect() as connection:
+        rows = connection.exec_driver_sql(
+            "SELECT series_instance_uid, count(*) FROM instances GROUP BY series_instance_uid"
+        ).all()
+    return {str(uid): int(count) for uid, count in rows}

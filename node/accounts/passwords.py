@@ -29,7 +29,3 @@ class Passwords:
             return self._hasher.verify(password_hash or self._dummy, password) and password_hash is not None
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
-
-    def needs_rehash(self, password_hash: str) -> bool:
-        """Whether the hash was made with other parameters than the current ones."""
-        return self._hasher.check_needs_rehash(password_hash)

@@ -13,7 +13,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
@@ -368,7 +368,6 @@ class _Counts:
     stored: int = 0
     duplicates: int = 0
     refused: int = 0
-    statuses: dict[str, int] = field(default_factory=dict)
 
 
 class _TLSServer(TLSHandshakeServer, _NoDelayServer):

@@ -148,14 +148,12 @@ MAX_WINDOW_FRACTION = 0.75
 
 @dataclass(frozen=True)
 class Segmentation:
-    """Labels on the original frame grid, with per-frame soft areas for QC.
+    """Labels on the original frame grid, with per-frame uncertainty for QC.
 
     Attributes
     ----------
     labels
         ``(n, rows, cols)`` class index per pixel.
-    soft_areas_px
-        ``(n, classes)`` sum of each class's probability per frame (a soft pixel count).
     uncertain_px
         ``(n,)`` pixels per frame whose most likely class is below ``UNCERTAIN_BELOW``.
     heart
@@ -164,7 +162,6 @@ class Segmentation:
     """
 
     labels: npt.NDArray[np.uint8]
-    soft_areas_px: npt.NDArray[np.float32]
     uncertain_px: npt.NDArray[np.int64]
     heart: Box | None = None
 
@@ -306,11 +303,9 @@ class Segmenter:
         spec = self.card.input
         count = values.shape[0]
         labels = np.full(values.shape, self._background, np.uint8)
-        soft_areas = np.empty((count, len(self.card.output.classes)), np.float32)
         uncertain = np.empty(count, np.int64)
         # QC statistics come from the model grid; one model pixel covers this many original pixels.
         per_model_pixel = spec.spacing_mm**2 / (pixel_spacing[0] * pixel_spacing[1])
-        outside_px = geometry.model_rows * geometry.model_cols - window.inner_rows * window.inner_cols
         target = (slice(None), window.target_rows, window.target_cols)
 
         def run_batch(start: int) -> None:
@@ -323,9 +318,6 @@ class Segmenter:
             )
             probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
             probabilities /= probabilities.sum(axis=1, keepdims=True)
-            areas = probabilities.sum(axis=(2, 3))
-            areas[:, self._background] += outside_px
-            soft_areas[start:stop] = areas * per_model_pixel
             uncertain[start:stop] = np.rint(
                 (probabilities.max(axis=1) < UNCERTAIN_BELOW).sum(axis=(1, 2)) * per_model_pixel
             ).astype(np.int64)
@@ -338,7 +330,7 @@ class Segmenter:
         else:
             for start in starts:
                 run_batch(start)
-        return Segmentation(labels=labels, soft_areas_px=soft_areas, uncertain_px=uncertain, heart=heart)
+        return Segmentation(labels=labels, uncertain_px=uncertain, heart=heart)
 
 
 def _open_session(model: ReleasedModel, providers: list[str], plan: Threading) -> ort.InferenceSession:

@@ -127,14 +127,6 @@ class Index:
             ).first()
         return str(found[0]) if found is not None else None
 
-    def has_instance(self, sop_instance_uid: str) -> bool:
-        """Whether an instance is already indexed."""
-        with self.engine.connect() as connection:
-            row = connection.execute(
-                select(instances.c.id).where(instances.c.sop_instance_uid == sop_instance_uid)
-            ).first()
-        return row is not None
-
     def study_instance_count(self, study_instance_uid: str) -> int | None:
         """How many instances a study holds; None when the study is unknown."""
         with self.engine.connect() as connection:
@@ -244,16 +236,6 @@ class Index:
                         header=_header(row), path=str(row["path"])
                     )
         return found
-
-    def series_counts(self) -> dict[str, int]:
-        """Number of indexed instances per SeriesInstanceUID."""
-        with self.engine.connect() as connection:
-            rows = connection.execute(
-                select(instances.c.series_instance_uid, func.count()).group_by(
-                    instances.c.series_instance_uid
-                )
-            ).all()
-        return {str(uid): int(count) for uid, count in rows}
 
     def instance_paths(self) -> dict[str, str]:
         """Spool path (relative) of every indexed instance, by SOP Instance UID."""

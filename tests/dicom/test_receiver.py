@@ -41,6 +41,7 @@ from tests.support import (
     receiver_only_env,
     run_echoscu,
     run_storescu,
+    series_counts,
     storescu_command,
     sunnybrook_files,
     wait_for,
@@ -147,7 +148,7 @@ def test_storescu_three_series_arrive_intact_and_indexed(receiver: NodeServer, f
     assert result.returncode == 0, result.stderr[-2000:]
     _assert_stored_intact(receiver, files)
     with _index(receiver) as index:
-        counts = index.series_counts()
+        counts = series_counts(index)
     assert counts == _expected_series_counts(files)
     assert sorted(counts.values()) == sorted(SUNNYBROOK_SERIES.values())
     assert len(receiver.spool_files()) == len(files)
@@ -323,7 +324,7 @@ def test_kill_9_mid_send_loses_no_acknowledged_instance(receiver: NodeServer, fi
     assert len(rows) == len(files)
     assert len({uid for uid, _ in rows}) == len(files)
     with _index(receiver) as index:
-        assert index.series_counts() == _expected_series_counts(files)
+        assert series_counts(index) == _expected_series_counts(files)
     _assert_stored_intact(receiver, files)
 
 
