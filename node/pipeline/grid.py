@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from node.domain import GridCell, StackGrid
+from node.images.frames import SpooledFrame, split_frames
 from node.logging import get_logger
-from node.pipeline.frames import SpooledFrame, split_frames
 from node.pipeline.stacks import StackPlan
 from node.store.index import Index
 from node.store.instance import SpooledInstance

@@ -8,9 +8,9 @@ more Trigger Times (0018,1060). A stack may arrive as one series or as one serie
 images are grouped across series by study, Frame of Reference UID (0020,0052) and orientation.
 
 An image is a single-frame MR image or one frame of an Enhanced or Legacy Converted Enhanced MR
-instance: such an instance is split into frames (:mod:`node.pipeline.frames`), each with the position,
+instance: such an instance is split into frames (:mod:`node.images.frames`), each with the position,
 orientation, pixel spacing and trigger time of its functional groups, and a frame fills a grid cell
-exactly as a single-frame image would. The cell is then a :class:`~node.pipeline.frames.SpooledFrame`.
+exactly as a single-frame image would. The cell is then a :class:`~node.images.frames.SpooledFrame`.
 
 Odd input is reported, never raised: every image that does not end up in a grid cell is counted
 under a :class:`SkipReason`, and every irregularity of a stack that was kept is named by a
@@ -31,7 +31,7 @@ from typing import Final, TypeVar
 
 from pydicom.uid import EnhancedMRColorImageStorage, MRImageStorage
 
-from node.pipeline.frames import SPLIT_MR_CLASSES, FrameProblem, SpooledFrame, split_frames
+from node.images.frames import SPLIT_MR_CLASSES, FrameProblem, SpooledFrame, split_frames
 from node.store.instance import DA_DIGITS, SpooledInstance, da_day
 
 Vector = tuple[float, float, float]
@@ -161,7 +161,7 @@ class StackPlan:
         Per phase index, the median Trigger Time (0018,1060) over slices; None when unknown.
     grid
         ``grid[slice][phase]``; None where that slice lacks that phase. A cell filled by a frame of a
-        multi-frame instance is a :class:`~node.pipeline.frames.SpooledFrame`.
+        multi-frame instance is a :class:`~node.images.frames.SpooledFrame`.
     flags
         :class:`StackFlag` values naming the irregularities found, in declaration order.
     """

@@ -29,7 +29,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from node.domain import StackResult
-from node.pipeline.pixels import UnreadablePixels, grey_levels, read_frame
+from node.images.pixels import UnreadablePixels, grey_levels, read_frame
 from node.reports.errors import ReportError
 from node.store.instance import SpooledInstance
 
@@ -188,7 +188,7 @@ def read_image(path: Path) -> Dataset:
 class FrameCell(Protocol):
     """A stack grid cell that is one frame of a multi-frame instance.
 
-    :class:`node.pipeline.frames.SpooledFrame` is one; reports take cells by this shape rather than
+    :class:`node.images.frames.SpooledFrame` is one; reports take cells by this shape rather than
     import the pipeline that calls them.
     """
 
@@ -335,7 +335,7 @@ class _Headers:
 
 def decode_frame(path: Path, header: Dataset, frame_number: int) -> npt.NDArray[np.float32]:
     """One frame of a multi-frame image file (``header``: its dataset without pixels), decoded alone
-    as the pipeline decodes it (:func:`node.pipeline.pixels.read_frame`): grey levels, MONOCHROME1
+    as the pipeline decodes it (:func:`node.images.pixels.read_frame`): grey levels, MONOCHROME1
     inverted, the frame's own Modality LUT applied.
 
     Raises

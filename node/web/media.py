@@ -18,9 +18,9 @@ import numpy.typing as npt
 import pydicom
 
 from node.domain import OutboxKind, StackGrid
+from node.images.pixels import read_cell
 from node.logging import get_logger
 from node.pipeline.grid import load_plan
-from node.pipeline.pixels import read_cell
 from node.pipeline.stacks import StackPlan
 from node.store.index import Index
 from node.store.labels import decode_labels

@@ -242,8 +242,10 @@ def main() -> None:
     files = sunnybrook_files(args.data)
     megabytes = sum(path.stat().st_size for path in files) / 1e6
 
-    print(f"{len(files)} instances, {megabytes:.1f} MB; {os.cpu_count()} CPUs; "
-          f"load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}; median of {args.repeat} runs")
+    print(
+        f"{len(files)} instances, {megabytes:.1f} MB; {os.cpu_count()} CPUs; "
+        f"load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}; median of {args.repeat} runs"
+    )
     print(f"{'configuration':<44} {'seconds':>8} {'inst/s':>8} {'MB/s':>7}   runs (s)")
     receivers: list[tuple[str, Callable[[Path, list[Path], int], float]]] = [
         ("dicomnode serve", _into_node),

@@ -31,11 +31,12 @@ from pydicom.uid import (
 )
 
 from node.config import InferenceSettings
+from node.images.frames import SpooledFrame
+from node.images.pixels import UnreadablePixels, read_cell
 from node.inference.runner import load_segmenter
-from node.pipeline.frames import SpooledFrame
 from node.pipeline.measure import MeasuredStack, StackMeasurer
 from node.pipeline.offline import measure_paths
-from node.pipeline.pixels import UnreadablePixels, load_pixels, read_cell
+from node.pipeline.pixels import load_pixels
 from node.pipeline.stacks import StackPlan, find_sax_stacks
 from node.reports.sources import decode_frame, frame_pixels
 from node.store.index import Index

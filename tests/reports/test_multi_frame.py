@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from node.domain import StackResult
-from node.pipeline.frames import SpooledFrame
+from node.images.frames import SpooledFrame
 from node.pipeline.stacks import StackPlan, find_sax_stacks
 from node.reports.codes import LVEDV, LVEF_MR, LVESV, ReviewStatus
 from node.reports.errors import ReportError
