@@ -133,6 +133,15 @@ _KIND_LABEL = {
 }
 
 
+class JobState(StrEnum):
+    """State of a study version's job: queued, running (claimed under a lease), done or failed."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
 class DeliveryState(StrEnum):
     """State of one (object, destination) pair in the outbox."""
 

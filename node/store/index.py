@@ -14,8 +14,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from node.domain import JobState
 from node.store.instance import InstanceHeader, SpooledInstance
-from node.store.schema import JOB_QUEUED, JOB_RUNNING, instances, jobs, metadata, studies
+from node.store.schema import instances, jobs, metadata, studies
 
 _STUDY_FIELDS = (
     "patient_id",
@@ -138,7 +139,9 @@ class Index:
     def waiting_studies(self) -> int:
         """Studies not yet measured in their latest version: receiving, ready, queued or running."""
         pending = select(studies.c.study_instance_uid).where(studies.c.pending_since.is_not(None))
-        queued = select(jobs.c.study_instance_uid).where(jobs.c.state.in_((JOB_QUEUED, JOB_RUNNING)))
+        queued = select(jobs.c.study_instance_uid).where(
+            jobs.c.state.in_((JobState.QUEUED, JobState.RUNNING))
+        )
         waiting = union(pending, queued).subquery()
         with self.engine.connect() as connection:
             return int(connection.execute(select(func.count()).select_from(waiting)).scalar_one())

@@ -16,16 +16,16 @@ from typing import Any
 from sqlalchemy import and_, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from node.domain import Outcome, StackGrid
+from node.domain import JobState, Outcome, StackGrid
 from node.failpoints import failpoint
 from node.store import claims
 from node.store.index import Index
-from node.store.schema import JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING, jobs, results, studies
+from node.store.schema import jobs, results, studies
 
-QUEUED = JOB_QUEUED
-RUNNING = JOB_RUNNING
-DONE = JOB_DONE
-FAILED = JOB_FAILED
+QUEUED = JobState.QUEUED
+RUNNING = JobState.RUNNING
+DONE = JobState.DONE
+FAILED = JobState.FAILED
 
 
 @dataclass(frozen=True)

@@ -99,12 +99,6 @@ studies = Table(
     Column("pending_since", UtcDateTime()),
 )
 
-#: Job states (``jobs.state``).
-JOB_QUEUED = "queued"
-JOB_RUNNING = "running"
-JOB_DONE = "done"
-JOB_FAILED = "failed"
-
 #: Processing jobs: one per study version. A study is (re)queued when new instances have arrived
 #: and it has been quiet for the stable period (or waited the maximum); ``version`` increases.
 jobs = Table(
@@ -113,7 +107,7 @@ jobs = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("study_instance_uid", Text, nullable=False),
     Column("version", Integer, nullable=False),
-    Column("state", String(16), nullable=False),  # queued | running | done | failed
+    Column("state", String(16), nullable=False),  # node.domain.JobState
     Column("outcome", String(40)),
     Column("attempts", Integer, nullable=False, default=0),
     Column("claimed_by", String(200)),
@@ -182,7 +176,7 @@ deliveries = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("outbox_id", Integer, nullable=False),
     Column("destination", String(200), nullable=False),
-    Column("state", String(16), nullable=False),  # pending | sending | delivered | dead
+    Column("state", String(16), nullable=False),  # node.domain.DeliveryState
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", UtcDateTime(), nullable=False),
     Column("claimed_by", String(200)),

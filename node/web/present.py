@@ -8,11 +8,12 @@ from typing import Any
 
 from pydicom.valuerep import PersonName
 
+from node.domain import DeliveryState
 from node.inference.qc import FLAG_TEXT
 
 _DA_CHARS = 8
 #: Worst first: the summary names the state that needs attention.
-_DELIVERY_ORDER = ("dead", "sending", "pending", "delivered")
+_DELIVERY_ORDER = (DeliveryState.DEAD, DeliveryState.SENDING, DeliveryState.PENDING, DeliveryState.DELIVERED)
 
 
 def number(value: float | None, unit: str = "", decimals: int = 1) -> str:
@@ -57,12 +58,12 @@ def delivery_summary(counts: Mapping[str, int]) -> tuple[str, str]:
     total = sum(counts.values())
     if total == 0:
         return "not queued", "muted"
-    delivered = counts.get("delivered", 0)
+    delivered = counts.get(DeliveryState.DELIVERED, 0)
     for state in _DELIVERY_ORDER:
         if counts.get(state):
-            if state == "delivered":
+            if state == DeliveryState.DELIVERED:
                 return f"delivered {delivered}/{total}", "ok"
-            if state == "dead":
+            if state == DeliveryState.DEAD:
                 return f"failed {counts[state]}/{total}", "bad"
             return f"{delivered}/{total} delivered, sending", "warn"
     return "–", "muted"
