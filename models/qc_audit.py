@@ -22,7 +22,7 @@ from models.data import (
 )
 from models.spec import MODEL_NAME
 from node.inference.measurements import basal_slices_to_exclude, remove_detached_lv
-from node.inference.qc import DETACHED_FLAG_ML, assess, fragmented_fraction
+from node.inference.qc import DETACHED_FLAG_ML, QcFlag, assess, fragmented_fraction
 from node.inference.registry import DEFAULT_MODEL_DIR, find_model
 from node.inference.runner import BACKGROUND, Segmenter
 
@@ -86,10 +86,10 @@ def main() -> None:
             flip_disagreement_ml=max(flip.values()) * voxel_ml,
             fragment_fraction=sum(fragments) / total,
             uncertain_fraction=uncertain / total,
-            stack_flags=(("basal_slices_excluded",) if basal else ())
-            + (("detached_lv_removed",) if detached_px * voxel_ml >= DETACHED_FLAG_ML else ()),
+            stack_flags=((QcFlag.BASAL_SLICES_EXCLUDED,) if basal else ())
+            + ((QcFlag.DETACHED_LV_REMOVED,) if detached_px * voxel_ml >= DETACHED_FLAG_ML else ()),
         )
-        flags = tuple(flag for flag in quality.flags if flag != "jagged_volume_curve")
+        flags = tuple(flag for flag in quality.flags if flag != QcFlag.JAGGED_VOLUME_CURVE)
         errors = {p: abs(predicted[p] - truth[p]) / max(truth[p], 1) for p in ("ed", "es")}
         rows.append((errors, flags, quality.confidence))
         listed = ", ".join(flags) or "-"

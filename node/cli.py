@@ -377,7 +377,7 @@ def worklist_show(
     config: ConfigOption = None,
 ) -> None:
     """Show one result: values, QC flags in plain words, review and deliveries (audited as a view)."""
-    from node.inference.qc import FLAG_TEXT
+    from node.inference.qc import flag_text
     from node.review.errors import ResultNotFound
     from node.store.audit import AuditAction, AuditEntry
     from node.store.reviews import status_of
@@ -441,7 +441,7 @@ def worklist_show(
             typer.echo(f"{key:<14} {'-' if value is None else f'{value:.1f} {unit}'}")
         typer.echo(f"{'confidence':<14} {shown['confidence'] if shown['confidence'] is not None else '-'}")
         for flag in shown["qc_flags"]:
-            typer.echo(f"{'qc':<14} {FLAG_TEXT.get(flag, flag)}")
+            typer.echo(f"{'qc':<14} {flag_text(flag)}")
         if review is not None:
             typer.echo(
                 f"{'review':<14} {review.status} by {review.full_name} at {review.reviewed_at.isoformat()}"
@@ -473,7 +473,9 @@ def worklist_sign(
     with _review_parts(config) as parts:
         reviewer = _reviewer(parts, user, password_stdin)
         review = parts.service.sign(result_id, reviewer, CLI_ADDRESS, _now(), comment=reason)
-        typer.echo(f"signed off {result_id}; verified SR {review.sr_sop_instance_uid}")
+        typer.echo(
+            f"signed off {result_id}; verified SR {review.sr_sop_instance_uid}, sent by the running node"
+        )
 
 
 @worklist_app.command("amend")
@@ -490,7 +492,7 @@ def worklist_amend(
     with _review_parts(config) as parts:
         reviewer = _reviewer(parts, user, password_stdin)
         review = parts.service.amend(result_id, edv, esv, reason or "", reviewer, CLI_ADDRESS, _now())
-        typer.echo(f"amended {result_id}; verified SR {review.sr_sop_instance_uid}")
+        typer.echo(f"amended {result_id}; verified SR {review.sr_sop_instance_uid}, sent by the running node")
 
 
 @worklist_app.command("reject")
@@ -505,7 +507,9 @@ def worklist_reject(
     with _review_parts(config) as parts:
         reviewer = _reviewer(parts, user, password_stdin)
         review = parts.service.reject(result_id, reason or "", reviewer, CLI_ADDRESS, _now())
-        typer.echo(f"rejected {result_id}; verified SR {review.sr_sop_instance_uid}")
+        typer.echo(
+            f"rejected {result_id}; verified SR {review.sr_sop_instance_uid}, sent by the running node"
+        )
 
 
 # -- deliveries (dead letters) -------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from node.domain import GridCell, StackGrid
 from node.images.frames import SpooledFrame, split_frames
+from node.inference.qc import QcFlag
 from node.logging import get_logger
 from node.pipeline.stacks import StackPlan
 from node.store.index import Index
@@ -96,5 +97,5 @@ def load_plan(grid: StackGrid, index: Index, spool_root: Path) -> StackPlan | No
         columns=grid.columns,
         trigger_times_ms=grid.trigger_times_ms,
         grid=rows,
-        flags=grid.flags,
+        flags=tuple(QcFlag(flag) for flag in grid.flags),
     )

@@ -18,7 +18,7 @@ from node.inference.measurements import (
     volume_curve_ml,
 )
 from node.inference.preprocess import Box, normalise
-from node.inference.qc import DETACHED_FLAG_ML, assess, fragmented_fraction
+from node.inference.qc import DETACHED_FLAG_ML, QcFlag, assess, fragmented_fraction
 from node.inference.runner import BACKGROUND, Segmenter
 from node.pipeline.pixels import load_pixels
 from node.pipeline.stacks import StackPlan
@@ -151,8 +151,8 @@ class StackMeasurer:
             fragment_fraction=fragments,
             uncertain_fraction=uncertain / max(total_blood, 1),
             stack_flags=plan.flags
-            + (("detached_lv_removed",) if detached_ml >= DETACHED_FLAG_ML else ())
-            + (("basal_slices_excluded",) if basal else ()),
+            + ((QcFlag.DETACHED_LV_REMOVED,) if detached_ml >= DETACHED_FLAG_ML else ())
+            + ((QcFlag.BASAL_SLICES_EXCLUDED,) if basal else ()),
         )
 
         def uids(phase: int) -> tuple[str | None, ...]:

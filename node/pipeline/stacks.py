@@ -14,7 +14,7 @@ exactly as a single-frame image would. The cell is then a :class:`~node.images.f
 
 Odd input is reported, never raised: every image that does not end up in a grid cell is counted
 under a :class:`SkipReason`, and every irregularity of a stack that was kept is named by a
-:class:`StackFlag`.
+:class:`~node.inference.qc.QcFlag`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Final, TypeVar
 from pydicom.uid import EnhancedMRColorImageStorage, MRImageStorage
 
 from node.images.frames import SPLIT_MR_CLASSES, FrameProblem, SpooledFrame, split_frames
+from node.inference.qc import QcFlag
 from node.store.instance import DA_DIGITS, SpooledInstance, da_day
 
 Vector = tuple[float, float, float]
@@ -70,25 +71,6 @@ _TM_DIGITS: Final = 6
 _UNSPLIT_MULTI_FRAME_MR_CLASSES: Final = frozenset({str(EnhancedMRColorImageStorage)})
 _DERIVED: Final = "DERIVED"
 _LOCALIZER: Final = "LOCALIZER"
-
-
-class StackFlag(StrEnum):
-    """Irregularities of a stack that was kept; the stack is still usable, the caller decides."""
-
-    #: Some slice has fewer phases than the longest one; its missing cells are None.
-    MISSING_PHASES = "missing_phases"
-    #: Some gap between neighbouring slices is about twice the median spacing or more.
-    MISSING_SLICES = "missing_slices"
-    #: Slice spacing varies by more than :data:`IRREGULAR_SPACING_FRACTION` without a missing slice.
-    IRREGULAR_SLICE_SPACING = "irregular_slice_spacing"
-    #: Images whose Rows, Columns or Pixel Spacing disagree with the stack's majority were dropped.
-    INCONSISTENT_GEOMETRY = "inconsistent_geometry"
-    #: A position (or a phase of it) was acquired twice; one acquisition was kept, see
-    #: :attr:`SkipReason.SUPERSEDED`.
-    DUPLICATE_POSITIONS_REPLACED = "duplicate_positions_replaced"
-    #: A series' instances disagree on Frame of Reference UID (0020,0052), which PS3.3 C.7.4.1 makes
-    #: series-wide; the stack was grouped as if it had none (seen in anonymised exports).
-    INCONSISTENT_FRAME_OF_REFERENCE = "inconsistent_frame_of_reference"
 
 
 class SkipReason(StrEnum):
@@ -163,7 +145,7 @@ class StackPlan:
         ``grid[slice][phase]``; None where that slice lacks that phase. A cell filled by a frame of a
         multi-frame instance is a :class:`~node.images.frames.SpooledFrame`.
     flags
-        :class:`StackFlag` values naming the irregularities found, in declaration order.
+        :class:`~node.inference.qc.QcFlag` values naming the irregularities found, in declaration order.
     """
 
     study_instance_uid: str
@@ -178,7 +160,7 @@ class StackPlan:
     columns: int
     trigger_times_ms: tuple[float | None, ...]
     grid: tuple[tuple[SpooledInstance | None, ...], ...]
-    flags: tuple[str, ...]
+    flags: tuple[QcFlag, ...]
 
     def __post_init__(self) -> None:
         if len(self.grid) != len(self.slice_positions_mm):
@@ -500,16 +482,16 @@ def _holds_missing_slices(gap: float, spacing: float) -> bool:
     return gap >= MISSING_SLICE_RATIO * spacing
 
 
-def _spacing_flags(positions: Sequence[float]) -> tuple[float, set[StackFlag]]:
+def _spacing_flags(positions: Sequence[float]) -> tuple[float, set[QcFlag]]:
     """Median slice spacing, and the flags its gaps and irregularities raise."""
     gaps = [b - a for a, b in itertools.pairwise(positions)]
     spacing = float(statistics.median(gaps))
-    flags: set[StackFlag] = set()
+    flags: set[QcFlag] = set()
     for gap in gaps:
         if _holds_missing_slices(gap, spacing):
-            flags.add(StackFlag.MISSING_SLICES)
+            flags.add(QcFlag.MISSING_SLICES)
         elif abs(gap - spacing) > IRREGULAR_SPACING_FRACTION * spacing:
-            flags.add(StackFlag.IRREGULAR_SLICE_SPACING)
+            flags.add(QcFlag.IRREGULAR_SLICE_SPACING)
     return spacing, flags
 
 
@@ -560,7 +542,7 @@ def _build(
     images: Sequence[_Image], frame_of_reference_uid: str | None, skipped: Counter[str]
 ) -> StackPlan | None:
     """The SAX cine stack formed by one group of parallel images, or None (counting why) if there is none."""
-    flags: set[StackFlag] = set()
+    flags: set[QcFlag] = set()
     pending: Counter[str] = Counter()
     reference = _modal(image.orientation for image in images)
     normal = next(image.normal for image in images if image.orientation == reference)
@@ -581,7 +563,7 @@ def _build(
         for key, unit in list(units.items()):
             kept = [image for image in unit if _agrees(image, geometry)]
             if len(kept) < len(unit):
-                flags.add(StackFlag.INCONSISTENT_GEOMETRY)
+                flags.add(QcFlag.INCONSISTENT_GEOMETRY)
                 pending[SkipReason.INCONSISTENT_GEOMETRY.value] += len(unit) - len(kept)
             if kept:
                 units[key] = kept
@@ -602,11 +584,11 @@ def _build(
             by_slot[slot], key=lambda unit: (_phase_count(unit) == usual_phases, *_recency(unit, dated))
         )
         for superseded in candidates[:-1]:
-            flags.add(StackFlag.DUPLICATE_POSITIONS_REPLACED)
+            flags.add(QcFlag.DUPLICATE_POSITIONS_REPLACED)
             pending[SkipReason.SUPERSEDED.value] += len(superseded)
         ordered, replaced = _phase_order(candidates[-1], dated)
         if replaced:
-            flags.add(StackFlag.DUPLICATE_POSITIONS_REPLACED)
+            flags.add(QcFlag.DUPLICATE_POSITIONS_REPLACED)
             pending[SkipReason.SUPERSEDED.value] += len(replaced)
         slices.append(ordered)
 
@@ -618,7 +600,7 @@ def _build(
 
 
 def _plan(
-    slices: Sequence[Sequence[_Image]], frame_of_reference_uid: str | None, flags: set[StackFlag]
+    slices: Sequence[Sequence[_Image]], frame_of_reference_uid: str | None, flags: set[QcFlag]
 ) -> StackPlan:
     """Lay out the chosen slices on the stack's own normal, ascending, and measure their spacing."""
     placed = [image for images in slices for image in images]
@@ -631,11 +613,11 @@ def _plan(
     positions = [position for position, _ in positioned]
     grid, trigger_times = _grid([images for _, images in positioned])
     if any(cell is None for row in grid for cell in row):
-        flags.add(StackFlag.MISSING_PHASES)
+        flags.add(QcFlag.MISSING_PHASES)
     spacing, spacing_flags = _spacing_flags(positions)
     flags |= spacing_flags
     if any(i.instance.header.frame_of_reference_uid != frame_of_reference_uid for i in placed):
-        flags.add(StackFlag.INCONSISTENT_FRAME_OF_REFERENCE)
+        flags.add(QcFlag.INCONSISTENT_FRAME_OF_REFERENCE)
     first = placed[0]
     rows, columns, pixel_spacing = _majority_geometry(placed)
     return StackPlan(
@@ -651,7 +633,7 @@ def _plan(
         columns=columns,
         trigger_times_ms=trigger_times,
         grid=tuple(tuple(cell.instance if cell else None for cell in row) for row in grid),
-        flags=tuple(flag.value for flag in StackFlag if flag in flags),
+        flags=tuple(flag for flag in QcFlag if flag in flags),
     )
 
 

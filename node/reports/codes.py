@@ -14,6 +14,8 @@ from typing import Final
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.coding import Code
 
+from node.inference.qc import QcFlag
+
 #: Private coding scheme designator of the node (PS3.16 8.2: private designators begin with "99").
 SCHEME: Final = "99DCMNODE"
 SCHEME_NAME: Final = "dicomnode private codes"
@@ -90,24 +92,9 @@ REVIEW_STATUS_CODES: Final = {
 QC_FLAG: Final = Code("QC-FLAG", SCHEME, "AI quality control flag")
 #: The value of :data:`QC_FLAG` when QC raised nothing, so "no flags" is stated, not implied.
 QC_NONE: Final = Code("QC-NONE", SCHEME, "No quality control flag raised")
-#: One code per flag of :mod:`node.inference.qc`; the meaning doubles as the short on-image text.
-QC_FLAG_CODES: Final = {
-    "incomplete_coverage_first_slice": Code("QC-COV-FIRST", SCHEME, "LV reaches the first slice"),
-    "incomplete_coverage_last_slice": Code("QC-COV-LAST", SCHEME, "LV reaches the last slice"),
-    "jagged_volume_curve": Code("QC-JAGGED", SCHEME, "Jagged LV volume curve"),
-    "flip_disagreement": Code("QC-FLIP", SCHEME, "Segmentation unstable under mirroring"),
-    "implausible_volume": Code("QC-VOLUME", SCHEME, "LV volume outside population range"),
-    "implausible_ef": Code("QC-EF", SCHEME, "EF outside physiological range"),
-    "fragmented_mask": Code("QC-FRAGMENT", SCHEME, "Fragmented LV blood-pool mask"),
-    "missing_slices": Code("QC-MISS-SLICE", SCHEME, "Slices missing from the stack"),
-    "missing_phases": Code("QC-MISS-PHASE", SCHEME, "Phases missing on some slices"),
-    "irregular_slice_spacing": Code("QC-SPACING", SCHEME, "Irregular slice spacing"),
-    "inconsistent_geometry": Code("QC-GEOMETRY", SCHEME, "Images of other geometry left out"),
-    "duplicate_positions_replaced": Code("QC-DUPLICATE", SCHEME, "Repeated slice positions replaced"),
-    "inconsistent_frame_of_reference": Code("QC-FOR", SCHEME, "Inconsistent Frame of Reference UIDs"),
-    "basal_slices_excluded": Code("QC-BASAL", SCHEME, "Basal slices left out of the volumes"),
-    "detached_lv_removed": Code("QC-DETACHED", SCHEME, "LV labels outside the heart left out"),
-}
+#: One code per :class:`~node.inference.qc.QcFlag` (from its table); the meaning doubles as the short
+#: on-image text.
+QC_FLAG_CODES: Final = {flag: Code(flag.info.code, SCHEME, flag.info.meaning) for flag in QcFlag}
 
 
 def qc_flag_code(flag: str) -> Code:
@@ -115,9 +102,9 @@ def qc_flag_code(flag: str) -> Code:
 
     A name longer than 16 characters is encoded by highdicom as Long Code Value (0008,0119).
     """
-    known = QC_FLAG_CODES.get(flag)
-    if known is not None:
-        return known
+    known = QcFlag._value2member_map_.get(flag)
+    if isinstance(known, QcFlag):
+        return QC_FLAG_CODES[known]
     return Code(flag, SCHEME, flag.replace("_", " ")[:_CODE_MEANING_CHARS])
 
 

@@ -35,7 +35,7 @@ from pydicom.valuerep import DA, DT, TM
 
 from node import __version__
 from node.domain import ModelIdentity, StackResult
-from node.inference.qc import FLAG_TEXT
+from node.inference.qc import flag_text
 from node.reports.codes import (
     AI_CONFIDENCE,
     CARDIAC_MRI,
@@ -473,7 +473,7 @@ def build_draft_sr(
         ),
         review=ReviewStatus.PENDING,
         qc_flags=tuple(result.qc_flags),
-        statements=(PENDING_STATEMENT, *(FLAG_TEXT.get(flag, flag) for flag in result.qc_flags)),
+        statements=(PENDING_STATEMENT, *(flag_text(flag) for flag in result.qc_flags)),
         ed_images=_references(result.ed_sop_instance_uids, ed_frame_numbers, by_uid, "end-diastolic"),
         es_images=_references(result.es_sop_instance_uids, es_frame_numbers, by_uid, "end-systolic"),
     )
@@ -708,7 +708,7 @@ def build_verified_sr(
         statements.append(REJECTED_STATEMENT)
     if text:
         statements.append(REASON_PREFIX[review] + text)
-    statements.extend(FLAG_TEXT.get(flag, flag) for flag in found.qc_flags)
+    statements.extend(flag_text(flag) for flag in found.qc_flags)
     content = ReportContent(
         model=found.model,
         tracking_uid=found.tracking_uid,

@@ -9,7 +9,7 @@ from typing import Any
 from pydicom.valuerep import PersonName
 
 from node.domain import DeliveryState
-from node.inference.qc import FLAG_TEXT
+from node.inference.qc import flag_text as _flag_text
 
 _DA_CHARS = 8
 #: Worst first: the summary names the state that needs attention.
@@ -50,7 +50,7 @@ def timestamp(value: datetime | None) -> str:
 
 def flag_text(flag: str) -> str:
     """The plain-words explanation of a QC flag."""
-    return FLAG_TEXT.get(flag, flag.replace("_", " "))
+    return _flag_text(flag)
 
 
 def delivery_summary(counts: Mapping[str, int]) -> tuple[str, str]:

@@ -13,12 +13,12 @@ import pytest
 from node.inference.qc import (
     EDV_RANGE_ML,
     ESV_RANGE_ML,
-    FLAG_TEXT,
-    FLAG_WEIGHTS,
+    QcFlag,
     QualityReport,
     assess,
     coverage_flags,
     curve_roughness,
+    flag_text,
     fragmented_fraction,
 )
 
@@ -56,9 +56,11 @@ def test_clean_certain_case_has_no_flags_and_full_confidence() -> None:
     assert report.confidence == pytest.approx(1.0)
 
 
-def test_every_flag_has_a_plain_language_text() -> None:
-    """Each flag that can be raised has a reader-facing explanation, and vice versa."""
-    assert set(FLAG_TEXT) == set(FLAG_WEIGHTS)
+def test_every_flag_has_a_weight_a_plain_language_text_and_a_code() -> None:
+    """Each flag that can be raised has a weight, a reader-facing explanation and an SR code."""
+    for flag in QcFlag:
+        assert flag.info.weight >= 0 and flag.info.text.endswith(".") and flag.info.code.startswith("QC-")
+    assert flag_text("some_flag_of_a_newer_node") == "some flag of a newer node"
 
 
 def test_coverage_flag_on_first_slice() -> None:
@@ -145,8 +147,8 @@ def test_confidence_decreases_with_each_flag() -> None:
     one = _assess(ef_pct=90.0)
     two = _assess(ef_pct=90.0, flip_disagreement_ml=50.0)
     assert clean > one.confidence > two.confidence > 0.0
-    assert one.confidence == pytest.approx(math.exp(-FLAG_WEIGHTS["implausible_ef"]))
-    expected_two = math.exp(-FLAG_WEIGHTS["implausible_ef"] - FLAG_WEIGHTS["flip_disagreement"])
+    assert one.confidence == pytest.approx(math.exp(-QcFlag.IMPLAUSIBLE_EF.info.weight))
+    expected_two = math.exp(-QcFlag.IMPLAUSIBLE_EF.info.weight - QcFlag.FLIP_DISAGREEMENT.info.weight)
     assert two.confidence == pytest.approx(expected_two)
 
 

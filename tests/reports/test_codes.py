@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.inference.qc import FLAG_TEXT
+from node.inference.qc import QcFlag
 from node.reports.codes import (
     CARDIAC_MRI,
     LEFT_VENTRICLE,
@@ -52,8 +52,8 @@ def test_private_codes_fit_their_value_representations() -> None:
 
 def test_every_qc_flag_has_a_curated_code_that_maps_back() -> None:
     """Each flag QC can raise has its own code, and the code value maps back to the flag name."""
-    assert set(FLAG_TEXT) <= set(QC_FLAG_CODES)
-    for flag in FLAG_TEXT:
+    assert set(QcFlag) == set(QC_FLAG_CODES)
+    for flag in QcFlag:
         assert qc_flag_of(qc_flag_code(flag).value) == flag
 
 

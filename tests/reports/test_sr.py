@@ -13,7 +13,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import Comprehensive3DSRStorage
 
-from node.inference.qc import FLAG_TEXT
+from node.inference.qc import flag_text
 from node.reports.codes import (
     AI_CONFIDENCE,
     CARDIAC_MRI,
@@ -231,7 +231,7 @@ def test_draft_states_site_procedure_algorithm_and_qc(written: dict[str, Path], 
     assert [_code(item)[0] for item in _items(draft, QC_FLAG)] == [
         qc_flag_code(f).value for f in result.qc_flags
     ]
-    assert all(FLAG_TEXT[flag] in _texts(draft) for flag in result.qc_flags)
+    assert all(flag_text(flag) in _texts(draft) for flag in result.qc_flags)
     assert SCHEME in {item.CodingSchemeDesignator for item in draft.CodingSchemeIdentificationSequence}
 
 

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from node.accounts.users import Role
 from node.cli import app
-from node.domain import Outcome
+from node.domain import OutboxKind, Outcome
 from node.store.audit import AuditAction
 from tests.review.seed import PASSWORD, Seeded, seed_result
 
@@ -66,7 +66,10 @@ def test_worklist_sign_from_the_console(seeded: Seeded) -> None:
     assert again.exit_code == 1 and "409 Conflict" in again.output
     (entry,) = seeded.parts.audit.entries(action=AuditAction.SIGN_OFF)
     assert (entry.actor, entry.address) == ("jsmith", "cli")
-    assert seeded.parts.store.outbox_path(result_id, "verified_sr") is not None
+    # The console records the sign-off; the serving node queues the verified SR for its destinations.
+    assert seeded.parts.store.outbox_path(result_id, OutboxKind.VERIFIED_SR) is None
+    assert seeded.parts.service.publish_pending(seeded.clock.now()) == 1
+    assert seeded.parts.store.outbox_path(result_id, OutboxKind.VERIFIED_SR) is not None
 
 
 def test_worklist_refusals_from_the_console(seeded: Seeded) -> None:
