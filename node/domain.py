@@ -7,6 +7,16 @@ from enum import StrEnum
 from typing import Any
 
 
+def stroke_volume(edv_ml: float, esv_ml: float) -> float:
+    """SV = EDV - ESV (mL)."""
+    return edv_ml - esv_ml
+
+
+def ejection_fraction(edv_ml: float, esv_ml: float) -> float:
+    """EF = SV / EDV, in percent; 0 for an EDV of 0 (no ventricle: nothing is ejected)."""
+    return 100.0 * stroke_volume(edv_ml, esv_ml) / edv_ml if edv_ml > 0 else 0.0
+
+
 class Outcome(StrEnum):
     """How processing a study (version) ended."""
 

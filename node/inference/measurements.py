@@ -27,6 +27,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from node.domain import ejection_fraction, stroke_volume
+
 #: LV labels farther than this (mm, in plane) from the ventricle are not part of it (the myocardium
 #: is at most about 15 mm thick, and a breath-hold shifts a slice by less than a few millimetres).
 DETACHED_DISTANCE_MM = 30.0
@@ -95,8 +97,8 @@ def measure(
     es_phase = int(np.argmin(curve))
     edv = float(curve[ed_phase])
     esv = float(curve[es_phase])
-    sv = edv - esv
-    ef = 100.0 * sv / edv if edv > 0 else 0.0
+    sv = stroke_volume(edv, esv)
+    ef = ejection_fraction(edv, esv)
     myocardium = volume_curve_ml(myocardium_px, pixel_area_mm2, slice_extents_mm)
     return Measurements(
         edv_ml=edv,

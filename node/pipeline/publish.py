@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node.clock import Clock
 from node.config import Destination
-from node.domain import OutboxKind, Outcome, StackGrid, StackResult
+from node.domain import OutboxKind, Outcome, StackGrid, StackResult, ejection_fraction, stroke_volume
 from node.failpoints import failpoint
 from node.logging import Pseudonymiser, get_logger
 from node.pipeline.grid import load_plan
@@ -167,7 +167,11 @@ class Publisher:
             stack = replace(
                 stack,
                 result=replace(
-                    stack.result, edv_ml=edv, esv_ml=esv, sv_ml=edv - esv, ef_pct=100 * (edv - esv) / edv
+                    stack.result,
+                    edv_ml=edv,
+                    esv_ml=esv,
+                    sv_ml=stroke_volume(edv, esv),
+                    ef_pct=ejection_fraction(edv, esv),
                 ),
             )
         banner = Banner.verified(observer_name, verified_at, review)

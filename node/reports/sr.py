@@ -34,7 +34,7 @@ from pydicom.sr.coding import Code
 from pydicom.valuerep import DA, DT, TM
 
 from node import __version__
-from node.domain import ModelIdentity, StackResult
+from node.domain import ModelIdentity, StackResult, ejection_fraction, stroke_volume
 from node.inference.qc import flag_text
 from node.reports.codes import (
     AI_CONFIDENCE,
@@ -85,7 +85,6 @@ CONFIDENCE_DECIMALS: Final = 3
 PN_COMPONENT_SEPARATOR: Final = "^"
 #: LO (PS3.5 6.2) holds at most 64 characters.
 LO_MAX_CHARS: Final = 64
-_PERCENT: Final = 100.0
 
 PENDING_STATEMENT: Final = (
     "AI result pending radiologist review: not verified, not for clinical decisions until signed off."
@@ -625,12 +624,11 @@ def _amended_values(base: ReportedValues, amended: tuple[float, float]) -> Repor
     edv, esv = (float(value) for value in amended)
     if not (math.isfinite(edv) and math.isfinite(esv)) or edv <= 0 or esv < 0 or esv > edv:
         raise ReportError("amended volumes need 0 <= ESV <= EDV and EDV > 0")
-    sv = edv - esv
     return ReportedValues(
         edv_ml=_rounded(edv),
         esv_ml=_rounded(esv),
-        ef_pct=_rounded(_PERCENT * sv / edv),
-        sv_ml=_rounded(sv),
+        ef_pct=_rounded(ejection_fraction(edv, esv)),
+        sv_ml=_rounded(stroke_volume(edv, esv)),
         lv_mass_g=base.lv_mass_g,
         confidence=base.confidence,
     )

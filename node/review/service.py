@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +32,7 @@ from pydicom.sr.coding import Code
 
 from node.accounts.users import User
 from node.config import Destination
-from node.domain import OutboxKind, Outcome
+from node.domain import OutboxKind, Outcome, ejection_fraction
 from node.logging import get_logger
 from node.metrics import NodeMetrics
 from node.reports.codes import SCHEME, ReviewStatus
@@ -110,7 +110,21 @@ def encode(dataset: Dataset) -> bytes:
 def _ef(edv: float | None, esv: float | None) -> float | None:
     if edv is None or esv is None or edv <= 0:
         return None
-    return round(100.0 * (edv - esv) / edv, 1)
+    return round(ejection_fraction(edv, esv), 1)
+
+
+def refusal(user: User, result: Mapping[str, Any], review: ReviewRecord | None) -> ReviewError | None:
+    """Why ``user`` may not review ``result`` now, or None when they may (the page and the action
+    both ask this)."""
+    if not user.can_review:
+        return NotPermitted("only a radiologist can sign off, amend or reject a result")
+    if result["superseded"]:
+        return NotReviewable("a newer version of this study has been measured; review that one")
+    if result["outcome"] != Outcome.MEASURED:
+        return NotReviewable(f"nothing to review: {result['outcome']}")
+    if review is not None:
+        return AlreadyReviewed("this result has already been reviewed")
+    return None
 
 
 class ReviewService:
@@ -261,12 +275,9 @@ class ReviewService:
         result = self._store.result(result_id)
         if result is None:
             raise ResultNotFound("no such result")
-        if result["superseded"]:
-            raise NotReviewable("a newer version of this study has been measured; review that one")
-        if result["outcome"] != Outcome.MEASURED:
-            raise NotReviewable(f"nothing to review: {result['outcome']}")
-        if self._store.for_result(result_id) is not None:
-            raise AlreadyReviewed("this result has already been reviewed")
+        refused = refusal(user, result, self._store.for_result(result_id))
+        if refused is not None:
+            raise refused
         return result, self._draft(result_id), text
 
     def _draft(self, result_id: str) -> Dataset:

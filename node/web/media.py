@@ -17,11 +17,13 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 
-from node.domain import OutboxKind, StackGrid
+from node.domain import OutboxKind, StackGrid, StackResult
 from node.images.pixels import read_cell
 from node.logging import get_logger
 from node.pipeline.grid import load_plan
 from node.pipeline.stacks import StackPlan
+from node.reports.errors import ReportError
+from node.reports.sources import mid_ventricular_slice
 from node.store.index import Index
 from node.store.labels import decode_labels
 from node.store.reviews import ReviewStore
@@ -33,16 +35,6 @@ SECONDARY_CAPTURE: Final = OutboxKind.SC
 #: Label values of the released model (background, RV, LV myocardium, LV blood pool).
 DEFAULT_CLASSES: Final = ("background", "right_ventricle", "lv_myocardium", "lv_blood_pool")
 CACHE_ENTRIES: Final = 16
-
-
-def mid_ventricular_slice(record: dict[str, Any], slices: int) -> int:
-    """The middle one of the slices with LV blood pool at ED (the middle slice when none has any)."""
-    ed = int(record.get("ed_phase", 0))
-    areas = record.get("blood_pool_mm2") or []
-    with_blood = [index for index, row in enumerate(areas) if ed < len(row) and row[ed] > 0]
-    if with_blood:
-        return with_blood[len(with_blood) // 2]
-    return slices // 2
 
 
 class _Cache:
@@ -104,8 +96,11 @@ class StudyMedia:
                 "cine not rendered: the stored images no longer match the result", result_id=result["id"]
             )
             return None
-        record = dict(result["record"])
-        index = mid_ventricular_slice(record, plan.slices)
+        try:
+            # The slice the secondary capture shows: one rule for both.
+            index = mid_ventricular_slice(StackResult.from_record(result["record"]))
+        except ReportError:
+            return None
         frames: list[npt.NDArray[np.float32] | None] = [
             None if cell is None else read_cell(cell, self._spool) for cell in plan.grid[index]
         ]

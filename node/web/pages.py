@@ -12,7 +12,7 @@ from markupsafe import Markup
 from starlette.responses import RedirectResponse, Response
 
 from node.domain import Outcome
-from node.review.service import DRAFT_SR, VERIFIED_SR
+from node.review.service import DRAFT_SR, VERIFIED_SR, refusal
 from node.store.audit import AuditAction, AuditEntry
 from node.store.reviews import WorklistStatus, status_of
 from node.web.auth import Viewer, client_address, context_of, viewer
@@ -130,10 +130,7 @@ def study(request: Request, result_id: str, user: ViewerDep) -> Response:
             "verified_deliveries": [row for row in deliveries if row["kind"] == VERIFIED_SR],
             "measured": measured,
             "draft_ready": draft_ready,
-            "can_review": user.user.can_review
-            and status == WorklistStatus.PENDING
-            and not result["superseded"]
-            and measured,
+            "can_review": refusal(user.user, result, review) is None,
             "has_sc": store.outbox_path(result_id, SECONDARY_CAPTURE) is not None,
             "curve": curve,
         },
