@@ -26,7 +26,7 @@ from models.data import (
 )
 from models.predict import dice
 from models.spec import MODEL_NAME
-from node.inference.measurements import basal_slices_to_exclude, measure, remove_detached_lv
+from node.inference.measurements import LabelGeometry, LvClasses, measure_labels, remove_detached_lv
 from node.inference.registry import DEFAULT_MODEL_DIR, find_model
 from node.inference.runner import BACKGROUND, Segmenter
 
@@ -86,16 +86,18 @@ def evaluate_sunnybrook(segmenter: Segmenter, root: Path, patient: str) -> Sunny
     labels = segmentation.labels.reshape(slices, phases, rows, columns)
     blood = segmenter.card.class_index(BLOOD_POOL_CLASS)
     myo = segmenter.card.class_index(MYOCARDIUM_CLASS)
-    # As the node measures: LV labels far from the ventricle are left out first.
-    remove_detached_lv(labels, blood, myo, segmenter.card.class_index(BACKGROUND), case.pixel_spacing)
     pixel_area = case.pixel_spacing[0] * case.pixel_spacing[1]
-    blood_px = (labels == blood).sum(axis=(2, 3)).astype(np.float64)
-    myo_px = (labels == myo).sum(axis=(2, 3)).astype(np.float64)
-    # The whole stack as the node measures it: basal slices that are not ventricle throughout left out.
-    basal = list(basal_slices_to_exclude(labels, blood, myo, np.ones(blood_px.shape, bool)))
-    blood_px[basal] = 0.0
-    myo_px[basal] = 0.0
-    whole = measure(blood_px, myo_px, pixel_area, case.slice_spacing_mm)
+    classes = LvClasses(blood, myo, segmenter.card.class_index(BACKGROUND))
+    # The whole stack as the node measures it (the same function, on a copy): detached LV labels and
+    # basal slices that are not ventricle throughout left out.
+    whole = measure_labels(
+        labels.copy(),
+        np.ones((slices, phases), bool),
+        LabelGeometry(case.pixel_spacing, case.slice_spacing_mm),
+        classes,
+    ).measurements
+    # The contoured slices compare every contoured slice, basal ones too, with detached labels removed.
+    remove_detached_lv(labels, blood, myo, classes.background, case.pixel_spacing)
     by_slice: dict[int, list[int]] = {}
     for slice_index, phase in case.contours:
         by_slice.setdefault(slice_index, []).append(phase)

@@ -21,8 +21,9 @@ from models.data import (
     split_patients,
 )
 from models.spec import MODEL_NAME
-from node.inference.measurements import basal_slices_to_exclude, remove_detached_lv
-from node.inference.qc import DETACHED_FLAG_ML, QcFlag, assess, fragmented_fraction
+from node.domain import ejection_fraction
+from node.inference.measurements import LabelGeometry, LvClasses, measure_labels
+from node.inference.qc import QcFlag, assess, fragmented_fraction, measurement_flags
 from node.inference.registry import DEFAULT_MODEL_DIR, find_model
 from node.inference.runner import BACKGROUND, Segmenter
 
@@ -43,54 +44,52 @@ def main() -> None:
     _, validation = split_patients(acdc_patients(root))
     spacing = (ACDC_NOMINAL_SPACING_MM, ACDC_NOMINAL_SPACING_MM)
     voxel_ml = ACDC_NOMINAL_SPACING_MM**2 * NOMINAL_SLICE_SPACING_MM / 1000.0
+    geometry = LabelGeometry(spacing, NOMINAL_SLICE_SPACING_MM)
+    classes = LvClasses(blood, myo, background)
     rows = []
     print(f"{'patient':11s} {'EDV err':>8s} {'ESV err':>8s} {'conf':>5s}  flags")
     for patient in validation:
         case = load_acdc(root, patient, segmenter.card.input.normalisation)
-        predicted, truth, flip, fragments, uncertain = {}, {}, {}, [], 0
-        phases = (("ed", case.ed_image, case.ed_label), ("es", case.es_image, case.es_label))
-        segmented = {phase: segmenter.segment(image, spacing, normalised=True) for phase, image, _ in phases}
-        # The node's removal of LV labels far from the ventricle, phase by phase (in place).
-        detached_px = max(
-            int(remove_detached_lv(seg.labels[:, None], blood, myo, background, spacing).sum())
-            for seg in segmented.values()
+        if case.ed_image.shape != case.es_image.shape:
+            print(f"{patient:11s} skipped: ED and ES have different slices")
+            continue
+        images = np.stack([case.ed_image, case.es_image], axis=1)  # (slices, 2 phases, rows, cols)
+        slices = images.shape[0]
+        segmented = segmenter.segment(images.reshape(-1, *images.shape[2:]), spacing, normalised=True)
+        mirrored = segmenter.segment(
+            np.ascontiguousarray(images.reshape(-1, *images.shape[2:])[:, :, ::-1]), spacing, normalised=True
         )
-        # The node's basal-slice rule over the two-phase stack (when ED and ES have the same slices).
-        basal: list[int] = []
-        if case.ed_image.shape == case.es_image.shape:
-            stack = np.stack([segmented["ed"].labels, segmented["es"].labels], axis=1)
-            basal = list(basal_slices_to_exclude(stack, blood, myo, np.ones(stack.shape[:2], bool)))
-        for phase, image, label in phases:
-            seg = segmented[phase]
-            mirrored = segmenter.segment(np.ascontiguousarray(image[:, :, ::-1]), spacing, normalised=True)
-            remove_detached_lv(mirrored.labels[:, None], blood, myo, background, spacing)
-            masks = seg.labels == blood
-            masks[basal] = False
-            mirrored_masks = mirrored.labels == blood
-            mirrored_masks[basal] = False
-            predicted[phase] = int(masks.sum())
-            truth[phase] = int((label == BLOOD_POOL).sum())
-            flip[phase] = abs(int(mirrored_masks.sum()) - predicted[phase])
-            fragments += [fragmented_fraction(mask) * int(mask.sum()) for mask in masks]
-            uncertain += int(seg.uncertain_px.sum())
-        edv, esv = predicted["ed"] * voxel_ml, predicted["es"] * voxel_ml
-        ed_areas = (segmented["ed"].labels == blood).sum(axis=(1, 2))
-        ed_areas[basal] = 0
-        total = max(predicted["ed"] + predicted["es"], 1)
+        present = np.ones((slices, 2), bool)
+        # The node's measurement (the same function), on the prediction and on the mirrored input.
+        labels = segmented.labels.reshape(images.shape).astype(np.uint8)
+        measured = measure_labels(labels, present, geometry, classes)
+        flipped = measure_labels(
+            mirrored.labels.reshape(images.shape)[..., ::-1].astype(np.uint8), present, geometry, classes
+        )
+        curve = np.asarray(measured.measurements.volume_curve_ml)
+        predicted = {"ed": float(curve[0]), "es": float(curve[1])}
+        truth = {
+            phase: float((label == BLOOD_POOL).sum()) * voxel_ml
+            for phase, label in (("ed", case.ed_label), ("es", case.es_label))
+        }
+        masks = [labels[s, p] == blood for s in range(slices) for p in range(2)]
+        total = max(sum(int(mask.sum()) for mask in masks), 1)
+        edv, esv = predicted["ed"], predicted["es"]
         quality = assess(
             edv_ml=edv,
             esv_ml=esv,
-            ef_pct=100 * (edv - esv) / edv if edv else 0.0,
-            curve_ml=np.array([edv, esv]),
-            blood_pool_ed_mm2=ed_areas.astype(float),
-            flip_disagreement_ml=max(flip.values()) * voxel_ml,
-            fragment_fraction=sum(fragments) / total,
-            uncertain_fraction=uncertain / total,
-            stack_flags=((QcFlag.BASAL_SLICES_EXCLUDED,) if basal else ())
-            + ((QcFlag.DETACHED_LV_REMOVED,) if detached_px * voxel_ml >= DETACHED_FLAG_ML else ()),
+            ef_pct=ejection_fraction(edv, esv),
+            curve_ml=curve,
+            blood_pool_ed_mm2=measured.blood_pool_px[:, 0] * spacing[0] * spacing[1],
+            flip_disagreement_ml=float(
+                np.abs(np.asarray(flipped.measurements.volume_curve_ml) - curve).max()
+            ),
+            fragment_fraction=sum(fragmented_fraction(mask) * int(mask.sum()) for mask in masks) / total,
+            uncertain_fraction=int(segmented.uncertain_px.sum()) / total,
+            stack_flags=measurement_flags(measured),
         )
         flags = tuple(flag for flag in quality.flags if flag != QcFlag.JAGGED_VOLUME_CURVE)
-        errors = {p: abs(predicted[p] - truth[p]) / max(truth[p], 1) for p in ("ed", "es")}
+        errors = {p: abs(predicted[p] - truth[p]) / max(truth[p], 1e-9) for p in ("ed", "es")}
         rows.append((errors, flags, quality.confidence))
         listed = ", ".join(flags) or "-"
         print(f"{patient:11s} {errors['ed']:8.1%} {errors['es']:8.1%} {quality.confidence:5.2f}  {listed}")

@@ -259,3 +259,108 @@ def remove_detached_lv(
             frames[slice_index][far] = background
             removed[slice_index, phase] = int(far.sum())
     return removed
+
+
+@dataclass(frozen=True)
+class LvClasses:
+    """Label values of the classes the measurement reads (from the model's card)."""
+
+    blood_pool: int
+    myocardium: int
+    background: int
+
+
+@dataclass(frozen=True)
+class LabelGeometry:
+    """What the measurement needs of a stack's geometry.
+
+    Attributes
+    ----------
+    pixel_spacing
+        (row, column) spacing in mm.
+    slice_extents_mm
+        The length along the normal each slice stands for (one value: every slice alike).
+    base_last
+        Whether the base is the last slice (:func:`base_is_last`); None: judged by the blood pool.
+    """
+
+    pixel_spacing: tuple[float, float]
+    slice_extents_mm: Sequence[float] | float
+    base_last: bool | None = None
+
+
+@dataclass(frozen=True)
+class LabelMeasurement:
+    """What :func:`measure_labels` derives from a stack's labels.
+
+    Attributes
+    ----------
+    measurements
+        Volumes, EF, SV, mass and ED/ES.
+    blood_pool_px, myocardium_px
+        ``(slices, phases)`` areas in pixels as measured: missing cells interpolated over the cycle,
+        left-out basal slices 0.
+    basal_slices
+        Slices left out as not ventricle throughout the cycle (:func:`basal_slices_to_exclude`).
+    detached_ml
+        The largest volume, in one phase, of LV labels far from the ventricle that were removed.
+    """
+
+    measurements: Measurements
+    blood_pool_px: npt.NDArray[np.float64]
+    myocardium_px: npt.NDArray[np.float64]
+    basal_slices: tuple[int, ...]
+    detached_ml: float
+
+
+def fill_missing(areas: npt.NDArray[np.float64], present: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+    """Interpolate a slice's missing phases from its neighbours over the (cyclic) cardiac cycle."""
+    filled = areas.copy()
+    phases = areas.shape[1]
+    for slice_index in range(areas.shape[0]):
+        known = np.flatnonzero(present[slice_index])
+        if known.size == 0 or known.size == phases:
+            continue
+        missing = np.flatnonzero(~present[slice_index])
+        filled[slice_index, missing] = np.interp(missing, known, areas[slice_index, known], period=phases)
+    return filled
+
+
+def measure_labels(
+    labels: npt.NDArray[np.uint8],
+    present: npt.NDArray[np.bool_],
+    geometry: LabelGeometry,
+    classes: LvClasses,
+) -> LabelMeasurement:
+    """The measurement of a ``(slices, phases, rows, columns)`` label stack: the one sequence the node,
+    the model evaluation and the QC audit all run.
+
+    LV labels far from the ventricle are removed, missing cells interpolated, basal slices that are not
+    ventricle throughout the cycle left out, then volumes, EF, SV and mass measured. ``labels`` is
+    changed in place (removed and left-out LV labels become background), so every later output (the
+    contours, the SEG, the worklist) shows what was measured. Pure otherwise: no model, no files.
+    """
+    pixel_area = geometry.pixel_spacing[0] * geometry.pixel_spacing[1]
+    detached = remove_detached_lv(
+        labels, classes.blood_pool, classes.myocardium, classes.background, geometry.pixel_spacing
+    )
+    detached_ml = float(
+        volume_curve_ml(detached.astype(np.float64), pixel_area, geometry.slice_extents_mm).max()
+    )
+    blood_px = fill_missing((labels == classes.blood_pool).sum(axis=(2, 3)).astype(np.float64), present)
+    basal = basal_slices_to_exclude(
+        labels, classes.blood_pool, classes.myocardium, present, geometry.base_last
+    )
+    if basal:
+        lv = labels[list(basal)]
+        lv[(lv == classes.blood_pool) | (lv == classes.myocardium)] = classes.background
+        labels[list(basal)] = lv
+        blood_px[list(basal)] = 0.0
+    myo_px = fill_missing((labels == classes.myocardium).sum(axis=(2, 3)).astype(np.float64), present)
+    return LabelMeasurement(
+        measurements=measure(blood_px, myo_px, pixel_area, geometry.slice_extents_mm),
+        blood_pool_px=blood_px,
+        myocardium_px=myo_px,
+        basal_slices=basal,
+        detached_ml=detached_ml,
+    )

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from node.inference.measurements import DETACHED_DISTANCE_MM
+from node.inference.measurements import DETACHED_DISTANCE_MM, LabelMeasurement
 
 #: Population range of LV volumes in the Kaggle Second Annual Data Science Bowl training labels
 #: (500 volumes, ``dsb2/train.csv``): ESV 4.6-488.6 mL, EDV 10.5-568.6 mL.
@@ -182,6 +182,13 @@ _FLAGS: dict[QcFlag, FlagInfo] = {
         "LV labels outside the heart left out",
     ),
 }
+
+
+def measurement_flags(measured: LabelMeasurement) -> tuple[QcFlag, ...]:
+    """The flags of what :func:`~node.inference.measurements.measure_labels` left out."""
+    return ((QcFlag.DETACHED_LV_REMOVED,) if measured.detached_ml >= DETACHED_FLAG_ML else ()) + (
+        (QcFlag.BASAL_SLICES_EXCLUDED,) if measured.basal_slices else ()
+    )
 
 
 def flag_text(flag: str) -> str:

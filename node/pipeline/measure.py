@@ -11,14 +11,15 @@ import numpy.typing as npt
 from node.domain import ModelIdentity, StackResult
 from node.errors import NodeError
 from node.inference.measurements import (
-    basal_slices_to_exclude,
+    LabelGeometry,
+    LvClasses,
     base_is_last,
-    measure,
+    measure_labels,
     remove_detached_lv,
     volume_curve_ml,
 )
 from node.inference.preprocess import Box, normalise
-from node.inference.qc import DETACHED_FLAG_ML, QcFlag, assess, fragmented_fraction
+from node.inference.qc import assess, fragmented_fraction, measurement_flags
 from node.inference.runner import BACKGROUND, Segmenter
 from node.pipeline.pixels import load_pixels
 from node.pipeline.stacks import StackPlan
@@ -49,19 +50,6 @@ class MeasuredStack:
     labels: npt.NDArray[np.uint8]
 
 
-def _fill_missing(areas: npt.NDArray[np.float64], present: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
-    """Interpolate a slice's missing phases from its neighbours over the (cyclic) cardiac cycle."""
-    filled = areas.copy()
-    phases = areas.shape[1]
-    for slice_index in range(areas.shape[0]):
-        known = np.flatnonzero(present[slice_index])
-        if known.size == 0 or known.size == phases:
-            continue
-        missing = np.flatnonzero(~present[slice_index])
-        filled[slice_index, missing] = np.interp(missing, known, areas[slice_index, known], period=phases)
-    return filled
-
-
 class StackMeasurer:
     """Measures stacks with one long-lived :class:`Segmenter`."""
 
@@ -71,6 +59,7 @@ class StackMeasurer:
         self._blood = card.class_index(BLOOD_POOL)
         self._myo = card.class_index(MYOCARDIUM)
         self._background = card.class_index(BACKGROUND)
+        self._classes = LvClasses(self._blood, self._myo, self._background)
         self.model = ModelIdentity(name=card.name, version=card.version)
 
     def measure(self, plan: StackPlan, root: Path) -> MeasuredStack:
@@ -109,21 +98,14 @@ class StackMeasurer:
         del segmentation  # its labels are copied into the grid
 
         pixel_area = plan.pixel_spacing[0] * plan.pixel_spacing[1]
-        # LV labels far from the ventricle (stomach, a vessel) are left out of every output too.
-        detached = remove_detached_lv(labels, self._blood, self._myo, self._background, plan.pixel_spacing)
-        detached_ml = float(
-            volume_curve_ml(detached.astype(np.float64), pixel_area, plan.slice_extents_mm).max()
+        measured = measure_labels(
+            labels,
+            present,
+            LabelGeometry(plan.pixel_spacing, plan.slice_extents_mm, base_is_last(plan.normal)),
+            self._classes,
         )
-        blood_px = _fill_missing((labels == self._blood).sum(axis=(2, 3)).astype(np.float64), present)
-        basal = basal_slices_to_exclude(labels, self._blood, self._myo, present, base_is_last(plan.normal))
-        if basal:
-            # Left out of every output alike: volumes, mass, contours, SEG and the worklist.
-            lv = labels[list(basal)]
-            lv[(lv == self._blood) | (lv == self._myo)] = self._background
-            labels[list(basal)] = lv
-            blood_px[list(basal)] = 0.0
-        myo_px = _fill_missing((labels == self._myo).sum(axis=(2, 3)).astype(np.float64), present)
-        result = measure(blood_px, myo_px, pixel_area, plan.slice_extents_mm)
+        result, basal = measured.measurements, measured.basal_slices
+        blood_px, myo_px = measured.blood_pool_px, measured.myocardium_px
         if result.edv_ml == 0.0:
             raise NoLeftVentricle("no left ventricle found: the model labelled LV blood pool in no frame")
         ed, es = result.ed_phase, result.es_phase
@@ -150,9 +132,7 @@ class StackMeasurer:
             flip_disagreement_ml=flip_ml,
             fragment_fraction=fragments,
             uncertain_fraction=uncertain / max(total_blood, 1),
-            stack_flags=plan.flags
-            + ((QcFlag.DETACHED_LV_REMOVED,) if detached_ml >= DETACHED_FLAG_ML else ())
-            + ((QcFlag.BASAL_SLICES_EXCLUDED,) if basal else ()),
+            stack_flags=plan.flags + measurement_flags(measured),
         )
 
         def uids(phase: int) -> tuple[str | None, ...]:
