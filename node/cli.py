@@ -387,7 +387,7 @@ def worklist_show(
         if result is None:
             raise ResultNotFound("no such result")
         review = parts.store.for_result(result_id)
-        study = parts.store.study(result["study_instance_uid"]) or {}
+        study = parts.store.study(result.study_instance_uid)
         parts.audit.record(
             AuditEntry(
                 at=_now(),
@@ -399,21 +399,21 @@ def worklist_show(
         )
         shown = {
             "result_id": result_id,
-            "study_instance_uid": result["study_instance_uid"],
-            "patient_name": study.get("patient_name"),
-            "patient_id": study.get("patient_id"),
-            "study_date": study.get("study_date"),
-            "version": result["version"],
-            "superseded": bool(result["superseded"]),
-            "outcome": result["outcome"],
+            "study_instance_uid": result.study_instance_uid,
+            "patient_name": study.patient_name,
+            "patient_id": study.patient_id,
+            "study_date": study.study_date,
+            "version": result.version,
+            "superseded": result.superseded,
+            "outcome": str(result.outcome),
             "status": str(status_of(result, review)),
-            "edv_ml": result["edv_ml"],
-            "esv_ml": result["esv_ml"],
-            "ef_pct": result["ef_pct"],
-            "sv_ml": result["sv_ml"],
-            "confidence": result["confidence"],
-            "qc_flags": list(result["qc_flags"] or []),
-            "model": {"name": result["model_name"], "version": result["model_version"]},
+            "edv_ml": result.edv_ml,
+            "esv_ml": result.esv_ml,
+            "ef_pct": result.ef_pct,
+            "sv_ml": result.sv_ml,
+            "confidence": result.confidence,
+            "qc_flags": list(result.qc_flags),
+            "model": {"name": result.model_name, "version": result.model_version},
             "review": None
             if review is None
             else {
@@ -427,8 +427,14 @@ def worklist_show(
                 "reason": review.reason,
             },
             "deliveries": [
-                {key: row[key] for key in ("kind", "destination", "state", "attempts", "last_error")}
-                for row in parts.outbox.delivery_states(result_id)
+                {
+                    "kind": str(row.kind),
+                    "destination": row.destination,
+                    "state": str(row.state),
+                    "attempts": row.attempts,
+                    "last_error": row.last_error,
+                }
+                for row in parts.outbox.rows(result_id=result_id)
             ],
         }
         if as_json:

@@ -11,7 +11,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from io import BytesIO
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node.clock import Clock
 from node.config import Destination
-from node.domain import OutboxKind, Outcome, StackGrid, StackResult, ejection_fraction, stroke_volume
+from node.domain import OutboxKind, StackResult, ejection_fraction, stroke_volume
 from node.failpoints import failpoint
 from node.logging import Pseudonymiser, get_logger
 from node.pipeline.grid import load_plan
@@ -43,6 +42,7 @@ from node.store.instance import SpooledInstance
 from node.store.jobs import JobQueue
 from node.store.labels import decode_labels
 from node.store.outbox import Outbox, OutgoingObject
+from node.store.results import ResultRecord
 
 log = get_logger(__name__)
 
@@ -86,7 +86,7 @@ class Publisher:
         row = self.queue.next_unpublished()
         if row is None:
             return False
-        if row["outcome"] == Outcome.MEASURED and not row["superseded"]:
+        if row.measured and not row.superseded:
             try:
                 self._publish(row)
             except (OSError, SQLAlchemyError):
@@ -94,21 +94,19 @@ class Publisher:
             except Exception:
                 # Anything else fails the same way every time: retrying would hold every later
                 # result behind this one. The result stays on the worklist for review.
-                log.exception("reports not built for a result", result=str(row["id"]))
-        self.queue.mark_published(str(row["id"]))
+                log.exception("reports not built for a result", result=row.id)
+        self.queue.mark_published(row.id)
         return True
 
-    def _stack(self, row: dict[str, Any]) -> _Stack | None:
+    def _stack(self, row: ResultRecord) -> _Stack | None:
         """The result, its stack's grid, labels and report sources, loaded from what the worker stored
         with it; None when the images it was measured on can no longer be read (logged)."""
-        result = StackResult.from_record(row["record"])
-        plan = (
-            load_plan(StackGrid.from_json(row["grid"]), self.index, self.spool_root) if row["grid"] else None
-        )
-        if plan is None:
-            log.warning("the images of a result can no longer be read", result=str(row["id"]))
+        result = row.stack_result()
+        plan = load_plan(row.grid, self.index, self.spool_root) if row.grid is not None else None
+        if plan is None or row.labels_path is None:
+            log.warning("the images of a result can no longer be read", result=row.id)
             return None
-        labels = decode_labels((self.results_root / str(row["labels_path"])).read_bytes())
+        labels = decode_labels((self.results_root / row.labels_path).read_bytes())
         return _Stack(result, plan.grid, labels, load_report_sources(plan.grid, result, self.spool_root))
 
     def _picture(
@@ -207,8 +205,8 @@ class Publisher:
             )
             return []
 
-    def _publish(self, row: dict[str, Any]) -> None:
-        result_id = str(row["id"])
+    def _publish(self, row: ResultRecord) -> None:
+        result_id = row.id
         stack = self._stack(row)
         if stack is None:
             return

@@ -95,7 +95,7 @@ class PipelineWorker:
                 stack_index=0,
                 outcome=Outcome.NO_SHORT_AXIS_CINE,
                 series_instance_uids=(),
-                record={"skipped": search.skipped},
+                details={"skipped": search.skipped},
             )
             self.queue.complete(job, Outcome.NO_SHORT_AXIS_CINE, [row], self.clock.now())
             self.metrics.studies_processed.labels(outcome=str(Outcome.NO_SHORT_AXIS_CINE)).inc()
@@ -115,7 +115,7 @@ class PipelineWorker:
                         stack_index=stack_index,
                         outcome=Outcome.FAILED,
                         series_instance_uids=plan.series_instance_uids,
-                        record={"error": reason},
+                        details={"error": reason},
                     )
                 )
                 log.warning(
@@ -134,7 +134,7 @@ class PipelineWorker:
                     stack_index=stack_index,
                     outcome=Outcome.MEASURED,
                     series_instance_uids=plan.series_instance_uids,
-                    record=measured.result.as_record(),
+                    result=measured.result,
                     labels_path=relative.as_posix(),
                     grid=stored_grid(plan),
                 )

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import math
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +32,7 @@ from pydicom.sr.coding import Code
 
 from node.accounts.users import User
 from node.config import Destination
-from node.domain import OutboxKind, Outcome, ejection_fraction
+from node.domain import OutboxKind, ejection_fraction
 from node.logging import get_logger
 from node.metrics import NodeMetrics
 from node.reports.codes import SCHEME, ReviewStatus
@@ -48,6 +48,7 @@ from node.review.errors import (
 )
 from node.store.audit import AuditAction, AuditEntry, AuditLog
 from node.store.outbox import Outbox, OutgoingObject
+from node.store.results import ResultRecord
 from node.store.reviews import ReviewRecord, ReviewStore
 
 log = get_logger(__name__)
@@ -113,15 +114,15 @@ def _ef(edv: float | None, esv: float | None) -> float | None:
     return round(ejection_fraction(edv, esv), 1)
 
 
-def refusal(user: User, result: Mapping[str, Any], review: ReviewRecord | None) -> ReviewError | None:
+def refusal(user: User, result: ResultRecord, review: ReviewRecord | None) -> ReviewError | None:
     """Why ``user`` may not review ``result`` now, or None when they may (the page and the action
     both ask this)."""
     if not user.can_review:
         return NotPermitted("only a radiologist can sign off, amend or reject a result")
-    if result["superseded"]:
+    if result.superseded:
         return NotReviewable("a newer version of this study has been measured; review that one")
-    if result["outcome"] != Outcome.MEASURED:
-        return NotReviewable(f"nothing to review: {result['outcome']}")
+    if not result.measured:
+        return NotReviewable(f"nothing to review: {result.outcome}")
     if review is not None:
         return AlreadyReviewed("this result has already been reviewed")
     return None
@@ -207,9 +208,9 @@ class ReviewService:
                 identification_code=user.identification_code,
                 address=address[:64],
                 reviewed_at=now,
-                ai_edv_ml=result["edv_ml"],
-                ai_esv_ml=result["esv_ml"],
-                ai_ef_pct=result["ef_pct"],
+                ai_edv_ml=result.edv_ml,
+                ai_esv_ml=result.esv_ml,
+                ai_ef_pct=result.ef_pct,
                 edv_ml=amended[0] if amended else None,
                 esv_ml=amended[1] if amended else None,
                 reason=text,
@@ -239,7 +240,7 @@ class ReviewService:
         if self._destinations is None:
             return review  # the running node publishes it, to the destinations it serves
         try:
-            self._publish(review, result["study_instance_uid"], dataset, now, self._destinations)
+            self._publish(review, result.study_instance_uid, dataset, now, self._destinations)
         except Exception:  # recorded: publish_pending finishes it; the review itself stands
             log.exception("verified SR not yet in the outbox; will retry", review_id=review.id)
             return review
@@ -252,7 +253,7 @@ class ReviewService:
         user: User,
         amended: tuple[float, float] | None,
         reason: str | None,
-    ) -> tuple[dict[str, Any], Dataset, str | None]:
+    ) -> tuple[ResultRecord, Dataset, str | None]:
         if not user.can_review:
             raise NotPermitted("only a radiologist can sign off, amend or reject a result")
         text = " ".join((reason or "").split()) or None
@@ -310,11 +311,11 @@ class ReviewService:
             instance_number=1,
         )
 
-    def _entry(self, review: ReviewRecord, result: dict[str, Any]) -> AuditEntry:
+    def _entry(self, review: ReviewRecord, result: ResultRecord) -> AuditEntry:
         details: dict[str, Any] = {
             "ai": {"edv_ml": review.ai_edv_ml, "esv_ml": review.ai_esv_ml, "ef_pct": review.ai_ef_pct},
             "review_id": review.id,
-            "version": result["version"],
+            "version": result.version,
             "sr_sop_instance_uid": review.sr_sop_instance_uid,
         }
         if review.edv_ml is not None:
@@ -374,7 +375,7 @@ class ReviewService:
             item = OutgoingObject(
                 sop_instance_uid=str(dataset.SOPInstanceUID),
                 sop_class_uid=str(dataset.SOPClassUID),
-                study_instance_uid=str(result["study_instance_uid"]),
+                study_instance_uid=result.study_instance_uid,
                 kind=VERIFIED_SC,
                 result_id=review.result_id,
             )
@@ -396,6 +397,6 @@ class ReviewService:
                 self._store.mark_published(review.id)
             else:
                 dataset = self._verified_sr(review, self._draft(review.result_id))
-                self._publish(review, str(result["study_instance_uid"]), dataset, now, self._destinations)
+                self._publish(review, result.study_instance_uid, dataset, now, self._destinations)
             done += 1
         return done

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from node.domain import JobState, Outcome, StackGrid
+from node.domain import JobState, Outcome, StackGrid, StackResult
 from node.failpoints import failpoint
 from node.store import claims
 from node.store.index import Index
+from node.store.results import ResultRecord, result_columns
 from node.store.schema import jobs, results, studies
 
 QUEUED = JobState.QUEUED
@@ -45,7 +46,10 @@ class ResultRow:
     stack_index: int
     outcome: Outcome
     series_instance_uids: tuple[str, ...]
-    record: dict[str, Any]
+    #: Why nothing was measured (``{"error": ...}``, ``{"skipped": ...}``); empty for a measurement.
+    details: dict[str, Any] = field(default_factory=dict)
+    #: The measurement, for outcome measured.
+    result: StackResult | None = None
     labels_path: str | None = None
     grid: StackGrid | None = None
 
@@ -174,7 +178,15 @@ class JobQueue:
                 .where(jobs.c.study_instance_uid == job.study_instance_uid, jobs.c.version > job.version)
             ).scalar_one()
             for result_id, row in zip(ids, rows, strict=True):
-                record = row.record
+                values = (
+                    result_columns(row.result)
+                    if row.result is not None
+                    else {
+                        "series_instance_uids": list(row.series_instance_uids),
+                        "qc_flags": [],
+                        "record": row.details,
+                    }
+                )
                 connection.execute(
                     insert(results).values(
                         id=result_id,
@@ -183,17 +195,7 @@ class JobQueue:
                         version=job.version,
                         stack_index=row.stack_index,
                         outcome=str(row.outcome),
-                        series_instance_uids=list(row.series_instance_uids),
-                        edv_ml=record.get("edv_ml"),
-                        esv_ml=record.get("esv_ml"),
-                        ef_pct=record.get("ef_pct"),
-                        sv_ml=record.get("sv_ml"),
-                        lv_mass_g=record.get("lv_mass_g"),
-                        qc_flags=list(record.get("qc_flags", ())),
-                        confidence=record.get("confidence"),
-                        model_name=(record.get("model") or {}).get("name"),
-                        model_version=(record.get("model") or {}).get("version"),
-                        record=record,
+                        **values,
                         labels_path=row.labels_path,
                         grid=row.grid.to_json() if row.grid is not None else None,
                         superseded=newer > 0,
@@ -234,7 +236,7 @@ class JobQueue:
                 )
             return False
         row = ResultRow(
-            stack_index=0, outcome=Outcome.FAILED, series_instance_uids=(), record={"error": error}
+            stack_index=0, outcome=Outcome.FAILED, series_instance_uids=(), details={"error": error}
         )
         self.complete(job, Outcome.FAILED, [row], now, error=error)
         return True
@@ -290,7 +292,7 @@ class JobQueue:
 
     def results_for_study(
         self, study_instance_uid: str, include_superseded: bool = False
-    ) -> list[dict[str, Any]]:
+    ) -> list[ResultRecord]:
         """Result rows of a study, newest version first."""
         query = select(results).where(results.c.study_instance_uid == study_instance_uid)
         if not include_superseded:
@@ -301,15 +303,15 @@ class JobQueue:
                 .mappings()
                 .all()
             )
-        return [dict(row) for row in rows]
+        return [ResultRecord.from_row(row) for row in rows]
 
-    def result(self, result_id: str) -> dict[str, Any] | None:
+    def result(self, result_id: str) -> ResultRecord | None:
         """One result row by id."""
         with self._engine.connect() as connection:
             row = connection.execute(select(results).where(results.c.id == result_id)).mappings().first()
-        return dict(row) if row is not None else None
+        return ResultRecord.from_row(row) if row is not None else None
 
-    def next_unpublished(self) -> dict[str, Any] | None:
+    def next_unpublished(self) -> ResultRecord | None:
         """The oldest result whose reports are not yet in the outbox."""
         with self._engine.connect() as connection:
             row = (
@@ -322,7 +324,7 @@ class JobQueue:
                 .mappings()
                 .first()
             )
-        return dict(row) if row is not None else None
+        return ResultRecord.from_row(row) if row is not None else None
 
     def mark_published(self, result_id: str) -> None:
         """Record that a result's reports are in the outbox (or that it has none to send)."""

@@ -331,24 +331,6 @@ class Outbox:
             self._engine, deliveries, claimed=SENDING, released=PENDING, is_abandoned=is_abandoned
         )
 
-    def delivery_states(self, result_id: str | None = None) -> list[dict[str, Any]]:
-        """Delivery state per object and destination (optionally of one result), for the worklist."""
-        return [
-            {
-                "sop_instance_uid": row.sop_instance_uid,
-                "kind": row.kind,
-                "result_id": row.result_id,
-                "destination": row.destination,
-                "state": row.state,
-                "attempts": row.attempts,
-                "last_status": row.last_status,
-                "last_error": row.last_error,
-                "next_attempt_at": row.next_attempt_at,
-                "delivered_at": row.delivered_at,
-            }
-            for row in self.rows(result_id=result_id)
-        ]
-
     def rows(self, result_id: str | None = None, state: DeliveryState | None = None) -> list[DeliveryRow]:
         """Every (object, destination) pair, oldest object first; optionally one result's or state's."""
         query = (

@@ -21,6 +21,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from node.domain import Outcome
 from node.store.audit import AuditEntry, audit_insert
 from node.store.index import Index
+from node.store.results import ResultRecord, StudyRecord
 from node.store.schema import deliveries, outbox, results, reviews, studies
 
 
@@ -133,11 +134,11 @@ class WorklistRow:
         }
 
 
-def status_of(result: dict[str, Any], review: ReviewRecord | None) -> WorklistStatus:
+def status_of(result: ResultRecord, review: ReviewRecord | None) -> WorklistStatus:
     """The worklist status of one result row and its review (the same rule as the worklist query)."""
-    if result["outcome"] == str(Outcome.NO_SHORT_AXIS_CINE):
+    if result.outcome == Outcome.NO_SHORT_AXIS_CINE:
         return WorklistStatus.NO_SHORT_AXIS_CINE
-    if result["outcome"] == str(Outcome.FAILED):
+    if result.outcome == Outcome.FAILED:
         return WorklistStatus.FAILED
     if review is None:
         return WorklistStatus.PENDING
@@ -238,23 +239,23 @@ class ReviewStore:
 
     # -- results -----------------------------------------------------------------------------------
 
-    def result(self, result_id: str) -> dict[str, Any] | None:
+    def result(self, result_id: str) -> ResultRecord | None:
         """One result row, superseded or not."""
         with self._engine.connect() as connection:
             row = connection.execute(select(results).where(results.c.id == result_id)).mappings().first()
-        return None if row is None else dict(row)
+        return None if row is None else ResultRecord.from_row(row)
 
-    def study(self, study_instance_uid: str) -> dict[str, Any] | None:
-        """The study row (identifiers as PACS shows them)."""
+    def study(self, study_instance_uid: str) -> StudyRecord:
+        """The study's identifiers as PACS sent them (all unknown when the index has no row of it)."""
         with self._engine.connect() as connection:
             row = (
                 connection.execute(select(studies).where(studies.c.study_instance_uid == study_instance_uid))
                 .mappings()
                 .first()
             )
-        return None if row is None else dict(row)
+        return StudyRecord.unknown(study_instance_uid) if row is None else StudyRecord.from_row(row)
 
-    def study_results(self, study_instance_uid: str) -> list[dict[str, Any]]:
+    def study_results(self, study_instance_uid: str) -> list[ResultRecord]:
         """Every result of a study, every version, newest first."""
         with self._engine.connect() as connection:
             rows = connection.execute(
@@ -262,7 +263,7 @@ class ReviewStore:
                 .where(results.c.study_instance_uid == study_instance_uid)
                 .order_by(results.c.version.desc(), results.c.stack_index)
             ).mappings()
-            return [dict(row) for row in rows]
+            return [ResultRecord.from_row(row) for row in rows]
 
     def outbox_path(self, result_id: str, kind: str) -> str | None:
         """Outbox path (relative to the outbox spool) of a result's object of one kind, if stored."""

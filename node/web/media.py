@@ -11,13 +11,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 import pydicom
 
-from node.domain import OutboxKind, StackGrid, StackResult
+from node.domain import OutboxKind
 from node.images.pixels import read_cell
 from node.logging import get_logger
 from node.pipeline.grid import load_plan
@@ -26,6 +26,7 @@ from node.reports.errors import ReportError
 from node.reports.sources import mid_ventricular_slice
 from node.store.index import Index
 from node.store.labels import decode_labels
+from node.store.results import ResultRecord
 from node.store.reviews import ReviewStore
 from node.web.images import DEFAULT_FRAME_MS, cine_gif, dataset_png
 
@@ -82,23 +83,23 @@ class StudyMedia:
             return None
         return self._cache.get(f"sc:{result_id}", lambda: dataset_png(pydicom.dcmread(self._outbox / path)))
 
-    def cine_gif(self, result: dict[str, Any]) -> bytes | None:
+    def cine_gif(self, result: ResultRecord) -> bytes | None:
         """The mid-ventricular slice over all phases with predicted contours; None when unavailable."""
-        if not result.get("labels_path"):
+        if result.labels_path is None or not result.measured:
             return None
-        return self._cache.get(f"cine:{result['id']}", lambda: self._render_cine(result))
+        return self._cache.get(f"cine:{result.id}", lambda: self._render_cine(result))
 
-    def _render_cine(self, result: dict[str, Any]) -> bytes | None:
-        labels = decode_labels((self._results / str(result["labels_path"])).read_bytes())
+    def _render_cine(self, result: ResultRecord) -> bytes | None:
+        labels = decode_labels((self._results / str(result.labels_path)).read_bytes())
         plan = self._plan(result, labels)
         if plan is None:
             log.warning(
-                "cine not rendered: the stored images no longer match the result", result_id=result["id"]
+                "cine not rendered: the stored images no longer match the result", result_id=result.id
             )
             return None
         try:
             # The slice the secondary capture shows: one rule for both.
-            index = mid_ventricular_slice(StackResult.from_record(result["record"]))
+            index = mid_ventricular_slice(result.stack_result())
         except ReportError:
             return None
         frames: list[npt.NDArray[np.float32] | None] = [
@@ -113,11 +114,11 @@ class StudyMedia:
             frame_ms=_frame_ms(plan),
         )
 
-    def _plan(self, result: dict[str, Any], labels: npt.NDArray[np.uint8]) -> StackPlan | None:
+    def _plan(self, result: ResultRecord, labels: npt.NDArray[np.uint8]) -> StackPlan | None:
         """The stack the labels were predicted on, as stored with the result."""
-        if not result.get("grid"):
+        if result.grid is None:
             return None
-        plan = load_plan(StackGrid.from_json(result["grid"]), self._index, self._spool)
+        plan = load_plan(result.grid, self._index, self._spool)
         if plan is None or (plan.slices, plan.phases, plan.rows, plan.columns) != labels.shape:
             return None
         return plan

@@ -11,9 +11,9 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from starlette.responses import RedirectResponse, Response
 
-from node.domain import Outcome
 from node.review.service import DRAFT_SR, VERIFIED_SR, refusal
 from node.store.audit import AuditAction, AuditEntry
+from node.store.results import ResultRecord
 from node.store.reviews import WorklistStatus, status_of
 from node.web.auth import Viewer, client_address, context_of, viewer
 from node.web.errors import NotFound
@@ -78,7 +78,7 @@ def worklist(request: Request, user: ViewerDep, query: Annotated[WorklistQuery, 
     )
 
 
-def _result(request: Request, result_id: str) -> dict[str, Any]:
+def _result(request: Request, result_id: str) -> ResultRecord:
     found = context_of(request).parts.store.result(result_id)
     if found is None:
         raise NotFound("no such result")
@@ -91,13 +91,13 @@ def study(request: Request, result_id: str, user: ViewerDep) -> Response:
     context = context_of(request)
     store = context.parts.store
     result = _result(request, result_id)
-    record = dict(result["record"] or {})
+    record = result.details
     review = store.for_result(result_id)
     status = status_of(result, review)
-    versions = store.study_results(result["study_instance_uid"])
-    version_reviews = store.for_results([row["id"] for row in versions])
-    deliveries = context.parts.outbox.delivery_states(result_id)
-    measured = result["outcome"] == Outcome.MEASURED
+    versions = store.study_results(result.study_instance_uid)
+    version_reviews = store.for_results([row.id for row in versions])
+    deliveries = context.parts.outbox.rows(result_id=result_id)
+    measured = result.measured
     draft_ready = store.outbox_path(result_id, DRAFT_SR) is not None
     context.parts.audit.record(
         AuditEntry(
@@ -106,7 +106,7 @@ def study(request: Request, result_id: str, user: ViewerDep) -> Response:
             address=client_address(request),
             action=AuditAction.VIEW_STUDY,
             target=result_id,
-            details={"version": result["version"]},
+            details={"version": result.version},
         )
     )
     curve = None
@@ -122,12 +122,12 @@ def study(request: Request, result_id: str, user: ViewerDep) -> Response:
             "viewer": user,
             "result": result,
             "record": record,
-            "study": store.study(result["study_instance_uid"]) or {},
+            "study": store.study(result.study_instance_uid),
             "status": status,
             "review": review,
-            "versions": [(row, status_of(row, version_reviews.get(row["id"]))) for row in versions],
+            "versions": [(row, status_of(row, version_reviews.get(row.id))) for row in versions],
             "deliveries": deliveries,
-            "verified_deliveries": [row for row in deliveries if row["kind"] == VERIFIED_SR],
+            "verified_deliveries": [row for row in deliveries if row.kind == VERIFIED_SR],
             "measured": measured,
             "draft_ready": draft_ready,
             "can_review": refusal(user.user, result, review) is None,
@@ -141,7 +141,7 @@ def study(request: Request, result_id: str, user: ViewerDep) -> Response:
 @router.get("/results/{result_id}/sc.png")
 def secondary_capture(request: Request, result_id: str, user: ViewerDep) -> Response:
     """The secondary capture the node sends to PACS, as PNG."""
-    png = context_of(request).media.secondary_capture_png(_result(request, result_id)["id"])
+    png = context_of(request).media.secondary_capture_png(_result(request, result_id).id)
     if png is None:
         raise NotFound("no secondary capture for this result yet")
     return Response(png, media_type="image/png", headers=NO_STORE)

@@ -26,7 +26,7 @@ from node.dicom.tls import DeliveryTLS, is_ip_address
 from node.domain import OutboxKind
 from node.errors import ConfigError
 from node.store.index import Index
-from node.store.outbox import DELIVERED, PENDING, Outbox, OutgoingObject
+from node.store.outbox import DELIVERED, PENDING, DeliveryRow, Outbox, OutgoingObject
 from node.store.spool import Spool
 from tests.delivery.peer import RecordingSCP
 from tests.support import free_port, synthetic_mr
@@ -67,8 +67,8 @@ class Sending:
     destination: Destination
     sop_instance_uid: str
 
-    def state(self) -> dict[str, object]:
-        (row,) = self.outbox.delivery_states()
+    def state(self) -> DeliveryRow:
+        (row,) = self.outbox.rows()
         return row
 
 
@@ -122,7 +122,7 @@ def test_an_object_is_delivered_over_tls_to_a_peer_signed_by_the_ca(sending: Sen
     with _peer(sending.destination.port, _peer_context(pki.server, trusted_clients=pki.ca)) as peer:
         assert sending.sender.run_once() == 1
     assert peer.received == [sending.sop_instance_uid]
-    assert sending.state()["state"] == DELIVERED
+    assert sending.state().state == DELIVERED
 
 
 @pytest.mark.integration
@@ -134,7 +134,7 @@ def test_a_peer_configured_by_ip_address_is_verified_by_its_chain_not_its_name(
     with _peer(sending.destination.port, context) as peer:
         assert sending.sender.run_once() == 1
     assert peer.received == [sending.sop_instance_uid]
-    assert sending.state()["state"] == DELIVERED
+    assert sending.state().state == DELIVERED
 
 
 @pytest.mark.integration
@@ -144,8 +144,8 @@ def test_a_peer_whose_certificate_another_ca_signed_is_a_failed_attempt(sending:
         assert sending.sender.run_once() == 1
     assert peer.received == []
     state = sending.state()
-    assert (state["state"], state["attempts"]) == (PENDING, 1)
-    assert str(state["last_error"]).startswith("TLS handshake failed: certificate not accepted"), state
+    assert (state.state, state.attempts) == (PENDING, 1)
+    assert str(state.last_error).startswith("TLS handshake failed: certificate not accepted"), state
 
 
 @pytest.mark.integration
@@ -156,10 +156,10 @@ def test_a_peer_refusing_the_node_certificate_is_a_failed_attempt(sending: Sendi
         assert sending.sender.run_once() == 1
     assert peer.received == []
     state = sending.state()
-    assert state["state"] == PENDING
+    assert state.state == PENDING
     # The peer's alert, or its closing the connection when that reaches the node first.
     refused = r"TLS handshake failed: (refused|connection closed) by the peer"
-    assert re.match(refused, str(state["last_error"])), state
+    assert re.match(refused, str(state.last_error)), state
 
 
 @pytest.mark.integration
@@ -171,14 +171,14 @@ def test_a_plain_peer_on_a_tls_destination_is_a_failed_attempt(sending: Sending)
     finally:
         peer.stop()
     assert peer.received == []
-    assert str(sending.state()["last_error"]).startswith("TLS handshake failed"), sending.state()
+    assert str(sending.state().last_error).startswith("TLS handshake failed"), sending.state()
 
 
 @pytest.mark.integration
 def test_an_unreachable_tls_destination_is_unreachable_not_a_handshake_failure(sending: Sending) -> None:
     """Nothing listening: the reason stays "destination unreachable"."""
     assert sending.sender.run_once() == 1
-    assert sending.state()["last_error"] == "destination unreachable"
+    assert sending.state().last_error == "destination unreachable"
 
 
 # -- the client contexts -------------------------------------------------------------------------

@@ -74,9 +74,9 @@ def test_objects_wait_through_an_outage_and_a_restart_then_arrive_exactly_once(h
     assert again is False, "the same SOP Instance UID was scheduled twice"
 
     assert harness.sender.run_once() == 3  # destination down: every attempt fails
-    states = harness.outbox.delivery_states()
-    assert {row["state"] for row in states} == {PENDING}
-    assert {row["last_error"] for row in states} == {"destination unreachable"}
+    states = harness.outbox.rows()
+    assert {row.state for row in states} == {PENDING}
+    assert {row.last_error for row in states} == {"destination unreachable"}
     assert harness.sender.run_once() == 0, "retried before its backoff elapsed"
 
     harness.close()
@@ -90,7 +90,7 @@ def test_objects_wait_through_an_outage_and_a_restart_then_arrive_exactly_once(h
     finally:
         peer.stop()
     assert sorted(peer.received) == sorted(item.sop_instance_uid for item, _ in objects)
-    assert {row["state"] for row in harness.outbox.delivery_states()} == {DELIVERED}
+    assert {row.state for row in harness.outbox.rows()} == {DELIVERED}
 
 
 def test_a_refusing_destination_ends_in_dead_letter_after_the_cap(harness: Harness) -> None:
@@ -102,18 +102,18 @@ def test_a_refusing_destination_ends_in_dead_letter_after_the_cap(harness: Harne
         waits = []
         for _ in range(harness.settings.max_attempts):
             assert harness.sender.run_once() == 1
-            (row,) = harness.outbox.delivery_states()
-            if row["state"] == PENDING:
-                waits.append((row["next_attempt_at"] - harness.clock.now()).total_seconds())
+            (row,) = harness.outbox.rows()
+            if row.state == PENDING:
+                waits.append((row.next_attempt_at - harness.clock.now()).total_seconds())
                 harness.clock.advance(waits[-1])
         assert harness.sender.run_once() == 0
     finally:
         peer.stop()
-    (row,) = harness.outbox.delivery_states()
-    assert row["state"] == DEAD
-    assert row["attempts"] == harness.settings.max_attempts
-    assert row["last_status"] == Status.OUT_OF_RESOURCES
-    assert row["last_error"] == "failure status 0xA700"
+    (row,) = harness.outbox.rows()
+    assert row.state == DEAD
+    assert row.attempts == harness.settings.max_attempts
+    assert row.last_status == Status.OUT_OF_RESOURCES
+    assert row.last_error == "failure status 0xA700"
     assert waits == [5.0, 10.0, 20.0], "backoff is exponential from backoff_initial_s"
     assert len(peer.received) == harness.settings.max_attempts
 
@@ -139,14 +139,14 @@ def test_a_delivery_the_index_could_not_record_is_sent_again_without_a_restart(
         with pytest.raises(OperationalError):
             harness.sender.run_once()
         outage.down = False
-        assert [row["state"] for row in harness.outbox.delivery_states()] == [SENDING]
+        assert [row.state for row in harness.outbox.rows()] == [SENDING]
         assert harness.sender.run_once() == 1
         assert harness.sender.run_once() == 0
     finally:
         peer.stop()
     assert peer.received == [item.sop_instance_uid] * 2
-    (row,) = harness.outbox.delivery_states()
-    assert (row["state"], row["attempts"]) == (DELIVERED, 1)
+    (row,) = harness.outbox.rows()
+    assert (row.state, row.attempts) == (DELIVERED, 1)
 
 
 def test_dead_letters_of_an_outage_are_sent_again_once_the_destination_answers_c_echo(

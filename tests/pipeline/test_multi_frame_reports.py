@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -32,6 +31,7 @@ from node.pipeline.stacks import find_sax_stacks
 from node.reports.codes import LVEDV, LVEF_MR, LVESV, ReviewStatus
 from node.reports.render import COLUMN_LEFT
 from node.reports.sr import VerifyingObserver, build_verified_sr
+from node.store.results import ResultRecord
 from node.store.reviews import ReviewStore
 from node.web.media import StudyMedia
 from tests.review.pipeline import PHASES, SLICES, legacy_converted, process, subset
@@ -50,7 +50,7 @@ class Run:
     """One encoding of the subset through ingest, worker and publisher."""
 
     node: Node
-    row: dict[str, Any]
+    row: ResultRecord
     #: The outbox's objects read back, by kind (SEG: one per phase, by Instance Number).
     objects: dict[str, list[Dataset]]
     #: Every UID of the received files (the UIDs the reports may copy).
@@ -70,7 +70,7 @@ def _run(root: Path, files: list[Path], send_seg: bool) -> Run:
         node = Node.build(load_settings(), clock=clock)
     row = process(node, clock, files)
     assert node.publisher.run_once(), "the publisher stored nothing"
-    kinds = {str(state["sop_instance_uid"]): str(state["kind"]) for state in node.outbox.delivery_states()}
+    kinds = {state.sop_instance_uid: str(state.kind) for state in node.outbox.rows()}
     objects: dict[str, list[Dataset]] = {}
     for path in (node.settings.storage.data_dir / "outbox").rglob("*.dcm"):
         dataset = pydicom.dcmread(path)
@@ -112,7 +112,7 @@ def _conversion_sources(runs: tuple[Run, Run]) -> dict[int, str]:
 
 def _converted_uid(runs: tuple[Run, Run]) -> str:
     _, multi = runs
-    (uid,) = set(multi.row["record"]["ed_sop_instance_uids"])
+    (uid,) = set(multi.row.stack_result().ed_sop_instance_uids)
     return str(uid)
 
 
@@ -140,13 +140,17 @@ def _as_frames(sources: dict[int, str], uids: list[str]) -> list[int]:
 def test_converted_cine_is_measured_like_its_single_frames(runs: tuple[Run, Run]) -> None:
     """The node measures the one converted instance to the single-frame run's volumes, ED and ES."""
     single, multi = runs
-    assert multi.row["outcome"] == single.row["outcome"] == "measured"
+    assert multi.row.outcome == single.row.outcome == "measured"
     same = ("slices", "phases", "ed_phase", "es_phase")
-    assert {k: multi.row["record"][k] for k in same} == {k: single.row["record"][k] for k in same}
-    assert (multi.row["record"]["slices"], multi.row["record"]["phases"]) == (len(SLICES), PHASES)
+    assert {k: getattr(multi.row.stack_result(), k) for k in same} == {
+        k: getattr(single.row.stack_result(), k) for k in same
+    }
+    assert (multi.row.stack_result().slices, multi.row.stack_result().phases) == (len(SLICES), PHASES)
     for volume in ("edv_ml", "esv_ml", "ef_pct"):
-        assert multi.row["record"][volume] == pytest.approx(single.row["record"][volume], abs=0.1)
-    assert len(set(multi.row["record"]["ed_sop_instance_uids"])) == 1
+        assert getattr(multi.row.stack_result(), volume) == pytest.approx(
+            getattr(single.row.stack_result(), volume), abs=0.1
+        )
+    assert len(set(multi.row.stack_result().ed_sop_instance_uids)) == 1
 
 
 def test_draft_sr_references_the_instance_once_with_the_ed_and_es_frames(
@@ -212,7 +216,7 @@ def test_verified_secondary_capture_of_a_multi_frame_result(runs: tuple[Run, Run
     _, multi = runs
     (draft_sc,) = multi.objects["sc"]
     verified = multi.node.publisher.verified_secondary_capture(
-        str(multi.row["id"]),
+        str(multi.row.id),
         observer_name="Smith^Jane",
         verified_at=datetime(2026, 3, 2, 9, 30, tzinfo=UTC),
         review=ReviewStatus.SIGNED_OFF,
@@ -233,7 +237,7 @@ def test_seg_of_a_multi_frame_source_references_each_phase_frame(
     single, multi = runs
     header, uid = _converted_header(runs), _converted_uid(runs)
     sources = _conversion_sources(runs)
-    (plan,) = find_sax_stacks(single.node.index.study_instances(str(single.row["study_instance_uid"]))).stacks
+    (plan,) = find_sax_stacks(single.node.index.study_instances(str(single.row.study_instance_uid))).stacks
     segs = multi.objects["seg"]
     assert [int(seg.InstanceNumber) for seg in segs] == list(range(1, PHASES + 1))
     for phase, seg in enumerate(segs):
@@ -249,7 +253,7 @@ def test_seg_of_a_multi_frame_source_references_each_phase_frame(
                 frame.PlanePositionSequence[0].ImagePositionPatient
                 == source_frame.PlanePositionSequence[0].ImagePositionPatient
             )
-    ed = int(multi.row["record"]["ed_phase"])
+    ed = int(multi.row.stack_result().ed_phase)
     assert dciodvfy(segs[ed], tmp_path / "seg.dcm", multi.source_uids).errors == ()
 
 

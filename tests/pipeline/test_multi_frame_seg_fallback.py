@@ -79,10 +79,10 @@ def test_enhanced_mr_without_one_orientation_is_published_without_seg(
     multi = enhanced_mr(single, tmp_path / "multi", positions=positions)
     tilted = _first_slice_tilted(Path(multi.path), tmp_path / "tilted")
     row = process(built, clock, [tilted])
-    assert row["outcome"] == "measured"
+    assert row.outcome == "measured"
     with structlog.testing.capture_logs() as logs:
         assert built.publisher.run_once()
-    assert sorted(state["kind"] for state in built.outbox.delivery_states()) == ["draft_sr", "sc"]
+    assert sorted(state.kind for state in built.outbox.rows()) == ["draft_sr", "sc"]
     (warning,) = [entry for entry in logs if entry["event"] == "SEG not built"]
     assert warning["log_level"] == "warning"
     assert "PlaneOrientationSequence" in warning["reason"]

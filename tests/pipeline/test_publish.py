@@ -68,10 +68,10 @@ def test_publisher_adds_seg_per_phase_when_enabled(
     _measure(node, clock, files)
     assert node.publisher.run_once() is True
     assert node.publisher.run_once() is False
-    states = node.outbox.delivery_states()
-    kinds = sorted(row["kind"] for row in states)
+    states = node.outbox.rows()
+    kinds = sorted(row.kind for row in states)
     assert kinds == sorted(["draft_sr", "sc"] + ["seg"] * PHASES)
-    assert {row["destination"] for row in states} == {"PACS@127.0.0.1:104"}
+    assert {row.destination for row in states} == {"PACS@127.0.0.1:104"}
     seg_path = next(
         path for path in (node.settings.storage.data_dir / "outbox").rglob("*.dcm")
         if pydicom.dcmread(path, stop_before_pixels=True).SOPClassUID == SegmentationStorage
@@ -89,12 +89,12 @@ def test_publishing_twice_schedules_nothing_new(
     node, clock = without_seg
     _measure(node, clock, _subset(sunnybrook))
     node.publisher.run_once()
-    first = sorted(row["sop_instance_uid"] for row in node.outbox.delivery_states())
+    first = sorted(row.sop_instance_uid for row in node.outbox.rows())
     assert len(first) == 2
     with node.index.engine.begin() as connection:
         connection.exec_driver_sql("UPDATE results SET published = 0")
     assert node.publisher.run_once() is True
-    assert sorted(row["sop_instance_uid"] for row in node.outbox.delivery_states()) == first
+    assert sorted(row.sop_instance_uid for row in node.outbox.rows()) == first
 
 
 def test_a_result_whose_reports_cannot_be_built_does_not_hold_up_the_next(
@@ -105,7 +105,7 @@ def test_a_result_whose_reports_cannot_be_built_does_not_hold_up_the_next(
     first = _subset(sunnybrook)
     _measure(node, clock, first)
     [broken] = node.queue.results_for_study(_study_of(first))
-    (node.settings.storage.data_dir / "results" / str(broken["labels_path"])).write_bytes(b"not an npz")
+    (node.settings.storage.data_dir / "results" / str(broken.labels_path)).write_bytes(b"not an npz")
     second = subset(sunnybrook, "SCD0000201")
     _measure(node, clock, second)
     [measured] = node.queue.results_for_study(_study_of(second))
@@ -113,7 +113,7 @@ def test_a_result_whose_reports_cannot_be_built_does_not_hold_up_the_next(
     assert node.publisher.run_once() is True  # the broken one: logged, marked, not retried
     assert node.publisher.run_once() is True
     assert node.publisher.run_once() is False
-    assert {row["result_id"] for row in node.outbox.delivery_states()} == {measured["id"]}
+    assert {row.result_id for row in node.outbox.rows()} == {measured.id}
 
 
 def _study_of(files: list[Path]) -> str:

@@ -68,11 +68,11 @@ def test_study_is_measured_once_after_the_quiet_period(
     assert processed is not None and processed.id == job.id
     assert worker.run_once() is None
     (result,) = built.queue.results_for_study(job.study_instance_uid)
-    assert result["outcome"] == Outcome.MEASURED
-    assert result["version"] == 1
-    assert result["record"]["slices"] == len(SLICES)
-    assert result["record"]["phases"] == PHASES
-    assert result["edv_ml"] > result["esv_ml"] > 0
+    assert result.outcome == Outcome.MEASURED
+    assert result.version == 1
+    assert result.stack_result().slices == len(SLICES)
+    assert result.stack_result().phases == PHASES
+    assert result.edv_ml > result.esv_ml > 0
 
 
 def test_late_instance_reopens_the_study_as_a_new_version(
@@ -89,7 +89,7 @@ def test_late_instance_reopens_the_study_as_a_new_version(
     (first,) = assembler.tick()
     worker.run_once()
     (v1,) = built.queue.results_for_study(first.study_instance_uid)
-    assert "missing_phases" in v1["qc_flags"]
+    assert "missing_phases" in v1.qc_flags
 
     assert built.ingest.store(late.read_bytes()).duplicate is False
     assert assembler.tick() == []
@@ -98,10 +98,10 @@ def test_late_instance_reopens_the_study_as_a_new_version(
     assert second.version == 2
     worker.run_once()
     (current,) = built.queue.results_for_study(first.study_instance_uid)
-    assert current["version"] == 2
-    assert "missing_phases" not in current["qc_flags"]
+    assert current.version == 2
+    assert "missing_phases" not in current.qc_flags
     everything = built.queue.results_for_study(first.study_instance_uid, include_superseded=True)
-    assert sorted((row["version"], row["superseded"]) for row in everything) == [(1, True), (2, False)]
+    assert sorted((row.version, row.superseded) for row in everything) == [(1, True), (2, False)]
 
 
 def test_resent_instance_does_not_reopen_a_study(node: tuple[Node, ManualClock], sunnybrook: Path) -> None:
@@ -147,8 +147,8 @@ def test_study_without_short_axis_cine_records_that_outcome(
     (job,) = built.assembler.tick()
     built.workers[0].run_once()
     (result,) = built.queue.results_for_study(job.study_instance_uid)
-    assert result["outcome"] == Outcome.NO_SHORT_AXIS_CINE
-    assert result["edv_ml"] is None
+    assert result.outcome == Outcome.NO_SHORT_AXIS_CINE
+    assert result.edv_ml is None
 
 
 def _undecodable(path: Path) -> bytes:
@@ -185,16 +185,16 @@ def test_a_stack_that_cannot_be_decoded_fails_alone_and_at_once(
     assert len(built.assembler.tick()) == 1
     assert built.workers[0].run_once() is not None
     assert built.workers[0].run_once() is None, "the job was put back to be retried"
-    rows = {row["outcome"]: row for row in built.queue.results_for_study(study)}
+    rows = {row.outcome: row for row in built.queue.results_for_study(study)}
     expected = {Outcome.FAILED, Outcome.MEASURED} if decodable_stacks else {Outcome.FAILED}
     assert set(rows) == {str(outcome) for outcome in expected}
     failed = rows[str(Outcome.FAILED)]
-    assert failed["series_instance_uids"] == [bad[0].header.series_instance_uid]
-    assert failed["record"]["error"].startswith("cannot decode pixel data")
+    assert failed.series_instance_uids == (bad[0].header.series_instance_uid,)
+    assert failed.details["error"].startswith("cannot decode pixel data")
     if decodable_stacks:
         measured = rows[str(Outcome.MEASURED)]
-        assert measured["series_instance_uids"] == [good[0].header.series_instance_uid]
-        assert measured["record"]["slices"] == 3 and measured["record"]["phases"] == 4
+        assert measured.series_instance_uids == (good[0].header.series_instance_uid,)
+        assert measured.stack_result().slices == 3 and measured.stack_result().phases == 4
     states = built.queue.job_states()
     assert states == ({"done": 1} if decodable_stacks else {"failed": 1}), states
 
@@ -243,15 +243,17 @@ def test_a_version_finished_after_a_newer_one_was_queued_is_recorded_superseded(
     clock.advance(11)
     (second,) = built.assembler.tick()
     assert second.version == 2
-    row = ResultRow(stack_index=0, outcome=Outcome.MEASURED, series_instance_uids=(), record={"edv_ml": 1.0})
+    row = ResultRow(
+        stack_index=0, outcome=Outcome.MEASURED, series_instance_uids=(), details={"note": "stale"}
+    )
     built.queue.complete(running, Outcome.MEASURED, [row], clock.now())  # v1 finishes after v2 was queued
     assert built.queue.results_for_study(study) == [], "a stale version was recorded as current"
     pending = built.queue.next_unpublished()
-    assert pending is not None and pending["superseded"], "the stale version would be published"
+    assert pending is not None and pending.superseded, "the stale version would be published"
 
     built.workers[0].run_once()
     everything = built.queue.results_for_study(study, include_superseded=True)
-    assert sorted((r["version"], r["superseded"]) for r in everything) == [(1, True), (2, False)]
+    assert sorted((r.version, r.superseded) for r in everything) == [(1, True), (2, False)]
 
 
 def test_a_job_whose_process_dies_at_every_attempt_ends_failed_instead_of_a_crash_loop(
@@ -276,8 +278,8 @@ def test_a_job_whose_process_dies_at_every_attempt_ends_failed_instead_of_a_cras
         clock.advance(61)  # past the retry delay
     assert built.queue.claim("worker", clock.now()) is None
     (result,) = built.queue.results_for_study(queued.study_instance_uid)
-    assert result["outcome"] == Outcome.FAILED
-    assert result["record"]["error"] == f"the node stopped while processing this study, {MAX_ATTEMPTS} times"
+    assert result.outcome == Outcome.FAILED
+    assert result.details["error"] == f"the node stopped while processing this study, {MAX_ATTEMPTS} times"
 
 
 def test_an_instance_arriving_while_a_study_is_queued_keeps_it_waiting(
@@ -299,7 +301,7 @@ def test_an_instance_arriving_while_a_study_is_queued_keeps_it_waiting(
     (job,) = built.assembler.tick()
     built.workers[0].run_once()
     (result,) = built.queue.results_for_study(job.study_instance_uid)
-    assert result["version"] == 1 and result["record"]["slices"] == 4
+    assert result.version == 1 and result.stack_result().slices == 4
 
 
 def test_a_failed_attempt_is_tried_again_after_the_retry_delay(
@@ -329,7 +331,7 @@ def test_a_failed_attempt_is_tried_again_after_the_retry_delay(
     retried = worker.run_once()
     assert retried is not None and retried.attempts == 2
     (result,) = built.queue.results_for_study(study)
-    assert result["outcome"] == Outcome.MEASURED
+    assert result.outcome == Outcome.MEASURED
 
 
 def test_a_job_whose_outcome_the_index_could_not_record_is_put_back_without_a_restart(
@@ -361,4 +363,4 @@ def test_a_job_whose_outcome_the_index_could_not_record_is_put_back_without_a_re
     retried = worker.run_once()
     assert retried is not None and retried.attempts == 2
     (result,) = built.queue.results_for_study(study)
-    assert result["outcome"] == Outcome.MEASURED
+    assert result.outcome == Outcome.MEASURED

@@ -9,7 +9,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pydicom
 from pydicom.uid import generate_uid
@@ -17,6 +16,7 @@ from pydicom.uid import generate_uid
 from node.app import Node
 from node.clock import ManualClock
 from node.reports.sources import sanitised_for_copy
+from node.store.results import ResultRecord
 
 PHASES = 20
 #: Four mid-ventricular slices of one series: enough for a stack, quick to segment.
@@ -29,7 +29,7 @@ def subset(sunnybrook: Path, series: str = "SCD0000101", slices: range = SLICES)
     return [files[s * PHASES + p + 1] for s in slices for p in range(PHASES)]
 
 
-def process(node: Node, clock: ManualClock, files: list[Path]) -> dict[str, Any]:
+def process(node: Node, clock: ManualClock, files: list[Path]) -> ResultRecord:
     """Receive ``files`` as one study, let it go quiet, measure it; return its current result row."""
     for path in files:
         node.ingest.store(path.read_bytes())

@@ -187,7 +187,7 @@ def seed_result(
     claimed = queue.claim("seed", seeded.clock.now())
     assert claimed is not None and claimed.id == job.id
     if outcome != Outcome.MEASURED:
-        row = ResultRow(stack_index=0, outcome=outcome, series_instance_uids=(), record={"skipped": {}})
+        row = ResultRow(stack_index=0, outcome=outcome, series_instance_uids=(), details={"skipped": {}})
         (result_id,) = queue.complete(claimed, outcome, [row], seeded.clock.now())
         return str(result_id)
     es_phase = 8
@@ -222,7 +222,7 @@ def seed_result(
         blood_pool_mm2=tuple(tuple(1000.0 for _ in range(PHASES)) for _ in range(SLICES)),
         myocardium_mm2=tuple(tuple(800.0 for _ in range(PHASES)) for _ in range(SLICES)),
     )
-    row = ResultRow(stack_index=0, outcome=outcome, series_instance_uids=(series,), record=result.as_record())
+    row = ResultRow(stack_index=0, outcome=outcome, series_instance_uids=(series,), result=result)
     (result_id,) = queue.complete(claimed, outcome, [row], seeded.clock.now())
     evidence = [
         _evidence(study, series, uid, patient_name, patient_id, study_date) for uid in ed_uids + es_uids
@@ -275,7 +275,7 @@ def new_version(seeded: Seeded, result_id: str) -> str:
     """A late instance reopens the result's study; record version 2 (superseding it); return its result id."""
     result = seeded.parts.store.result(result_id)
     assert result is not None
-    header = seeded.index.study_instances(result["study_instance_uid"])[0].header
+    header = seeded.index.study_instances(result.study_instance_uid)[0].header
     seeded.index.add_instance(
         replace(header, sop_instance_uid=generate_uid()),
         path="late.dcm",
@@ -287,12 +287,12 @@ def new_version(seeded: Seeded, result_id: str) -> str:
     queue = JobQueue(seeded.index)
     queue.enqueue_ready(seeded.clock.now(), 10.0, 600.0)
     job = queue.claim("seed", seeded.clock.now())
-    assert job is not None and job.version == result["version"] + 1
+    assert job is not None and job.version == result.version + 1
     row = ResultRow(
         stack_index=0,
         outcome=Outcome.MEASURED,
-        series_instance_uids=tuple(result["series_instance_uids"]),
-        record=dict(result["record"]),
+        series_instance_uids=result.series_instance_uids,
+        result=result.stack_result(),
     )
     (newer,) = queue.complete(job, Outcome.MEASURED, [row], seeded.clock.now())
     return str(newer)

@@ -51,7 +51,7 @@ def test_sign_off_stores_a_verified_sr_for_every_destination(seeded: Seeded) -> 
     assert str(dataset.VerifyingObserverSequence[0].VerifyingObserverName) == "Smith^Jane"
     assert dataset.VerifyingObserverSequence[0].VerifyingOrganization == "St Elsewhere Radiology"
     assert read_report(dataset).review == ReviewStatus.SIGNED_OFF
-    states = [(row["kind"], row["destination"]) for row in seeded.outbox.delivery_states(result_id)]
+    states = [(row.kind, row.destination) for row in seeded.outbox.rows(result_id=result_id)]
     assert ("verified_sr", PACS.key) in states
     (entry,) = seeded.parts.audit.entries(action=AuditAction.SIGN_OFF)
     assert (entry.actor, entry.address, entry.target) == ("jsmith", "10.0.0.5", result_id)
@@ -85,7 +85,7 @@ def test_second_review_is_refused(seeded: Seeded) -> None:
         service.reject(result_id, "wrong slices", second, "10.0.0.6", seeded.clock.now())
     assert again.value.http_status == 409
     assert seeded.parts.store.for_result(result_id).user_name == "jsmith"  # type: ignore[union-attr]
-    assert [row["kind"] for row in seeded.outbox.delivery_states(result_id)].count("verified_sr") == 1
+    assert [row.kind for row in seeded.outbox.rows(result_id=result_id)].count("verified_sr") == 1
 
 
 def test_concurrent_sign_offs_have_one_winner(seeded: Seeded) -> None:

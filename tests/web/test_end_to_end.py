@@ -71,32 +71,32 @@ def test_pipeline_result_is_signed_off_through_the_worklist(
     with TestClient(app, follow_redirects=False) as client:
         assert login(client, "jsmith").status_code == 303
         worklist = client.get("/worklist?status=pending")
-        assert row["id"] in worklist.text
-        assert f"{row['edv_ml']:.1f} mL" in worklist.text
+        assert row.id in worklist.text
+        assert f"{row.edv_ml:.1f} mL" in worklist.text
 
-        page = client.get(f"/results/{row['id']}")
+        page = client.get(f"/results/{row.id}")
         assert page.status_code == 200
         assert "AI RESULT – NOT VERIFIED BY A RADIOLOGIST" in page.text
         assert "<svg" in page.text and "ED " in page.text
 
-        cine = client.get(f"/results/{row['id']}/cine.gif")
+        cine = client.get(f"/results/{row.id}/cine.gif")
         assert cine.status_code == 200 and cine.headers["content-type"] == "image/gif"
         with Image.open(io.BytesIO(cine.content)) as gif:
-            assert gif.n_frames == row["record"]["phases"]
-        picture = client.get(f"/results/{row['id']}/sc.png")
+            assert gif.n_frames == row.stack_result().phases
+        picture = client.get(f"/results/{row.id}/sc.png")
         assert picture.status_code == 200
         with Image.open(io.BytesIO(picture.content)) as png:
             assert png.format == "PNG" and png.size[0] >= 512
 
-        signed = client.post(f"/results/{row['id']}/sign", data={"csrf_token": csrf_token(page)})
+        signed = client.post(f"/results/{row.id}/sign", data={"csrf_token": csrf_token(page)})
         assert signed.status_code == 303
-        after = client.get(f"/results/{row['id']}")
+        after = client.get(f"/results/{row.id}")
         assert "SIGNED OFF BY" in after.text and PACS.key in after.text
         assert client.get("/readyz").json() == {"ready": True, "checks": {"index": True, "model": True}}
 
-    verified = [item for item in built.outbox.delivery_states(row["id"]) if item["kind"] == "verified_sr"]
-    assert [(item["destination"], item["state"]) for item in verified] == [(PACS.key, "pending")]
-    path = parts.store.outbox_path(row["id"], "verified_sr")
+    verified = [item for item in built.outbox.rows(result_id=row.id) if item.kind == "verified_sr"]
+    assert [(item.destination, item.state) for item in verified] == [(PACS.key, "pending")]
+    path = parts.store.outbox_path(row.id, "verified_sr")
     assert path is not None
     dataset = pydicom.dcmread(built.settings.storage.data_dir / "outbox" / path)
     assert (dataset.VerificationFlag, dataset.CompletionFlag, dataset.PreliminaryFlag) == (
@@ -107,4 +107,4 @@ def test_pipeline_result_is_signed_off_through_the_worklist(
     observer = dataset.VerifyingObserverSequence[0]
     assert str(observer.VerifyingObserverName) == "Smith^Jane"
     assert observer.VerifyingObserverIdentificationCodeSequence[0].CodeValue == "RAD-042"
-    assert dataset.StudyInstanceUID == row["study_instance_uid"]
+    assert dataset.StudyInstanceUID == row.study_instance_uid

@@ -1,0 +1,173 @@
+"""Typed rows of the ``results`` and ``studies`` tables: built here, once, and read by attribute.
+
+A result's values that have columns (volumes, EF, flags, confidence, the model) live in those columns
+alone; the ``record`` column holds what has none (the volume curve, the areas, the ED/ES images, or
+why nothing was measured). :meth:`ResultRecord.stack_result` puts the two together again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from node.domain import ModelIdentity, Outcome, StackGrid, StackResult
+
+#: StackResult fields stored in columns of their own (never again in ``record``).
+_COLUMN_FIELDS = frozenset(
+    {
+        "study_instance_uid",
+        "series_instance_uids",
+        "edv_ml",
+        "esv_ml",
+        "ef_pct",
+        "sv_ml",
+        "lv_mass_g",
+        "qc_flags",
+        "confidence",
+        "model",
+    }
+)
+
+
+def result_columns(result: StackResult) -> dict[str, Any]:
+    """The ``results`` column values of a measured stack: its own columns, and ``record`` for the rest."""
+    record = {key: value for key, value in result.as_record().items() if key not in _COLUMN_FIELDS}
+    return {
+        "series_instance_uids": list(result.series_instance_uids),
+        "edv_ml": result.edv_ml,
+        "esv_ml": result.esv_ml,
+        "ef_pct": result.ef_pct,
+        "sv_ml": result.sv_ml,
+        "lv_mass_g": result.lv_mass_g,
+        "qc_flags": list(result.qc_flags),
+        "confidence": result.confidence,
+        "model_name": result.model.name,
+        "model_version": result.model.version,
+        "record": record,
+    }
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One row of ``results``: a measured stack, or a study (version) with nothing measured.
+
+    ``details`` is the ``record`` column: for a measured stack what no column holds (read it through
+    :meth:`stack_result`), otherwise ``{"error": ...}`` or ``{"skipped": {...}}``.
+    """
+
+    id: str
+    job_id: int
+    study_instance_uid: str
+    version: int
+    stack_index: int
+    outcome: Outcome
+    series_instance_uids: tuple[str, ...]
+    edv_ml: float | None
+    esv_ml: float | None
+    ef_pct: float | None
+    sv_ml: float | None
+    lv_mass_g: float | None
+    qc_flags: tuple[str, ...]
+    confidence: float | None
+    model_name: str | None
+    model_version: str | None
+    details: Mapping[str, Any]
+    labels_path: str | None
+    grid: StackGrid | None
+    superseded: bool
+    published: bool
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> ResultRecord:
+        """The record of a ``results`` row as SQLAlchemy returns it."""
+        return cls(
+            id=str(row["id"]),
+            job_id=int(row["job_id"]),
+            study_instance_uid=str(row["study_instance_uid"]),
+            version=int(row["version"]),
+            stack_index=int(row["stack_index"]),
+            outcome=Outcome(row["outcome"]),
+            series_instance_uids=tuple(row["series_instance_uids"] or ()),
+            edv_ml=row["edv_ml"],
+            esv_ml=row["esv_ml"],
+            ef_pct=row["ef_pct"],
+            sv_ml=row["sv_ml"],
+            lv_mass_g=row["lv_mass_g"],
+            qc_flags=tuple(row["qc_flags"] or ()),
+            confidence=row["confidence"],
+            model_name=row["model_name"],
+            model_version=row["model_version"],
+            details=dict(row["record"] or {}),
+            labels_path=row["labels_path"],
+            grid=StackGrid.from_json(row["grid"]) if row["grid"] else None,
+            superseded=bool(row["superseded"]),
+            published=bool(row["published"]),
+            created_at=row["created_at"],
+        )
+
+    @property
+    def measured(self) -> bool:
+        """Whether this row holds measurements (and so can be reviewed, published and shown)."""
+        return self.outcome == Outcome.MEASURED
+
+    def stack_result(self) -> StackResult:
+        """The measured stack's full result: the columns and ``record`` together."""
+        if not self.measured:
+            raise ValueError(f"result {self.id} holds no measurement: {self.outcome}")
+        values = dict(self.details)
+        values.update(
+            study_instance_uid=self.study_instance_uid,
+            series_instance_uids=list(self.series_instance_uids),
+            edv_ml=self.edv_ml,
+            esv_ml=self.esv_ml,
+            ef_pct=self.ef_pct,
+            sv_ml=self.sv_ml,
+            lv_mass_g=self.lv_mass_g,
+            qc_flags=list(self.qc_flags),
+            confidence=self.confidence,
+            model={"name": self.model_name, "version": self.model_version},
+        )
+        return StackResult.from_record(values)
+
+    @property
+    def model(self) -> ModelIdentity | None:
+        """The model that measured the stack, if one did."""
+        if self.model_name is None or self.model_version is None:
+            return None
+        return ModelIdentity(self.model_name, self.model_version)
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """A study's identifiers as PACS sent them (``studies``)."""
+
+    study_instance_uid: str
+    patient_id: str | None
+    patient_name: str | None
+    patient_birth_date: str | None
+    accession_number: str | None
+    study_date: str | None
+    study_time: str | None
+    study_description: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> StudyRecord:
+        """The record of a ``studies`` row."""
+        return cls(
+            study_instance_uid=str(row["study_instance_uid"]),
+            patient_id=row["patient_id"],
+            patient_name=row["patient_name"],
+            patient_birth_date=row["patient_birth_date"],
+            accession_number=row["accession_number"],
+            study_date=row["study_date"],
+            study_time=row["study_time"],
+            study_description=row["study_description"],
+        )
+
+    @classmethod
+    def unknown(cls, study_instance_uid: str) -> StudyRecord:
+        """A study the index holds no identifiers of."""
+        return cls(study_instance_uid, None, None, None, None, None, None, None)
