@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from node.domain import ModelIdentity, Outcome, StackGrid, StackResult
 
@@ -31,22 +31,38 @@ _COLUMN_FIELDS = frozenset(
 )
 
 
-def result_columns(result: StackResult) -> dict[str, Any]:
+class ResultColumns(TypedDict):
+    """The ``results`` columns a measurement fills (the insert's values)."""
+
+    series_instance_uids: list[str]
+    edv_ml: float | None
+    esv_ml: float | None
+    ef_pct: float | None
+    sv_ml: float | None
+    lv_mass_g: float | None
+    qc_flags: list[str]
+    confidence: float | None
+    model_name: str | None
+    model_version: str | None
+    record: dict[str, Any]
+
+
+def result_columns(result: StackResult) -> ResultColumns:
     """The ``results`` column values of a measured stack: its own columns, and ``record`` for the rest."""
     record = {key: value for key, value in result.as_record().items() if key not in _COLUMN_FIELDS}
-    return {
-        "series_instance_uids": list(result.series_instance_uids),
-        "edv_ml": result.edv_ml,
-        "esv_ml": result.esv_ml,
-        "ef_pct": result.ef_pct,
-        "sv_ml": result.sv_ml,
-        "lv_mass_g": result.lv_mass_g,
-        "qc_flags": list(result.qc_flags),
-        "confidence": result.confidence,
-        "model_name": result.model.name,
-        "model_version": result.model.version,
-        "record": record,
-    }
+    return ResultColumns(
+        series_instance_uids=list(result.series_instance_uids),
+        edv_ml=result.edv_ml,
+        esv_ml=result.esv_ml,
+        ef_pct=result.ef_pct,
+        sv_ml=result.sv_ml,
+        lv_mass_g=result.lv_mass_g,
+        qc_flags=list(result.qc_flags),
+        confidence=result.confidence,
+        model_name=result.model.name,
+        model_version=result.model.version,
+        record=record,
+    )
 
 
 @dataclass(frozen=True)
