@@ -435,3 +435,21 @@ def series_counts(index: Any) -> dict[str, int]:
             "SELECT series_instance_uid, count(*) FROM instances GROUP BY series_instance_uid"
         ).all()
     return {str(uid): int(count) for uid, count in rows}
+
+
+def send_concurrently(
+    port: int, groups: Sequence[Sequence[Path]], timeout_s: float = 300.0, options: Sequence[str] = ()
+) -> list[str]:
+    """Run one ``storescu -v`` per group of files, all at once, each over its own association with its
+    own calling AE title (``SENDER<n>``); return their outputs in order."""
+    senders = [
+        subprocess.Popen(
+            [*storescu_command(port, files, calling_ae=f"SENDER{n}", verbose=True), *options],
+            env=dcmtk_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for n, files in enumerate(groups)
+    ]
+    return [sender.communicate(timeout=timeout_s)[0] for sender in senders]

@@ -8,6 +8,7 @@ offline ``measure`` search a study for stacks (:func:`node.pipeline.stacks.find_
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 from node.domain import GridCell, StackGrid
@@ -21,21 +22,14 @@ from node.store.instance import SpooledInstance
 log = get_logger(__name__)
 
 
+#: The fields a StackGrid shares with the StackPlan it records (all but the cells).
+_GEOMETRY = tuple(field.name for field in fields(StackGrid) if field.name != "cells")
+
+
 def stored_grid(plan: StackPlan) -> StackGrid:
     """The record of ``plan`` that is stored with its result."""
     return StackGrid(
-        study_instance_uid=plan.study_instance_uid,
-        frame_of_reference_uid=plan.frame_of_reference_uid,
-        series_instance_uids=plan.series_instance_uids,
-        orientation=plan.orientation,
-        normal=plan.normal,
-        slice_positions_mm=plan.slice_positions_mm,
-        slice_spacing_mm=plan.slice_spacing_mm,
-        pixel_spacing=plan.pixel_spacing,
-        rows=plan.rows,
-        columns=plan.columns,
-        trigger_times_ms=plan.trigger_times_ms,
-        flags=plan.flags,
+        **{name: getattr(plan, name) for name in _GEOMETRY},
         cells=tuple(
             tuple(
                 None
@@ -84,18 +78,6 @@ def load_plan(grid: StackGrid, index: Index, spool_root: Path) -> StackPlan | No
     if lost:
         log.warning("stored stack names frames that can no longer be read", frames=lost)
         return None
-    return StackPlan(
-        study_instance_uid=grid.study_instance_uid,
-        frame_of_reference_uid=grid.frame_of_reference_uid,
-        series_instance_uids=grid.series_instance_uids,
-        orientation=grid.orientation,
-        normal=grid.normal,
-        slice_positions_mm=grid.slice_positions_mm,
-        slice_spacing_mm=grid.slice_spacing_mm,
-        pixel_spacing=grid.pixel_spacing,
-        rows=grid.rows,
-        columns=grid.columns,
-        trigger_times_ms=grid.trigger_times_ms,
-        grid=rows,
-        flags=tuple(QcFlag(flag) for flag in grid.flags),
-    )
+    geometry = {name: getattr(grid, name) for name in _GEOMETRY}
+    geometry["flags"] = tuple(QcFlag(flag) for flag in grid.flags)
+    return StackPlan(**geometry, grid=rows)

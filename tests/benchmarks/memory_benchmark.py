@@ -10,7 +10,6 @@ and the time until every instance was acknowledged. No assertions: figures depen
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,10 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.support import (
     NodeServer,
     acknowledged_files,
-    dcmtk_env,
     free_port,
     receiver_only_env,
-    storescu_command,
+    send_concurrently,
     write_large_mr,
 )
 
@@ -54,17 +52,7 @@ def run(work: Path, files: list[Path], budget_mb: int, megabytes: int) -> tuple[
     try:
         before, _ = _memory_mb(server.pid)
         started = time.monotonic()
-        senders = [
-            subprocess.Popen(
-                storescu_command(server.port, [path], calling_ae=f"SENDER{n}", verbose=True),
-                env=dcmtk_env(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for n, path in enumerate(files)
-        ]
-        outputs = [sender.communicate(timeout=900)[0] for sender in senders]
+        outputs = send_concurrently(server.port, [[path] for path in files], timeout_s=900)
         seconds = time.monotonic() - started
         _, peak = _memory_mb(server.pid)
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import threading
 from pathlib import Path
 
@@ -13,10 +12,9 @@ from tests.support import (
     STORESCU,
     NodeServer,
     acknowledged_files,
-    dcmtk_env,
     free_port,
     receiver_only_env,
-    storescu_command,
+    send_concurrently,
     write_large_mr,
 )
 
@@ -69,17 +67,7 @@ def test_concurrent_instances_larger_than_the_budget_are_all_stored(tmp_path: Pa
         },
     ).start()
     try:
-        senders = [
-            subprocess.Popen(
-                storescu_command(server.port, [path], calling_ae=f"SENDER{n}", verbose=True),
-                env=dcmtk_env(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for n, path in enumerate(files)
-        ]
-        outputs = [sender.communicate(timeout=300)[0] for sender in senders]
+        outputs = send_concurrently(server.port, [[path] for path in files])
     finally:
         server.stop()
     assert sorted(path for output in outputs for path in acknowledged_files(output)) == sorted(files)

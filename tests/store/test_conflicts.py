@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -26,10 +25,9 @@ from node.store.spool import Spool
 from tests.support import (
     NodeServer,
     acknowledged_files,
-    dcmtk_env,
     free_port,
     receiver_only_env,
-    storescu_command,
+    send_concurrently,
     synthetic_mr,
 )
 
@@ -132,17 +130,7 @@ def test_two_dcmtk_senders_racing_on_the_same_uids_leave_index_and_files_agreein
         extra_env={**receiver_only_env(), "DICOMNODE_WEB__ENABLED": "false"},
     ).start()
     try:
-        senders = [
-            subprocess.Popen(
-                [*storescu_command(server.port, files, calling_ae=f"SENDER{n}", verbose=True), "-nh"],
-                env=dcmtk_env(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for n, files in enumerate(folders)
-        ]
-        outputs = [sender.communicate(timeout=120)[0] for sender in senders]
+        outputs = send_concurrently(server.port, folders, timeout_s=120, options=["-nh"])
     finally:
         server.stop()
     acknowledged = [len(acknowledged_files(output)) for output in outputs]
