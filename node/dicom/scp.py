@@ -248,6 +248,18 @@ class _Connections:
             self._open[address] = _Connection(address=address[0], opened=monotonic(), socket=sock)
             return True
 
+    def rebind(self, address: tuple[str, int], secured: socket.socket) -> None:
+        """The connection at ``address`` now reads through ``secured`` (its TLS socket).
+
+        Wrapping detaches the accepted socket, so deadlines and the caps must follow the new one.
+        """
+        with self._lock:
+            connection = self._open.get(address)
+            if connection is None:
+                self._open[address] = _Connection(address=address[0], opened=monotonic(), socket=secured)
+            else:
+                connection.socket = secured
+
     def attach(self, address: tuple[str, int], association: Association, meter: _ReceiveMeter) -> None:
         """Link the connection at ``address`` to its association and receive meter."""
         with self._lock:
@@ -373,6 +385,9 @@ class _Counts:
 class _TLSServer(TLSHandshakeServer, _NoDelayServer):
     """The listener's server for DICOM TLS: each handshake on its connection's own thread."""
 
+    def secured(self, client_address: tuple[str, int], secured: socket.socket) -> None:
+        self.connections.rebind(client_address, secured)
+
 
 class StorageSCP:
     """Owns the pynetdicom AE and server for the node's listener."""
@@ -483,8 +498,9 @@ class StorageSCP:
         ]
         for thread in aborts:
             thread.start()
+        abort_deadline = monotonic() + 1.0
         for thread in aborts:
-            thread.join(timeout=1.0)
+            thread.join(timeout=max(0.0, abort_deadline - monotonic()))
         if self._connections is not None:
             self._connections.close_all()
             self._connections.stop()

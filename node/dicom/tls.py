@@ -267,6 +267,9 @@ class TLSHandshakeServer(ThreadedAssociationServer):
     sending anything (a TCP health check) is not a failure. Nagle is disabled on accepted sockets.
     """
 
+    def secured(self, client_address: tuple[str, int], secured: socket.socket) -> None:
+        """Called with the TLS socket that replaces the accepted one, before its handshake."""
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         if self.socket is None:
             raise OSError("server socket closed")
@@ -286,16 +289,20 @@ class TLSHandshakeServer(ThreadedAssociationServer):
             if isinstance(client_address, tuple)
             else str(client_address)
         )
+        secured: ssl.SSLSocket | None = None
         try:
             request.settimeout(self.ae.acse_timeout)
             if not request.recv(1, socket.MSG_PEEK):
                 log.debug("connection closed before tls handshake", peer=peer)
                 self.shutdown_request(request)
                 return
-            secured = context.wrap_socket(request, server_side=True)
+            secured = context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+            if isinstance(client_address, tuple):
+                self.secured(client_address, secured)
+            secured.do_handshake()
             secured.settimeout(None)  # blocking, as pynetdicom has its accepted sockets
         except OSError as error:
             log.warning("tls handshake failed", peer=peer, reason=describe_failure(error))
-            self.shutdown_request(request)
+            self.shutdown_request(secured if secured is not None else request)
             return
         super().process_request_thread(secured, client_address)

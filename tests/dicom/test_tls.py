@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -321,3 +323,25 @@ def test_node_with_a_missing_certificate_file_does_not_start(tmp_path: Path, pki
     lines = server.log_path.read_text().splitlines()
     assert lines[-1].startswith(f"error: DICOMNODE_DICOM__TLS_CERT: cannot read {missing}")
     assert not any("Traceback" in line for line in lines)
+
+
+@pytest.mark.integration
+def test_a_tls_peer_that_stops_half_way_through_its_association_request_is_cut_off(
+    optional_node: NodeServer, pki: Pki
+) -> None:
+    """After a completed TLS handshake, a peer that sends part of an A-ASSOCIATE-RQ and stops is
+    closed at the request deadline (10 s), as on a plain connection: TLS keeps no stranger around."""
+    context = ssl.create_default_context(cafile=str(pki.ca.cert))
+    with (
+        socket.create_connection(("127.0.0.1", optional_node.port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as peer,
+    ):
+        peer.sendall(struct.pack(">BBL", 0x01, 0, 2000) + bytes(1000))
+        started = time.monotonic()
+        try:
+            while peer.recv(4096):
+                pass
+        except (ConnectionResetError, ssl.SSLError):
+            pass
+        waited = time.monotonic() - started
+    assert waited < 20, f"the half-sent request was held {waited:.0f} s"
