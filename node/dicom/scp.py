@@ -122,12 +122,20 @@ class _MemoryBudget:
         """Take ``nr_bytes`` for ``meter``'s message; OSError when the wait runs out."""
         with self._changed:
             deadline = monotonic() + self.wait_s
-            while self._used + nr_bytes > self.limit_bytes and next(iter(self._held), meter) is not meter:
+            while self._used + nr_bytes > self.limit_bytes and self._oldest_reading(meter) is not meter:
                 left = deadline - monotonic()
                 if left <= 0 or not self._changed.wait(left):
                     raise OSError("memory budget for received instances exhausted")
             self._used += nr_bytes
             self._held[meter] = self._held.get(meter, 0) + nr_bytes
+
+    def _oldest_reading(self, meter: _ReceiveMeter) -> _ReceiveMeter:
+        """The oldest message in flight whose association is reading now (``meter`` if none is).
+
+        A message whose association went quiet (negotiated, then idle) keeps its bytes counted but
+        does not hold the others back: only a message that is being read may pass the budget.
+        """
+        return next((held for held in self._held if held.reading_since is not None), meter)
 
     def release(self, meter: _ReceiveMeter) -> None:
         """Give back whatever ``meter``'s message holds."""
@@ -512,6 +520,9 @@ class StorageSCP:
     def _on_requested(self, event: evt.Event) -> None:
         if self._connections is not None:
             self._connections.requested(event.assoc)
+        meter = self._meter(event.assoc)
+        if meter is not None:
+            meter.release()  # the A-ASSOCIATE-RQ has been read and decoded
 
     def _on_connection_closed(self, event: evt.Event) -> None:
         """A connection closed: its bytes leave the memory budget, and if it closed before its

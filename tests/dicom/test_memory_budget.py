@@ -22,7 +22,10 @@ MB = 1024 * 1024
 
 
 def _meter(budget: _MemoryBudget) -> _ReceiveMeter:
-    return _ReceiveMeter(max_pdu_bytes=1 << 30, max_message_bytes=1 << 40, budget=budget)
+    """A meter in the middle of a read, as the receive wrapper has it when it takes from the budget."""
+    meter = _ReceiveMeter(max_pdu_bytes=1 << 30, max_message_bytes=1 << 40, budget=budget)
+    meter.reading_since = 1.0
+    return meter
 
 
 def test_a_read_the_budget_cannot_cover_waits_until_the_oldest_message_is_stored() -> None:
@@ -39,6 +42,17 @@ def test_a_read_the_budget_cannot_cover_waits_until_the_oldest_message_is_stored
     assert done.wait(5), "the younger message was not let through once the oldest was stored"
     waiter.join()
     assert budget.used == 4 * MB
+
+
+def test_a_quiet_association_holding_bytes_does_not_hold_the_others_back() -> None:
+    """Bytes of an association that went quiet still count, but only a message being read may pass
+    the budget: the reading one proceeds instead of waiting for the quiet one."""
+    budget = _MemoryBudget(16 * MB, wait_s=0.5)
+    quiet, reading = _meter(budget), _meter(budget)
+    budget.take(quiet, 10 * MB)
+    quiet.reading_since = None  # its association then sends nothing more
+    budget.take(reading, 10 * MB)
+    assert budget.used == 20 * MB
 
 
 def test_a_read_that_waits_too_long_ends_its_association() -> None:
