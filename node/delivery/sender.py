@@ -146,14 +146,14 @@ class DeliverySender:
         now = self.clock.now()
         put_back = 0
         known = {destination.key: destination for destination in self.settings.destinations}
-        for key in self.outbox.dead_letters(refused=False):
+        for key in self.outbox.dead_letters(outages_only=True):
             destination = known.get(key)
             if destination is None or self._next_probe.get(key, now) > now:
                 continue
             self._next_probe[key] = now + timedelta(seconds=self.settings.dead_letter_probe_s)
             if not self._answers_echo(destination):
                 continue
-            ids = self.outbox.retry_dead(now, _echo_audit(now, key), destination=key, refused=False)
+            ids = self.outbox.retry_dead(now, _echo_audit(now, key), destination=key, outages_only=True)
             if ids:
                 put_back += len(ids)
                 log.warning(
@@ -214,8 +214,13 @@ class DeliverySender:
         for delivery in batch:
             try:
                 datasets[delivery.delivery_id] = pydicom.dcmread(delivery.path)
-            except Exception as error:  # noqa: BLE001 - an unreadable stored object is a failed attempt
-                self._failed(delivery, f"stored object unreadable: {type(error).__name__}", None)
+            except Exception as error:  # noqa: BLE001 - an unreadable stored object cannot be sent
+                reason = f"stored object unreadable: {type(error).__name__}"
+                self.outbox.mark_refused(delivery, reason, self.clock.now())
+                self.metrics.delivery_failures.labels(final="true").inc()
+                log.error(
+                    "delivery impossible: dead-lettered", destination=delivery.destination, reason=reason
+                )
         sendable = [delivery for delivery in batch if delivery.delivery_id in datasets]
         if not sendable:
             return

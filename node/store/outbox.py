@@ -26,6 +26,9 @@ from node.store.index import Index
 from node.store.schema import deliveries, outbox
 from node.store.spool import Spool, safe_component
 
+#: A dead pair that an outage killed: not refused, and no DIMSE status was ever answered for it.
+_OUTAGE = and_(deliveries.c.refused.is_(False), deliveries.c.last_status.is_(None))
+
 #: Makes the audit line of a retry from the ids of the pairs put back.
 Audit = Callable[[list[int]], AuditEntry]
 
@@ -222,7 +225,8 @@ class Outbox:
         return dead
 
     def mark_refused(self, delivery: DueDelivery, error: str, now: datetime) -> None:
-        """Dead-letter a pair at once: the destination refuses the object (it will not change).
+        """Dead-letter a pair at once: retrying cannot help (the destination refuses the object's
+        SOP class, or the stored object cannot be read).
 
         Such a pair is not brought back when the destination answers C-ECHO again; an operator may
         retry it (``dicomnode deliveries retry``) once the destination is configured to take it.
@@ -285,14 +289,18 @@ class Outbox:
         return self._requeue_dead(deliveries.c.id.in_(list(delivery_ids)), now, audit)
 
     def retry_dead(
-        self, now: datetime, audit: Audit, destination: str | None = None, refused: bool = True
+        self, now: datetime, audit: Audit, destination: str | None = None, outages_only: bool = False
     ) -> list[int]:
-        """Put back every dead pair (of one destination); ``refused=False`` leaves refused ones dead."""
+        """Put back every dead pair (of one destination).
+
+        ``outages_only``: only pairs that died of an outage (no association, so no DIMSE status),
+        not those the destination refused or answered with a failure status, which would die again.
+        """
         condition: Any = deliveries.c.state == DEAD
         if destination is not None:
             condition = and_(condition, deliveries.c.destination == destination)
-        if not refused:
-            condition = and_(condition, deliveries.c.refused.is_(False))
+        if outages_only:
+            condition = and_(condition, _OUTAGE)
         return self._requeue_dead(condition, now, audit)
 
     def _requeue_dead(self, condition: Any, now: datetime, audit: Audit) -> list[int]:
@@ -312,11 +320,11 @@ class Outbox:
                 connection.execute(audit_insert(audit(ids)))
         return ids
 
-    def dead_letters(self, refused: bool = True) -> dict[str, int]:
-        """Dead pairs per destination; ``refused=False`` counts only those that were not refused."""
+    def dead_letters(self, outages_only: bool = False) -> dict[str, int]:
+        """Dead pairs per destination; ``outages_only`` counts only those an outage killed."""
         condition: Any = deliveries.c.state == DEAD
-        if not refused:
-            condition = and_(condition, deliveries.c.refused.is_(False))
+        if outages_only:
+            condition = and_(condition, _OUTAGE)
         with self._engine.connect() as connection:
             rows = connection.execute(
                 select(deliveries.c.destination, func.count())

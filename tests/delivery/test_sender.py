@@ -152,15 +152,16 @@ def test_a_delivery_the_index_could_not_record_is_sent_again_without_a_restart(
 def test_dead_letters_of_an_outage_are_sent_again_once_the_destination_answers_c_echo(
     harness: Harness,
 ) -> None:
-    """After an outage longer than the backoff, the PACS's return brings its dead letters back; a
-    refused object stays dead (the destination would refuse it again)."""
+    """After an outage longer than the backoff, the PACS's return brings its dead letters back; an
+    object it refused, or answered with a failure status, stays dead (it would die again)."""
     study = "1.2.826.0.1.3680043.10.9"
-    (lost, lost_data), (refused, refused_data) = _object(study), _object(study)
-    harness.outbox.add(lost, lost_data, [harness.destination], harness.clock.now())
-    harness.outbox.add(refused, refused_data, [harness.destination], harness.clock.now())
+    (lost, lost_data), (refused, refused_data), (failing, failing_data) = (_object(study) for _ in range(3))
+    for item, data in ((lost, lost_data), (refused, refused_data), (failing, failing_data)):
+        harness.outbox.add(item, data, [harness.destination], harness.clock.now())
     now = harness.clock.now()
-    (_, second) = harness.outbox.claim_due("other:1:sender", now, 10, timedelta(minutes=2))
+    (_, second, third) = harness.outbox.claim_due("other:1:sender", now, 10, timedelta(minutes=2))
     harness.outbox.mark_refused(second, "destination does not accept Secondary Capture Image Storage", now)
+    harness.outbox.mark_failed(third, "failure status 0xC000", 0xC000, now, 1, harness.settings.backoff)
     harness.outbox.release_abandoned(lambda claimant: claimant == "other:1:sender")
     for _ in range(harness.settings.max_attempts):
         assert harness.sender.run_once() == 1
@@ -179,6 +180,10 @@ def test_dead_letters_of_an_outage_are_sent_again_once_the_destination_answers_c
         peer.stop()
     assert peer.received == [lost.sop_instance_uid]
     states = {row.sop_instance_uid: row.state for row in harness.outbox.rows()}
-    assert states == {lost.sop_instance_uid: DELIVERED, refused.sop_instance_uid: DEAD}
+    assert states == {
+        lost.sop_instance_uid: DELIVERED,
+        refused.sop_instance_uid: DEAD,
+        failing.sop_instance_uid: DEAD,
+    }
     (entry,) = AuditLog(harness.index).entries(action=AuditAction.DELIVERY_RETRY)
     assert entry.actor == "node" and entry.target == harness.destination.key
