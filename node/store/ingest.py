@@ -123,7 +123,7 @@ class Ingest:
         with self._locks.hold(header.sop_instance_uid):
             held = self._index.instance_path(header.sop_instance_uid)
             if held is not None:
-                self._check_same(held, data)
+                self._check_same(Path(held), data)
                 return Stored(header=header, duplicate=True)
             count = self._index.study_instance_count(header.study_instance_uid)
             if count is None and self._index.waiting_studies() >= limits.max_waiting_studies:
@@ -147,11 +147,12 @@ class Ingest:
                     header, relative.as_posix(), len(data), calling_ae, self._clock.now()
                 )
             except BaseException as error:
-                # No file without its index row: what was just written goes again.
-                self._spool.remove(relative)
-                if isinstance(error, OperationalError):
+                if self._indexed_anyway(header.sop_instance_uid, relative):
+                    added = True  # the commit went through although the call failed
+                elif isinstance(error, OperationalError):
                     raise OutOfResources("index unavailable: try again later") from None
-                raise
+                else:
+                    raise
             failpoint("ingest:indexed")
         return Stored(header=header, duplicate=not added)
 
@@ -193,10 +194,31 @@ class Ingest:
             quarantined += 1
         return indexed, quarantined
 
-    def _check_same(self, held: str, data: bytes) -> None:
-        """Raise :class:`ConflictingInstance` unless the held file has exactly these bytes."""
+    def _indexed_anyway(self, sop_instance_uid: str, relative: Path) -> bool:
+        """After a failed index call: whether the row is there all the same (a commit that went through
+        although its call failed). If it is not, the file just written goes again (no file without its
+        row); if the index cannot even be asked, the file stays for the start-up reconciliation."""
         try:
-            same = (self._spool.root / held).read_bytes() == data
+            held = self._index.instance_path(sop_instance_uid)
+        except Exception:  # noqa: BLE001 - the index is still unreachable: keep the file, decide at start-up
+            return False
+        if held == relative.as_posix():
+            return True
+        self._spool.remove(relative)
+        return False
+
+    def _check_same(self, held: Path, data: bytes) -> None:
+        """Raise :class:`ConflictingInstance` unless the held file has exactly these bytes.
+
+        A held file that is missing (lost outside the node) is written again from these bytes: its
+        index row names this instance, and the sender is resending it.
+        """
+        target = self._spool.root / held
+        if not target.exists():
+            self._spool.write(held, data)
+            return
+        try:
+            same = target.read_bytes() == data
         except OSError:
             same = False
         if not same:

@@ -234,3 +234,35 @@ def test_studies_receiving_when_the_node_died_wait_one_quiet_period_after_the_re
         (last,) = connection.exec_driver_sql("SELECT last_received_at FROM studies").one()
     assert str(last).startswith(clock.now().strftime("%Y-%m-%d %H:%M"))
     index.close()
+
+
+def test_an_index_call_that_fails_after_its_commit_keeps_the_file_and_acknowledges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that went through although its call failed (a connection lost at COMMIT) is a stored
+    instance: the file stays with its row, and the sender is told Success, not to send it again."""
+    ingest, spool, index = _ingest(tmp_path)
+    original = index.add_instance
+
+    def committed_then_lost(*args: object, **kwargs: object) -> bool:
+        original(*args, **kwargs)  # type: ignore[arg-type]
+        raise sqlite3.OperationalError("connection lost after COMMIT")
+
+    monkeypatch.setattr(index, "add_instance", committed_then_lost)
+    stored = ingest.store(_variant(generate_uid(), "1.2.826.0.1.3680043.10.512"))
+    assert not stored.duplicate
+    [path] = spool.files()
+    assert index.instance_paths() == {stored.header.sop_instance_uid: path.as_posix()}
+    index.close()
+
+
+def test_a_resend_restores_a_held_file_that_went_missing(tmp_path: Path) -> None:
+    """An indexed instance whose file was lost is written again from a resend, acknowledged as a duplicate."""
+    ingest, spool, index = _ingest(tmp_path)
+    data = _variant(generate_uid(), "1.2.826.0.1.3680043.10.513")
+    ingest.store(data)
+    [path] = spool.files()
+    (spool.root / path).unlink()
+    assert ingest.store(data).duplicate
+    assert (spool.root / path).read_bytes() == data
+    index.close()
