@@ -164,6 +164,7 @@ class Node:
             clock=clock,
             pseudonymise=pseudonymise,
         )
+        uses_tls = any(destination.tls for destination in settings.delivery.destinations)
         sender = DeliverySender(
             outbox=outbox,
             settings=settings.delivery,
@@ -172,11 +173,8 @@ class Node:
             claimant=claimant_id("sender"),
             metrics=metrics,
             lease=lease,
-            tls=(
-                DeliveryTLS(settings.dicom)
-                if any(destination.tls for destination in settings.delivery.destinations)
-                else None
-            ),
+            tls=DeliveryTLS(settings.dicom) if uses_tls else None,
+            probe_tls=DeliveryTLS(settings.dicom) if uses_tls else None,
         )
         loops = BackgroundLoops(min(settings.pipeline.poll_seconds, settings.delivery.poll_seconds))
         loops.add("assembler", lambda: bool(assembler.tick()))

@@ -104,6 +104,9 @@ class DeliverySender:
     claimant: str
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
     tls: ClientTLS | None = None
+    #: The client contexts of the dead-letter probe, which runs on a loop thread of its own (a
+    #: ClientTLS records each thread's last handshake failure, so the two never share one).
+    probe_tls: ClientTLS | None = None
     lease: timedelta = timedelta(seconds=120)
     #: Set from a claim until its outcome is recorded. Still set at the next batch when recording
     #: failed (the index unreachable, say), so that batch first puts back the pairs still claimed
@@ -163,7 +166,7 @@ class DeliverySender:
 
     def _answers_echo(self, destination: Destination) -> bool:
         try:
-            association = self._associate(destination, [Verification])
+            association = self._associate(destination, [Verification], self.probe_tls)
         except (_NotAssociated, _NothingAccepted):
             return False
         try:
@@ -175,7 +178,9 @@ class DeliverySender:
                 association.release()
         return "Status" in response and int(response.Status) == Status.SUCCESS
 
-    def _associate(self, destination: Destination, sop_classes: list[str]) -> Association:
+    def _associate(
+        self, destination: Destination, sop_classes: list[str], tls: ClientTLS | None
+    ) -> Association:
         """An established association proposing each SOP class as its own presentation context.
 
         Raises
@@ -192,9 +197,9 @@ class DeliverySender:
             ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         tls_args = None
         if destination.tls:
-            if self.tls is None:
+            if tls is None:
                 raise _NotAssociated("TLS destination but DICOM TLS is not configured")
-            tls_args = self.tls.tls_args(destination.host)
+            tls_args = tls.tls_args(destination.host)
         association = ae.associate(
             destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
         )
@@ -204,7 +209,7 @@ class DeliverySender:
             raise _NotAssociated("association rejected")
         if association.rejected_contexts and not association.accepted_contexts:
             raise _NothingAccepted
-        handshake = self.tls.handshake_failure(destination.host) if tls_args and self.tls else None
+        handshake = tls.handshake_failure(destination.host) if tls_args and tls else None
         if handshake is not None:
             raise _NotAssociated(f"TLS handshake failed: {handshake}")
         raise _NotAssociated("destination unreachable")
@@ -226,7 +231,7 @@ class DeliverySender:
             return
         classes = {d.delivery_id: str(datasets[d.delivery_id].SOPClassUID) for d in sendable}
         try:
-            association = self._associate(destination, sorted(set(classes.values())))
+            association = self._associate(destination, sorted(set(classes.values())), self.tls)
         except _NothingAccepted:
             for delivery in sendable:
                 self._refused(destination, delivery, classes[delivery.delivery_id])
