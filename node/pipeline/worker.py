@@ -20,7 +20,7 @@ from node.pipeline.grid import stored_grid
 from node.pipeline.measure import StackMeasurer
 from node.pipeline.stacks import find_sax_stacks
 from node.store.index import Index
-from node.store.jobs import Job, JobQueue, ResultRow
+from node.store.jobs import ClaimLost, Job, JobQueue, ResultRow
 from node.store.labels import encode_labels
 from node.store.spool import Spool, safe_component
 
@@ -61,12 +61,20 @@ class PipelineWorker:
             return None
         study = self.pseudonymise(job.study_instance_uid)
         try:
-            self._process(job, study)
-        except Exception as error:
-            final = self.queue.fail(job, f"{type(error).__name__}: {error}", MAX_ATTEMPTS, self.clock.now())
-            if final:
-                self.metrics.studies_processed.labels(outcome=str(Outcome.FAILED)).inc()
-            log.exception("job failed", study=study, version=job.version, final=final)
+            try:
+                self._process(job, study)
+            except ClaimLost:
+                raise
+            except Exception as error:
+                final = self.queue.fail(
+                    job, f"{type(error).__name__}: {error}", MAX_ATTEMPTS, self.clock.now()
+                )
+                if final:
+                    self.metrics.studies_processed.labels(outcome=str(Outcome.FAILED)).inc()
+                log.exception("job failed", study=study, version=job.version, final=final)
+        except ClaimLost:
+            # This node's lease ran out (it stalled) and another node took the study over.
+            log.warning("study taken over by another node: this attempt is not recorded", study=study)
         self._holding = False
         return job
 

@@ -31,12 +31,27 @@ FAILED = JobState.FAILED
 
 @dataclass(frozen=True)
 class Job:
-    """A claimed job."""
+    """A job; ``claimant`` holds it (running), None while it is queued."""
 
     id: int
     study_instance_uid: str
     version: int
     attempts: int
+    claimant: str | None = None
+
+
+class ClaimLost(Exception):
+    """The job is no longer this claimant's: its lease ran out and another node took it over.
+
+    Nothing of this attempt is recorded; the node that holds the job now records its outcome.
+    """
+
+
+def _held_by(job: Job) -> Any:
+    """The condition that ``job`` is still as its holder left it: running under its claim, or queued."""
+    if job.claimant is None:
+        return and_(jobs.c.id == job.id, jobs.c.state == QUEUED)
+    return and_(jobs.c.id == job.id, jobs.c.state == RUNNING, jobs.c.claimed_by == job.claimant)
 
 
 @dataclass(frozen=True)
@@ -158,7 +173,13 @@ class JobQueue:
             ).first()
         if row is None:
             return None
-        return Job(id=int(row[0]), study_instance_uid=str(row[1]), version=int(row[2]), attempts=int(row[3]))
+        return Job(
+            id=int(row[0]),
+            study_instance_uid=str(row[1]),
+            version=int(row[2]),
+            attempts=int(row[3]),
+            claimant=worker_id,
+        )
 
     def complete(
         self, job: Job, outcome: Outcome, rows: list[ResultRow], now: datetime, error: str | None = None
@@ -167,9 +188,26 @@ class JobQueue:
 
         A job whose outcome is failed ends in state failed, with ``error`` as the job's last error.
         Returns the new result ids.
+
+        Raises
+        ------
+        ClaimLost
+            Another node took the job over (this one's lease ran out); nothing is recorded.
         """
         ids = [str(uuid.uuid4()) for _ in rows]
         with self._engine.begin() as connection:
+            finished = connection.execute(
+                update(jobs)
+                .where(_held_by(job))
+                .values(
+                    state=FAILED if outcome == Outcome.FAILED else DONE,
+                    outcome=str(outcome),
+                    finished_at=now,
+                    error=error,
+                )
+            )
+            if finished.rowcount == 0:
+                raise ClaimLost(f"job {job.id} is no longer held by {job.claimant}")
             # A newer version queued, running or done makes these results stale at birth: they are
             # recorded superseded, so they are neither published nor shown as current.
             newer = connection.execute(
@@ -218,16 +256,6 @@ class JobQueue:
                 )
                 .values(superseded=True)
             )
-            connection.execute(
-                update(jobs)
-                .where(jobs.c.id == job.id)
-                .values(
-                    state=FAILED if outcome == Outcome.FAILED else DONE,
-                    outcome=str(outcome),
-                    finished_at=now,
-                    error=error,
-                )
-            )
         return ids
 
     def fail(self, job: Job, error: str, max_attempts: int, now: datetime) -> bool:
@@ -237,11 +265,13 @@ class JobQueue:
         """
         if job.attempts < max_attempts:
             with self._engine.begin() as connection:
-                connection.execute(
+                requeued = connection.execute(
                     update(jobs)
-                    .where(jobs.c.id == job.id)
+                    .where(_held_by(job))
                     .values(state=QUEUED, error=error, claimed_by=None, lease_until=None)
                 )
+            if requeued.rowcount == 0:
+                raise ClaimLost(f"job {job.id} is no longer held by {job.claimant}")
             return False
         row = ResultRow(
             stack_index=0, outcome=Outcome.FAILED, series_instance_uids=(), details={"error": error}

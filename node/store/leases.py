@@ -46,10 +46,10 @@ class LeaseKeeper:
         now = self._clock.now()
         if self._next is not None and now < self._next:
             return False
-        self._next = now + self._lease / 3
         until = now + self._lease
         self._queue.renew(self._prefix, until)
         self._outbox.renew(self._prefix, until)
+        self._next = now + self._lease / 3  # only once renewed: a failed renewal is tried at once
         requeued, given_up = self._queue.requeue_expired(self._max_attempts, now)
         released = self._outbox.release_expired(now)
         if requeued or released:

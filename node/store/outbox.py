@@ -29,6 +29,16 @@ from node.store.spool import Spool, safe_component
 #: A dead pair that an outage killed: not refused, and no DIMSE status was ever answered for it.
 _OUTAGE = and_(deliveries.c.refused.is_(False), deliveries.c.last_status.is_(None))
 
+def _claimed(delivery: DueDelivery) -> Any:
+    """The pair is still sending under ``delivery``'s claim (its lease did not run out and pass to
+    another node, which records the outcome then)."""
+    return and_(
+        deliveries.c.id == delivery.delivery_id,
+        deliveries.c.state == SENDING,
+        deliveries.c.claimed_by == delivery.claimant,
+    )
+
+
 #: Makes the audit line of a retry from the ids of the pairs put back.
 Audit = Callable[[list[int]], AuditEntry]
 
@@ -58,6 +68,8 @@ class DueDelivery:
     attempts: int
     path: Path
     sop_instance_uid: str
+    #: Who claimed the pair; its outcome is recorded only while the claim is still this one.
+    claimant: str = ""
 
 
 @dataclass(frozen=True)
@@ -177,16 +189,17 @@ class Outbox:
                 attempts=int(row[2]),
                 path=self._spool.root / str(row[3]),
                 sop_instance_uid=str(row[4]),
+                claimant=claimant,
             )
             for row in rows
         ]
 
     def mark_delivered(self, delivery: DueDelivery, status: int, now: datetime) -> None:
-        """Record a successful C-STORE."""
+        """Record a successful C-STORE (unless another node took the pair over meanwhile)."""
         with self._engine.begin() as connection:
             connection.execute(
                 update(deliveries)
-                .where(deliveries.c.id == delivery.delivery_id)
+                .where(_claimed(delivery))
                 .values(
                     state=DELIVERED,
                     attempts=deliveries.c.attempts + 1,
@@ -255,7 +268,7 @@ class Outbox:
         with self._engine.begin() as connection:
             connection.execute(
                 update(deliveries)
-                .where(deliveries.c.id == delivery.delivery_id)
+                .where(_claimed(delivery))
                 .values(
                     state=state,
                     attempts=attempts,
