@@ -19,6 +19,7 @@ from node.inference.runner import load_segmenter
 from node.logging import Pseudonymiser, get_logger
 from node.metrics import NodeMetrics
 from node.pipeline.assembler import Assembler
+from node.pipeline.grid import backfill_grids
 from node.pipeline.measure import StackMeasurer
 from node.pipeline.publish import Publisher
 from node.pipeline.worker import MAX_ATTEMPTS, PipelineWorker
@@ -127,6 +128,11 @@ class Node:
         measurer = StackMeasurer(segmenter)
         queue = JobQueue(index, timedelta(seconds=settings.pipeline.retry_seconds))
         lease = timedelta(seconds=settings.storage.claim_lease_seconds)
+        backfilled, lost = backfill_grids(queue, index, spool.root)
+        if backfilled or lost:
+            log.info(
+                "results of an older node given their stack's grid", results=backfilled, without_stack=lost
+            )
         requeued, given_up = queue.requeue_abandoned(claimant_is_dead, MAX_ATTEMPTS, clock.now())
         outbox = Outbox(index, Spool(data_dir / "outbox"))
         released = outbox.release_abandoned(claimant_is_dead)

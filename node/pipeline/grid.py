@@ -15,9 +15,10 @@ from node.domain import GridCell, StackGrid
 from node.images.frames import SpooledFrame, split_frames
 from node.inference.qc import QcFlag
 from node.logging import get_logger
-from node.pipeline.stacks import StackPlan
+from node.pipeline.stacks import StackPlan, find_sax_stacks
 from node.store.index import Index
 from node.store.instance import SpooledInstance
+from node.store.jobs import JobQueue
 
 log = get_logger(__name__)
 
@@ -43,6 +44,30 @@ def stored_grid(plan: StackPlan) -> StackGrid:
             for row in plan.grid
         ),
     )
+
+
+def backfill_grids(queue: JobQueue, index: Index, spool_root: Path) -> tuple[int, int]:
+    """Give results an older node recorded without their grid the grid of their stack (start-up, once).
+
+    The stack is searched once more, here only, with the rule that node used to find it again
+    (the same series, slices and phases); from then on the result loads it like any other.
+    Returns (grids stored, results whose stack is no longer there).
+    """
+    stored = missing = 0
+    for row in queue.measured_without_grid():
+        result = row.stack_result()
+        plans = [
+            plan
+            for plan in find_sax_stacks(index.study_instances(row.study_instance_uid), root=spool_root).stacks
+            if plan.series_instance_uids == result.series_instance_uids
+            and (plan.slices, plan.phases) == (result.slices, result.phases)
+        ]
+        if plans:
+            queue.set_grid(row.id, stored_grid(plans[0]))
+            stored += 1
+        else:
+            missing += 1
+    return stored, missing
 
 
 def load_plan(grid: StackGrid, index: Index, spool_root: Path) -> StackPlan | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy import String, and_, cast, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from node.domain import JobState, Outcome, StackGrid, StackResult
@@ -38,6 +38,10 @@ class Job:
     version: int
     attempts: int
     claimant: str | None = None
+
+
+#: A result without a stored grid: SQL NULL (a column added to an older index) or JSON null.
+_WITHOUT_GRID = or_(results.c.grid.is_(None), cast(results.c.grid, String) == "null")
 
 
 class ClaimLost(Exception):
@@ -363,6 +367,25 @@ class JobQueue:
                 .first()
             )
         return ResultRecord.from_row(row) if row is not None else None
+
+    def measured_without_grid(self) -> list[ResultRecord]:
+        """Measured results an older node recorded without their stack's grid (upgrade)."""
+        with self._engine.connect() as connection:
+            rows = (
+                connection.execute(
+                    select(results).where(results.c.outcome == str(Outcome.MEASURED), _WITHOUT_GRID)
+                )
+                .mappings()
+                .all()
+            )
+        return [ResultRecord.from_row(row) for row in rows]
+
+    def set_grid(self, result_id: str, grid: StackGrid) -> None:
+        """Store the grid of a result recorded without it."""
+        with self._engine.begin() as connection:
+            connection.execute(
+                update(results).where(results.c.id == result_id, _WITHOUT_GRID).values(grid=grid.to_json())
+            )
 
     def mark_published(self, result_id: str) -> None:
         """Record that a result's reports are in the outbox (or that it has none to send)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from io import BytesIO
 from pathlib import Path
@@ -10,12 +11,14 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from node.clock import ManualClock
-from node.domain import StackGrid
-from node.pipeline.grid import load_plan, stored_grid
+from node.domain import Outcome, StackGrid
+from node.pipeline.grid import backfill_grids, load_plan, stored_grid
 from node.pipeline.stacks import StackPlan, find_sax_stacks
 from node.store.index import Index
 from node.store.ingest import Ingest, IngestLimits
+from node.store.jobs import JobQueue, ResultRow
 from node.store.spool import Spool
+from tests.reports.conftest import build_synthetic
 from tests.support import synthetic_mr
 
 SLICES, PHASES = 3, 4
@@ -58,3 +61,32 @@ def test_a_stored_grid_loads_back_as_the_plan_it_was_stored_from(tmp_path: Path)
     finally:
         index.close()
     assert loaded == measured
+
+
+def test_results_an_older_node_recorded_without_a_grid_get_the_grid_of_their_stack(tmp_path: Path) -> None:
+    """At start-up, a measured result without a stored grid (recorded before grids were stored) gets
+    its stack's grid, found with the rule older nodes used (same series, slices and phases)."""
+    clock = ManualClock()
+    spool = Spool(tmp_path / "spool")
+    index = Index.open(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    ingest = Ingest(spool, index, clock, IngestLimits(min_free_bytes=0))
+    for slice_index in range(SLICES):
+        for phase in range(PHASES):
+            ingest.store(_image(slice_index, phase))
+    queue = JobQueue(index)
+    clock.advance(60)
+    queue.enqueue_ready(clock.now(), 10.0, 600.0)
+    job = queue.claim("test", clock.now())
+    assert job is not None
+    measured = dataclasses.replace(
+        build_synthetic().result, study_instance_uid=STUDY, series_instance_uids=(SERIES,)
+    )
+    row = ResultRow(stack_index=0, outcome=Outcome.MEASURED, series_instance_uids=(SERIES,), result=measured)
+    queue.complete(job, Outcome.MEASURED, [row], clock.now())
+    try:
+        assert backfill_grids(queue, index, spool.root) == (1, 0)
+        (result,) = queue.results_for_study(STUDY)
+        assert result.grid == stored_grid(_only_stack(index, spool))
+        assert backfill_grids(queue, index, spool.root) == (0, 0)
+    finally:
+        index.close()
