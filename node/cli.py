@@ -529,22 +529,6 @@ StateOption = Annotated[
 ]
 
 
-def _retry_audit(when: Any, target: str | None, why: str) -> Any:
-    from node.store.audit import AuditAction, AuditEntry
-
-    def entry(ids: list[int]) -> AuditEntry:
-        return AuditEntry(
-            at=when,
-            actor=_console_actor(),
-            address=CLI_ADDRESS,
-            action=AuditAction.DELIVERY_RETRY,
-            target=target,
-            details={"deliveries": ids, "why": why},
-        )
-
-    return entry
-
-
 @deliveries_app.command("list")
 def deliveries_list(
     state: StateOption = None, as_json: JsonOption = False, config: ConfigOption = None
@@ -593,8 +577,11 @@ def deliveries_retry(
     config: ConfigOption = None,
 ) -> None:
     """Send dead pairs again, from their first attempt; the running node picks them up."""
+    from node.store.outbox import retry_audit
+
     with _review_parts(config) as parts:
-        done = parts.outbox.retry(ids, _now(), _retry_audit(_now(), None, "retry"))
+        now = _now()
+        done = parts.outbox.retry(ids, now, retry_audit(now, _console_actor(), CLI_ADDRESS, None, "retry"))
         skipped = sorted(set(ids) - set(done))
         typer.echo(f"{len(done)} dead letter(s) queued again")
         if skipped:
@@ -610,9 +597,14 @@ def deliveries_retry_all_dead(
     config: ConfigOption = None,
 ) -> None:
     """Send every dead pair (of one destination) again, from its first attempt."""
+    from node.store.outbox import retry_audit
+
     with _review_parts(config) as parts:
+        now = _now()
         done = parts.outbox.retry_dead(
-            _now(), _retry_audit(_now(), destination, "retry-all-dead"), destination=destination
+            now,
+            retry_audit(now, _console_actor(), CLI_ADDRESS, destination, "retry-all-dead"),
+            destination=destination,
         )
         typer.echo(f"{len(done)} dead letter(s) queued again")
 

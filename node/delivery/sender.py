@@ -34,8 +34,7 @@ from node.failpoints import failpoint
 from node.logging import get_logger
 from node.metrics import NodeMetrics
 from node.status import Status
-from node.store.audit import AuditAction, AuditEntry
-from node.store.outbox import Audit, DueDelivery, Outbox
+from node.store.outbox import DueDelivery, Outbox, retry_audit
 
 log = get_logger(__name__)
 
@@ -64,20 +63,6 @@ class ClientTLS(Protocol):
     def handshake_failure(self, host: str) -> str | None:
         """Why the last handshake with ``host`` failed, if it did."""
         ...
-
-
-def _echo_audit(now: datetime, destination: str) -> Audit:
-    def entry(ids: list[int]) -> AuditEntry:
-        return AuditEntry(
-            at=now,
-            actor="node",
-            address="-",
-            action=AuditAction.DELIVERY_RETRY,
-            target=destination,
-            details={"deliveries": ids, "why": "destination answered C-ECHO again"},
-        )
-
-    return entry
 
 
 class _NotAssociated(Exception):
@@ -156,7 +141,8 @@ class DeliverySender:
             self._next_probe[key] = now + timedelta(seconds=self.settings.dead_letter_probe_s)
             if not self._answers_echo(destination):
                 continue
-            ids = self.outbox.retry_dead(now, _echo_audit(now, key), destination=key, outages_only=True)
+            audit = retry_audit(now, "node", "-", key, "destination answered C-ECHO again")
+            ids = self.outbox.retry_dead(now, audit, destination=key, outages_only=True)
             if ids:
                 put_back += len(ids)
                 log.warning(
@@ -220,12 +206,7 @@ class DeliverySender:
             try:
                 datasets[delivery.delivery_id] = pydicom.dcmread(delivery.path)
             except Exception as error:  # noqa: BLE001 - an unreadable stored object cannot be sent
-                reason = f"stored object unreadable: {type(error).__name__}"
-                self.outbox.mark_refused(delivery, reason, self.clock.now())
-                self.metrics.delivery_failures.labels(final="true").inc()
-                log.error(
-                    "delivery impossible: dead-lettered", destination=delivery.destination, reason=reason
-                )
+                self._dead_at_once(delivery, f"stored object unreadable: {type(error).__name__}")
         sendable = [delivery for delivery in batch if delivery.delivery_id in datasets]
         if not sendable:
             return
@@ -234,7 +215,7 @@ class DeliverySender:
             association = self._associate(destination, sorted(set(classes.values())), self.tls)
         except _NothingAccepted:
             for delivery in sendable:
-                self._refused(destination, delivery, classes[delivery.delivery_id])
+                self._dead_at_once(delivery, refused_reason(classes[delivery.delivery_id]))
             return
         except _NotAssociated as error:
             for delivery in sendable:
@@ -247,7 +228,7 @@ class DeliverySender:
                 delivery = remaining.pop(0)
                 sop_class = classes[delivery.delivery_id]
                 if sop_class not in accepted:
-                    self._refused(destination, delivery, sop_class)
+                    self._dead_at_once(delivery, refused_reason(sop_class))
                     continue
                 self._store(association, destination, delivery, datasets[delivery.delivery_id])
         finally:
@@ -275,16 +256,12 @@ class DeliverySender:
             reason = "no response" if status is None else f"failure status 0x{status:04X}"
             self._failed(delivery, reason, status)
 
-    def _refused(self, destination: Destination, delivery: DueDelivery, sop_class_uid: str) -> None:
-        reason = refused_reason(sop_class_uid)
+    def _dead_at_once(self, delivery: DueDelivery, reason: str) -> None:
+        """Dead-letter a pair that no retry can deliver (a refused SOP class, an unreadable object)."""
         self.outbox.mark_refused(delivery, reason, self.clock.now())
         self.metrics.delivery_attempts.inc()
         self.metrics.delivery_failures.labels(final="true").inc()
-        log.warning(
-            "delivery refused by destination: dead-lettered",
-            destination=destination.key,
-            reason=reason,
-        )
+        log.warning("delivery impossible: dead-lettered", destination=delivery.destination, reason=reason)
 
     def _failed(self, delivery: DueDelivery, reason: str, status: int | None) -> None:
         dead = self.outbox.mark_failed(

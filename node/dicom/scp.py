@@ -241,7 +241,6 @@ class _Connections:
         self._lock = threading.Lock()
         self._open: dict[tuple[str, int], _Connection] = {}
         self._stopping = threading.Event()
-        self.refused = 0
 
     def admit(self, sock: socket.socket, address: tuple[str, int]) -> bool:
         """Whether a just-accepted connection may stay (it is then tracked until it closes)."""
@@ -251,7 +250,6 @@ class _Connections:
             if len(pending) >= self.max_pending or (
                 sum(c.address == address[0] for c in pending) >= self.max_pending_per_address
             ):
-                self.refused += 1
                 return False
             self._open[address] = _Connection(address=address[0], opened=monotonic(), socket=sock)
             return True
@@ -281,12 +279,6 @@ class _Connections:
             for connection in self._open.values():
                 if connection.association is association:
                     connection.requested = True
-
-    def pending(self) -> int:
-        """Connections that have not yet delivered their A-ASSOCIATE-RQ."""
-        with self._lock:
-            self._prune()
-            return sum(not c.requested for c in self._open.values())
 
     def _prune(self) -> None:
         """Forget connections that are over: their association ended, or they were closed before
@@ -423,7 +415,6 @@ class StorageSCP:
         self._ae = ae
         self._server: ThreadedAssociationServer | None = None
         self._connections: _Connections | None = None
-        self.budget: _MemoryBudget | None = None
         # Built now so that an unusable certificate, key or CA stops the node at startup.
         self._ssl_context = server_context(settings) if settings.tls else None
 
@@ -457,7 +448,7 @@ class StorageSCP:
             ),
         )
         server.meters = weakref.WeakKeyDictionary()
-        server.budget = self.budget = _MemoryBudget(
+        server.budget = _MemoryBudget(
             self._settings.max_inflight_mb * 1024 * 1024, wait_s=self._settings.network_timeout_s / 2
         )
         self._connections = server.connections = _Connections(

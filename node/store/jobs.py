@@ -20,7 +20,7 @@ from node.domain import JobState, Outcome, StackGrid, StackResult
 from node.failpoints import failpoint
 from node.store import claims
 from node.store.index import Index
-from node.store.results import ResultColumns, ResultRecord, result_columns
+from node.store.results import ResultRecord, result_columns, unmeasured_columns
 from node.store.schema import jobs, results, studies
 
 QUEUED = JobState.QUEUED
@@ -223,19 +223,7 @@ class JobQueue:
                 values = (
                     result_columns(row.result)
                     if row.result is not None
-                    else ResultColumns(
-                        series_instance_uids=list(row.series_instance_uids),
-                        edv_ml=None,
-                        esv_ml=None,
-                        ef_pct=None,
-                        sv_ml=None,
-                        lv_mass_g=None,
-                        qc_flags=[],
-                        confidence=None,
-                        model_name=None,
-                        model_version=None,
-                        record=row.details,
-                    )
+                    else unmeasured_columns(row.series_instance_uids, row.details)
                 )
                 connection.execute(
                     insert(results).values(

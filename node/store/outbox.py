@@ -21,13 +21,14 @@ from sqlalchemy.exc import IntegrityError
 from node.config import Destination
 from node.domain import DeliveryState, OutboxKind
 from node.store import claims
-from node.store.audit import AuditEntry, audit_insert
+from node.store.audit import AuditAction, AuditEntry, audit_insert
 from node.store.index import Index
 from node.store.schema import deliveries, outbox
 from node.store.spool import Spool, safe_component
 
 #: A dead pair that an outage killed: not refused, and no DIMSE status was ever answered for it.
 _OUTAGE = and_(deliveries.c.refused.is_(False), deliveries.c.last_status.is_(None))
+
 
 def _claimed(delivery: DueDelivery) -> Any:
     """The pair is still sending under ``delivery``'s claim (its lease did not run out and pass to
@@ -41,6 +42,23 @@ def _claimed(delivery: DueDelivery) -> Any:
 
 #: Makes the audit line of a retry from the ids of the pairs put back.
 Audit = Callable[[list[int]], AuditEntry]
+
+
+def retry_audit(at: datetime, actor: str, address: str, target: str | None, why: str) -> Audit:
+    """The audit line of dead letters sent again: who, from where, which destination, and why."""
+
+    def entry(ids: list[int]) -> AuditEntry:
+        return AuditEntry(
+            at=at,
+            actor=actor,
+            address=address,
+            action=AuditAction.DELIVERY_RETRY,
+            target=target,
+            details={"deliveries": ids, "why": why},
+        )
+
+    return entry
+
 
 PENDING = DeliveryState.PENDING
 SENDING = DeliveryState.SENDING

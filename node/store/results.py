@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypedDict
 
-from node.domain import ModelIdentity, Outcome, StackGrid, StackResult
+from node.domain import Outcome, StackGrid, StackResult
 
 #: StackResult fields stored in columns of their own (never again in ``record``).
 _COLUMN_FIELDS = frozenset(
@@ -62,6 +62,23 @@ def result_columns(result: StackResult) -> ResultColumns:
         model_name=result.model.name,
         model_version=result.model.version,
         record=record,
+    )
+
+
+def unmeasured_columns(series_instance_uids: tuple[str, ...], details: dict[str, Any]) -> ResultColumns:
+    """The ``results`` column values of a stack or study with nothing measured, and why."""
+    return ResultColumns(
+        series_instance_uids=list(series_instance_uids),
+        edv_ml=None,
+        esv_ml=None,
+        ef_pct=None,
+        sv_ml=None,
+        lv_mass_g=None,
+        qc_flags=[],
+        confidence=None,
+        model_name=None,
+        model_version=None,
+        record=details,
     )
 
 
@@ -147,13 +164,6 @@ class ResultRecord:
             model={"name": self.model_name, "version": self.model_version},
         )
         return StackResult.from_record(values)
-
-    @property
-    def model(self) -> ModelIdentity | None:
-        """The model that measured the stack, if one did."""
-        if self.model_name is None or self.model_version is None:
-            return None
-        return ModelIdentity(self.model_name, self.model_version)
 
 
 @dataclass(frozen=True)
