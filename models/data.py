@@ -1,13 +1,14 @@
 """Datasets over ``../shared/data``: ACDC for training, Sunnybrook expert contours for validation only.
 
-ACDC (Bernard et al., IEEE TMI 37(11), 2018; research use, non-commercial share-alike terms) carries
-no voxel spacing; its in-plane spacing is typically 1.37-1.68 mm, so frames are treated as
-``ACDC_NOMINAL_SPACING_MM`` and scale augmentation covers the spread. Sunnybrook (Radau et al., MIDAS
-Journal 2009; CC0) is never used for training.
+ACDC (Bernard et al., IEEE TMI 37(11), 2018; research use, non-commercial share-alike terms): the 100
+patients of ``acdc/`` and the 50 of ``acdc-test/`` (as many as are present), each at its real voxel
+spacing from ``acdc-info.csv``. Sunnybrook (Radau et al., MIDAS Journal 2009; CC0) is never used for
+training.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,10 @@ from PIL import Image, ImageDraw
 from node.inference.card import Normalisation
 from node.inference.preprocess import normalise
 
-ACDC_NOMINAL_SPACING_MM = 1.5
 SPLIT_SEED = 20261122
-VALIDATION_PATIENTS = 16
+#: Validation patients held out per ACDC pathology group (NOR, MINF, DCM, HCM, RV): 20 of 130.
+VALIDATION_PER_GROUP = 4
+ACDC_FOLDERS = {"training": "acdc", "testing": "acdc-test"}
 SUNNYBROOK_PHASES = 20
 SUNNYBROOK_IDS = {"SCD0000101": "SC-HF-I-1", "SCD0000201": "SC-HF-I-2", "SCD0000301": "SC-HF-I-4"}
 BLOOD_POOL = 3
@@ -37,41 +39,89 @@ def data_root() -> Path:
 
 
 @dataclass(frozen=True)
+class AcdcInfo:
+    """One row of ``acdc-info.csv``: where the patient lies, its voxel spacing and pathology group."""
+
+    patient: str
+    folder: str
+    row_mm: float
+    col_mm: float
+    slice_mm: float
+    group: str
+
+
+@dataclass(frozen=True)
 class AcdcCase:
-    """One ACDC patient: normalised ED and ES volumes ``(slices, rows, cols)`` and labels."""
+    """One ACDC patient: normalised ED and ES volumes ``(slices, rows, cols)``, labels and spacing."""
 
     patient: str
     ed_image: npt.NDArray[np.float32]
     ed_label: npt.NDArray[np.uint8]
     es_image: npt.NDArray[np.float32]
     es_label: npt.NDArray[np.uint8]
+    pixel_spacing: tuple[float, float]
+    slice_mm: float
+    group: str
+
+    @property
+    def voxel_ml(self) -> float:
+        """Volume of one voxel in mL."""
+        return self.pixel_spacing[0] * self.pixel_spacing[1] * self.slice_mm / 1000.0
+
+
+def acdc_info(root: Path) -> dict[str, AcdcInfo]:
+    """Every ACDC patient whose ``.npz`` is present, with its row of ``acdc-info.csv``."""
+    found: dict[str, AcdcInfo] = {}
+    with (root / "acdc-info.csv").open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            folder = ACDC_FOLDERS[row["source"]]
+            if (root / folder / f"{row['patient']}.npz").is_file():
+                found[row["patient"]] = AcdcInfo(
+                    patient=row["patient"],
+                    folder=folder,
+                    row_mm=float(row["row_mm"]),
+                    col_mm=float(row["col_mm"]),
+                    slice_mm=float(row["slice_mm"]),
+                    group=row["group"],
+                )
+    return found
 
 
 def acdc_patients(root: Path) -> list[str]:
-    """Sorted ACDC patient ids present under ``root/acdc``."""
-    return sorted(path.stem for path in (root / "acdc").glob("patient*.npz"))
+    """Sorted ids of the ACDC patients present under ``root`` (both folders)."""
+    return sorted(acdc_info(root))
 
 
-def split_patients(patients: list[str]) -> tuple[list[str], list[str]]:
-    """Split by patient with a fixed seed: (train, validation)."""
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(patients))
-    validation = sorted(patients[i] for i in order[:VALIDATION_PATIENTS])
-    train = sorted(patients[i] for i in order[VALIDATION_PATIENTS:])
-    return train, validation
+def split_patients(root: Path) -> tuple[list[str], list[str]]:
+    """Split by patient with a fixed seed, stratified by pathology group: (train, validation)."""
+    info = acdc_info(root)
+    rng = np.random.default_rng(SPLIT_SEED)
+    validation: list[str] = []
+    for group in sorted({row.group for row in info.values()}):
+        members = sorted(p for p, row in info.items() if row.group == group)
+        picks = rng.permutation(len(members))[:VALIDATION_PER_GROUP]
+        validation.extend(members[i] for i in picks)
+    train = sorted(set(info) - set(validation))
+    return train, sorted(validation)
 
 
-def load_acdc(root: Path, patient: str, spec: Normalisation) -> AcdcCase:
-    """Load one patient, normalising ED and ES together as one stack (as the node does per stack)."""
-    with np.load(root / "acdc" / f"{patient}.npz") as data:
+def load_acdc(root: Path, patient: str, spec: Normalisation | None) -> AcdcCase:
+    """Load one patient, normalising ED and ES together as one stack (as the node does per stack);
+    ``spec`` None keeps the stored intensities (scaled to [0, 1])."""
+    info = acdc_info(root)[patient]
+    with np.load(root / info.folder / f"{patient}.npz") as data:
         ed = data["ed_image"].astype(np.float32) / 65535.0
         es = data["es_image"].astype(np.float32) / 65535.0
-        both = normalise(np.concatenate([ed, es]), spec)
+        both = np.concatenate([ed, es]) if spec is None else normalise(np.concatenate([ed, es]), spec)
         return AcdcCase(
             patient=patient,
             ed_image=both[: ed.shape[0]],
             ed_label=data["ed_label"].astype(np.uint8),
             es_image=both[ed.shape[0] :],
             es_label=data["es_label"].astype(np.uint8),
+            pixel_spacing=(info.row_mm, info.col_mm),
+            slice_mm=info.slice_mm,
+            group=info.group,
         )
 
 
@@ -89,6 +139,8 @@ class SunnybrookCase:
     slice_spacing_mm: float
     spacing_between_slices_mm: float
     contours: dict[tuple[int, int], npt.NDArray[np.float64]]
+    #: Unit vector along which the slice index grows (the stack's normal, as the node orders it).
+    normal: tuple[float, float, float]
 
     def contour_mask(self, slice_index: int, phase: int) -> npt.NDArray[np.bool_]:
         """Rasterise the expert contour of one frame."""
@@ -127,6 +179,7 @@ def load_sunnybrook(root: Path, patient: str) -> SunnybrookCase:
         image_number = int(path.name.split("-")[2])
         contours[divmod(image_number - 1, SUNNYBROOK_PHASES)] = np.loadtxt(path, dtype=np.float64)
     spacing = tuple(float(v) for v in first.PixelSpacing)
+    along = normal if positions[-1] >= positions[0] else -normal  # the direction slice indices grow
     return SunnybrookCase(
         patient=patient,
         frames=frames,
@@ -134,4 +187,5 @@ def load_sunnybrook(root: Path, patient: str) -> SunnybrookCase:
         slice_spacing_mm=float(np.median(np.abs(np.diff(positions)))),
         spacing_between_slices_mm=float(first.SpacingBetweenSlices),
         contours=contours,
+        normal=(float(along[0]), float(along[1]), float(along[2])),
     )

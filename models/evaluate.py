@@ -1,212 +1,577 @@
-"""Evaluate a released model: ``python -m models.evaluate [--model models/<name>-<version>.onnx]``.
+"""Evaluate a released model and the node's QC: ``python -m models.evaluate [--version V] [--fit]``.
 
-Prints Dice per class on the ACDC validation patients at ED and ES, and on the three Sunnybrook
-series (Radau et al. 2009, CC0; validation only, never training) EDV / ESV / EF against the expert
-contours, both over the slices the expert contoured and over the whole stack.
+The model runs through the node's own measurement (:meth:`node.pipeline.measure.StackMeasurer.assess`:
+segmentation, detached-label removal, the per-phase basal rule, volumes, test-time augmentation, QC)
+on two datasets, each as stored and under four synthetic vendor shifts applied to the stored
+intensities before the node's normalisation:
+
+- ACDC validation patients (20, four per pathology group, never trained on; Bernard et al. 2018):
+  ED and ES frames as a two-phase stack at their real spacing (``acdc-info.csv``), against the
+  experts' labels;
+- Sunnybrook (3 whole cine series; Radau et al. 2009, CC0; never trained on), against the expert's
+  contours (sum over contoured slices).
+
+It prints, per dataset and shift: EDV / ESV / EF mean absolute error and bias, LV blood-pool Dice, and
+the QC figures the issue sets targets for (the share of results off by more than 15 % in EDV or ESV
+that are ``check``: target all; the share of the others that are ``check``: at most 25 %; the AUC of
+the confidence for "off by more than 15 %": at least 0.85); then the basal rule per phase against the
+earlier every-phase rule and none (EDV / ESV bias per dataset), a reliability table of the confidence,
+and the flags raised on good and on bad results. ``--fit`` fits the calibration on these cases and
+prints the ``qc_calibration`` section of the model card.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass
+import math
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
 
-from models.data import (
-    ACDC_NOMINAL_SPACING_MM,
-    SUNNYBROOK_IDS,
-    acdc_patients,
-    data_root,
-    load_acdc,
-    load_sunnybrook,
-    polygon_area,
-    split_patients,
-)
+from models.data import SUNNYBROOK_IDS, data_root, load_acdc, load_sunnybrook, polygon_area, split_patients
 from models.predict import dice
 from models.spec import MODEL_NAME
-from node.inference.measurements import LabelGeometry, LvClasses, measure_labels, remove_detached_lv
+from node.domain import QcStatus
+from node.inference.measurements import (
+    LabelGeometry,
+    basal_cells_to_exclude,
+    basal_order,
+    base_is_last,
+    remove_detached_lv,
+    ventricle_frames,
+)
+from node.inference.preprocess import normalise
+from node.inference.qc import VOLUME_TOLERANCE, Calibration, QcFeatures, QcFlag, qc_status
 from node.inference.registry import DEFAULT_MODEL_DIR, find_model
-from node.inference.runner import BACKGROUND, Segmenter
+from node.inference.runner import Segmenter
+from node.pipeline.measure import NoLeftVentricle, StackMeasurer
 
-BLOOD_POOL_CLASS = "lv_blood_pool"
-MYOCARDIUM_CLASS = "lv_myocardium"
+Frames = npt.NDArray[np.float32]
+
+
+def _seed(*parts: str) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32("/".join(parts).encode()))
+
+
+def _p99(frames: Frames) -> float:
+    return max(float(np.percentile(frames, 99.0)), 1e-6)
+
+
+def _contrast(frames: Frames, rng: np.random.Generator) -> Frames:
+    """Another sequence's contrast: gamma 0.5 on the intensities relative to their 99th percentile."""
+    top = _p99(frames)
+    return (top * np.power(np.clip(frames / top, 0.0, None), 0.5)).astype(np.float32)
+
+
+def _noise(frames: Frames, rng: np.random.Generator) -> Frames:
+    """A noisier coil or field strength: Rician noise, sigma 6 % of the 99th percentile."""
+    sigma = 0.06 * _p99(frames)
+    real = frames + rng.normal(0.0, sigma, frames.shape)
+    imaginary = rng.normal(0.0, sigma, frames.shape)
+    return np.sqrt(real**2 + imaginary**2).astype(np.float32)
+
+
+def _resolution(frames: Frames, rng: np.random.Generator) -> Frames:
+    """A coarser acquisition: pixels twice as large in plane (block mean), interpolated back."""
+    rows, cols = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
+    coarse = frames[:, :rows, :cols].reshape(frames.shape[0], rows // 2, 2, cols // 2, 2).mean(axis=(2, 4))
+    fine = ndimage.zoom(coarse, (1, 2, 2), order=1)
+    out = frames.copy()
+    out[:, :rows, :cols] = fine
+    return out
+
+
+def _bias(frames: Frames, rng: np.random.Generator) -> Frames:
+    """A coil's intensity bias: a smooth multiplicative ramp across the field, x0.64 to x1.57."""
+    rows, cols = frames.shape[1:]
+    angle = rng.uniform(0, 2 * math.pi)
+    ramp = np.cos(angle) * np.linspace(-1, 1, rows)[:, None] + np.sin(angle) * np.linspace(-1, 1, cols)[None]
+    return (frames * np.exp(0.45 * ramp / max(np.abs(ramp).max(), 1e-6))).astype(np.float32)
+
+
+SHIFTS: dict[str, Callable[[Frames, np.random.Generator], Frames] | None] = {
+    "none": None,
+    "contrast": _contrast,
+    "noise": _noise,
+    "resolution": _resolution,
+    "bias": _bias,
+}
 
 
 @dataclass(frozen=True)
-class SunnybrookResult:
-    """Model against expert for one series."""
+class Case:
+    """One result against its reference."""
 
-    patient: str
+    dataset: str
+    shift: str
+    case: str
     ref_edv_ml: float
     ref_esv_ml: float
-    ref_ef_pct: float
-    contoured_edv_ml: float
-    contoured_esv_ml: float
-    contoured_ef_pct: float
-    stack_edv_ml: float
-    stack_esv_ml: float
-    stack_ef_pct: float
-    expert_ed_phases: tuple[int, ...]
-    expert_es_phases: tuple[int, ...]
-    model_ed_phase: int
-    model_es_phase: int
+    edv_ml: float
+    esv_ml: float
     dice_ed: float
     dice_es: float
+    status: str
+    flags: tuple[str, ...]
+    confidence: float
+    features: QcFeatures
+
+    @property
+    def ref_ef_pct(self) -> float:
+        return 100.0 * (self.ref_edv_ml - self.ref_esv_ml) / self.ref_edv_ml
+
+    @property
+    def ef_pct(self) -> float:
+        return 100.0 * (self.edv_ml - self.esv_ml) / self.edv_ml if self.edv_ml > 0 else 0.0
+
+    @property
+    def off(self) -> bool:
+        """EDV or ESV off by more than the tolerance (15 %)."""
+        return (
+            abs(self.edv_ml - self.ref_edv_ml) > VOLUME_TOLERANCE * self.ref_edv_ml
+            or abs(self.esv_ml - self.ref_esv_ml) > VOLUME_TOLERANCE * self.ref_esv_ml
+        )
 
 
-def _ef(edv: float, esv: float) -> float:
-    return 100.0 * (edv - esv) / edv if edv > 0 else 0.0
+def _failed(dataset: str, shift: str, case: str, ref_edv: float, ref_esv: float) -> Case:
+    """No LV found: a result nobody may trust (counted as off and ``check``)."""
+    return Case(
+        dataset, shift, case, ref_edv, ref_esv, 0.0, 0.0, 0.0, 0.0, "check", ("no_lv",), 0.0, math.inf
+    )
 
 
-def evaluate_acdc(segmenter: Segmenter, root: Path) -> dict[str, float]:
-    """Mean per-volume Dice of each foreground class at ED and ES on the ACDC validation split."""
-    _, validation = split_patients(acdc_patients(root))
-    classes = segmenter.card.output.classes
-    scores: dict[str, list[float]] = {}
-    spacing = (ACDC_NOMINAL_SPACING_MM, ACDC_NOMINAL_SPACING_MM)
-    for patient in validation:
-        case = load_acdc(root, patient, segmenter.card.input.normalisation)
-        volumes = (("ED", case.ed_image, case.ed_label), ("ES", case.es_image, case.es_label))
-        for phase, image, label in volumes:
-            labels = segmenter.segment(image, spacing, normalised=True).labels
-            for index, name in enumerate(classes):
-                if index == 0:
-                    continue
-                scores.setdefault(f"{phase} {name}", []).append(dice(labels == index, label == index))
-    return {key: float(np.mean(values)) for key, values in scores.items()}
+def acdc_case(measurer: StackMeasurer, root: Path, patient: str, shift: str) -> tuple[Case, BasalVolumes]:
+    """One ACDC validation patient's ED and ES frames as a two-phase stack."""
+    case = load_acdc(root, patient, None)
+    slices, rows, cols = case.ed_image.shape
+    raw = np.stack([case.ed_image, case.es_image], axis=1).reshape(-1, rows, cols)
+    transform = SHIFTS[shift]
+    if transform is not None:
+        raw = transform(raw, _seed(patient, shift))
+    values = normalise(raw, measurer.segmenter.card.input.normalisation)
+    present = np.ones((slices, 2), dtype=bool)
+    geometry = LabelGeometry(case.pixel_spacing, case.slice_mm)
+    ref_edv = float((case.ed_label == 3).sum()) * case.voxel_ml
+    ref_esv = float((case.es_label == 3).sum()) * case.voxel_ml
+    basal = basal_volumes(measurer, values, present, geometry, case.slice_mm)
+    try:
+        assessed = measurer.assess(values, present, geometry)
+    except NoLeftVentricle:
+        return _failed("ACDC", shift, patient, ref_edv, ref_esv), basal
+    blood = measurer.segmenter.card.class_index("lv_blood_pool")
+    labels = assessed.labels
+    measured = assessed.measured.measurements
+    result = Case(
+        dataset="ACDC",
+        shift=shift,
+        case=patient,
+        ref_edv_ml=ref_edv,
+        ref_esv_ml=ref_esv,
+        edv_ml=measured.edv_ml,
+        esv_ml=measured.esv_ml,
+        dice_ed=dice(labels[:, 0] == blood, case.ed_label == 3),
+        dice_es=dice(labels[:, 1] == blood, case.es_label == 3),
+        status=str(assessed.quality.status),
+        flags=tuple(str(flag) for flag in assessed.quality.flags),
+        confidence=assessed.quality.confidence,
+        features=assessed.features,
+    )
+    return result, basal
 
 
-def evaluate_sunnybrook(segmenter: Segmenter, root: Path, patient: str) -> SunnybrookResult:
-    """Volumes over contoured slices and over the whole stack, against the expert's contours."""
+def sunnybrook_case(
+    measurer: StackMeasurer, root: Path, patient: str, shift: str
+) -> tuple[Case, BasalVolumes]:
+    """One Sunnybrook cine series, whole, as the node measures it, against the expert's contours."""
     case = load_sunnybrook(root, patient)
-    slices, phases, rows, columns = case.frames.shape
-    segmentation = segmenter.segment(case.frames.reshape(-1, rows, columns), case.pixel_spacing)
-    labels = segmentation.labels.reshape(slices, phases, rows, columns)
-    blood = segmenter.card.class_index(BLOOD_POOL_CLASS)
-    myo = segmenter.card.class_index(MYOCARDIUM_CLASS)
-    pixel_area = case.pixel_spacing[0] * case.pixel_spacing[1]
-    classes = LvClasses(blood, myo, segmenter.card.class_index(BACKGROUND))
-    # The whole stack as the node measures it (the same function, on a copy): detached LV labels and
-    # basal slices that are not ventricle throughout left out.
-    whole = measure_labels(
-        labels.copy(),
-        np.ones((slices, phases), bool),
-        LabelGeometry(case.pixel_spacing, case.slice_spacing_mm),
-        classes,
-    ).measurements
-    # The contoured slices compare every contoured slice, basal ones too, with detached labels removed.
-    remove_detached_lv(labels, blood, myo, classes.background, case.pixel_spacing)
+    slices, phases, rows, cols = case.frames.shape
+    raw = case.frames.reshape(-1, rows, cols)
+    transform = SHIFTS[shift]
+    if transform is not None:
+        raw = transform(raw, _seed(patient, shift))
+    values = normalise(raw, measurer.segmenter.card.input.normalisation)
+    present = np.ones((slices, phases), dtype=bool)
+    geometry = LabelGeometry(case.pixel_spacing, case.slice_spacing_mm, base_is_last(case.normal))
     by_slice: dict[int, list[int]] = {}
     for slice_index, phase in case.contours:
         by_slice.setdefault(slice_index, []).append(phase)
+    millilitres = case.pixel_spacing[0] * case.pixel_spacing[1] * case.spacing_between_slices_mm / 1000.0
     ref = {"ED": 0.0, "ES": 0.0}
-    model = {"ED": 0.0, "ES": 0.0}
-    dices: dict[str, list[float]] = {"ED": [], "ES": []}
-    expert_phases: dict[str, set[int]] = {"ED": set(), "ES": set()}
-    millilitres = pixel_area * case.spacing_between_slices_mm / 1000.0
+    chosen: dict[str, list[tuple[int, int]]] = {"ED": [], "ES": []}
     for slice_index, contoured in by_slice.items():
         ordered = sorted(contoured, key=lambda p: polygon_area(case.contours[(slice_index, p)]))
         for which, phase in (("ES", ordered[0]), ("ED", ordered[-1])):
-            expert_phases[which].add(phase)
             ref[which] += polygon_area(case.contours[(slice_index, phase)]) * millilitres
-            predicted = labels[slice_index, phase] == blood
-            model[which] += float(predicted.sum()) * millilitres
-            dices[which].append(dice(predicted, case.contour_mask(slice_index, phase)))
-    return SunnybrookResult(
-        patient=patient,
+            chosen[which].append((slice_index, phase))
+    basal = basal_volumes(measurer, values, present, geometry, case.slice_spacing_mm)
+    try:
+        assessed = measurer.assess(values, present, geometry)
+    except NoLeftVentricle:
+        return _failed("Sunnybrook", shift, patient, ref["ED"], ref["ES"]), basal
+    blood = measurer.segmenter.card.class_index("lv_blood_pool")
+
+    def mean_dice(which: str) -> float:
+        return float(
+            np.mean([dice(assessed.labels[s, p] == blood, case.contour_mask(s, p)) for s, p in chosen[which]])
+        )
+
+    measured = assessed.measured.measurements
+    result = Case(
+        dataset="Sunnybrook",
+        shift=shift,
+        case=patient,
         ref_edv_ml=ref["ED"],
         ref_esv_ml=ref["ES"],
-        ref_ef_pct=_ef(ref["ED"], ref["ES"]),
-        contoured_edv_ml=model["ED"],
-        contoured_esv_ml=model["ES"],
-        contoured_ef_pct=_ef(model["ED"], model["ES"]),
-        stack_edv_ml=whole.edv_ml,
-        stack_esv_ml=whole.esv_ml,
-        stack_ef_pct=whole.ef_pct,
-        expert_ed_phases=tuple(sorted(expert_phases["ED"])),
-        expert_es_phases=tuple(sorted(expert_phases["ES"])),
-        model_ed_phase=whole.ed_phase,
-        model_es_phase=whole.es_phase,
-        dice_ed=float(np.mean(dices["ED"])),
-        dice_es=float(np.mean(dices["ES"])),
+        edv_ml=measured.edv_ml,
+        esv_ml=measured.esv_ml,
+        dice_ed=mean_dice("ED"),
+        dice_es=mean_dice("ES"),
+        status=str(assessed.quality.status),
+        flags=tuple(str(flag) for flag in assessed.quality.flags),
+        confidence=assessed.quality.confidence,
+        features=assessed.features,
     )
+    return result, basal
 
 
-def summarise(results: list[SunnybrookResult]) -> dict[str, float]:
-    """Mean absolute errors against the expert, over contoured slices and over the whole stack."""
+@dataclass(frozen=True)
+class BasalVolumes:
+    """EDV and ESV (mL) of one stack under three basal rules: per phase (the node's), every phase
+    (the rule before 2.0: a basal slice counts only when ventricle throughout), and none."""
 
-    def mae(model: str, ref: str) -> float:
-        return float(np.mean([abs(getattr(r, model) - getattr(r, ref)) for r in results]))
+    per_phase: tuple[float, float]
+    every_phase: tuple[float, float]
+    none: tuple[float, float]
 
+
+def basal_volumes(
+    measurer: StackMeasurer,
+    values: Frames,
+    present: npt.NDArray[np.bool_],
+    geometry: LabelGeometry,
+    extent_mm: float,
+) -> BasalVolumes:
+    """Segment once and measure the blood pool under each basal rule (detached labels removed)."""
+    card = measurer.segmenter.card
+    blood, myo = card.class_index("lv_blood_pool"), card.class_index("lv_myocardium")
+    labels = np.zeros((*present.shape, *values.shape[1:]), dtype=np.uint8)
+    labels[present] = measurer.segmenter.segment(values, geometry.pixel_spacing, normalised=True).labels
+    remove_detached_lv(labels, blood, myo, card.class_index("background"), geometry.pixel_spacing)
+    areas = (labels == blood).sum(axis=(2, 3)).astype(np.float64)
+    per_phase = basal_cells_to_exclude(labels, blood, myo, present, geometry.base_last)
+    ventricle = ventricle_frames(labels, blood, myo) & (areas > 0)
+    every_phase = np.zeros_like(per_phase)
+    for slice_index in basal_order(areas, geometry.base_last):
+        if ventricle[slice_index].all():
+            break
+        every_phase[slice_index] = True
+    else:
+        every_phase[:] = False
+    millilitres = geometry.pixel_spacing[0] * geometry.pixel_spacing[1] * extent_mm / 1000.0
+
+    def ed_es(excluded: npt.NDArray[np.bool_]) -> tuple[float, float]:
+        curve = np.where(excluded, 0.0, areas).sum(axis=0) * millilitres
+        return float(curve.max()), float(curve.min())
+
+    return BasalVolumes(ed_es(per_phase), ed_es(every_phase), ed_es(np.zeros_like(per_phase)))
+
+
+def auc(scores: list[float], positives: list[bool]) -> float:
+    """Area under the ROC curve of ``scores`` for ``positives`` (ties count half); NaN without both."""
+    pos = [s for s, p in zip(scores, positives, strict=True) if p]
+    neg = [s for s, p in zip(scores, positives, strict=True) if not p]
+    if not pos or not neg:
+        return math.nan
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return float(wins / (len(pos) * len(neg)))
+
+
+def _design(cases: list[Case], names: list[str]) -> npt.NDArray[np.float64]:
+    rows = [[1.0, *(case.features.terms()[name] for name in names)] for case in cases]
+    return np.array(rows, dtype=np.float64)
+
+
+def _logistic(
+    design: npt.NDArray[np.float64], y: npt.NDArray[np.float64], ridge: float
+) -> npt.NDArray[np.float64]:
+    """Logistic regression by Newton's method with a ridge on the coefficients (not the intercept)."""
+    beta = np.zeros(design.shape[1])
+    penalty = ridge * np.eye(design.shape[1])
+    penalty[0, 0] = 0.0
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-np.clip(design @ beta, -60, 60)))
+        gradient = design.T @ (y - p) - penalty @ beta
+        hessian = (design * (p * (1 - p))[:, None]).T @ design + penalty + 1e-9 * np.eye(design.shape[1])
+        step = np.linalg.solve(hessian, gradient)
+        beta += step
+        if np.abs(step).max() < 1e-9:
+            break
+    return beta
+
+
+#: The terms the calibration is fitted on (:meth:`node.inference.qc.QcFeatures.terms`).
+FIT_TERMS = ["log_disagreement", "log_uncertain", "basal_share", "log_esv"]
+FIT_RIDGE = 1.0
+
+
+def fit_calibration(cases: list[Case]) -> tuple[Calibration, float]:
+    """Logistic regression of "within 15 %" on :data:`FIT_TERMS`, and ``check_below`` the lowest
+    level that marks every off result the other flags leave ``ok``; with the leave-one-out AUC of
+    the fitted confidence (each case scored by a fit without it: the honest figure)."""
+    usable = [c for c in cases if all(math.isfinite(v) for v in c.features.terms().values())]
+    design = _design(usable, FIT_TERMS)
+    y = np.array([0.0 if c.off else 1.0 for c in usable])
+    beta = _logistic(design, y, FIT_RIDGE)
+    held_out = []
+    for index in range(len(usable)):
+        keep = np.arange(len(usable)) != index
+        other = _logistic(design[keep], y[keep], FIT_RIDGE)
+        held_out.append(float(design[index] @ other))
+    loo_auc = auc([-v for v in held_out], [c.off for c in usable])
+    coefficients = {name: round(float(b), 4) for name, b in zip(FIT_TERMS, beta[1:], strict=True)}
+    calibration = Calibration(round(float(beta[0]), 4), coefficients, check_below=0.0)
+    missed = [
+        calibration.confidence(c.features)
+        for c in usable
+        if c.off and qc_status(_other_flags(c)) == QcStatus.OK
+    ]
+    level = min(1.0, max(missed) + 1e-3) if missed else 0.0
+    return Calibration(calibration.intercept, coefficients, round(level, 3)), loo_auc
+
+
+def _other_flags(case: Case) -> tuple[str, ...]:
+    return tuple(flag for flag in case.flags if flag != QcFlag.UNSTABLE_SEGMENTATION)
+
+
+def recalibrated(cases: list[Case], calibration: Calibration) -> list[Case]:
+    """The cases as the node would report them with ``calibration``: confidence, flags and status."""
+    out = []
+    for case in cases:
+        if not all(math.isfinite(v) for v in case.features.terms().values()):
+            out.append(case)
+            continue
+        confidence = calibration.confidence(case.features)
+        unstable = (QcFlag.UNSTABLE_SEGMENTATION,) if confidence < calibration.check_below else ()
+        flags = tuple(sorted(_other_flags(case) + unstable))
+        out.append(replace(case, confidence=confidence, flags=flags, status=str(qc_status(flags))))
+    return out
+
+
+def _summary(cases: list[Case]) -> dict[str, float]:
+    def errors(model: str, ref: str) -> npt.NDArray[np.float64]:
+        return np.array([getattr(c, model) - getattr(c, ref) for c in cases])
+
+    edv, esv, ef = (
+        errors("edv_ml", "ref_edv_ml"),
+        errors("esv_ml", "ref_esv_ml"),
+        errors("ef_pct", "ref_ef_pct"),
+    )
+    off = [c for c in cases if c.off]
+    good = [c for c in cases if not c.off]
     return {
-        "contoured_edv_mae_ml": mae("contoured_edv_ml", "ref_edv_ml"),
-        "contoured_esv_mae_ml": mae("contoured_esv_ml", "ref_esv_ml"),
-        "contoured_ef_mae_pct": mae("contoured_ef_pct", "ref_ef_pct"),
-        "stack_edv_mae_ml": mae("stack_edv_ml", "ref_edv_ml"),
-        "stack_esv_mae_ml": mae("stack_esv_ml", "ref_esv_ml"),
-        "stack_ef_mae_pct": mae("stack_ef_pct", "ref_ef_pct"),
-        "dice_ed_mean": float(np.mean([r.dice_ed for r in results])),
-        "dice_es_mean": float(np.mean([r.dice_es for r in results])),
+        "n": len(cases),
+        "edv_mae_ml": float(np.abs(edv).mean()),
+        "edv_bias_ml": float(edv.mean()),
+        "esv_mae_ml": float(np.abs(esv).mean()),
+        "esv_bias_ml": float(esv.mean()),
+        "ef_mae_pct": float(np.abs(ef).mean()),
+        "ef_bias_pct": float(ef.mean()),
+        "dice_ed": float(np.mean([c.dice_ed for c in cases])),
+        "dice_es": float(np.mean([c.dice_es for c in cases])),
+        "off": len(off),
+        "off_checked": float(np.mean([c.status == "check" for c in off])) if off else math.nan,
+        "good_checked": float(np.mean([c.status == "check" for c in good])) if good else math.nan,
+        "auc": auc([-c.confidence for c in cases], [c.off for c in cases]),
     }
 
 
-def evaluate(segmenter: Segmenter, root: Path) -> dict[str, object]:
-    """Every metric, as the model card records them."""
-    acdc = evaluate_acdc(segmenter, root)
-    sunnybrook = [evaluate_sunnybrook(segmenter, root, patient) for patient in sorted(SUNNYBROOK_IDS)]
-    return {
-        "acdc_validation_dice": acdc,
-        "sunnybrook_summary": summarise(sunnybrook),
-        "sunnybrook_per_patient": [asdict(result) for result in sunnybrook],
-    }
-
-
-def print_report(metrics: dict[str, object]) -> None:
-    """Human-readable tables of :func:`evaluate`'s output."""
-    acdc = metrics["acdc_validation_dice"]
-    assert isinstance(acdc, dict)
-    print("ACDC validation Dice (mean over patients)")
-    for key, value in acdc.items():
-        print(f"  {key:28s} {value:.3f}")
-    print("\nSunnybrook (expert contours; mL, %)")
-    header = (
-        f"{'patient':12s} {'ref EDV':>8s} {'ref ESV':>8s} {'ref EF':>7s} | {'cont EDV':>8s} "
-        f"{'cont ESV':>8s} {'cont EF':>7s} | {'stack EDV':>9s} {'stack ESV':>9s} {'stack EF':>8s} "
-        f"| {'ED ph exp/mod':>13s} {'ES ph exp/mod':>13s} | {'Dice ED':>7s} {'Dice ES':>7s}"
+def _print_summaries(rows: dict[str, dict[str, float]]) -> None:
+    print(
+        f"{'dataset / shift':26s} {'n':>3s} {'EDV MAE':>7s} {'bias':>6s} {'ESV MAE':>7s} {'bias':>6s} "
+        f"{'EF MAE':>6s} {'bias':>5s} {'Dice ED':>7s} {'ES':>5s} | {'off':>3s} {'off chk':>7s} "
+        f"{'ok chk':>6s} {'AUC':>5s}"
     )
-    print(header)
-    per_patient = metrics["sunnybrook_per_patient"]
-    assert isinstance(per_patient, list)
-    for r in per_patient:
+    for name, r in rows.items():
         print(
-            f"{r['patient']:12s} {r['ref_edv_ml']:8.1f} {r['ref_esv_ml']:8.1f} {r['ref_ef_pct']:7.1f} | "
-            f"{r['contoured_edv_ml']:8.1f} {r['contoured_esv_ml']:8.1f} {r['contoured_ef_pct']:7.1f} | "
-            f"{r['stack_edv_ml']:9.1f} {r['stack_esv_ml']:9.1f} {r['stack_ef_pct']:8.1f} | "
-            f"{'/'.join(map(str, r['expert_ed_phases'])) + ' / ' + str(r['model_ed_phase']):>13s} "
-            f"{'/'.join(map(str, r['expert_es_phases'])) + ' / ' + str(r['model_es_phase']):>13s} | "
-            f"{r['dice_ed']:7.3f} {r['dice_es']:7.3f}"
+            f"{name:26s} {r['n']:3.0f} {r['edv_mae_ml']:7.1f} {r['edv_bias_ml']:6.1f} {r['esv_mae_ml']:7.1f} "
+            f"{r['esv_bias_ml']:6.1f} {r['ef_mae_pct']:6.1f} {r['ef_bias_pct']:5.1f} {r['dice_ed']:7.3f} "
+            f"{r['dice_es']:5.3f} | {r['off']:3.0f} {r['off_checked']:7.0%} {r['good_checked']:6.0%} "
+            f"{r['auc']:5.2f}"
         )
-    summary = metrics["sunnybrook_summary"]
-    assert isinstance(summary, dict)
-    print("\nSunnybrook mean absolute error")
-    for key, value in summary.items():
-        print(f"  {key:24s} {value:.2f}")
+
+
+def reliability(cases: list[Case], bins: int = 5) -> list[dict[str, float]]:
+    """Per confidence bin: results, mean confidence, and the share actually within 15 %."""
+    table = []
+    for index in range(bins):
+        low, high = index / bins, (index + 1) / bins
+        inside = [
+            c for c in cases if low <= c.confidence < high or (index == bins - 1 and c.confidence == 1.0)
+        ]
+        table.append(
+            {
+                "low": low,
+                "high": high,
+                "n": len(inside),
+                "mean_confidence": float(np.mean([c.confidence for c in inside])) if inside else math.nan,
+                "within_15pct": float(np.mean([not c.off for c in inside])) if inside else math.nan,
+            }
+        )
+    return table
+
+
+def evaluate(
+    measurer: StackMeasurer, root: Path
+) -> tuple[list[Case], dict[str, list[BasalVolumes]], list[Case]]:
+    """Every case under every shift, and the basal-rule volumes of the unshifted ones (with their cases)."""
+    _, validation = split_patients(root)
+    cases: list[Case] = []
+    basal: dict[str, list[BasalVolumes]] = {"ACDC": [], "Sunnybrook": []}
+    clean: list[Case] = []
+    for shift in SHIFTS:
+        for patient in validation:
+            case, volumes = acdc_case(measurer, root, patient, shift)
+            cases.append(case)
+            if shift == "none":
+                basal["ACDC"].append(volumes)
+                clean.append(case)
+        for patient in sorted(SUNNYBROOK_IDS):
+            case, volumes = sunnybrook_case(measurer, root, patient, shift)
+            cases.append(case)
+            if shift == "none":
+                basal["Sunnybrook"].append(volumes)
+                clean.append(case)
+        print(f"  {shift}: done", flush=True)
+    return cases, basal, clean
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything one evaluation run found, as the model card records it."""
+
+    calibration: Calibration
+    #: Leave-one-out AUC of a fitted calibration; None when the card's own was used.
+    loo_auc: float | None
+    summaries: dict[str, dict[str, float]]
+    basal_rules: dict[str, dict[str, dict[str, float]]]
+    reliability: list[dict[str, float]]
+    cases: list[Case]
+
+    def card_metrics(self) -> dict[str, object]:
+        """The ``metrics`` section of the model card."""
+        return {
+            "command": "python -m models.evaluate",
+            "off_means": f"EDV or ESV off by more than {VOLUME_TOLERANCE:.0%} of the expert's",
+            "summaries": self.summaries,
+            "basal_rules": self.basal_rules,
+            "reliability": self.reliability,
+            "qc_leave_one_out_auc": self.loo_auc,
+        }
+
+
+def run(measurer: StackMeasurer, root: Path, fit: bool) -> Evaluation:
+    """Evaluate; with ``fit``, fit the calibration on the cases and report them with it."""
+    cases, basal, clean = evaluate(measurer, root)
+    loo_auc = None
+    if fit:
+        measurer.calibration, loo_auc = fit_calibration(cases)
+        cases = recalibrated(cases, measurer.calibration)
+        clean = recalibrated(clean, measurer.calibration)
+    rows: dict[str, dict[str, float]] = {}
+    for dataset in ("ACDC", "Sunnybrook"):
+        for shift in SHIFTS:
+            rows[f"{dataset} / {shift}"] = _summary(
+                [c for c in cases if c.dataset == dataset and c.shift == shift]
+            )
+        rows[f"{dataset} / all shifts"] = _summary(
+            [c for c in cases if c.dataset == dataset and c.shift != "none"]
+        )
+    rows["all / none"] = _summary([c for c in cases if c.shift == "none"])
+    rows["all / everything"] = _summary(cases)
+    rules: dict[str, dict[str, dict[str, float]]] = {}
+    for dataset, volumes in basal.items():
+        refs = [(c.ref_edv_ml, c.ref_esv_ml) for c in clean if c.dataset == dataset]
+        rules[dataset] = {}
+        for rule in ("per_phase", "every_phase", "none"):
+            error = np.array([np.subtract(getattr(v, rule), r) for v, r in zip(volumes, refs, strict=True)])
+            bias, mae = error.mean(axis=0), np.abs(error).mean(axis=0)
+            rules[dataset][rule] = {
+                "edv_bias_ml": float(bias[0]),
+                "edv_mae_ml": float(mae[0]),
+                "esv_bias_ml": float(bias[1]),
+                "esv_mae_ml": float(mae[1]),
+            }
+    return Evaluation(measurer.calibration, loo_auc, rows, rules, reliability(cases), cases)
+
+
+def print_report(found: Evaluation) -> None:
+    """The evaluation's tables."""
+    if found.loo_auc is not None:
+        section = {"qc_calibration": asdict(found.calibration)}
+        print(f"calibration fitted on these cases; the card's section:\n{json.dumps(section, indent=1)}")
+        print(f"leave-one-out AUC of the fitted confidence for off by more than 15 %: {found.loo_auc:.2f}")
+    print()
+    _print_summaries(found.summaries)
+    print("\nBasal rule (unshifted; EDV / ESV against the experts, mL)")
+    for dataset, rules in found.basal_rules.items():
+        for rule, r in rules.items():
+            print(
+                f"  {dataset:11s} {rule:12s} EDV bias {r['edv_bias_ml']:6.1f} MAE {r['edv_mae_ml']:5.1f}   "
+                f"ESV bias {r['esv_bias_ml']:6.1f} MAE {r['esv_mae_ml']:5.1f}"
+            )
+    print("\nReliability of the confidence (all cases): bin, results, mean confidence, share within 15 %")
+    for row in found.reliability:
+        print(
+            f"  {row['low']:.1f}-{row['high']:.1f} {row['n']:4.0f} "
+            f"{row['mean_confidence']:6.2f} {row['within_15pct']:6.2f}"
+        )
+    good_flags = Counter(flag for c in found.cases if not c.off for flag in c.flags)
+    bad_flags = Counter(flag for c in found.cases if c.off for flag in c.flags)
+    print("\nFlags on results within 15 % / off by more:")
+    for flag in sorted(set(good_flags) | set(bad_flags)):
+        print(f"  {flag:36s} {good_flags[flag]:4d} {bad_flags[flag]:4d}")
+    print("\nOff by more than 15 %: dataset, shift, case, EDV ref/model, ESV ref/model, status, confidence")
+    for c in found.cases:
+        if c.off:
+            print(
+                f"  {c.dataset:10s} {c.shift:10s} {c.case:11s} {c.ref_edv_ml:6.1f}/{c.edv_ml:6.1f} "
+                f"{c.ref_esv_ml:6.1f}/{c.esv_ml:6.1f} {c.status:5s} {c.confidence:.2f}"
+            )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--name", default=MODEL_NAME)
-    parser.add_argument("--json", type=Path, help="also write the metrics to this file")
+    parser.add_argument("--version", help="a released version (default: the newest)")
+    parser.add_argument("--fit", action="store_true", help="fit the QC calibration on these cases")
+    parser.add_argument("--json", type=Path, help="also write every case and summary to this file")
     args = parser.parse_args()
-    segmenter = Segmenter(find_model(args.model_dir, args.name))
-    metrics = evaluate(segmenter, data_root())
-    print(f"model {segmenter.card.name} {segmenter.card.version}")
-    print_report(metrics)
+    segmenter = Segmenter(find_model(args.model_dir, args.name, args.version))
+    measurer = StackMeasurer(segmenter)
+    print(
+        f"model {segmenter.card.name} {segmenter.card.version}; calibration {measurer.calibration}",
+        flush=True,
+    )
+    found = run(measurer, data_root(), args.fit)
+    print_report(found)
     if args.json:
-        args.json.write_text(json.dumps(metrics, indent=1))
+        payload = {
+            "model": {"name": segmenter.card.name, "version": segmenter.card.version},
+            "calibration": asdict(found.calibration),
+            **found.card_metrics(),
+            "cases": [{**asdict(c), "off": c.off, "terms": c.features.terms()} for c in found.cases],
+        }
+        args.json.write_text(json.dumps(payload, indent=1, default=float))
 
 
 if __name__ == "__main__":

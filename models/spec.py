@@ -5,11 +5,12 @@ from __future__ import annotations
 from node.inference.card import InputSpec, Normalisation, OutputSpec
 
 MODEL_NAME = "lvseg-unet"
-MODEL_VERSION = "1.0.0"
+MODEL_VERSION = "2.0.0"
 
-#: Channel widths per U-Net level (stride 2**(levels-1)); chosen so a 240-frame study runs in
-#: about 1.5 s on 2 CPU cores at 2 mm/pixel (see the model card's architecture note).
-CHANNELS = (8, 16, 32, 64, 128)
+#: Channel widths per U-Net level (stride 2**(levels-1)). 2.0.0 keeps 1.0.0's full-resolution width
+#: (which sets most of the CPU cost) and widens the deeper levels, where the context that tells a
+#: ventricle from its surroundings on an unfamiliar scanner is learned: 1.8 M parameters (1.0.0: 0.49 M).
+CHANNELS = (8, 24, 48, 128, 256)
 
 INPUT = InputSpec(
     name="image",

@@ -1,7 +1,8 @@
 """Train the LV segmenter on ACDC: ``python -m models.train``.
 
-The best checkpoint (by mean validation Dice of LV blood pool and myocardium) and the per-epoch
-history are written under ``models/runs/`` (ignored by git); ``python -m export`` releases it.
+The best checkpoint (by mean validation Dice of LV blood pool and myocardium), the last one (every
+epoch, so a stopped run loses at most one epoch: ``--resume``) and the per-epoch history are written
+under ``models/runs/`` (ignored by git); ``python -m export`` releases the best.
 """
 
 from __future__ import annotations
@@ -18,14 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.augment import sample
-from models.data import (
-    ACDC_NOMINAL_SPACING_MM,
-    AcdcCase,
-    acdc_patients,
-    data_root,
-    load_acdc,
-    split_patients,
-)
+from models.data import AcdcCase, data_root, load_acdc, split_patients
 from models.network import UNet
 from models.predict import dice, predict_labels
 from models.spec import CHANNELS, INPUT, OUTPUT, artifact_stem
@@ -58,11 +52,10 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def validate(model: torch.nn.Module, cases: list[AcdcCase]) -> dict[str, float]:
     """Mean per-volume Dice for each foreground class at ED and ES."""
     scores: dict[str, list[float]] = {}
-    spacing = (ACDC_NOMINAL_SPACING_MM, ACDC_NOMINAL_SPACING_MM)
     for case in cases:
         volumes = (("ed", case.ed_image, case.ed_label), ("es", case.es_image, case.es_label))
         for phase, image, label in volumes:
-            predicted = predict_labels(model, image, spacing, INPUT)
+            predicted = predict_labels(model, image, case.pixel_spacing, INPUT)
             for index, name in enumerate(OUTPUT.classes[1:], start=1):
                 scores.setdefault(f"{phase}_{name}", []).append(dice(predicted == index, label == index))
     return {key: float(np.mean(values)) for key, values in scores.items()}
@@ -70,24 +63,26 @@ def validate(model: torch.nn.Module, cases: list[AcdcCase]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--steps", type=int, default=100, help="optimiser steps per epoch")
+    parser.add_argument("--epochs", type=int, default=56)
+    parser.add_argument("--steps", type=int, default=120, help="optimiser steps per epoch")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RUNS / artifact_stem())
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     root = data_root()
-    train_ids, val_ids = split_patients(acdc_patients(root))
+    train_ids, val_ids = split_patients(root)
     train_cases = [load_acdc(root, p, INPUT.normalisation) for p in train_ids]
     val_cases = [load_acdc(root, p, INPUT.normalisation) for p in val_ids]
+    # (frame, label, an adjacent slice for the thick-slice transform, the frame's pixel spacing)
     frames = [
-        (image[i], label[i])
+        (image[i], label[i], image[i + 1 if i + 1 < image.shape[0] else i - 1], case.pixel_spacing)
         for case in train_cases
         for image, label in ((case.ed_image, case.ed_label), (case.es_image, case.es_label))
         for i in range(image.shape[0])
@@ -103,15 +98,24 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, float]] = []
     best = -math.inf
+    first = 0
+    if args.resume:
+        state = torch.load(args.out / "last.pt", weights_only=False)
+        model.load_state_dict(state["state_dict"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        history, best, first = state["history"], state["best"], state["epoch"]
     started = time.monotonic()
-    for epoch in range(args.epochs):
+    for epoch in range(first, args.epochs):
         model.train()
         size = CROP_SIZES[epoch % len(CROP_SIZES)]
         bar = tqdm(range(args.steps), desc=f"epoch {epoch + 1}/{args.epochs} crop {size}", leave=False)
         running = 0.0
         for step in bar:
             picks = rng.integers(0, len(frames), args.batch)
-            drawn = [sample(frames[i][0], frames[i][1], size, INPUT.spacing_mm, rng) for i in picks]
+            drawn = [sample(*frames[i], size, INPUT.spacing_mm, rng) for i in picks]
             images = torch.stack([d[0] for d in drawn])
             targets = torch.stack([d[1] for d in drawn])
             loss = loss_fn(model(images), targets)
@@ -144,6 +148,18 @@ def main() -> None:
             flush=True,
         )
         (args.out / "history.json").write_text(json.dumps(history, indent=1))
+        last = {
+            "state_dict": model.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "schedule": schedule.state_dict(),
+            "rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "history": history,
+            "best": best,
+            "epoch": epoch + 1,
+        }
+        torch.save(last, args.out / "last.pt.tmp")
+        (args.out / "last.pt.tmp").replace(args.out / "last.pt")
     print(f"best score {best:.4f}; checkpoint {args.out / 'best.pt'}")
 
 

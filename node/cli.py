@@ -156,7 +156,7 @@ def _series_text(series: Sequence[str]) -> str:
 def _print_table(rows: list[dict[str, object]]) -> None:
     header = (
         f"{'stack':>5} {'slices x phases':>15} {'EDV mL':>7} {'ESV mL':>7} {'EF %':>5} {'SV mL':>6} "
-        f"{'mass g':>6} {'ED':>3} {'ES':>3} {'conf':>5}  QC flags"
+        f"{'mass g':>6} {'ED':>3} {'ES':>3} {'conf':>5} {'QC':<5}  QC flags"
     )
     typer.echo(header)
     for number, row in enumerate(rows, start=1):
@@ -164,7 +164,7 @@ def _print_table(rows: list[dict[str, object]]) -> None:
         typer.echo(
             f"{number:>5} {str(row['slices']) + ' x ' + str(row['phases']):>15} {row['edv_ml']:>7} "
             f"{row['esv_ml']:>7} {row['ef_pct']:>5} {row['sv_ml']:>6} {row['lv_mass_g']:>6} "
-            f"{row['ed_phase']:>3} {row['es_phase']:>3} {row['confidence']:>5}  "
+            f"{row['ed_phase']:>3} {row['es_phase']:>3} {row['confidence']:>5} {row['qc_status']!s:<5}  "
             f"{', '.join(flags) if isinstance(flags, list) and flags else '-'}"
         )
     for number, row in enumerate(rows, start=1):  # which study and series each row measured
@@ -360,13 +360,14 @@ def worklist_list(
             typer.echo(json.dumps([row.to_json() for row in rows], indent=2))
             return
         typer.echo(
-            f"{'result id':<36} {'study date':<10} {'EDV':>6} {'ESV':>6} {'EF':>5} {'conf':>5}  status"
+            f"{'result id':<36} {'study date':<10} {'EDV':>6} {'ESV':>6} {'EF':>5} {'conf':>5} "
+            f"{'QC':<5}  status"
         )
         for row in rows:
             cells = {key: "-" if value is None else value for key, value in row.to_json().items()}
             typer.echo(
                 f"{row.result_id:<36} {row.study_date or '-':<10} {cells['edv_ml']:>6} {cells['esv_ml']:>6} "
-                f"{cells['ef_pct']:>5} {cells['confidence']:>5}  {row.status}"
+                f"{cells['ef_pct']:>5} {cells['confidence']:>5} {cells['qc_status']:<5}  {row.status}"
             )
 
 
@@ -377,7 +378,7 @@ def worklist_show(
     config: ConfigOption = None,
 ) -> None:
     """Show one result: values, QC flags in plain words, review and deliveries (audited as a view)."""
-    from node.inference.qc import flag_text
+    from node.inference.qc import flag_text, qc_statement
     from node.review.errors import ResultNotFound
     from node.store.audit import AuditAction, AuditEntry
     from node.store.reviews import status_of
@@ -412,6 +413,7 @@ def worklist_show(
             "ef_pct": result.ef_pct,
             "sv_ml": result.sv_ml,
             "confidence": result.confidence,
+            "qc_status": None if result.qc_status is None else str(result.qc_status),
             "qc_flags": list(result.qc_flags),
             "model": {"name": result.model_name, "version": result.model_version},
             "review": None
@@ -446,6 +448,8 @@ def worklist_show(
             value = shown[key]
             typer.echo(f"{key:<14} {'-' if value is None else f'{value:.1f} {unit}'}")
         typer.echo(f"{'confidence':<14} {shown['confidence'] if shown['confidence'] is not None else '-'}")
+        if result.qc_status is not None:
+            typer.echo(f"{'qc status':<14} {result.qc_status}: {qc_statement(result.qc_status)}")
         for flag in shown["qc_flags"]:
             typer.echo(f"{'qc':<14} {flag_text(flag)}")
         if review is not None:

@@ -33,6 +33,13 @@ class ModelIdentity:
     version: str
 
 
+class QcStatus(StrEnum):
+    """What QC asks of the reader: ``check`` this result first, or it looks ``ok`` (still unverified)."""
+
+    OK = "ok"
+    CHECK = "check"
+
+
 @dataclass(frozen=True)
 class StackResult:
     """Measurements, QC and provenance for one short-axis cine stack."""
@@ -52,9 +59,14 @@ class StackResult:
     volume_curve_ml: tuple[float, ...]
     slice_spacing_mm: float
     pixel_spacing_mm: tuple[float, float]
+    #: ``check`` when a flag says the volumes may be wrong (:func:`node.inference.qc.qc_status`).
+    qc_status: QcStatus
     qc_flags: tuple[str, ...]
+    #: Calibrated chance that EDV and ESV are both within 15 % (:mod:`node.inference.qc`).
     confidence: float
-    flip_disagreement_ml: float
+    #: What the confidence was estimated from (:class:`node.inference.qc.QcFeatures`); None on
+    #: results measured before QC 2.
+    qc_features: dict[str, float] | None
     model: ModelIdentity
     #: SOP Instance UID per slice at the ED and ES phases (None where the cell is missing).
     ed_sop_instance_uids: tuple[str | None, ...]
@@ -77,6 +89,7 @@ class StackResult:
             "es_phase": self.es_phase,
             "slices": self.slices,
             "phases": self.phases,
+            "qc_status": str(self.qc_status),
             "qc_flags": list(self.qc_flags),
             "confidence": round(self.confidence, 3),
             "model": {"name": self.model.name, "version": self.model.version},
@@ -91,6 +104,9 @@ class StackResult:
         """Rebuild a result from :meth:`as_record`'s output (as read back from the index)."""
         values = dict(record)
         values["model"] = ModelIdentity(**values["model"])
+        values["qc_status"] = QcStatus(values["qc_status"])
+        values.pop("flip_disagreement_ml", None)  # recorded before QC 2, in mL: not the same measure
+        values.setdefault("qc_features", None)
         for name in ("series_instance_uids", "volume_curve_ml", "qc_flags", "ed_sop_instance_uids",
                      "es_sop_instance_uids", "pixel_spacing_mm"):  # fmt: skip
             values[name] = tuple(values[name])

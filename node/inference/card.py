@@ -51,6 +51,18 @@ class OutputSpec(BaseModel):
     classes: tuple[str, ...]
 
 
+class QcCalibrationSpec(BaseModel):
+    """How this model's test-time-augmentation disagreement maps to a confidence
+    (:class:`node.inference.qc.Calibration`), fitted on validation data by ``python -m models.evaluate``."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    intercept: float
+    #: Weight of each named term of :meth:`node.inference.qc.QcFeatures.terms`.
+    coefficients: dict[str, float]
+    check_below: float = Field(ge=0.0, le=1.0)
+
+
 class ModelCard(BaseModel):
     """The released model card (``models/<name>-<version>.json``)."""
 
@@ -62,6 +74,8 @@ class ModelCard(BaseModel):
     sha256: str
     input: InputSpec
     output: OutputSpec
+    #: Absent on cards released before QC 2 (1.0.0): the node then uses its default calibration.
+    qc_calibration: QcCalibrationSpec | None = None
 
     def class_index(self, label: str) -> int:
         """Index of an output class by its name, e.g. ``lv_blood_pool``."""

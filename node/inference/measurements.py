@@ -5,13 +5,13 @@ along the slice normal (where slices are missing, their neighbours stand for the
 :attr:`node.pipeline.stacks.StackPlan.slice_extents_mm`). ED and ES are the maximum and minimum of
 the blood-pool volume curve over the cardiac cycle, never frame order.
 
-Which basal slices count is decided first (:func:`basal_slices_to_exclude`): the base of the heart
+Which basal frames count is decided first (:func:`basal_cells_to_exclude`): the base of the heart
 moves towards the apex in systole by about a slice spacing, so the most basal slice is ventricle in
 diastole and atrium or outflow tract in systole. Following the SCMR post-processing guideline
 (Schulz-Menger J. et al., "Standardized image interpretation and post-processing in cardiovascular
-magnetic resonance - 2020 update", JCMR 22:19, 2020), a blood pool counts as ventricle when at
-least half of it is surrounded by myocardium; a basal slice counts only when it is ventricle in every
-phase, so the same slices make EDV and ESV (as the Sunnybrook experts contoured them).
+magnetic resonance - 2020 update", JCMR 22:19, 2020), in each phase a basal blood pool counts as
+ventricle when at least half of it is surrounded by myocardium, so a slice can count at ED and not at
+ES, as experts contour phase by phase.
 
 Before that, LV labels detached from the ventricle are left out (:func:`remove_detached_lv`): a
 network labelling frame by frame now and then calls a bright structure far from the heart (stomach,
@@ -152,20 +152,46 @@ def base_is_last(normal: Sequence[float]) -> bool | None:
     return cosine < 0  # slices further along the normal lie towards the base
 
 
-def basal_slices_to_exclude(
+def ventricle_frames(
+    labels: npt.NDArray[np.integer], blood_pool: int, myocardium: int
+) -> npt.NDArray[np.bool_]:
+    """``(slices, phases)``: True where the frame's blood pool is ventricle, that is at least
+    :data:`VENTRICLE_SURROUND_FRACTION` surrounded by myocardium (:func:`myocardial_surround`)."""
+    surround = myocardial_surround(labels, blood_pool, myocardium)
+    ventricle: npt.NDArray[np.bool_] = np.nan_to_num(surround, nan=0.0) >= VENTRICLE_SURROUND_FRACTION
+    return ventricle
+
+
+def basal_order(blood_pool_px: npt.NDArray[np.floating], base_last: bool | None) -> list[int]:
+    """The basal half of a stack's slices, from the base inwards.
+
+    ``blood_pool_px`` is ``(slices, phases)``; ``base_last`` says which end is the base where the
+    orientation tells (:func:`base_is_last`). None: the end with the larger blood pool (the LV narrows
+    to the apex), which is wrong for a stack that stops short of the apex.
+    """
+    slices = blood_pool_px.shape[0]
+    half = slices // 2
+    if base_last is None:
+        per_slice = np.asarray(blood_pool_px, dtype=np.float64).max(axis=1)
+        base_last = bool(per_slice[:half].sum() < per_slice[slices - half :].sum())
+    return list(range(slices - 1, slices - 1 - half, -1) if base_last else range(half))
+
+
+def basal_cells_to_exclude(
     labels: npt.NDArray[np.integer],
     blood_pool: int,
     myocardium: int,
     present: npt.NDArray[np.bool_],
     base_last: bool | None = None,
-) -> tuple[int, ...]:
-    """Basal slices that are not ventricle in every phase, counted from the base inwards.
+) -> npt.NDArray[np.bool_]:
+    """Per phase, the basal frames whose blood pool is not ventricle, counted from the base inwards.
 
-    A frame is ventricle when it has a blood pool at least :data:`VENTRICLE_SURROUND_FRACTION`
-    surrounded by myocardium (:func:`myocardial_surround`); missing frames (``present`` False) do
-    not count against a slice. Walking from the base, slices are left out until the first slice that
-    is ventricle throughout; at most half the stack is examined, and nothing is left out when no
-    slice there qualifies (the rule cannot tell where the ventricle starts, and QC reports the rest).
+    The SCMR rule applied phase by phase, as experts contour: in each phase, walking from the base,
+    frames are left out until the first frame that is ventricle (:func:`ventricle_frames`); at most
+    half the stack is examined, a missing frame (``present`` False) is passed over, and nothing is
+    left out in a phase where no frame there qualifies (the rule cannot tell where the ventricle
+    starts, and QC reports the rest). Frames without blood pool are never marked (nothing to leave
+    out).
 
     Parameters
     ----------
@@ -176,29 +202,27 @@ def basal_slices_to_exclude(
     present
         ``(slices, phases)`` True where the frame was acquired.
     base_last
-        Which end is the base, where the stack's orientation tells (:func:`base_is_last`). None: the
-        end with the larger blood pool (the LV narrows to the apex), which is wrong for a stack that
-        stops short of the apex, where the mid-ventricle outweighs the base.
+        Which end is the base (:func:`basal_order`).
+
+    Returns
+    -------
+    ``(slices, phases)``: True where the frame's LV labels are left out.
     """
-    areas = (labels == blood_pool).sum(axis=(2, 3)).astype(np.float64)
-    surround = myocardial_surround(labels, blood_pool, myocardium)
-    slices = areas.shape[0]
-    half = slices // 2
-    if half == 0:
-        return ()
-    if base_last is None:
-        per_slice = areas.max(axis=1)
-        base_last = bool(per_slice[:half].sum() < per_slice[slices - half :].sum())
-    order = range(slices - 1, slices - 1 - half, -1) if base_last else range(half)
-    ventricle = (np.nan_to_num(surround, nan=0.0) >= VENTRICLE_SURROUND_FRACTION) & (areas > 0)
-    excluded: list[int] = []
-    for slice_index in order:
-        if not present[slice_index].any():
-            continue  # a missing slice says nothing about where the ventricle starts
-        if bool(np.all(ventricle[slice_index] | ~present[slice_index])):
-            return tuple(sorted(excluded))
-        excluded.append(slice_index)
-    return ()
+    areas = (labels == blood_pool).sum(axis=(2, 3))
+    ventricle = ventricle_frames(labels, blood_pool, myocardium) & (areas > 0)
+    excluded = np.zeros(areas.shape, dtype=bool)
+    order = basal_order(areas, base_last)
+    for phase in range(areas.shape[1]):
+        passed: list[int] = []
+        for slice_index in order:
+            if not present[slice_index, phase]:
+                continue  # a missing frame says nothing about where the ventricle starts
+            if ventricle[slice_index, phase]:
+                excluded[passed, phase] = True
+                break
+            passed.append(slice_index)
+    excluded &= areas > 0
+    return excluded
 
 
 def remove_detached_lv(
@@ -299,9 +323,11 @@ class LabelMeasurement:
         Volumes, EF, SV, mass and ED/ES.
     blood_pool_px, myocardium_px
         ``(slices, phases)`` areas in pixels as measured: missing cells interpolated over the cycle,
-        left-out basal slices 0.
-    basal_slices
-        Slices left out as not ventricle throughout the cycle (:func:`basal_slices_to_exclude`).
+        left-out basal frames 0.
+    basal_cells
+        ``(slices, phases)``: the basal frames left out as not ventricle (:func:`basal_cells_to_exclude`).
+    base_slice
+        The slice at the base end of the stack (:func:`basal_order`); None for a single slice.
     detached_ml
         The largest volume, in one phase, of LV labels far from the ventricle that were removed.
     """
@@ -309,8 +335,20 @@ class LabelMeasurement:
     measurements: Measurements
     blood_pool_px: npt.NDArray[np.float64]
     myocardium_px: npt.NDArray[np.float64]
-    basal_slices: tuple[int, ...]
+    basal_cells: npt.NDArray[np.bool_]
+    base_slice: int | None
     detached_ml: float
+
+    @property
+    def basal_slices(self) -> tuple[int, ...]:
+        """Slices left out in at least one phase."""
+        return tuple(int(s) for s in np.flatnonzero(self.basal_cells.any(axis=1)))
+
+    @property
+    def base_closed(self) -> bool:
+        """Whether the base end slice's blood pool is left out or absent in some phase (the stack
+        reaches past the ventricle's base at least then)."""
+        return self.base_slice is not None and bool((self.blood_pool_px[self.base_slice] <= 0).any())
 
 
 def fill_missing(areas: npt.NDArray[np.float64], present: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
@@ -335,8 +373,8 @@ def measure_labels(
     """The measurement of a ``(slices, phases, rows, columns)`` label stack: the one sequence the node,
     the model evaluation and the QC audit all run.
 
-    LV labels far from the ventricle are removed, missing cells interpolated, basal slices that are not
-    ventricle throughout the cycle left out, then volumes, EF, SV and mass measured. ``labels`` is
+    LV labels far from the ventricle are removed, missing cells interpolated, basal frames that are not
+    ventricle left out phase by phase, then volumes, EF, SV and mass measured. ``labels`` is
     changed in place (removed and left-out LV labels become background), so every later output (the
     contours, the SEG, the worklist) shows what was measured. Pure otherwise: no model, no files.
     """
@@ -347,20 +385,19 @@ def measure_labels(
     detached_ml = float(
         volume_curve_ml(detached.astype(np.float64), pixel_area, geometry.slice_extents_mm).max()
     )
-    blood_px = fill_missing((labels == classes.blood_pool).sum(axis=(2, 3)).astype(np.float64), present)
-    basal = basal_slices_to_exclude(
+    basal = basal_cells_to_exclude(
         labels, classes.blood_pool, classes.myocardium, present, geometry.base_last
     )
-    if basal:
-        lv = labels[list(basal)]
-        lv[(lv == classes.blood_pool) | (lv == classes.myocardium)] = classes.background
-        labels[list(basal)] = lv
-        blood_px[list(basal)] = 0.0
+    for slice_index, phase in np.argwhere(basal):
+        frame = labels[slice_index, phase]
+        frame[(frame == classes.blood_pool) | (frame == classes.myocardium)] = classes.background
+    blood_px = fill_missing((labels == classes.blood_pool).sum(axis=(2, 3)).astype(np.float64), present)
     myo_px = fill_missing((labels == classes.myocardium).sum(axis=(2, 3)).astype(np.float64), present)
     return LabelMeasurement(
         measurements=measure(blood_px, myo_px, pixel_area, geometry.slice_extents_mm),
         blood_pool_px=blood_px,
         myocardium_px=myo_px,
-        basal_slices=basal,
+        basal_cells=basal,
+        base_slice=next(iter(basal_order(blood_px, geometry.base_last)), None),
         detached_ml=detached_ml,
     )

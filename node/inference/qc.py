@@ -1,12 +1,20 @@
-"""Quality control that travels with every result: flags a radiologist can read, and a confidence.
+"""Quality control that travels with every result: a status, the flags that explain it, a confidence.
 
-Each check is a pure function over numbers the measurement already has. The flags are the
-explanation; the confidence (0-1) only orders the worklist.
+Each check is a pure function over numbers the measurement already has. A result is ``check`` when
+any of its flags says the volumes may be wrong, ``ok`` otherwise; notes (slices left out, a frame of
+reference regrouped) explain what was done and do not by themselves make a result ``check``.
+
+The confidence is a calibrated estimate of the chance that EDV and ESV are both within 15 % of an
+expert's: a logistic function of how much the ED and ES volumes change when the model sees the same
+frames mirrored and with their contrast changed (test-time augmentation, on the ED and ES frames
+only). Its two coefficients and the level below which a result is flagged are fitted for each model
+on validation data (``python -m models.evaluate``) and recorded in the model card.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -14,6 +22,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from node.domain import QcStatus
+from node.inference.card import ModelCard
 from node.inference.measurements import DETACHED_DISTANCE_MM, LabelMeasurement
 
 #: Population range of LV volumes in the Kaggle Second Annual Data Science Bowl training labels
@@ -22,21 +32,21 @@ ESV_RANGE_ML = (4.6, 488.6)
 EDV_RANGE_ML = (10.5, 568.6)
 #: Ejection fractions outside this range are physiologically implausible for a measured LV.
 EF_RANGE_PCT = (5.0, 85.0)
-#: A blood-pool area on an end slice above this fraction of the largest slice's means the LV
-#: continues beyond the stack.
-COVERAGE_AREA_FRACTION = 0.15
+#: The share of the EDV that may lie beyond an end slice before the stack counts as not covering the
+#: ventricle (a third of the 15 % tolerance).
+COVERAGE_MISSING_FRACTION = 0.05
 #: Roughness = mean absolute second difference of the (cyclic) volume curve / stroke volume.
 JAGGED_ROUGHNESS = 0.25
-#: Disagreement between the prediction and a flipped-input prediction, as a fraction of the volume,
-#: above which the segmentation is unstable.
-FLIP_DISAGREEMENT_FRACTION = 0.08
+#: The volume error a result may have and still be ``ok``: the confidence estimates the chance that
+#: EDV and ESV are both within this fraction of an expert's.
+VOLUME_TOLERANCE = 0.15
+#: The smallest disagreement the confidence tells apart (0.1 %: the network's own numerical noise).
+DISAGREEMENT_FLOOR = 0.001
 #: Fraction of an ED/ES blood-pool mask outside its largest connected component.
 FRAGMENT_FRACTION = 0.05
 #: Detached LV labels (:func:`~node.inference.measurements.remove_detached_lv`) flag the result from
 #: this volume in one phase; smaller specks are left out without a flag.
 DETACHED_FLAG_ML = 1.0
-#: Fraction of LV pixels whose most likely class is uncertain, above which confidence drops to 0.
-UNCERTAINTY_SCALE = 0.5
 
 
 class QcFlag(StrEnum):
@@ -45,6 +55,9 @@ class QcFlag(StrEnum):
     INCOMPLETE_COVERAGE_FIRST_SLICE = "incomplete_coverage_first_slice"
     INCOMPLETE_COVERAGE_LAST_SLICE = "incomplete_coverage_last_slice"
     JAGGED_VOLUME_CURVE = "jagged_volume_curve"
+    #: The calibrated confidence is under the model's ``check_below`` (test-time augmentation).
+    UNSTABLE_SEGMENTATION = "unstable_segmentation"
+    #: Raised by nodes before QC 2 (mirroring alone); still read from their stored results.
     FLIP_DISAGREEMENT = "flip_disagreement"
     IMPLAUSIBLE_VOLUME = "implausible_volume"
     IMPLAUSIBLE_EF = "implausible_ef"
@@ -65,7 +78,7 @@ class QcFlag(StrEnum):
 
     @property
     def info(self) -> FlagInfo:
-        """Weight, plain-language text and SR code of the flag."""
+        """Whether it asks for a check, plain-language text and SR code of the flag."""
         return _FLAGS[self]
 
 
@@ -75,8 +88,8 @@ class FlagInfo:
 
     Attributes
     ----------
-    weight
-        How much the flag lowers the confidence (``exp(-sum of weights)``).
+    check
+        True: the volumes may be wrong, the result is ``check``. False: a note on what was done.
     text
         The explanation a radiologist reads (worklist, SR, CLI).
     code, meaning
@@ -84,7 +97,7 @@ class FlagInfo:
         meaning doubles as the short text on the secondary capture.
     """
 
-    weight: float
+    check: bool
     text: str
     code: str
     meaning: str
@@ -92,89 +105,98 @@ class FlagInfo:
 
 _FLAGS: dict[QcFlag, FlagInfo] = {
     QcFlag.INCOMPLETE_COVERAGE_FIRST_SLICE: FlagInfo(
-        0.35,
-        "LV blood pool reaches the first slice: the stack may not cover the whole ventricle.",
+        True,
+        "A large LV blood pool on the first slice: the stack may stop short of the ventricle there,"
+        " and EDV may miss more than 5 %.",
         "QC-COV-FIRST",
         "LV reaches the first slice",
     ),
     QcFlag.INCOMPLETE_COVERAGE_LAST_SLICE: FlagInfo(
-        0.35,
-        "LV blood pool reaches the last slice: the stack may not cover the whole ventricle.",
+        True,
+        "A large LV blood pool on the last slice: the stack may stop short of the ventricle there,"
+        " and EDV may miss more than 5 %.",
         "QC-COV-LAST",
         "LV reaches the last slice",
     ),
     QcFlag.JAGGED_VOLUME_CURVE: FlagInfo(
-        0.5,
+        True,
         "The LV volume curve over the cardiac cycle is jagged: segmentation varies between phases.",
         "QC-JAGGED",
         "Jagged LV volume curve",
     ),
+    QcFlag.UNSTABLE_SEGMENTATION: FlagInfo(
+        True,
+        "The volumes change when the model sees the same images mirrored or with another contrast:"
+        " it is unsure of this study, and the volumes may be off by more than 15 %.",
+        "QC-UNSTABLE",
+        "Segmentation unstable under test-time augmentation",
+    ),
     QcFlag.FLIP_DISAGREEMENT: FlagInfo(
-        0.7,
+        True,
         "Segmentation changes when the image is mirrored: the model is unsure of this study.",
         "QC-FLIP",
         "Segmentation unstable under mirroring",
     ),
     QcFlag.IMPLAUSIBLE_VOLUME: FlagInfo(
-        1.0,
+        True,
         "EDV or ESV is outside the range seen in a general population.",
         "QC-VOLUME",
         "LV volume outside population range",
     ),
     QcFlag.IMPLAUSIBLE_EF: FlagInfo(
-        0.7,
+        True,
         "The ejection fraction is outside the physiological range.",
         "QC-EF",
         "EF outside physiological range",
     ),
     QcFlag.FRAGMENTED_MASK: FlagInfo(
-        0.4,
+        True,
         "The LV blood-pool mask is split into pieces on the ED or ES frames.",
         "QC-FRAGMENT",
         "Fragmented LV blood-pool mask",
     ),
     QcFlag.MISSING_SLICES: FlagInfo(
-        0.5,
+        True,
         "Slices are missing from the stack (a gap in slice positions).",
         "QC-MISS-SLICE",
         "Slices missing from the stack",
     ),
     QcFlag.MISSING_PHASES: FlagInfo(
-        0.4,
+        False,
         "Some slices lack some cardiac phases; their areas were interpolated.",
         "QC-MISS-PHASE",
         "Phases missing on some slices",
     ),
     QcFlag.IRREGULAR_SLICE_SPACING: FlagInfo(
-        0.3, "Slice spacing is irregular.", "QC-SPACING", "Irregular slice spacing"
+        False, "Slice spacing is irregular.", "QC-SPACING", "Irregular slice spacing"
     ),
     QcFlag.INCONSISTENT_GEOMETRY: FlagInfo(
-        0.3,
+        False,
         "Some images had a different matrix or pixel spacing and were left out.",
         "QC-GEOMETRY",
         "Images of other geometry left out",
     ),
     QcFlag.DUPLICATE_POSITIONS_REPLACED: FlagInfo(
-        0.1,
+        False,
         "Some slice positions were acquired twice; the later acquisition was used.",
         "QC-DUPLICATE",
         "Repeated slice positions replaced",
     ),
     QcFlag.INCONSISTENT_FRAME_OF_REFERENCE: FlagInfo(
-        0.0,
+        False,
         "Images of the stack carry different Frame of Reference UIDs; slices were grouped by geometry.",
         "QC-FOR",
         "Inconsistent Frame of Reference UIDs",
     ),
     QcFlag.BASAL_SLICES_EXCLUDED: FlagInfo(
-        0.2,
-        "Basal slices that are atrium or outflow tract in part of the cycle (blood pool less than half"
-        " surrounded by myocardium) are left out of the volumes and masses.",
+        False,
+        "In some phases, basal slices whose blood pool is less than half surrounded by myocardium"
+        " (atrium or outflow tract, SCMR 2020) are left out of those phases' volumes.",
         "QC-BASAL",
         "Basal slices left out of the volumes",
     ),
     QcFlag.DETACHED_LV_REMOVED: FlagInfo(
-        0.3,
+        False,
         f"The model labelled LV outside the heart (more than {DETACHED_DISTANCE_MM:.0f} mm from the"
         " ventricle, e.g. stomach or a vessel); those regions are left out, but the model may be"
         " unreliable on this study.",
@@ -198,24 +220,130 @@ def flag_text(flag: str) -> str:
 
 
 @dataclass(frozen=True)
-class QualityReport:
-    """Flags (sorted) and a confidence in [0, 1]."""
+class QcFeatures:
+    """What the confidence is estimated from, each measured on the ED and ES frames only.
 
+    Attributes
+    ----------
+    disagreement
+        The largest relative change of the ED or ES blood-pool volume under test-time augmentation
+        (the frames mirrored, and with their contrast changed).
+    uncertain
+        Pixels whose most likely class has under 0.6 probability, per blood-pool pixel.
+    basal_share
+        The largest share of the ED or ES volume that lies in the basal end slice, where the
+        ventricle's edge (valve plane, outflow tract) is hardest to place.
+    esv_ml
+        The end-systolic volume: the smaller the volume, the larger a given error relative to it.
+    """
+
+    disagreement: float
+    uncertain: float
+    basal_share: float
+    esv_ml: float
+
+    def terms(self) -> dict[str, float]:
+        """The named terms :class:`Calibration` weighs (logarithms where the effect is relative)."""
+        return {
+            "log_disagreement": math.log(max(self.disagreement, DISAGREEMENT_FLOOR)),
+            "log_uncertain": math.log(max(self.uncertain, DISAGREEMENT_FLOOR)),
+            "basal_share": self.basal_share,
+            "log_esv": math.log(max(self.esv_ml, 1.0)),
+        }
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How a model's :class:`QcFeatures` become a confidence (from its card).
+
+    ``confidence = 1 / (1 + exp(-(intercept + sum of coefficient x term))))`` over
+    :meth:`QcFeatures.terms` (a term without a coefficient weighs 0); a result whose confidence is
+    under ``check_below`` is flagged :attr:`QcFlag.UNSTABLE_SEGMENTATION`.
+    """
+
+    intercept: float
+    coefficients: Mapping[str, float]
+    check_below: float
+
+    def confidence(self, features: QcFeatures) -> float:
+        """The estimated chance that EDV and ESV are both within :data:`VOLUME_TOLERANCE`."""
+        terms = features.terms()
+        logit = self.intercept + sum(weight * terms[name] for name, weight in self.coefficients.items())
+        if not math.isfinite(logit):
+            return 0.0
+        return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, logit))))
+
+
+#: For a card without a calibration of its own (released before QC 2, as 1.0.0 was).
+DEFAULT_CALIBRATION = Calibration(intercept=-2.0, coefficients={"log_disagreement": -1.0}, check_below=0.5)
+
+
+def calibration_of(card: ModelCard) -> Calibration:
+    """The card's calibration, else :data:`DEFAULT_CALIBRATION`."""
+    spec = card.qc_calibration
+    if spec is None:
+        return DEFAULT_CALIBRATION
+    unknown = set(spec.coefficients) - set(QcFeatures(1.0, 1.0, 0.0, 1.0).terms())
+    if unknown:
+        raise ValueError(f"the card's QC calibration weighs terms this node does not know: {sorted(unknown)}")
+    return Calibration(spec.intercept, dict(spec.coefficients), spec.check_below)
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """Status, the flags (sorted) that explain it, and the calibrated confidence in [0, 1]."""
+
+    status: QcStatus
     flags: tuple[QcFlag, ...]
     confidence: float
 
 
-def coverage_flags(blood_pool_ed_mm2: npt.NDArray[np.floating]) -> list[QcFlag]:
-    """Flags when the ED blood pool reaches the first or last slice of the stack."""
-    areas = np.asarray(blood_pool_ed_mm2, dtype=np.float64)
-    largest = float(areas.max()) if areas.size else 0.0
-    if largest <= 0:
+#: What each status tells the reader, in the SR, the picture, the worklist and the command line.
+QC_STATEMENTS: dict[QcStatus, str] = {
+    QcStatus.CHECK: "Quality control: check this result; the flags below say why the volumes may be wrong.",
+    QcStatus.OK: "Quality control: ok; nothing found that makes the volumes doubtful (still to be verified).",
+}
+
+
+def qc_statement(status: QcStatus) -> str:
+    """The plain-language sentence for a QC status."""
+    return QC_STATEMENTS[status]
+
+
+def qc_status(flags: Iterable[str]) -> QcStatus:
+    """``check`` when any flag asks for a check (a name this node does not know does too)."""
+    for flag in flags:
+        known = QcFlag._value2member_map_.get(flag)
+        if not isinstance(known, QcFlag) or known.info.check:
+            return QcStatus.CHECK
+    return QcStatus.OK
+
+
+def coverage_flags(
+    blood_pool_ed_ml: npt.NDArray[np.floating], base_slice: int | None = None, base_closed: bool = False
+) -> list[QcFlag]:
+    """Flags when the ventricle may go on beyond an end slice of the stack by enough to matter.
+
+    What lies beyond an end slice is estimated as half that slice's ED blood-pool volume (the LV
+    tapers past it); the end is flagged when that is over :data:`COVERAGE_MISSING_FRACTION` of the
+    EDV. At the base a large basal slice is expected, so the base end (``base_slice``, where the
+    measurement found it) is not flagged when it is closed: its blood pool is left out as atrium, or
+    absent, in some phase (``base_closed``), so the stack reaches past the ventricle's base.
+    """
+    volumes = np.asarray(blood_pool_ed_ml, dtype=np.float64)
+    total = float(volumes.sum()) if volumes.size else 0.0
+    if total <= 0:
         return []
     flags = []
-    if areas[0] > COVERAGE_AREA_FRACTION * largest:
-        flags.append(QcFlag.INCOMPLETE_COVERAGE_FIRST_SLICE)
-    if areas[-1] > COVERAGE_AREA_FRACTION * largest:
-        flags.append(QcFlag.INCOMPLETE_COVERAGE_LAST_SLICE)
+    ends = (
+        (0, QcFlag.INCOMPLETE_COVERAGE_FIRST_SLICE),
+        (volumes.size - 1, QcFlag.INCOMPLETE_COVERAGE_LAST_SLICE),
+    )
+    for index, flag in ends:
+        if index == base_slice and base_closed:
+            continue
+        if 0.5 * volumes[index] > COVERAGE_MISSING_FRACTION * total:
+            flags.append(flag)
     return flags
 
 
@@ -247,30 +375,33 @@ def assess(
     esv_ml: float,
     ef_pct: float,
     curve_ml: npt.NDArray[np.floating],
-    blood_pool_ed_mm2: npt.NDArray[np.floating],
-    flip_disagreement_ml: float,
+    blood_pool_ed_ml: npt.NDArray[np.floating],
+    base_slice: int | None,
+    base_closed: bool,
+    features: QcFeatures,
     fragment_fraction: float,
-    uncertain_fraction: float,
     stack_flags: Iterable[str],
+    calibration: Calibration,
 ) -> QualityReport:
-    """Combine every check into flags and a confidence.
+    """Combine every check into a status, flags and a confidence.
 
-    Confidence = exp(-sum of the flags' weights) x (1 - uncertain_fraction / UNCERTAINTY_SCALE),
-    clipped to [0, 1]: a clean, certain segmentation is near 1; each flag pulls it down.
+    ``blood_pool_ed_ml`` is the ED blood-pool volume per slice; ``base_slice`` is the index of the
+    basal end slice (None: unknown) and ``base_closed`` whether its blood pool is left out or absent
+    in some phase (:func:`coverage_flags`). The confidence is the calibrated estimate from
+    ``features`` (:class:`Calibration`); under the model's ``check_below`` it is a flag of its own.
     """
     flags = {QcFlag(flag) for flag in stack_flags}  # a name no flag has is an error, not a default
-    flags.update(coverage_flags(blood_pool_ed_mm2))
+    flags.update(coverage_flags(blood_pool_ed_ml, base_slice, base_closed))
     if curve_roughness(curve_ml) > JAGGED_ROUGHNESS:
         flags.add(QcFlag.JAGGED_VOLUME_CURVE)
-    if flip_disagreement_ml > FLIP_DISAGREEMENT_FRACTION * max(edv_ml, 1.0):
-        flags.add(QcFlag.FLIP_DISAGREEMENT)
+    confidence = calibration.confidence(features)
+    if confidence < calibration.check_below:
+        flags.add(QcFlag.UNSTABLE_SEGMENTATION)
     if not (EDV_RANGE_ML[0] <= edv_ml <= EDV_RANGE_ML[1] and ESV_RANGE_ML[0] <= esv_ml <= ESV_RANGE_ML[1]):
         flags.add(QcFlag.IMPLAUSIBLE_VOLUME)
     if not EF_RANGE_PCT[0] <= ef_pct <= EF_RANGE_PCT[1]:
         flags.add(QcFlag.IMPLAUSIBLE_EF)
     if fragment_fraction > FRAGMENT_FRACTION:
         flags.add(QcFlag.FRAGMENTED_MASK)
-    penalty = sum(flag.info.weight for flag in flags)
-    certainty = max(0.0, 1.0 - uncertain_fraction / UNCERTAINTY_SCALE)
-    confidence = float(np.clip(np.exp(-penalty) * certainty, 0.0, 1.0))
-    return QualityReport(flags=tuple(sorted(flags)), confidence=confidence)
+    ordered = tuple(sorted(flags))
+    return QualityReport(status=qc_status(ordered), flags=ordered, confidence=confidence)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +12,22 @@ from node.domain import ModelIdentity, StackResult
 from node.errors import NodeError
 from node.inference.measurements import (
     LabelGeometry,
+    LabelMeasurement,
     LvClasses,
     base_is_last,
     measure_labels,
     remove_detached_lv,
-    volume_curve_ml,
 )
 from node.inference.preprocess import Box, normalise
-from node.inference.qc import assess, fragmented_fraction, measurement_flags
+from node.inference.qc import (
+    Calibration,
+    QcFeatures,
+    QualityReport,
+    assess,
+    calibration_of,
+    fragmented_fraction,
+    measurement_flags,
+)
 from node.inference.runner import BACKGROUND, Segmenter
 from node.pipeline.pixels import load_pixels
 from node.pipeline.stacks import StackPlan
@@ -29,6 +37,9 @@ MYOCARDIUM = "lv_myocardium"
 #: Widest field of view (mm, each axis) a stack may cover: beyond any MR scanner's bore. A header with
 #: absurd Pixel Spacing would otherwise size the model grid past any memory.
 MAX_FIELD_OF_VIEW_MM = 1000.0
+#: Contrast changes of the test-time augmentation: gamma on the normalised [0, 1] values, brighter and
+#: darker mid-tones, as another scanner's sequence or coil would show them.
+TTA_GAMMAS = (0.6, 1.6)
 
 
 class UnmeasurableStack(NodeError):
@@ -40,6 +51,28 @@ class NoLeftVentricle(NodeError):
 
     Reported as that stack's failure, never as a result with EDV 0 and EF 0.
     """
+
+
+@dataclass(frozen=True)
+class AssessedStack:
+    """What :meth:`StackMeasurer.assess` derives from a stack's frames.
+
+    Attributes
+    ----------
+    labels
+        ``(slices, phases, rows, cols)`` as measured (detached and left-out LV labels removed).
+    measured
+        Volumes, areas and what the measurement left out.
+    quality
+        Status, flags and calibrated confidence.
+    features
+        What the confidence was estimated from.
+    """
+
+    labels: npt.NDArray[np.uint8]
+    measured: LabelMeasurement
+    quality: QualityReport
+    features: QcFeatures
 
 
 @dataclass(frozen=True)
@@ -61,6 +94,7 @@ class StackMeasurer:
         self._background = card.class_index(BACKGROUND)
         self._classes = LvClasses(self._blood, self._myo, self._background)
         self.model = ModelIdentity(name=card.name, version=card.version)
+        self.calibration: Calibration = calibration_of(card)
 
     def measure(self, plan: StackPlan, root: Path) -> MeasuredStack:
         """Segment every frame of the stack and derive measurements and QC.
@@ -87,53 +121,14 @@ class StackMeasurer:
                 "(Image Position out of range)"
             )
         pixels = load_pixels(plan, root)
-        present = pixels.present
         # In place: a large stack (many phases, a 512 x 512 matrix) is held as one float32 copy.
         values = normalise(pixels.frames, self.segmenter.card.input.normalisation, out=pixels.frames)
-        segmentation = self.segmenter.segment(values, plan.pixel_spacing, normalised=True)
-        labels = np.zeros((plan.slices, plan.phases, plan.rows, plan.columns), dtype=np.uint8)
-        labels[present] = segmentation.labels
-        uncertain_px = segmentation.uncertain_px
-        heart = segmentation.heart
-        del segmentation  # its labels are copied into the grid
-
-        pixel_area = plan.pixel_spacing[0] * plan.pixel_spacing[1]
-        measured = measure_labels(
-            labels,
-            present,
-            LabelGeometry(plan.pixel_spacing, plan.slice_extents_mm, base_is_last(plan.normal)),
-            self._classes,
-        )
-        result, basal = measured.measurements, measured.basal_slices
-        blood_px, myo_px = measured.blood_pool_px, measured.myocardium_px
-        if result.edv_ml == 0.0:
-            raise NoLeftVentricle("no left ventricle found: the model labelled LV blood pool in no frame")
+        geometry = LabelGeometry(plan.pixel_spacing, plan.slice_extents_mm, base_is_last(plan.normal))
+        assessed = self.assess(values, pixels.present, geometry, plan.flags)
+        result, quality = assessed.measured.measurements, assessed.quality
         ed, es = result.ed_phase, result.es_phase
-
-        # cells[s, p]: the frame's index among the segmented (present) frames, -1 where missing.
-        cells = np.full(present.shape, -1, dtype=np.int64)
-        cells[present] = np.arange(int(present.sum()))
-        flip_ml = self._flip_disagreement(values, cells, labels, plan, (ed, es), heart, basal)
-        key = [(s, p) for p in (ed, es) for s in range(plan.slices) if present[s, p]]
-        blood_key = [labels[s, p] == self._blood for s, p in key]
-        total_blood = sum(int(mask.sum()) for mask in blood_key)
-        fragments = (
-            sum(fragmented_fraction(mask) * int(mask.sum()) for mask in blood_key) / total_blood
-            if total_blood
-            else 0.0
-        )
-        uncertain = sum(int(uncertain_px[cells[s, p]]) for s, p in key)
-        quality = assess(
-            edv_ml=result.edv_ml,
-            esv_ml=result.esv_ml,
-            ef_pct=result.ef_pct,
-            curve_ml=np.asarray(result.volume_curve_ml),
-            blood_pool_ed_mm2=blood_px[:, ed] * pixel_area,
-            flip_disagreement_ml=flip_ml,
-            fragment_fraction=fragments,
-            uncertain_fraction=uncertain / max(total_blood, 1),
-            stack_flags=plan.flags + measurement_flags(measured),
-        )
+        pixel_area = plan.pixel_spacing[0] * plan.pixel_spacing[1]
+        blood_px, myo_px = assessed.measured.blood_pool_px, assessed.measured.myocardium_px
 
         def uids(phase: int) -> tuple[str | None, ...]:
             return tuple(
@@ -157,49 +152,136 @@ class StackMeasurer:
             volume_curve_ml=result.volume_curve_ml,
             slice_spacing_mm=plan.slice_spacing_mm,
             pixel_spacing_mm=plan.pixel_spacing,
+            qc_status=quality.status,
             qc_flags=quality.flags,
             confidence=quality.confidence,
-            flip_disagreement_ml=flip_ml,
+            qc_features=asdict(assessed.features),
             model=self.model,
             ed_sop_instance_uids=uids(ed),
             es_sop_instance_uids=uids(es),
             blood_pool_mm2=tuple(tuple(float(v) for v in row * pixel_area) for row in blood_px),
             myocardium_mm2=tuple(tuple(float(v) for v in row * pixel_area) for row in myo_px),
         )
-        return MeasuredStack(result=stack_result, labels=labels)
+        return MeasuredStack(result=stack_result, labels=assessed.labels)
 
-    def _flip_disagreement(
+    def assess(
+        self,
+        values: npt.NDArray[np.float32],
+        present: npt.NDArray[np.bool_],
+        geometry: LabelGeometry,
+        stack_flags: tuple[str, ...] = (),
+    ) -> AssessedStack:
+        """Segment, measure and quality-check normalised frames: the one sequence behind every result,
+        also run by the model evaluation on arrays (``python -m models.evaluate``).
+
+        Parameters
+        ----------
+        values
+            ``(frames, rows, cols)`` normalised frames, the present cells in slice-major order.
+        present
+            ``(slices, phases)`` True where a frame was acquired.
+        geometry
+            Spacing, slice extents and which end is the base.
+        stack_flags
+            Flags the stack finder raised.
+
+        Raises
+        ------
+        NoLeftVentricle
+            No frame holds LV blood pool.
+        """
+        segmentation = self.segmenter.segment(values, geometry.pixel_spacing, normalised=True)
+        labels = np.zeros((*present.shape, *values.shape[1:]), dtype=np.uint8)
+        labels[present] = segmentation.labels
+        uncertain_px = segmentation.uncertain_px
+        heart = segmentation.heart
+        del segmentation  # its labels are copied into the grid
+        measured = measure_labels(labels, present, geometry, self._classes)
+        result = measured.measurements
+        if result.edv_ml == 0.0:
+            raise NoLeftVentricle("no left ventricle found: the model labelled LV blood pool in no frame")
+        ed, es = result.ed_phase, result.es_phase
+        # cells[s, p]: the frame's index among the segmented (present) frames, -1 where missing.
+        cells = np.full(present.shape, -1, dtype=np.int64)
+        cells[present] = np.arange(int(present.sum()))
+        key = [(s, p) for p in (ed, es) for s in range(present.shape[0]) if present[s, p]]
+        blood_key = [labels[s, p] == self._blood for s, p in key]
+        total_blood = sum(int(mask.sum()) for mask in blood_key)
+        fragments = (
+            sum(fragmented_fraction(mask) * int(mask.sum()) for mask in blood_key) / total_blood
+            if total_blood
+            else 0.0
+        )
+        extents = np.broadcast_to(
+            np.asarray(geometry.slice_extents_mm, dtype=np.float64), (present.shape[0],)
+        )
+        millilitres = geometry.pixel_spacing[0] * geometry.pixel_spacing[1] * extents / 1000.0
+        blood_ml = measured.blood_pool_px * millilitres[:, None]
+        basal_share = 0.0
+        if measured.base_slice is not None:
+            basal_share = max(
+                float(blood_ml[measured.base_slice, p] / max(blood_ml[:, p].sum(), 1e-9)) for p in (ed, es)
+            )
+        features = QcFeatures(
+            disagreement=self._tta_disagreement(values, cells, labels, geometry, (ed, es), heart, measured),
+            uncertain=sum(int(uncertain_px[cells[s, p]]) for s, p in key) / max(total_blood, 1),
+            basal_share=basal_share,
+            esv_ml=result.esv_ml,
+        )
+        quality = assess(
+            edv_ml=result.edv_ml,
+            esv_ml=result.esv_ml,
+            ef_pct=result.ef_pct,
+            curve_ml=np.asarray(result.volume_curve_ml),
+            blood_pool_ed_ml=blood_ml[:, ed],
+            base_slice=measured.base_slice,
+            base_closed=measured.base_closed,
+            features=features,
+            fragment_fraction=fragments,
+            stack_flags=stack_flags + measurement_flags(measured),
+            calibration=self.calibration,
+        )
+        return AssessedStack(labels=labels, measured=measured, quality=quality, features=features)
+
+    def _tta_disagreement(
         self,
         values: npt.NDArray[np.float32],
         cells: npt.NDArray[np.int64],
         labels: npt.NDArray[np.uint8],
-        plan: StackPlan,
+        geometry: LabelGeometry,
         phases: tuple[int, int],
         heart: Box | None,
-        excluded: tuple[int, ...],
+        measured: LabelMeasurement,
     ) -> float:
-        """Largest |volume difference| (mL) at ED or ES between the prediction and a mirrored input.
+        """The largest relative change of the ED or ES blood-pool volume under test-time augmentation.
 
-        The mirrored frames run on the mirror image of the window the prediction ran on, if any;
-        ``excluded`` (basal) slices count in neither.
+        The ED and ES frames (the basal frames the measurement left out count in neither) run again
+        mirrored (on the mirror image of the window the prediction ran on, if any) and with their
+        contrast changed (:data:`TTA_GAMMAS`); each variant's volume is compared with the measured one.
         """
-        present = cells >= 0
-        present[list(excluded)] = False
-        pixel_area = plan.pixel_spacing[0] * plan.pixel_spacing[1]
-        mirrored_heart = heart.mirrored(plan.columns) if heart is not None else None
+        present = (cells >= 0) & ~measured.basal_cells
+        spacing = geometry.pixel_spacing
+        rows, columns = values.shape[1:]
+        extents = np.broadcast_to(np.asarray(geometry.slice_extents_mm, dtype=np.float64), (cells.shape[0],))
+        millilitres = spacing[0] * spacing[1] / 1000.0
+        mirrored_heart = heart.mirrored(columns) if heart is not None else None
         worst = 0.0
-        for phase in phases:
-            indices = cells[:, phase][present[:, phase]]
-            if indices.size == 0:
+        for phase in dict.fromkeys(phases):
+            kept = present[:, phase]
+            frames = values[cells[kept, phase]]
+            measured_ml = float(((labels[kept, phase] == self._blood).sum(axis=(1, 2)) * extents[kept]).sum())
+            measured_ml *= millilitres
+            if measured_ml <= 0.0:
                 continue
-            mirrored = np.ascontiguousarray(values[indices][:, :, ::-1])
-            flipped = self.segmenter.segment(
-                mirrored, plan.pixel_spacing, normalised=True, heart=mirrored_heart
-            ).labels[:, None, :, ::-1]
-            remove_detached_lv(flipped, self._blood, self._myo, self._background, plan.pixel_spacing)
-            flipped_px = (flipped[:, 0] == self._blood).sum(axis=(1, 2)).astype(np.float64)
-            original_px = (labels[present[:, phase], phase] == self._blood).sum(axis=(1, 2))
-            extents = [e for e, kept in zip(plan.slice_extents_mm, present[:, phase], strict=True) if kept]
-            difference = volume_curve_ml((flipped_px - original_px)[:, None], pixel_area, extents)
-            worst = max(worst, abs(float(difference[0])))
+            variants = [
+                (np.ascontiguousarray(frames[:, :, ::-1]), mirrored_heart, True),
+                *((np.power(frames, gamma, dtype=np.float32), heart, False) for gamma in TTA_GAMMAS),
+            ]
+            for pixels, window, mirrored in variants:
+                found = self.segmenter.segment(pixels, spacing, normalised=True, heart=window).labels
+                stacked = (found[:, :, ::-1] if mirrored else found)[:, None].reshape(-1, 1, rows, columns)
+                stacked = np.ascontiguousarray(stacked)
+                remove_detached_lv(stacked, self._blood, self._myo, self._background, spacing)
+                variant_ml = float(((stacked[:, 0] == self._blood).sum(axis=(1, 2)) * extents[kept]).sum())
+                worst = max(worst, abs(variant_ml * millilitres - measured_ml) / measured_ml)
         return worst

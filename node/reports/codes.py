@@ -14,6 +14,7 @@ from typing import Final
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.coding import Code
 
+from node.domain import QcStatus
 from node.inference.qc import QcFlag
 
 #: Private coding scheme designator of the node (PS3.16 8.2: private designators begin with "99").
@@ -95,6 +96,28 @@ QC_NONE: Final = Code("QC-NONE", SCHEME, "No quality control flag raised")
 #: One code per :class:`~node.inference.qc.QcFlag` (from its table); the meaning doubles as the short
 #: on-image text.
 QC_FLAG_CODES: Final = {flag: Code(flag.info.code, SCHEME, flag.info.meaning) for flag in QcFlag}
+
+
+#: Private concept name of the coded QC status in the measurement group, and its two values.
+QC_STATUS: Final = Code("QC-STATUS", SCHEME, "AI quality control status")
+QC_STATUS_CODES: Final = {
+    QcStatus.OK: Code("QC-OK", SCHEME, "No check asked for by quality control"),
+    QcStatus.CHECK: Code("QC-CHECK", SCHEME, "Check this result: quality control"),
+}
+
+
+def qc_status_of(value: str) -> QcStatus:
+    """The :class:`~node.domain.QcStatus` a :data:`QC_STATUS` code value stands for.
+
+    Raises
+    ------
+    ValueError
+        The value is not one of :data:`QC_STATUS_CODES`.
+    """
+    for status, code in QC_STATUS_CODES.items():
+        if code.value == value:
+            return status
+    raise ValueError(f"unknown QC status code {value!r}")
 
 
 def qc_flag_code(flag: str) -> Code:

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.valuerep import PersonName
 
-from node.domain import StackResult
+from node.domain import QcStatus, StackResult
 from node.reports.codes import ReviewStatus, qc_flag_code
 from node.reports.labels import LabelClasses
 
@@ -50,6 +50,8 @@ CURVE_COLOUR: Final = (110, 180, 255)
 ED_COLOUR: Final = (255, 120, 80)
 ES_COLOUR: Final = (200, 120, 255)
 AXIS_COLOUR: Final = (120, 120, 120)
+#: The QC status "check": amber, readable on the dark background.
+CHECK_COLOUR: Final = (255, 176, 0)
 
 BANNER_FONT: Final = 34
 TITLE_FONT: Final = 22
@@ -249,6 +251,14 @@ def _values_column(draw: ImageDraw.ImageDraw, result: StackResult, mid_slice: in
     draw.text((WIDTH - MARGIN, y), f"{result.confidence:.2f}", fill=TEXT, font=body, anchor="ra")
     y += 32
     draw.text((left, y), "Quality control", fill=DIM_TEXT, font=body)
+    check = result.qc_status == QcStatus.CHECK
+    draw.text(
+        (WIDTH - MARGIN, y),
+        "CHECK" if check else "ok",
+        fill=CHECK_COLOUR if check else TEXT,
+        font=body,
+        anchor="ra",
+    )
     y += 26
     flags = [qc_flag_code(flag).meaning for flag in result.qc_flags] or ["No flag raised"]
     for flag in flags:

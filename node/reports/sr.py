@@ -34,8 +34,8 @@ from pydicom.sr.coding import Code
 from pydicom.valuerep import DA, DT, TM
 
 from node import __version__
-from node.domain import ModelIdentity, StackResult, ejection_fraction, stroke_volume
-from node.inference.qc import flag_text
+from node.domain import ModelIdentity, QcStatus, StackResult, ejection_fraction, stroke_volume
+from node.inference.qc import flag_text, qc_statement
 from node.reports.codes import (
     AI_CONFIDENCE,
     CARDIAC_MRI,
@@ -50,6 +50,8 @@ from node.reports.codes import (
     PERCENT,
     QC_FLAG,
     QC_NONE,
+    QC_STATUS,
+    QC_STATUS_CODES,
     QUALITATIVE_EVALUATIONS,
     REVIEW_STATUS,
     REVIEW_STATUS_CODES,
@@ -58,6 +60,7 @@ from node.reports.codes import (
     coding_scheme_identification,
     qc_flag_code,
     qc_flag_of,
+    qc_status_of,
     review_status_of,
 )
 from node.reports.errors import ReportError
@@ -181,6 +184,8 @@ class ReportContent:
     tracking_uid: str
     values: ReportedValues | None
     review: ReviewStatus
+    #: None in an SR a node wrote before QC 2.
+    qc_status: QcStatus | None
     qc_flags: tuple[str, ...]
     statements: tuple[str, ...]
     ed_images: tuple[ImageReference, ...]
@@ -295,6 +300,10 @@ def _measurement_group(
     evaluations: list[hd.sr.QualitativeEvaluation] = [
         hd.sr.QualitativeEvaluation(name=REVIEW_STATUS, value=REVIEW_STATUS_CODES[content.review])
     ]
+    if content.qc_status is not None:
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(name=QC_STATUS, value=QC_STATUS_CODES[content.qc_status])
+        )
     flags = content.qc_flags
     evaluations.extend(hd.sr.QualitativeEvaluation(name=QC_FLAG, value=qc_flag_code(flag)) for flag in flags)
     if not flags:
@@ -471,8 +480,13 @@ def build_draft_sr(
             confidence=_rounded(result.confidence, CONFIDENCE_DECIMALS),
         ),
         review=ReviewStatus.PENDING,
+        qc_status=result.qc_status,
         qc_flags=tuple(result.qc_flags),
-        statements=(PENDING_STATEMENT, *(flag_text(flag) for flag in result.qc_flags)),
+        statements=(
+            PENDING_STATEMENT,
+            qc_statement(result.qc_status),
+            *(flag_text(flag) for flag in result.qc_flags),
+        ),
         ed_images=_references(result.ed_sop_instance_uids, ed_frame_numbers, by_uid, "end-diastolic"),
         es_images=_references(result.es_sop_instance_uids, es_frame_numbers, by_uid, "end-systolic"),
     )
@@ -541,6 +555,7 @@ def read_report(dataset: Dataset) -> ReportContent:
         names = _text_values(item, codes.DCM.AlgorithmName, recursive=True)
         versions = _text_values(item, codes.DCM.AlgorithmVersion, recursive=True)
         review = _code_values(item, REVIEW_STATUS)
+        status = _code_values(item, QC_STATUS)
         flags = _code_values(item, QC_FLAG)
         values: dict[str, float] = {}
         images: dict[str, tuple[ImageReference, ...]] = {}
@@ -570,6 +585,7 @@ def read_report(dataset: Dataset) -> ReportContent:
             tracking_uid=str(group.tracking_uid),
             values=ReportedValues(**values) if len(values) == len(fields(ReportedValues)) else None,
             review=review_status_of(review[0]),
+            qc_status=qc_status_of(status[0]) if status else None,
             qc_flags=tuple(qc_flag_of(flag) for flag in flags if flag != QC_NONE.value),
             statements=tuple(_text_values(item, QUALITATIVE_EVALUATIONS)),
             ed_images=images.get("edv_ml", ()),
@@ -706,12 +722,15 @@ def build_verified_sr(
         statements.append(REJECTED_STATEMENT)
     if text:
         statements.append(REASON_PREFIX[review] + text)
+    if found.qc_status is not None:
+        statements.append(qc_statement(found.qc_status))
     statements.extend(flag_text(flag) for flag in found.qc_flags)
     content = ReportContent(
         model=found.model,
         tracking_uid=found.tracking_uid,
         values=values,
         review=review,
+        qc_status=found.qc_status,
         qc_flags=found.qc_flags,
         statements=tuple(statements),
         ed_images=found.ed_images,

@@ -7,12 +7,13 @@ why nothing was measured). :meth:`ResultRecord.stack_result` puts the two togeth
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypedDict
 
-from node.domain import Outcome, StackGrid, StackResult
+from node.domain import Outcome, QcStatus, StackGrid, StackResult
+from node.inference.qc import qc_status
 
 #: StackResult fields stored in columns of their own (never again in ``record``).
 _COLUMN_FIELDS = frozenset(
@@ -24,6 +25,7 @@ _COLUMN_FIELDS = frozenset(
         "ef_pct",
         "sv_ml",
         "lv_mass_g",
+        "qc_status",
         "qc_flags",
         "confidence",
         "model",
@@ -40,6 +42,7 @@ class ResultColumns(TypedDict):
     ef_pct: float | None
     sv_ml: float | None
     lv_mass_g: float | None
+    qc_status: str | None
     qc_flags: list[str]
     confidence: float | None
     model_name: str | None
@@ -57,6 +60,7 @@ def result_columns(result: StackResult) -> ResultColumns:
         ef_pct=result.ef_pct,
         sv_ml=result.sv_ml,
         lv_mass_g=result.lv_mass_g,
+        qc_status=str(result.qc_status),
         qc_flags=list(result.qc_flags),
         confidence=result.confidence,
         model_name=result.model.name,
@@ -74,12 +78,21 @@ def unmeasured_columns(series_instance_uids: tuple[str, ...], details: dict[str,
         ef_pct=None,
         sv_ml=None,
         lv_mass_g=None,
+        qc_status=None,
         qc_flags=[],
         confidence=None,
         model_name=None,
         model_version=None,
         record=details,
     )
+
+
+def stored_qc_status(value: str | None, outcome: str, flags: Sequence[str] | None) -> QcStatus | None:
+    """The QC status of a ``results`` row: its column, else (a result an older node measured, before
+    QC 2) the status its flags give; None where nothing was measured."""
+    if value is not None:
+        return QcStatus(value)
+    return qc_status(flags or ()) if outcome == Outcome.MEASURED else None
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,7 @@ class ResultRecord:
     ef_pct: float | None
     sv_ml: float | None
     lv_mass_g: float | None
+    qc_status: QcStatus | None
     qc_flags: tuple[str, ...]
     confidence: float | None
     model_name: str | None
@@ -116,20 +130,23 @@ class ResultRecord:
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> ResultRecord:
         """The record of a ``results`` row as SQLAlchemy returns it."""
+        outcome = Outcome(row["outcome"])
+        flags = tuple(row["qc_flags"] or ())
         return cls(
             id=str(row["id"]),
             job_id=int(row["job_id"]),
             study_instance_uid=str(row["study_instance_uid"]),
             version=int(row["version"]),
             stack_index=int(row["stack_index"]),
-            outcome=Outcome(row["outcome"]),
+            outcome=outcome,
             series_instance_uids=tuple(row["series_instance_uids"] or ()),
             edv_ml=row["edv_ml"],
             esv_ml=row["esv_ml"],
             ef_pct=row["ef_pct"],
             sv_ml=row["sv_ml"],
             lv_mass_g=row["lv_mass_g"],
-            qc_flags=tuple(row["qc_flags"] or ()),
+            qc_status=stored_qc_status(row["qc_status"], outcome, flags),
+            qc_flags=flags,
             confidence=row["confidence"],
             model_name=row["model_name"],
             model_version=row["model_version"],
@@ -159,6 +176,7 @@ class ResultRecord:
             ef_pct=self.ef_pct,
             sv_ml=self.sv_ml,
             lv_mass_g=self.lv_mass_g,
+            qc_status=self.qc_status,
             qc_flags=list(self.qc_flags),
             confidence=self.confidence,
             model={"name": self.model_name, "version": self.model_version},

@@ -18,10 +18,10 @@ from sqlalchemy import and_, case, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
-from node.domain import Outcome
+from node.domain import Outcome, QcStatus
 from node.store.audit import AuditEntry, audit_insert
 from node.store.index import Index
-from node.store.results import ResultRecord, StudyRecord
+from node.store.results import ResultRecord, StudyRecord, stored_qc_status
 from node.store.schema import deliveries, outbox, results, reviews, studies
 
 
@@ -101,6 +101,8 @@ class WorklistRow:
     edv_ml: float | None
     esv_ml: float | None
     ef_pct: float | None
+    #: None where nothing was measured.
+    qc_status: QcStatus | None
     qc_flags: tuple[str, ...]
     confidence: float | None
     model_name: str | None
@@ -125,6 +127,7 @@ class WorklistRow:
             "edv_ml": _round(self.edv_ml),
             "esv_ml": _round(self.esv_ml),
             "ef_pct": _round(self.ef_pct),
+            "qc_status": None if self.qc_status is None else str(self.qc_status),
             "qc_flags": list(self.qc_flags),
             "confidence": None if self.confidence is None else round(self.confidence, 3),
             "model": {"name": self.model_name, "version": self.model_version},
@@ -289,6 +292,7 @@ class ReviewStore:
                 results.c.edv_ml,
                 results.c.esv_ml,
                 results.c.ef_pct,
+                results.c.qc_status,
                 results.c.qc_flags,
                 results.c.confidence,
                 results.c.model_name,
@@ -326,8 +330,10 @@ class ReviewStore:
             "status": status,
         }[selection.sort]
         ordered = column.desc() if selection.descending else column.asc()
+        # Results QC asks to check come first, whatever the sort (issue: "check results sort first").
+        check_first = case((results.c.qc_status == str(QcStatus.CHECK), 0), else_=1)
         query = (
-            query.order_by(column.is_(None), ordered, results.c.created_at.desc(), results.c.id)
+            query.order_by(check_first, column.is_(None), ordered, results.c.created_at.desc(), results.c.id)
             .limit(selection.limit)
             .offset(selection.offset)
         )
@@ -360,6 +366,7 @@ class ReviewStore:
                 edv_ml=row["edv_ml"],
                 esv_ml=row["esv_ml"],
                 ef_pct=row["ef_pct"],
+                qc_status=stored_qc_status(row["qc_status"], row["outcome"], row["qc_flags"]),
                 qc_flags=tuple(row["qc_flags"] or ()),
                 confidence=row["confidence"],
                 model_name=row["model_name"],

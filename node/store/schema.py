@@ -139,6 +139,9 @@ results = Table(
     Column("sv_ml", Float),
     Column("lv_mass_g", Float),
     Column("qc_flags", JSON, nullable=False),
+    # "ok" or "check" (QcStatus); NULL where nothing was measured, and on results an older node
+    # measured (read back from their flags).
+    Column("qc_status", String(8)),
     Column("confidence", Float),
     Column("model_name", String(100)),
     Column("model_version", String(40)),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from pydicom.valuerep import PersonName
 
-from node.domain import DeliveryState
+from node.domain import DeliveryState, QcStatus
+from node.inference.qc import QcFlag, qc_statement, qc_status
 from node.inference.qc import flag_text as _flag_text
 
 _DA_CHARS = 8
@@ -53,6 +54,16 @@ def flag_text(flag: str) -> str:
     return _flag_text(flag)
 
 
+def check_reasons(flags: Sequence[str]) -> list[str]:
+    """The short plain-words reasons of the flags that make a result ``check`` (notes left out)."""
+    reasons = []
+    for flag in flags:
+        if qc_status((flag,)) == QcStatus.CHECK:
+            known = QcFlag._value2member_map_.get(flag)
+            reasons.append(known.info.meaning if isinstance(known, QcFlag) else flag.replace("_", " "))
+    return reasons
+
+
 def delivery_summary(counts: Mapping[str, int]) -> tuple[str, str]:
     """(text, css class) summarising a result's deliveries, e.g. ``delivered 3/3``."""
     total = sum(counts.values())
@@ -86,5 +97,7 @@ FILTERS: Mapping[str, Any] = {
     "patient_name": patient_name,
     "timestamp": timestamp,
     "flag_text": flag_text,
+    "check_reasons": check_reasons,
+    "qc_statement": qc_statement,
     "status_class": status_class,
 }

@@ -7,7 +7,7 @@ import pytest
 
 from node.inference.measurements import (
     MYOCARDIAL_DENSITY_G_PER_ML,
-    basal_slices_to_exclude,
+    basal_cells_to_exclude,
     base_is_last,
     measure,
     myocardial_surround,
@@ -150,18 +150,26 @@ def _stack(surrounds: list[list[float]], radii: list[float]) -> tuple[np.ndarray
     return labels, (labels == BLOOD).sum(axis=(2, 3)).astype(np.float64)
 
 
-def test_basal_slice_that_is_atrium_in_systole_is_left_out() -> None:
-    """Base first: slice 0 is ventricle in diastole but open (atrium) in systole, so it is left out."""
+def _left_out(labels: np.ndarray, present: np.ndarray, base_last: bool | None = None) -> set[tuple[int, int]]:
+    """The (slice, phase) frames the basal rule leaves out."""
+    cells = basal_cells_to_exclude(labels, BLOOD, MYO, present, base_last)
+    return {(int(s), int(p)) for s, p in np.argwhere(cells)}
+
+
+def test_basal_slice_that_is_atrium_in_systole_is_left_out_in_those_phases_only() -> None:
+    """Base first: slice 0 is ventricle in diastole and open (atrium) in systole, so it counts in the
+    phases where it is ventricle and is left out of the others (SCMR, phase by phase)."""
     labels, blood = _stack(
         [[1.0, 0.2, 0.3, 1.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]],
         [14, 13, 10, 5],
     )
     present = np.ones(blood.shape, bool)
-    assert basal_slices_to_exclude(labels, BLOOD, MYO, present) == (0,)
+    assert _left_out(labels, present) == {(0, 1), (0, 2)}
 
 
 def test_basal_end_is_found_from_the_larger_blood_pool_and_the_apex_is_kept() -> None:
-    """Base last: the two basal slices go; an apical slice whose pool vanishes at ES stays."""
+    """Base last: the open basal slice goes where it is open; an apical slice whose pool vanishes at ES
+    stays; a basal frame without blood pool has nothing to leave out."""
     surrounds = [
         [1.0, 0.0, 1.0],
         [1.0, 1.0, 1.0],
@@ -172,20 +180,29 @@ def test_basal_end_is_found_from_the_larger_blood_pool_and_the_apex_is_kept() ->
     ]
     labels, blood = _stack(surrounds, [4, 9, 11, 13, 14, 15])
     present = np.ones(blood.shape, bool)
-    assert basal_slices_to_exclude(labels, BLOOD, MYO, present) == (4, 5)
+    assert _left_out(labels, present) == {(5, 0), (5, 2)}
 
 
 def test_the_orientation_names_the_base_of_a_stack_cut_short_of_the_apex() -> None:
     """A stack stopping at mid-ventricle: its mid slices outweigh the base, so the blood pool points at
     the wrong end (nothing left out, atrium counted); the orientation names the base and the basal
-    slice that is atrium in systole goes."""
+    slice is left out in the phases where it is atrium."""
     labels, blood = _stack(
         [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 0.2, 0.3]],
         [15, 15, 14, 12, 7],
     )
     present = np.ones(blood.shape, bool)
-    assert basal_slices_to_exclude(labels, BLOOD, MYO, present) == ()
-    assert basal_slices_to_exclude(labels, BLOOD, MYO, present, base_last=True) == (4,)
+    assert _left_out(labels, present) == set()
+    assert _left_out(labels, present, base_last=True) == {(4, 1), (4, 2)}
+
+
+def test_two_open_basal_slices_in_systole_both_go_in_that_phase() -> None:
+    """At ES the base has moved two slices: both are left out at ES, neither at ED."""
+    labels, blood = _stack(
+        [[1.0, 0.1], [1.0, 0.3], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]], [15, 14, 13, 12, 9, 5]
+    )
+    present = np.ones(blood.shape, bool)
+    assert _left_out(labels, present) == {(0, 1), (1, 1)}
 
 
 @pytest.mark.parametrize(
@@ -210,9 +227,9 @@ def test_basal_rule_ignores_missing_frames_and_never_trims_without_a_ventricle_s
     )
     present = np.ones(blood.shape, bool)
     present[0, 1] = False  # the only failing frame was never acquired
-    assert basal_slices_to_exclude(labels, BLOOD, MYO, present) == ()
+    assert _left_out(labels, present) == set()
     open_labels, open_blood = _stack([[0.3, 0.3], [0.3, 0.3], [1.0, 1.0], [1.0, 1.0]], [14, 13, 10, 5])
-    assert basal_slices_to_exclude(open_labels, BLOOD, MYO, np.ones(open_blood.shape, bool)) == ()
+    assert _left_out(open_labels, np.ones(open_blood.shape, bool)) == set()
 
 
 def _ventricle_stack(slices: int = 5, phases: int = 2, size: int = 96) -> np.ndarray:

@@ -1,18 +1,20 @@
-"""Unit tests for quality-control flags and confidence (node.inference.qc)."""
+"""Unit tests for quality control: status, flags and calibrated confidence (node.inference.qc)."""
 
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from node.domain import QcStatus
 from node.inference.qc import (
     EDV_RANGE_ML,
     ESV_RANGE_ML,
+    Calibration,
+    QcFeatures,
     QcFlag,
     QualityReport,
     assess,
@@ -20,13 +22,20 @@ from node.inference.qc import (
     curve_roughness,
     flag_text,
     fragmented_fraction,
+    qc_status,
 )
 
 PHASES = 20
 #: A smooth cycle between ESV 60 mL and EDV 150 mL.
 SMOOTH_CURVE = 105.0 + 45.0 * np.cos(2 * np.pi * np.arange(PHASES) / PHASES)
-#: ED blood-pool area per slice (mm^2), tapering to nearly nothing at both ends.
-CLEAN_ED_AREAS = np.array([0.0, 300.0, 900.0, 1200.0, 1000.0, 600.0, 100.0])
+#: ED blood-pool volume per slice (mL), tapering to little at both ends (150 mL in all).
+CLEAN_ED_ML = np.array([4.0, 18.0, 30.0, 36.0, 32.0, 22.0, 8.0])
+#: A calibration like a fitted one: more disagreement, less confidence; 50 % at 8 % disagreement.
+CALIBRATION = Calibration(
+    intercept=2.0 * float(np.log(0.08)), coefficients={"log_disagreement": -2.0}, check_below=0.5
+)
+#: A good segmentation: it hardly changes under test-time augmentation.
+STEADY = QcFeatures(disagreement=0.01, uncertain=0.05, basal_share=0.1, esv_ml=60.0)
 
 
 def _clean(**overrides: Any) -> dict[str, Any]:
@@ -35,11 +44,13 @@ def _clean(**overrides: Any) -> dict[str, Any]:
         "esv_ml": 60.0,
         "ef_pct": 60.0,
         "curve_ml": SMOOTH_CURVE,
-        "blood_pool_ed_mm2": CLEAN_ED_AREAS,
-        "flip_disagreement_ml": 2.0,
+        "blood_pool_ed_ml": CLEAN_ED_ML,
+        "base_slice": 0,
+        "base_closed": True,
+        "features": STEADY,
         "fragment_fraction": 0.0,
-        "uncertain_fraction": 0.0,
         "stack_flags": (),
+        "calibration": CALIBRATION,
     }
     arguments.update(overrides)
     return arguments
@@ -49,39 +60,90 @@ def _assess(**overrides: Any) -> QualityReport:
     return assess(**_clean(**overrides))
 
 
-def test_clean_certain_case_has_no_flags_and_full_confidence() -> None:
-    """A plausible, smooth, stable, well-covered, certain result carries no flags and confidence 1."""
+def test_clean_steady_case_is_ok_with_high_confidence() -> None:
+    """A plausible, smooth, steady, well-covered result carries no flags, is ok and confident."""
     report = _assess()
     assert report.flags == ()
-    assert report.confidence == pytest.approx(1.0)
+    assert report.status == QcStatus.OK
+    assert report.confidence > 0.95
 
 
-def test_every_flag_has_a_weight_a_plain_language_text_and_a_code() -> None:
-    """Each flag that can be raised has a weight, a reader-facing explanation and an SR code."""
+def test_every_flag_says_whether_it_asks_for_a_check_in_plain_words_and_a_code() -> None:
+    """Each flag has a reader-facing explanation and an SR code; notes are exactly the flags that say
+    what was done rather than that the volumes may be wrong."""
     for flag in QcFlag:
-        assert flag.info.weight >= 0 and flag.info.text.endswith(".") and flag.info.code.startswith("QC-")
+        assert flag.info.text.endswith(".") and flag.info.code.startswith("QC-")
+    notes = {flag for flag in QcFlag if not flag.info.check}
+    assert notes == {
+        QcFlag.MISSING_PHASES,
+        QcFlag.IRREGULAR_SLICE_SPACING,
+        QcFlag.INCONSISTENT_GEOMETRY,
+        QcFlag.DUPLICATE_POSITIONS_REPLACED,
+        QcFlag.INCONSISTENT_FRAME_OF_REFERENCE,
+        QcFlag.BASAL_SLICES_EXCLUDED,
+        QcFlag.DETACHED_LV_REMOVED,
+    }
     assert flag_text("some_flag_of_a_newer_node") == "some flag of a newer node"
 
 
-def test_coverage_flag_on_first_slice() -> None:
-    """Blood pool on the first slice above the area fraction flags incomplete coverage there only."""
-    areas = CLEAN_ED_AREAS.copy()
-    areas[0] = 400.0
-    assert coverage_flags(areas) == ["incomplete_coverage_first_slice"]
-    assert _assess(blood_pool_ed_mm2=areas).flags == ("incomplete_coverage_first_slice",)
+def test_notes_alone_leave_a_result_ok_and_a_check_flag_or_an_unknown_name_makes_it_check() -> None:
+    """Slices left out or a regrouped frame of reference are notes: still ok; any check flag, or a
+    flag this node does not know, makes the result check."""
+    noted = _assess(stack_flags=("inconsistent_frame_of_reference", "basal_slices_excluded"))
+    assert noted.status == QcStatus.OK and len(noted.flags) == 2
+    assert _assess(stack_flags=("missing_slices",)).status == QcStatus.CHECK
+    assert qc_status(("basal_slices_excluded",)) == QcStatus.OK
+    assert qc_status(("flag_of_a_newer_node",)) == QcStatus.CHECK
+    assert qc_status(()) == QcStatus.OK
 
 
-def test_coverage_flag_on_last_slice() -> None:
-    """Blood pool on the last slice above the area fraction flags incomplete coverage there only."""
-    areas = CLEAN_ED_AREAS.copy()
-    areas[-1] = 500.0
-    assert coverage_flags(areas) == ["incomplete_coverage_last_slice"]
-    assert _assess(blood_pool_ed_mm2=areas).flags == ("incomplete_coverage_last_slice",)
+def test_unstable_segmentation_is_check_with_low_confidence() -> None:
+    """A segmentation whose volumes move 30 % under test-time augmentation is check, with a confidence
+    under the calibration's level and the flag that says why; one moving 1 % is ok."""
+    shaky = _assess(features=QcFeatures(disagreement=0.3, uncertain=0.2, basal_share=0.3, esv_ml=60.0))
+    assert shaky.status == QcStatus.CHECK
+    assert shaky.flags == (QcFlag.UNSTABLE_SEGMENTATION,)
+    assert shaky.confidence < CALIBRATION.check_below < _assess().confidence
+
+
+def test_confidence_follows_the_calibration() -> None:
+    """The confidence is the card's logistic function of the named terms: 50 % where the logit is 0,
+    falling as the disagreement grows, unaffected by terms the calibration does not weigh."""
+    at_level = QcFeatures(disagreement=0.08, uncertain=0.9, basal_share=0.9, esv_ml=5.0)
+    assert CALIBRATION.confidence(at_level) == pytest.approx(0.5)
+    values = [CALIBRATION.confidence(QcFeatures(d, 0.05, 0.1, 60.0)) for d in (0.001, 0.01, 0.05, 0.2, 1.0)]
+    assert values == sorted(values, reverse=True) and values[0] > 0.99 and values[-1] < 0.01
+    weighted = Calibration(0.0, {"log_disagreement": -1.0, "basal_share": -4.0}, 0.5)
+    assert weighted.confidence(QcFeatures(0.05, 0.05, 0.5, 60.0)) < weighted.confidence(
+        QcFeatures(0.05, 0.05, 0.0, 60.0)
+    )
+    assert CALIBRATION.confidence(QcFeatures(float("inf"), 0.05, 0.1, 60.0)) == 0.0
+
+
+def test_coverage_flag_at_the_apex_when_a_large_part_may_lie_beyond() -> None:
+    """Half the apical end slice's volume over 5 % of EDV flags that end; a small apical cap does not."""
+    volumes = CLEAN_ED_ML.copy()
+    volumes[-1] = 20.0
+    assert coverage_flags(volumes, base_slice=0, base_closed=True) == [QcFlag.INCOMPLETE_COVERAGE_LAST_SLICE]
+    assert _assess(blood_pool_ed_ml=volumes).flags == ("incomplete_coverage_last_slice",)
+    assert coverage_flags(CLEAN_ED_ML, base_slice=0, base_closed=True) == []
+
+
+def test_coverage_at_the_base_is_flagged_only_when_the_base_never_closes() -> None:
+    """A large basal slice is normal when it turns atrium (or empty) in some phase; a basal slice that
+    is ventricle all through the cycle means the stack may stop short of the base."""
+    volumes = CLEAN_ED_ML.copy()
+    volumes[0] = 30.0
+    assert coverage_flags(volumes, base_slice=0, base_closed=True) == []
+    assert coverage_flags(volumes, base_slice=0, base_closed=False) == [
+        QcFlag.INCOMPLETE_COVERAGE_FIRST_SLICE
+    ]
+    assert coverage_flags(volumes) == [QcFlag.INCOMPLETE_COVERAGE_FIRST_SLICE]  # base unknown
 
 
 def test_coverage_flags_silent_on_clean_and_empty_stacks() -> None:
     """A tapering stack and an all-empty stack raise no coverage flag."""
-    assert coverage_flags(CLEAN_ED_AREAS) == []
+    assert coverage_flags(CLEAN_ED_ML) == []
     assert coverage_flags(np.zeros(6)) == []
 
 
@@ -91,12 +153,6 @@ def test_jagged_curve_flag() -> None:
     assert curve_roughness(SMOOTH_CURVE) < 0.1
     assert curve_roughness(zigzag) > 0.5
     assert _assess(curve_ml=zigzag).flags == ("jagged_volume_curve",)
-
-
-def test_flip_disagreement_flag() -> None:
-    """A flipped-input prediction differing by more than 8% of EDV is flagged."""
-    assert _assess(flip_disagreement_ml=0.10 * 150.0).flags == ("flip_disagreement",)
-    assert _assess(flip_disagreement_ml=0.05 * 150.0).flags == ()
 
 
 @pytest.mark.parametrize(
@@ -139,24 +195,6 @@ def test_stack_flags_are_passed_through() -> None:
     """Flags raised while building the stack appear in the report, sorted with the QC flags."""
     report = _assess(stack_flags=("missing_slices", "irregular_slice_spacing"), ef_pct=90.0)
     assert report.flags == ("implausible_ef", "irregular_slice_spacing", "missing_slices")
-
-
-def test_confidence_decreases_with_each_flag() -> None:
-    """Confidence = exp(-sum of flag weights): every extra flag lowers it."""
-    clean = _assess().confidence
-    one = _assess(ef_pct=90.0)
-    two = _assess(ef_pct=90.0, flip_disagreement_ml=50.0)
-    assert clean > one.confidence > two.confidence > 0.0
-    assert one.confidence == pytest.approx(math.exp(-QcFlag.IMPLAUSIBLE_EF.info.weight))
-    expected_two = math.exp(-QcFlag.IMPLAUSIBLE_EF.info.weight - QcFlag.FLIP_DISAGREEMENT.info.weight)
-    assert two.confidence == pytest.approx(expected_two)
-
-
-def test_confidence_decreases_with_uncertain_pixels() -> None:
-    """Uncertain LV pixels scale confidence down linearly, reaching 0 at the uncertainty scale."""
-    assert _assess(uncertain_fraction=0.25).confidence == pytest.approx(0.5)
-    assert _assess(uncertain_fraction=0.5).confidence == 0.0
-    assert _assess(uncertain_fraction=0.9).confidence == 0.0
 
 
 def test_population_ranges_match_dsb2_training_labels(shared_data: Path) -> None:

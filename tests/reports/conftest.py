@@ -22,7 +22,7 @@ from pydicom.uid import MRImageStorage
 
 from node.domain import ModelIdentity, StackResult
 from node.inference.measurements import measure
-from node.inference.qc import assess
+from node.inference.qc import DEFAULT_CALIBRATION, QcFeatures, assess, qc_status
 from node.pipeline.offline import collect
 from node.pipeline.stacks import StackPlan, find_sax_stacks
 from node.reports.sources import ReportSources, load_report_sources, load_stack_headers
@@ -96,11 +96,13 @@ def build_case(sunnybrook: Path) -> Case:
         esv_ml=numbers.esv_ml,
         ef_pct=numbers.ef_pct,
         curve_ml=np.asarray(numbers.volume_curve_ml),
-        blood_pool_ed_mm2=blood_px[:, numbers.ed_phase] * pixel_area,
-        flip_disagreement_ml=0.0,
+        blood_pool_ed_ml=blood_px[:, numbers.ed_phase] * pixel_area * plan.slice_spacing_mm / 1000.0,
+        base_slice=None,
+        base_closed=False,
+        features=QcFeatures(disagreement=0.02, uncertain=0.05, basal_share=0.1, esv_ml=numbers.esv_ml),
         fragment_fraction=0.0,
-        uncertain_fraction=0.05,
         stack_flags=plan.flags,
+        calibration=DEFAULT_CALIBRATION,
     )
 
     def uids(phase: int) -> tuple[str | None, ...]:
@@ -123,9 +125,10 @@ def build_case(sunnybrook: Path) -> Case:
         volume_curve_ml=numbers.volume_curve_ml,
         slice_spacing_mm=plan.slice_spacing_mm,
         pixel_spacing_mm=plan.pixel_spacing,
+        qc_status=quality.status,
         qc_flags=quality.flags,
         confidence=quality.confidence,
-        flip_disagreement_ml=0.0,
+        qc_features=None,
         model=MODEL,
         ed_sop_instance_uids=uids(numbers.ed_phase),
         es_sop_instance_uids=uids(numbers.es_phase),
@@ -235,9 +238,10 @@ def build_synthetic(qc_flags: tuple[str, ...] = ("missing_phases",)) -> Syntheti
         volume_curve_ml=(150.04, 100.0, 60.02, 120.0),
         slice_spacing_mm=8.0,
         pixel_spacing_mm=(1.5, 1.5),
+        qc_status=qc_status(qc_flags),
         qc_flags=qc_flags,
         confidence=0.6703,
-        flip_disagreement_ml=1.0,
+        qc_features=None,
         model=MODEL,
         ed_sop_instance_uids=uids(SYNTHETIC_ED),
         es_sop_instance_uids=uids(SYNTHETIC_ES),

@@ -20,7 +20,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
-from node.domain import StackResult
+from node.domain import QcStatus, StackResult
 from node.images.frames import SpooledFrame
 from node.pipeline.stacks import StackPlan, find_sax_stacks
 from node.reports.codes import LVEDV, LVEF_MR, LVESV, ReviewStatus
@@ -84,9 +84,10 @@ def _stack(plan: StackPlan) -> Stack:
         volume_curve_ml=(150.0, 100.0, 60.0, 120.0),
         slice_spacing_mm=plan.slice_spacing_mm,
         pixel_spacing_mm=plan.pixel_spacing,
+        qc_status=QcStatus.OK,
         qc_flags=(),
         confidence=0.9,
-        flip_disagreement_ml=0.5,
+        qc_features=None,
         model=MODEL,
         ed_sop_instance_uids=uids(ED),
         es_sop_instance_uids=uids(ES),

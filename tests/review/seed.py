@@ -23,6 +23,7 @@ from node.accounts.users import Role, User
 from node.clock import ManualClock
 from node.config import DeliverySettings, Destination, Settings, StorageSettings
 from node.domain import ModelIdentity, OutboxKind, Outcome, StackResult
+from node.inference.qc import qc_status
 from node.metrics import NodeMetrics
 from node.reports.codes import ReviewStatus
 from node.reports.sc import build_sc
@@ -213,9 +214,10 @@ def seed_result(
         volume_curve_ml=curve,
         slice_spacing_mm=10.0,
         pixel_spacing_mm=(1.4, 1.4),
+        qc_status=qc_status(qc_flags),
         qc_flags=qc_flags,
         confidence=confidence,
-        flip_disagreement_ml=1.0,
+        qc_features=None,
         model=ModelIdentity(name="lvseg-unet", version="1.0.0"),
         ed_sop_instance_uids=ed_uids,
         es_sop_instance_uids=es_uids,
