@@ -10,6 +10,7 @@ from node.accounts.users import Role
 from node.cli import app
 from node.domain import OutboxKind, Outcome
 from node.store.audit import AuditAction
+from node.store.reviews import WorklistFilter
 from tests.review.seed import PASSWORD, Seeded, seed_result
 
 runner = CliRunner()
@@ -41,6 +42,28 @@ def test_worklist_list_json(seeded: Seeded) -> None:
     assert row["study_instance_uid"]
     everything = json.loads(runner.invoke(app, ["worklist", "list", "--json"], env=_env(seeded)).output)
     assert sorted(item["status"] for item in everything) == ["no short-axis cine found", "pending"]
+
+
+def test_results_qc_asks_to_check_come_first_and_say_why(seeded: Seeded) -> None:
+    """Whatever the sort, ``check`` results lead the worklist; a note alone (slices left out) leaves a
+    result ``ok``; ``show`` states the status in words."""
+    ok_noted = seed_result(seeded, qc_flags=("basal_slices_excluded",), confidence=0.95)
+    check = seed_result(seeded, qc_flags=("unstable_segmentation",), confidence=0.2)
+    ok_clean = seed_result(seeded, confidence=0.9)
+    listed = json.loads(runner.invoke(app, ["worklist", "list", "--json"], env=_env(seeded)).output)
+    assert listed[0]["result_id"] == check
+    assert {row["result_id"]: row["qc_status"] for row in listed} == {
+        check: "check",
+        ok_noted: "ok",
+        ok_clean: "ok",
+    }
+    by_confidence = seeded.parts.store.worklist(WorklistFilter(sort="confidence", descending=True))
+    assert [row.result_id for row in by_confidence] == [check, ok_noted, ok_clean]
+    table = runner.invoke(app, ["worklist", "list"], env=_env(seeded)).output.splitlines()
+    assert table[1].startswith(check) and " check " in table[1]
+    shown = runner.invoke(app, ["worklist", "show", check], env=_env(seeded)).output
+    assert "qc status      check: Quality control: check this result" in shown
+    assert "it is unsure of this study" in shown
 
 
 def test_worklist_show_prints_flags_in_words_and_audits_the_view(seeded: Seeded) -> None:

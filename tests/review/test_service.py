@@ -11,7 +11,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from node.accounts.users import Role
-from node.domain import Outcome
+from node.domain import Outcome, QcStatus
+from node.inference.qc import qc_statement
 from node.reports.codes import ReviewStatus
 from node.reports.sr import build_verified_sr, read_report
 from node.review.errors import AlreadyReviewed, DraftNotAvailable, InvalidReview, NotPermitted, NotReviewable
@@ -125,6 +126,20 @@ def test_amendment_keeps_ai_and_amended_values(seeded: Seeded) -> None:
     assert report.review == ReviewStatus.AMENDED
     assert report.values is not None and (report.values.edv_ml, report.values.esv_ml) == (160.0, 80.0)
     assert any("150" in statement and "60" in statement for statement in report.statements)
+
+
+def test_the_qc_status_travels_from_the_draft_sr_to_the_verified_one(seeded: Seeded) -> None:
+    """The draft SR codes the QC status and states it in words; the verified SR keeps both."""
+    result_id = seed_result(seeded, qc_flags=("unstable_segmentation", "basal_slices_excluded"))
+    user = seeded.user("jsmith")
+    seeded.parts.service.sign(result_id, user, "10.0.0.5", seeded.clock.now())
+    report = read_report(_verified(seeded, result_id))
+    assert report.qc_status == QcStatus.CHECK
+    assert set(report.qc_flags) == {"basal_slices_excluded", "unstable_segmentation"}
+    assert qc_statement(QcStatus.CHECK) in report.statements
+    ok = seed_result(seeded, qc_flags=("basal_slices_excluded",))
+    seeded.parts.service.sign(ok, user, "10.0.0.5", seeded.clock.now())
+    assert read_report(_verified(seeded, ok)).qc_status == QcStatus.OK
 
 
 @pytest.mark.parametrize(("edv", "esv"), [(100.0, 120.0), (0.0, 0.0), (5000.0, 10.0), (float("nan"), 1.0)])

@@ -209,6 +209,26 @@ def test_worklist_filters_and_sorts(client: TestClient, seeded: Seeded) -> None:
     assert "LOW, CONF" in everything.text and "2025-01-10" in everything.text
 
 
+def test_worklist_puts_results_to_check_first_and_says_why(client: TestClient, seeded: Seeded) -> None:
+    """Results QC asks to check lead the worklist in any sort, with their reasons in words; a note
+    alone (basal slices left out) leaves a result ok."""
+    ok_first = seed_result(
+        seeded, patient_name="OK^FIRST", qc_flags=("basal_slices_excluded",), confidence=0.9
+    )
+    checked = seed_result(seeded, patient_name="CHECK^ME", qc_flags=("missing_slices",), confidence=0.95)
+    ok_last = seed_result(seeded, patient_name="OK^LAST", confidence=0.5)
+    seeded.user("jsmith")
+    login(client, "jsmith")
+    page = client.get("/worklist")
+    assert _rows(page.text) == [checked, ok_last, ok_first]
+    assert _rows(client.get("/worklist?sort=confidence&order=asc").text) == [checked, ok_last, ok_first]
+    row = page.text[page.text.index("CHECK, ME") :]
+    row = row[: row.index("</tr>")]
+    assert ">check</span>" in row and "Slices missing from the stack" in row
+    ok_row = page.text[page.text.index("OK, FIRST") :]
+    assert ">ok</span>" in ok_row[: ok_row.index("</tr>")]
+
+
 def test_study_page_shows_values_flags_in_words_and_history(client: TestClient, seeded: Seeded) -> None:
     """The study page shows values with units, QC flags in words, the curve, the SC and deliveries."""
     result_id = seed_result(seeded, qc_flags=("missing_slices",), secondary_capture=True)
@@ -217,6 +237,7 @@ def test_study_page_shows_values_flags_in_words_and_history(client: TestClient, 
     page = client.get(f"/results/{result_id}")
     assert "150.0 mL" in page.text and "60.0 %" in page.text and "110.0 g" in page.text
     assert "Slices are missing from the stack (a gap in slice positions)." in page.text
+    assert ">check</span> Quality control: check this result" in page.text
     assert "lvseg-unet 1.0.0" in page.text
     assert "<svg" in page.text and "ED 150 mL" in page.text and "ES 60 mL" in page.text
     assert "Draft SR (unverified)" in page.text and "Secondary capture" in page.text
