@@ -11,9 +11,9 @@ from typing import Annotated, Any
 import typer
 
 from node.config import Settings, load_settings
+from node.dicom.status import Status
 from node.errors import ConfigError
 from node.logging import configure_logging
-from node.status import Status
 
 app = typer.Typer(
     help="dicomnode: a DICOM inference node measuring left-ventricle volumes in cardiac MR.",
@@ -215,8 +215,6 @@ def _read_password(from_stdin: bool, confirm: bool) -> str:
 @contextlib.contextmanager
 def _review_parts(config: Path | None) -> Iterator[Any]:
     """Open the review parts of the node's index; translate a refusal into a message and exit 1."""
-    from http import HTTPStatus
-
     from node.errors import NodeError
     from node.review.parts import ReviewParts
 
@@ -226,8 +224,7 @@ def _review_parts(config: Path | None) -> Iterator[Any]:
     try:
         yield parts
     except NodeError as error:
-        status = int(getattr(error, "http_status", HTTPStatus.INTERNAL_SERVER_ERROR))
-        typer.echo(f"error: {error} ({status} {HTTPStatus(status).phrase})", err=True)
+        typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
     finally:
         parts.close()

@@ -1,22 +1,16 @@
-"""Errors of account operations; each carries the HTTP status the web boundary answers with."""
+"""Errors of account operations (the web app answers each with an HTTP status, :mod:`node.web.app`)."""
 
 from __future__ import annotations
-
-from http import HTTPStatus
 
 from node.errors import NodeError
 
 
 class AccountError(NodeError):
-    """An account operation was refused; ``http_status`` says how the web app answers."""
-
-    http_status: HTTPStatus = HTTPStatus.BAD_REQUEST
+    """An account operation was refused."""
 
 
 class InvalidCredentials(AccountError):
     """Unknown user, wrong password or disabled account (deliberately not told apart)."""
-
-    http_status = HTTPStatus.UNAUTHORIZED
 
     def __init__(self) -> None:
         super().__init__("unknown user name or wrong password")
@@ -24,8 +18,6 @@ class InvalidCredentials(AccountError):
 
 class LoginBlocked(AccountError):
     """Too many failed logins for this user or from this address: try again later."""
-
-    http_status = HTTPStatus.TOO_MANY_REQUESTS
 
     def __init__(self, retry_after_s: float) -> None:
         self.retry_after_s = retry_after_s
@@ -35,16 +27,10 @@ class LoginBlocked(AccountError):
 class UserExists(AccountError):
     """A user of that name already exists."""
 
-    http_status = HTTPStatus.CONFLICT
-
 
 class UnknownUser(AccountError):
     """No user of that name."""
 
-    http_status = HTTPStatus.NOT_FOUND
-
 
 class InvalidAccount(AccountError):
     """A user name, role, name or password that does not meet the rules."""
-
-    http_status = HTTPStatus.UNPROCESSABLE_ENTITY

@@ -30,21 +30,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.clock import Clock
 from node.config import DeliverySettings, Destination
+from node.dicom.status import Status, stored
 from node.failpoints import failpoint
 from node.logging import get_logger
 from node.metrics import NodeMetrics
-from node.status import Status
 from node.store.outbox import DueDelivery, Outbox, retry_audit
 
 log = get_logger(__name__)
-
-#: C-STORE warning statuses (PS3.4 Table B.2-1): the object was stored, with a remark.
-_STORED_WITH_WARNING = frozenset({0xB000, 0xB006, 0xB007})
-
-
-def is_stored(status: int) -> bool:
-    """Whether a C-STORE response status means the peer stored the object."""
-    return status == Status.SUCCESS or status in _STORED_WITH_WARNING
 
 
 def refused_reason(sop_class_uid: str) -> str:
@@ -247,7 +239,7 @@ class DeliverySender:
             self._failed(delivery, f"sending failed: {type(error).__name__}: {error}", None)
             return
         status = int(response.Status) if "Status" in response else None
-        if status is not None and is_stored(status):
+        if status is not None and stored(status):
             failpoint("sender:sent")
             self.metrics.delivery_attempts.inc()
             self.outbox.mark_delivered(delivery, status, self.clock.now())

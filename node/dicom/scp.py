@@ -1,4 +1,5 @@
-"""The storage SCP: Verification and C-STORE, thin handlers over :class:`~node.store.ingest.Ingest`.
+"""The storage SCP: Verification and C-STORE, thin handlers over an :class:`InstanceSink` (the node's
+durable ingest, :class:`node.store.ingest.Ingest`, which the caller passes in).
 
 Handlers run on association threads and only check, store durably, index and answer; nothing
 slower happens here. Callers outside ``allowed_callers`` are rejected at association (PS3.8 7.1.1.9,
@@ -14,7 +15,7 @@ import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import structlog
 from pynetdicom import AE, evt
@@ -25,12 +26,12 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from node.clock import monotonic
 from node.config import CallerRule, DicomSettings
 from node.dicom.contexts import storage_contexts
+from node.dicom.instance import Stored
+from node.dicom.status import Status, dimse_status
 from node.dicom.tls import TLSHandshakeServer, server_context
 from node.errors import NodeError
 from node.logging import Pseudonymiser, get_logger
 from node.metrics import NodeMetrics
-from node.status import Status
-from node.store.ingest import Ingest
 
 log = get_logger(__name__)
 
@@ -389,13 +390,27 @@ class _TLSServer(TLSHandshakeServer, _NoDelayServer):
         self.connections.rebind(client_address, secured)
 
 
+class InstanceSink(Protocol):
+    """Where received instances go: stored durably and indexed before :meth:`store` returns."""
+
+    def store(
+        self,
+        data: bytes,
+        calling_ae: str | None = None,
+        expected_sop_class: str | None = None,
+        expected_sop_instance: str | None = None,
+    ) -> Stored:
+        """Store one Part 10 byte string; raises a :class:`~node.errors.NodeError` to refuse it."""
+        ...
+
+
 class StorageSCP:
     """Owns the pynetdicom AE and server for the node's listener."""
 
     def __init__(
         self,
         settings: DicomSettings,
-        ingest: Ingest,
+        ingest: InstanceSink,
         pseudonymise: Pseudonymiser,
         metrics: NodeMetrics | None = None,
     ) -> None:
@@ -618,8 +633,9 @@ class StorageSCP:
             )
         except NodeError as error:
             self._count(counts, "refused")
-            log.warning("instance refused", status=f"0x{int(error.status):04X}", reason=str(error))
-            return int(error.status)
+            status = dimse_status(error)
+            log.warning("instance refused", status=f"0x{int(status):04X}", reason=str(error))
+            return int(status)
         except Exception:
             self._count(counts, "refused")
             log.exception("instance failed", status=f"0x{int(Status.PROCESSING_FAILURE):04X}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from node.status import Status
+from node.dicom.status import Status
 
 
 class AssociationFailed(Exception):

@@ -29,7 +29,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage
 
-from node.store.instance import DA_DIGITS, InstanceHeader, SpooledInstance, dated_time, floats, texts
+from node.dicom.instance import DA_DIGITS, InstanceHeader, SpooledInstance, dated_time, floats, texts
 
 #: Multi-frame greyscale MR classes whose frames can fill a stack's cells (PS3.4 B.5).
 SPLIT_MR_CLASSES: Final = frozenset(

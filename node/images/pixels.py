@@ -19,9 +19,9 @@ from pydicom.pixels.processing import apply_modality_lut
 from pydicom.pixels.utils import iter_pixels
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from node.dicom.instance import SpooledInstance
 from node.errors import NodeError
 from node.images.frames import FunctionalGroups, SpooledFrame
-from node.store.instance import SpooledInstance
 
 
 class UnreadablePixels(NodeError):

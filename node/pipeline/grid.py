@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
+from node.dicom.instance import SpooledInstance
 from node.domain import GridCell, StackGrid
 from node.images.frames import SpooledFrame, split_frames
 from node.inference.qc import QcFlag
 from node.logging import get_logger
 from node.pipeline.stacks import StackPlan, find_sax_stacks
 from node.store.index import Index
-from node.store.instance import SpooledInstance
 from node.store.jobs import JobQueue
 
 log = get_logger(__name__)

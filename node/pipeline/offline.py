@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from node.dicom.instance import SpooledInstance, parse_instance
 from node.domain import StackResult
 from node.errors import NodeError
 from node.pipeline.measure import StackMeasurer
 from node.pipeline.media import is_media_directory, listed_files
 from node.pipeline.stacks import StackPlan, find_sax_stacks
-from node.store.instance import SpooledInstance, parse_instance
 
 #: The four bytes after the 128-byte preamble of every Part 10 file (PS3.10 7.1).
 PART10_MAGIC = b"DICM"

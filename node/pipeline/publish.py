@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node.clock import Clock
 from node.config import Destination
+from node.dicom.instance import SpooledInstance
 from node.domain import OutboxKind, StackResult, ejection_fraction, stroke_volume
 from node.failpoints import failpoint
 from node.logging import Pseudonymiser, get_logger
@@ -38,7 +39,6 @@ from node.reports.sources import (
 )
 from node.reports.sr import build_draft_sr, derived_uid
 from node.store.index import Index
-from node.store.instance import SpooledInstance
 from node.store.jobs import JobQueue
 from node.store.labels import decode_labels
 from node.store.outbox import Outbox, OutgoingObject

@@ -31,9 +31,9 @@ from typing import Final, TypeVar
 
 from pydicom.uid import EnhancedMRColorImageStorage, MRImageStorage
 
+from node.dicom.instance import DA_DIGITS, SpooledInstance, da_day
 from node.images.frames import SPLIT_MR_CLASSES, FrameProblem, SpooledFrame, split_frames
 from node.inference.qc import QcFlag
-from node.store.instance import DA_DIGITS, SpooledInstance, da_day
 
 Vector = tuple[float, float, float]
 Orientation = tuple[float, float, float, float, float, float]

@@ -28,10 +28,10 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from node.dicom.instance import SpooledInstance
 from node.domain import StackResult
 from node.images.pixels import UnreadablePixels, grey_levels, read_frame
 from node.reports.errors import ReportError
-from node.store.instance import SpooledInstance
 
 #: Value representations whose values :func:`sanitised_for_copy` checks (PS3.5 Table 6.2-1).
 DATE_TIME_VRS: Final = frozenset({"DA", "DT", "TM"})

@@ -229,7 +229,7 @@ class ReviewService:
                     target=result_id,
                     details={
                         "requested": str(status),
-                        "http_status": int(error.http_status),
+                        "refusal": type(error).__name__,
                         "reason": str(error),
                     },
                 )

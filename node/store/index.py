@@ -14,8 +14,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from node.dicom.instance import InstanceHeader, SpooledInstance
 from node.domain import JobState
-from node.store.instance import InstanceHeader, SpooledInstance
 from node.store.schema import instances, jobs, metadata, studies
 
 _STUDY_FIELDS = (

@@ -17,10 +17,10 @@ from sqlalchemy.exc import OperationalError
 
 from node.clock import Clock
 from node.config import Settings
+from node.dicom.instance import Stored, parse_instance
 from node.errors import ConflictingInstance, NodeError, OutOfResources
 from node.failpoints import failpoint
 from node.store.index import Index
-from node.store.instance import InstanceHeader, parse_instance
 from node.store.spool import Spool
 
 
@@ -47,14 +47,6 @@ class IngestLimits:
             max_instances_per_study=settings.storage.max_instances_per_study,
             max_waiting_studies=settings.pipeline.max_queued_studies,
         )
-
-
-@dataclass(frozen=True)
-class Stored:
-    """Outcome of a successful store."""
-
-    header: InstanceHeader
-    duplicate: bool
 
 
 class _KeyedLocks:

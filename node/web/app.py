@@ -13,13 +13,29 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import RedirectResponse, Response
 
-from node.accounts.errors import LoginBlocked
+from node.accounts.errors import (
+    AccountError,
+    InvalidAccount,
+    InvalidCredentials,
+    LoginBlocked,
+    UnknownUser,
+    UserExists,
+)
 from node.errors import NodeError
 from node.logging import get_logger
+from node.review.errors import (
+    AlreadyReviewed,
+    DraftNotAvailable,
+    InvalidReview,
+    NotPermitted,
+    NotReviewable,
+    ResultNotFound,
+    ReviewError,
+)
 from node.web import actions, ops, pages
 from node.web.auth import set_session_cookie
 from node.web.context import WebContext
-from node.web.errors import LoginRequired
+from node.web.errors import CsrfRejected, LoginRequired, NotFound, WebError
 from node.web.pages import NO_STORE, templates
 
 log = get_logger(__name__)
@@ -36,9 +52,34 @@ SECURITY_HEADERS: Final = {
 }
 
 
+#: How the web app answers each refusal; the most specific class listed wins, anything else is 500.
+HTTP_STATUSES: dict[type[NodeError], HTTPStatus] = {
+    ReviewError: HTTPStatus.BAD_REQUEST,
+    NotPermitted: HTTPStatus.FORBIDDEN,
+    ResultNotFound: HTTPStatus.NOT_FOUND,
+    NotReviewable: HTTPStatus.CONFLICT,
+    AlreadyReviewed: HTTPStatus.CONFLICT,
+    DraftNotAvailable: HTTPStatus.CONFLICT,
+    InvalidReview: HTTPStatus.UNPROCESSABLE_ENTITY,
+    AccountError: HTTPStatus.BAD_REQUEST,
+    InvalidCredentials: HTTPStatus.UNAUTHORIZED,
+    LoginBlocked: HTTPStatus.TOO_MANY_REQUESTS,
+    UserExists: HTTPStatus.CONFLICT,
+    UnknownUser: HTTPStatus.NOT_FOUND,
+    InvalidAccount: HTTPStatus.UNPROCESSABLE_ENTITY,
+    WebError: HTTPStatus.BAD_REQUEST,
+    LoginRequired: HTTPStatus.UNAUTHORIZED,
+    CsrfRejected: HTTPStatus.FORBIDDEN,
+    NotFound: HTTPStatus.NOT_FOUND,
+}
+
+
 def http_status(error: NodeError) -> int:
-    """The HTTP status a domain error carries (500 for one that carries none)."""
-    return int(getattr(error, "http_status", HTTPStatus.INTERNAL_SERVER_ERROR))
+    """The HTTP status that answers a domain error (:data:`HTTP_STATUSES`, by its class's ancestry)."""
+    for kind in type(error).__mro__:
+        if kind in HTTP_STATUSES:
+            return int(HTTP_STATUSES[kind])
+    return int(HTTPStatus.INTERNAL_SERVER_ERROR)
 
 
 def _refused(request: Request, error: Exception) -> Response:

@@ -20,8 +20,8 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from node.dicom.status import Status
 from node.domain import OutboxKind, ReportObject
-from node.status import Status
 from node.store.outbox import OutgoingObject
 from tests.support import STORESCP, dcmtk_env, port_accepts, wait_for
 

@@ -13,7 +13,7 @@ from node.clock import ManualClock
 from node.config import DeliverySettings, Destination
 from node.delivery import sender as sender_module
 from node.delivery.sender import DeliverySender
-from node.status import Status
+from node.dicom.status import Status
 from node.store.audit import AuditAction, AuditLog
 from node.store.index import Index
 from node.store.outbox import DEAD, DELIVERED, PENDING, SENDING, Outbox, OutgoingObject

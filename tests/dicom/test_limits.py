@@ -19,7 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE, VerificationPresentationContexts
 from pynetdicom.association import Association
 
-from node.status import Status
+from node.dicom.status import Status
 from tests.support import NodeServer, receiver_only_env, synthetic_mr, wait_for
 
 pytestmark = pytest.mark.integration

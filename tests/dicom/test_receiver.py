@@ -26,7 +26,7 @@ from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 
-from node.status import Status
+from node.dicom.status import Status
 from node.store.index import Index
 from tests.conftest import NodeServerFactory
 from tests.support import (

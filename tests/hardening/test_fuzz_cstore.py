@@ -52,11 +52,11 @@ from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 
+from node.dicom.instance import MAX_SEQUENCE_DEPTH, MAX_SEQUENCE_ITEMS, parse_instance
+from node.dicom.status import Status
 from node.errors import MalformedInstance
-from node.status import Status
 from node.store import instance
 from node.store.index import Index
-from node.store.instance import MAX_SEQUENCE_DEPTH, MAX_SEQUENCE_ITEMS, parse_instance
 from tests.hardening import fuzz
 from tests.hardening.fuzz import (
     CT_IMAGE_STORAGE,

@@ -31,6 +31,7 @@ from pydicom.uid import (
 )
 
 from node.config import InferenceSettings
+from node.dicom.instance import SpooledInstance, parse_instance
 from node.images.frames import SpooledFrame
 from node.images.pixels import UnreadablePixels, read_cell
 from node.inference.runner import load_segmenter
@@ -40,7 +41,6 @@ from node.pipeline.pixels import load_pixels
 from node.pipeline.stacks import StackPlan, find_sax_stacks
 from node.reports.sources import decode_frame, frame_pixels
 from node.store.index import Index
-from node.store.instance import SpooledInstance, parse_instance
 from tests.pipeline.test_stacks import (
     RR_MS,
     SAX,

@@ -22,8 +22,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from node.dicom.instance import SpooledInstance, parse_instance
 from node.pipeline.stacks import StackPlan, StackSearch, find_sax_stacks
-from node.store.instance import SpooledInstance, parse_instance
 
 Orientation = tuple[float, float, float, float, float, float]
 

@@ -22,6 +22,7 @@ from node.accounts.passwords import Passwords
 from node.accounts.users import Role, User
 from node.clock import ManualClock
 from node.config import DeliverySettings, Destination, Settings, StorageSettings
+from node.dicom.instance import InstanceHeader
 from node.domain import ModelIdentity, OutboxKind, Outcome, StackResult
 from node.inference.qc import qc_status
 from node.metrics import NodeMetrics
@@ -30,7 +31,6 @@ from node.reports.sc import build_sc
 from node.reports.sr import build_draft_sr
 from node.review.parts import ReviewParts
 from node.store.index import Index
-from node.store.instance import InstanceHeader
 from node.store.jobs import JobQueue, ResultRow
 from node.store.outbox import Outbox, OutgoingObject
 from node.store.spool import Spool

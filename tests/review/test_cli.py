@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from typer.testing import CliRunner
 
@@ -75,7 +76,7 @@ def test_worklist_show_prints_flags_in_words_and_audits_the_view(seeded: Seeded)
     (entry,) = seeded.parts.audit.entries(action=AuditAction.VIEW_STUDY)
     assert entry.target == result_id and entry.address == "cli"
     missing = runner.invoke(app, ["worklist", "show", "no-such-id"], env=_env(seeded))
-    assert missing.exit_code == 1 and "404" in missing.output
+    assert missing.exit_code == 1 and "error: no such result" in missing.output
 
 
 def test_worklist_sign_from_the_console(seeded: Seeded) -> None:
@@ -86,7 +87,7 @@ def test_worklist_sign_from_the_console(seeded: Seeded) -> None:
     assert signed.exit_code == 0, signed.output
     assert f"signed off {result_id}" in signed.output
     again = _review(seeded, "sign", result_id, "--user", "jsmith")
-    assert again.exit_code == 1 and "409 Conflict" in again.output
+    assert again.exit_code == 1 and "error: this result has already been reviewed" in again.output
     (entry,) = seeded.parts.audit.entries(action=AuditAction.SIGN_OFF)
     assert (entry.actor, entry.address) == ("jsmith", "cli")
     # The console records the sign-off; the serving node queues the verified SR for its destinations.
@@ -96,17 +97,22 @@ def test_worklist_sign_from_the_console(seeded: Seeded) -> None:
 
 
 def test_worklist_refusals_from_the_console(seeded: Seeded) -> None:
-    """Wrong password (401), an admin (403), a reject without reason (422) all exit 1 and change nothing."""
+    """A wrong password, an admin, a reject without reason, amended volumes without a reason all exit 1
+    with one line in words (no HTTP status: the console is not the web) and change nothing."""
     result_id = seed_result(seeded)
     seeded.user("jsmith")
     seeded.user("boss", role=Role.ADMIN)
     for result, status in (
-        (_review(seeded, "sign", result_id, "--user", "jsmith", password="wrong password"), "401"),
-        (_review(seeded, "sign", result_id, "--user", "boss"), "403"),
-        (_review(seeded, "reject", result_id, "--user", "jsmith"), "422"),
-        (_review(seeded, "amend", result_id, "--user", "jsmith", "--edv", "100", "--esv", "50"), "422"),
+        (_review(seeded, "sign", result_id, "--user", "jsmith", password="wrong password"), "wrong password"),
+        (_review(seeded, "sign", result_id, "--user", "boss"), "only a radiologist"),
+        (_review(seeded, "reject", result_id, "--user", "jsmith"), "a reason is required to reject"),
+        (
+            _review(seeded, "amend", result_id, "--user", "jsmith", "--edv", "100", "--esv", "50"),
+            "a reason is required to amend",
+        ),
     ):
-        assert result.exit_code == 1 and status in result.output
+        assert result.exit_code == 1 and status in result.output, result.output
+        assert re.search(r"\(\d{3} ", result.output) is None
     assert seeded.parts.store.for_result(result_id) is None
 
 

@@ -16,11 +16,11 @@ import pytest
 from pydicom.uid import generate_uid
 
 from node.clock import ManualClock
+from node.dicom.instance import parse_instance
+from node.dicom.status import Status, dimse_status
 from node.errors import ConflictingInstance, NodeError, OutOfResources
-from node.status import Status
 from node.store.index import Index
 from node.store.ingest import Ingest, IngestLimits
-from node.store.instance import parse_instance
 from node.store.spool import Spool
 from tests.support import (
     NodeServer,
@@ -84,7 +84,7 @@ def test_the_same_uid_sent_concurrently_with_other_content_keeps_the_first_and_r
         try:
             ingest.store(data)
         except NodeError as error:
-            return int(error.status)
+            return int(dimse_status(error))
         return int(Status.SUCCESS)
 
     with ThreadPoolExecutor(2) as pool:
@@ -105,7 +105,7 @@ def test_a_byte_identical_resend_is_a_duplicate_and_other_content_is_refused(tmp
     assert ingest.store(first).duplicate
     with pytest.raises(ConflictingInstance) as refused:
         ingest.store(_variant(uid, "1.2.826.0.1.3680043.10.503", PatientComments="corrected"))
-    assert refused.value.status == Status.DUPLICATE_SOP_INSTANCE
+    assert dimse_status(refused.value) == Status.DUPLICATE_SOP_INSTANCE
     [path] = spool.root.rglob("*.dcm")
     assert path.read_bytes() == first
     index.close()

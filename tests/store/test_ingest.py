@@ -11,9 +11,9 @@ import pytest
 from pydicom.uid import generate_uid
 
 from node.clock import ManualClock
+from node.dicom.status import Status, dimse_status
 from node.domain import Outcome
 from node.errors import MalformedInstance, OutOfResources
-from node.status import Status
 from node.store.index import Index
 from node.store.ingest import Ingest, IngestLimits
 from node.store.jobs import JobQueue
@@ -70,7 +70,7 @@ def test_disk_floor_refuses_without_writing(tmp_path: Path) -> None:
     ingest, spool, index = _ingest(tmp_path, min_free_bytes=2**62)
     with pytest.raises(OutOfResources) as raised:
         ingest.store(synthetic_mr())
-    assert raised.value.status is Status.OUT_OF_RESOURCES
+    assert dimse_status(raised.value) is Status.OUT_OF_RESOURCES
     assert _spooled(spool) == []
     assert list((spool.root / ".incoming").iterdir()) == []
     assert index.instance_paths() == {}
@@ -93,7 +93,7 @@ def test_instance_over_the_size_limit_is_refused_without_writing(tmp_path: Path)
     ingest, spool, index = _ingest(tmp_path, max_instance_bytes=len(data) - 1)
     with pytest.raises(OutOfResources) as refused:
         ingest.store(data)
-    assert refused.value.status == Status.OUT_OF_RESOURCES
+    assert dimse_status(refused.value) == Status.OUT_OF_RESOURCES
     assert _spooled(spool) == []
     index.close()
 

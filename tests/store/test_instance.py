@@ -12,9 +12,9 @@ from pydicom.filereader import read_dataset, read_preamble
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
+from node.dicom.instance import parse_instance
+from node.dicom.status import Status, dimse_status
 from node.errors import MalformedInstance, NodeError, SopClassMismatch
-from node.status import Status
-from node.store.instance import parse_instance
 from tests.support import synthetic_mr
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -62,7 +62,7 @@ def _rewritten(data: bytes, **changes: object) -> bytes:
 def _refused(data: bytes, error: type[NodeError], status: Status, **expected: str) -> None:
     with pytest.raises(error) as raised:
         parse_instance(data, **expected)
-    assert raised.value.status is status
+    assert dimse_status(raised.value) is status
 
 
 def test_whole_instance_gives_its_header(whole: bytes) -> None:

@@ -27,7 +27,6 @@ from itertools import pairwise
 from typing import Any, TypeVar
 
 import pydicom
-import pydicom.config
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset, read_preamble
@@ -49,10 +48,6 @@ from pydicom.uid import (
 )
 
 from node.errors import MalformedInstance, SopClassMismatch
-
-# Real-world headers break PS3.5 (UIDs with leading zeros, dates like 20120000). The node must accept
-# them, and pydicom's warnings would print the offending values (identifiers) to the log.
-pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 _PIXEL_DATA = Tag(0x7FE0, 0x0010)
 _FLOAT_PIXEL_DATA = (Tag(0x7FE0, 0x0008), Tag(0x7FE0, 0x0009))
@@ -121,6 +116,14 @@ class InstanceHeader:
     study_date: str | None
     study_time: str | None
     study_description: str | None
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Outcome of a successful store."""
+
+    header: InstanceHeader
+    duplicate: bool
 
 
 def _value(dataset: Dataset, keyword: str, convert: Callable[[Any], _T]) -> _T | None:
