@@ -21,7 +21,6 @@ import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from io import BytesIO
 from itertools import pairwise
 from typing import Any, TypeVar
@@ -47,6 +46,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from node.dicom.dates import date_of
 from node.errors import MalformedInstance, SopClassMismatch
 
 _PIXEL_DATA = Tag(0x7FE0, 0x0010)
@@ -162,25 +162,13 @@ def texts(value: Any) -> tuple[str, ...]:
 
 
 #: Digits of a DA value (YYYYMMDD, PS3.5 6.2); a DT value starts with one.
-DA_DIGITS = 8
-
-
-def da_day(value: str) -> int | None:
-    """A DA value as a day number (proleptic Gregorian ordinal); None when it is no calendar date
-    (such as 20120000)."""
-    try:
-        return datetime.strptime(value, "%Y%m%d").toordinal()
-    except ValueError:
-        return None
-
-
 def dated_time(date: str | None, time: str | None) -> str | None:
     """``time`` (TM) prefixed with ``date`` (DA) as one DT value, or ``time`` alone for want of a date.
 
     Acquisitions on either side of midnight then compare in order wherever the headers date them.
-    A date that is no calendar date (:func:`da_day`) is left out rather than trusted.
+    A date that is no calendar date (:func:`~node.dicom.dates.date_of`) is left out rather than trusted.
     """
-    if not time or not date or da_day(date) is None:
+    if not time or not date or date_of(date) is None:
         return time
     return date + time.replace(":", "")
 

@@ -29,7 +29,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage
 
-from node.dicom.instance import DA_DIGITS, InstanceHeader, SpooledInstance, dated_time, floats, texts
+from node.dicom.dates import DA_DIGITS, datetime_of
+from node.dicom.instance import InstanceHeader, SpooledInstance, dated_time, floats, texts
 
 #: Multi-frame greyscale MR classes whose frames can fill a stack's cells (PS3.4 B.5).
 SPLIT_MR_CLASSES: Final = frozenset(
@@ -163,13 +164,12 @@ def _frame_header(header: InstanceHeader, groups: FunctionalGroups, index: int) 
 
 
 def _dt_time(value: object) -> str | None:
-    """A DT value (YYYYMMDDHHMMSS.FFFFFF&ZZXX, PS3.5 6.2) as :func:`dated_time` keeps it, offset dropped.
-
-    Acquisitions are compared within one study, on one scanner's clock, so the offset adds nothing.
-    """
-    text = str(value).strip()
-    time = _UTC_OFFSET.split(text[DA_DIGITS:], maxsplit=1)[0]
-    return dated_time(text[:DA_DIGITS], time) if time else None
+    """A DT value (YYYYMMDDHHMMSS.FFFFFF&ZZXX, PS3.5 6.2) as :func:`dated_time` keeps it, offset dropped
+    (:func:`~node.dicom.dates.datetime_of`); None without a time of day or when invalid."""
+    moment = datetime_of(value)
+    if moment is None or len(_UTC_OFFSET.split(str(value).strip(), maxsplit=1)[0]) <= DA_DIGITS:
+        return None
+    return dated_time(moment.strftime("%Y%m%d"), moment.strftime("%H%M%S.%f"))
 
 
 def _temporal_index(groups: FunctionalGroups, index: int) -> int | None:

@@ -31,7 +31,8 @@ from typing import Final, TypeVar
 
 from pydicom.uid import EnhancedMRColorImageStorage, MRImageStorage
 
-from node.dicom.instance import DA_DIGITS, SpooledInstance, da_day
+from node.dicom.dates import TM_DIGITS, datetime_of, seconds_of_day, time_of
+from node.dicom.instance import SpooledInstance
 from node.images.frames import SPLIT_MR_CLASSES, FrameProblem, SpooledFrame, split_frames
 from node.inference.qc import QcFlag
 
@@ -62,11 +63,7 @@ UNIT_LENGTH_TOLERANCE: Final = 0.05
 ORTHOGONALITY_TOLERANCE: Final = 0.05
 
 _PARALLEL_COSINE: Final = math.cos(math.radians(PARALLEL_TOLERANCE_DEG))
-_SECONDS_PER_MINUTE: Final = 60
-_SECONDS_PER_HOUR: Final = 3600
 _SECONDS_PER_DAY: Final = 86400
-_TM_FIELD_DIGITS: Final = 2
-_TM_DIGITS: Final = 6
 #: Multi-frame MR classes that are not split into frames (colour, not the magnitude the model reads).
 _UNSPLIT_MULTI_FRAME_MR_CLASSES: Final = frozenset({str(EnhancedMRColorImageStorage)})
 _DERIVED: Final = "DERIVED"
@@ -318,34 +315,17 @@ def _screen(instance: SpooledInstance, arrival: int) -> _Image | SkipReason:
     return _Image(instance, arrival, orientation, position, axes[0], axes[1], spacing, rows, columns)
 
 
-def _tm_seconds(value: str | None) -> float | None:
-    """Seconds since midnight of a TM value (HHMMSS.FFFFFF, or the old HH:MM:SS), None if unusable."""
-    if not value:
-        return None
-    text = value.strip().replace(":", "")
-    whole, _, fraction = text.partition(".")
-    if not whole.isdigit() or len(whole) % _TM_FIELD_DIGITS or (fraction and not fraction.isdigit()):
-        return None
-    fields = [int(whole[i : i + _TM_FIELD_DIGITS]) for i in range(0, len(whole), _TM_FIELD_DIGITS)]
-    weights = (_SECONDS_PER_HOUR, _SECONDS_PER_MINUTE, 1)
-    if len(fields) > len(weights):
-        return None
-    seconds = sum(field * weight for field, weight in zip(fields, weights, strict=False))
-    return seconds + (float("0." + fraction) if fraction else 0.0)
-
-
 def _acquired(value: str | None) -> tuple[int | None, float] | None:
     """An indexed acquisition moment (DT from :func:`dated_time`, or TM) as (day, seconds since
     midnight); the day is None for a bare time. None when unusable."""
     if not value:
         return None
     text = value.strip()
-    if len(text.replace(":", "").partition(".")[0]) <= _TM_DIGITS:
-        seconds = _tm_seconds(text)
-        return None if seconds is None else (None, seconds)
-    day = da_day(text[:DA_DIGITS])
-    seconds = _tm_seconds(text[DA_DIGITS:])
-    return None if day is None or seconds is None else (day, seconds)
+    if len(text.replace(":", "").partition(".")[0]) <= TM_DIGITS:
+        bare = time_of(text)
+        return None if bare is None else (None, seconds_of_day(bare))
+    moment = datetime_of(text)
+    return None if moment is None else (moment.toordinal(), seconds_of_day(moment.time()))
 
 
 def _all_dated(images: Iterable[_Image]) -> bool:

@@ -8,11 +8,11 @@ from typing import Any
 
 from pydicom.valuerep import PersonName
 
+from node.dicom.dates import date_of
 from node.domain import DeliveryState, QcStatus
 from node.inference.qc import QcFlag, qc_statement, qc_status
 from node.inference.qc import flag_text as _flag_text
 
-_DA_CHARS = 8
 #: Worst first: the summary names the state that needs attention.
 _DELIVERY_ORDER = (DeliveryState.DEAD, DeliveryState.SENDING, DeliveryState.PENDING, DeliveryState.DELIVERED)
 
@@ -26,10 +26,12 @@ def number(value: float | None, unit: str = "", decimals: int = 1) -> str:
 
 
 def dicom_date(value: str | None) -> str:
-    """A DA value (``YYYYMMDD``) as ``YYYY-MM-DD``; anything else as it is."""
-    if value and len(value) == _DA_CHARS and value.isdigit():
-        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
-    return value or "–"
+    """A DA value as ``YYYY-MM-DD``; ``unknown`` where it is no calendar date (``00000000``), an en
+    dash where there is none."""
+    if not value:
+        return "–"
+    parsed = date_of(value)
+    return parsed.isoformat() if parsed is not None else "unknown"
 
 
 def patient_name(value: str | None) -> str:
