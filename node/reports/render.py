@@ -8,9 +8,7 @@ identifier is drawn. The result is an RGB ``uint8`` array (rows, columns, 3), le
 
 from __future__ import annotations
 
-import math
 import textwrap
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -22,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.valuerep import PersonName
 
 from node.domain import QcStatus, StackResult
+from node.images.display import boundary, crop_box, grey, tick_step, window
 from node.reports.codes import ReviewStatus, qc_flag_code
 from node.reports.labels import LabelClasses
 
@@ -34,11 +33,7 @@ PANEL_TOP: Final = 138
 CAPTION_TOP: Final = 106
 CURVE_TOP: Final = 492
 COLUMN_LEFT: Final = 2 * PANEL_SIZE + 3 * MARGIN + 8
-#: Display window of the MR frames: these percentiles of both frames' pixels map to black and white.
-WINDOW_PERCENTILES: Final = (1.0, 99.5)
-#: The crop around the LV spans this many times the LV's extent, and at least CROP_MIN_MM.
-CROP_EXTENT_FACTOR: Final = 2.2
-CROP_MIN_MM: Final = 80.0
+#: Contours on the picture are this thick (the window, crop and ticks: :mod:`node.images.display`).
 CONTOUR_WIDTH_PX: Final = 2
 
 BACKGROUND: Final = (18, 18, 18)
@@ -59,8 +54,6 @@ VALUE_FONT: Final = 28
 BODY_FONT: Final = 19
 SMALL_FONT: Final = 16
 QC_WRAP_CHARS: Final = 30
-VALUE_TICK_ML: Final = (10.0, 20.0, 25.0, 50.0, 100.0)
-MAX_TICKS: Final = 6
 
 UNVERIFIED_BANNER: Final = "AI RESULT - NOT VERIFIED BY A RADIOLOGIST"
 
@@ -122,72 +115,23 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def _window(frames: Sequence[npt.NDArray[np.float64]]) -> tuple[float, float]:
-    values = np.concatenate([frame.ravel() for frame in frames])
-    low, high = (float(v) for v in np.percentile(values, WINDOW_PERCENTILES))
-    return low, max(high, low + 1.0)
-
-
-def _crop_box(
-    frames: Sequence[Frame], classes: LabelClasses, spacing: tuple[float, float]
-) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of a physically square crop centred on the LV of both frames."""
-    rows, columns = frames[0].labels.shape
-    lv = np.zeros((rows, columns), dtype=bool)
-    for frame in frames:
-        lv |= np.isin(frame.labels, (classes.blood_pool, classes.myocardium))
-    if not lv.any():
-        return 0, 0, rows, columns
-    found_rows, found_columns = np.nonzero(lv)
-    centre = ((found_rows.min() + found_rows.max()) / 2, (found_columns.min() + found_columns.max()) / 2)
-    extent_mm = max(
-        (found_rows.max() - found_rows.min() + 1) * spacing[0],
-        (found_columns.max() - found_columns.min() + 1) * spacing[1],
-    )
-    side_mm = max(extent_mm * CROP_EXTENT_FACTOR, CROP_MIN_MM)
-    height = min(rows, round(side_mm / spacing[0]))
-    width = min(columns, round(side_mm / spacing[1]))
-    top = int(np.clip(round(centre[0] - height / 2), 0, rows - height))
-    left = int(np.clip(round(centre[1] - width / 2), 0, columns - width))
-    return top, left, height, width
-
-
-def _boundary(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    """Pixels of ``mask`` with a 4-neighbour outside it, thickened to CONTOUR_WIDTH_PX."""
-    padded = np.pad(mask, 1)
-    interior = (
-        padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    )
-    edge = mask & ~interior
-    for _ in range(CONTOUR_WIDTH_PX - 1):
-        grown = np.pad(edge, 1)
-        edge = edge | grown[:-2, 1:-1] | grown[2:, 1:-1] | grown[1:-1, :-2] | grown[1:-1, 2:]
-    return edge
-
-
 def _panel(
-    frame: Frame, box: tuple[int, int, int, int], window: tuple[float, float], classes: LabelClasses
+    frame: Frame, box: tuple[int, int, int, int], shown: tuple[float, float], classes: LabelClasses
 ) -> Image.Image:
     top, left, height, width = box
     pixels = np.asarray(frame.pixels, dtype=np.float64)[top : top + height, left : left + width]
     labels = frame.labels[top : top + height, left : left + width]
-    grey = np.clip((pixels - window[0]) / (window[1] - window[0]) * 255.0, 0, 255).astype(np.uint8)
-    image = Image.fromarray(grey, mode="L").resize((PANEL_SIZE, PANEL_SIZE), Image.Resampling.BILINEAR)
+    image = Image.fromarray(grey(pixels, shown), mode="L").resize(
+        (PANEL_SIZE, PANEL_SIZE), Image.Resampling.BILINEAR
+    )
     rgb = np.asarray(image.convert("RGB")).copy()
     label_image = Image.fromarray(labels, mode="L").resize((PANEL_SIZE, PANEL_SIZE), Image.Resampling.NEAREST)
     upscaled = np.asarray(label_image)
     blood = upscaled == classes.blood_pool
     myocardium = (upscaled == classes.myocardium) | blood
-    rgb[_boundary(myocardium)] = MYOCARDIUM_COLOUR
-    rgb[_boundary(blood)] = BLOOD_POOL_COLOUR
+    rgb[boundary(myocardium, CONTOUR_WIDTH_PX)] = MYOCARDIUM_COLOUR
+    rgb[boundary(blood, CONTOUR_WIDTH_PX)] = BLOOD_POOL_COLOUR
     return Image.fromarray(rgb, mode="RGB")
-
-
-def _tick_step(span: float) -> float:
-    for step in VALUE_TICK_ML:
-        if span / step <= MAX_TICKS:
-            return step
-    return VALUE_TICK_ML[-1] * math.ceil(span / (VALUE_TICK_ML[-1] * MAX_TICKS))
 
 
 def _curve(draw: ImageDraw.ImageDraw, result: StackResult, box: tuple[int, int, int, int]) -> None:
@@ -197,7 +141,7 @@ def _curve(draw: ImageDraw.ImageDraw, result: StackResult, box: tuple[int, int, 
     draw.text((left, top), "LV blood-pool volume (ml) by cardiac phase", fill=TEXT, font=body)
     plot_left, plot_top, plot_right, plot_bottom = left + 56, top + 30, right - 10, bottom - 28
     curve = np.asarray(result.volume_curve_ml, dtype=np.float64)
-    step = _tick_step(max(float(curve.max() - curve.min()), 1.0))
+    step = tick_step(max(float(curve.max() - curve.min()), 1.0))
     low = np.floor(curve.min() / step) * step - step
     high = np.ceil(curve.max() / step) * step
     phases = max(len(curve) - 1, 1)
@@ -322,14 +266,16 @@ def render_summary(
 
     frames = (ed, es)
     spacing = (float(result.pixel_spacing_mm[0]), float(result.pixel_spacing_mm[1]))
-    box = _crop_box(frames, classes, spacing)
-    window = _window([np.asarray(frame.pixels, dtype=np.float64) for frame in frames])
+    box = crop_box(
+        np.stack([frame.labels for frame in frames]), (classes.blood_pool, classes.myocardium), spacing
+    )
+    shown = window([np.asarray(frame.pixels, dtype=np.float64) for frame in frames])
     title = _font(TITLE_FONT)
     captions = (f"End diastole (phase {result.ed_phase + 1})", f"End systole (phase {result.es_phase + 1})")
     for index, (frame, caption) in enumerate(zip(frames, captions, strict=True)):
         left = MARGIN + index * (PANEL_SIZE + MARGIN)
         draw.text((left, CAPTION_TOP), caption, fill=TEXT, font=title)
-        canvas.paste(_panel(frame, box, window, classes), (left, PANEL_TOP))
+        canvas.paste(_panel(frame, box, shown, classes), (left, PANEL_TOP))
     legend_y = PANEL_TOP + PANEL_SIZE + 8
     small = _font(SMALL_FONT)
     draw.rectangle([MARGIN, legend_y + 3, MARGIN + 12, legend_y + 15], fill=BLOOD_POOL_COLOUR)

@@ -15,11 +15,8 @@ import numpy.typing as npt
 from PIL import Image
 from pydicom.dataset import Dataset
 
-#: Display window of MR frames: these percentiles over all frames map to black and white.
-WINDOW_PERCENTILES: Final = (1.0, 99.5)
-#: The cine is cropped around the LV: this many times its extent, and at least CROP_MIN_MM.
-CROP_EXTENT_FACTOR: Final = 2.2
-CROP_MIN_MM: Final = 80.0
+from node.images.display import boundary, crop_box, grey, tick_step, window
+
 CINE_SIZE_PX: Final = 320
 #: Frame duration bounds (ms): browsers treat very short GIF delays as 100 ms.
 FRAME_MS_RANGE: Final = (20, 200)
@@ -47,53 +44,13 @@ def dataset_png(dataset: Dataset) -> bytes:
     if pixels.ndim == 3:  # RGB (pydicom converts YBR to RGB by default)
         image = Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="RGB")
     else:
-        grey = _window([pixels.astype(np.float64)], pixels.astype(np.float64))
+        shown = grey(pixels, window([pixels]))
         if str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-            grey = 255 - grey
-        image = Image.fromarray(grey, mode="L")
+            shown = 255 - shown
+        image = Image.fromarray(shown, mode="L")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
-
-
-def _window(
-    all_frames: Sequence[npt.NDArray[np.float64]], frame: npt.NDArray[np.float64]
-) -> npt.NDArray[np.uint8]:
-    values = np.concatenate([item.ravel() for item in all_frames])
-    low, high = (float(v) for v in np.percentile(values, WINDOW_PERCENTILES))
-    high = max(high, low + 1.0)
-    return np.clip((frame - low) / (high - low) * 255.0, 0, 255).astype(np.uint8)
-
-
-def _boundary(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    """Pixels of ``mask`` with a 4-neighbour outside it."""
-    padded = np.pad(mask, 1)
-    interior = (
-        padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    )
-    return mask & ~interior
-
-
-def crop_box(
-    labels: npt.NDArray[np.uint8], classes: Sequence[int], spacing_mm: tuple[float, float]
-) -> tuple[int, int, int, int]:
-    """(top, left, height, width): a physically square crop centred on the labelled LV of all phases."""
-    rows, columns = labels.shape[-2:]
-    lv = np.isin(labels, list(classes)).reshape(-1, rows, columns).any(axis=0)
-    if not lv.any():
-        return 0, 0, rows, columns
-    found_rows, found_columns = np.nonzero(lv)
-    centre = ((found_rows.min() + found_rows.max()) / 2, (found_columns.min() + found_columns.max()) / 2)
-    extent_mm = max(
-        (found_rows.max() - found_rows.min() + 1) * spacing_mm[0],
-        (found_columns.max() - found_columns.min() + 1) * spacing_mm[1],
-    )
-    side_mm = max(extent_mm * CROP_EXTENT_FACTOR, CROP_MIN_MM)
-    height = min(rows, max(1, round(side_mm / spacing_mm[0])))
-    width = min(columns, max(1, round(side_mm / spacing_mm[1])))
-    top = int(np.clip(round(centre[0] - height / 2), 0, rows - height))
-    left = int(np.clip(round(centre[1] - width / 2), 0, columns - width))
-    return top, left, height, width
 
 
 def cine_gif(
@@ -126,17 +83,18 @@ def cine_gif(
     scale = CINE_SIZE_PX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     images: list[Image.Image] = []
+    shown = window(crops)
     for (phase, _), crop in zip(present, crops, strict=True):
-        grey = np.asarray(
-            Image.fromarray(_window(crops, crop), mode="L").resize(size, Image.Resampling.BILINEAR)
+        levels = np.asarray(
+            Image.fromarray(grey(crop, shown), mode="L").resize(size, Image.Resampling.BILINEAR)
         )
         # Palette indices: grey levels 0..GREY_LEVELS-1, then the two contour colours exactly.
-        indices = (grey.astype(np.uint16) * (GREY_LEVELS - 1) // 255).astype(np.uint8)
+        indices = (levels.astype(np.uint16) * (GREY_LEVELS - 1) // 255).astype(np.uint8)
         label = labels[phase, top : top + height, left : left + width]
         upscaled = np.asarray(Image.fromarray(label, mode="L").resize(size, Image.Resampling.NEAREST))
         blood = upscaled == blood_pool
-        indices[_boundary(blood | (upscaled == myocardium))] = GREY_LEVELS
-        indices[_boundary(blood)] = GREY_LEVELS + 1
+        indices[boundary(blood | (upscaled == myocardium))] = GREY_LEVELS
+        indices[boundary(blood)] = GREY_LEVELS + 1
         frame = Image.fromarray(indices, mode="P")
         frame.putpalette(_PALETTE)
         images.append(frame)
@@ -172,7 +130,7 @@ def volume_curve_svg(
     def y(value: float) -> float:
         return top + plot_h * (1 - (value - low) / (high - low))
 
-    step = _tick_step(high - low)
+    step = tick_step(high - low)
     ticks = [
         tick * step for tick in range(int(low // step), int(high // step) + 1) if low <= tick * step <= high
     ]
@@ -208,10 +166,3 @@ def volume_curve_svg(
     )
     parts.append("</svg>")
     return "".join(parts)
-
-
-def _tick_step(span: float) -> float:
-    for step in (5.0, 10.0, 20.0, 25.0, 50.0, 100.0, 200.0, 250.0, 500.0):
-        if span / step <= 6:
-            return step
-    return 1000.0
