@@ -8,8 +8,9 @@ Coding Scheme Identification Sequence (0008,0110), PS3.3 C.12.1.1.5.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Final
+from typing import Final, TypeVar
 
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.coding import Code
@@ -106,18 +107,21 @@ QC_STATUS_CODES: Final = {
 }
 
 
-def qc_status_of(value: str) -> QcStatus:
-    """The :class:`~node.domain.QcStatus` a :data:`QC_STATUS` code value stands for.
+_M = TypeVar("_M")
 
-    Raises
-    ------
-    ValueError
-        The value is not one of :data:`QC_STATUS_CODES`.
-    """
-    for status, code in QC_STATUS_CODES.items():
+
+def _member_of(codes: Mapping[_M, Code], value: str, what: str) -> _M:
+    """The member whose code has ``value``; ValueError for a value none has."""
+    for member, code in codes.items():
         if code.value == value:
-            return status
-    raise ValueError(f"unknown QC status code {value!r}")
+            return member
+    raise ValueError(f"unknown {what} code {value!r}")
+
+
+def qc_status_of(value: str) -> QcStatus:
+    """The :class:`~node.domain.QcStatus` a :data:`QC_STATUS` code value stands for (ValueError for
+    another value)."""
+    return _member_of(QC_STATUS_CODES, value, "QC status")
 
 
 def qc_flag_code(flag: str) -> Code:
@@ -140,17 +144,9 @@ def qc_flag_of(value: str) -> str:
 
 
 def review_status_of(value: str) -> ReviewStatus:
-    """The :class:`ReviewStatus` a :data:`REVIEW_STATUS` code value stands for.
-
-    Raises
-    ------
-    ValueError
-        The value is not one of :data:`REVIEW_STATUS_CODES`.
-    """
-    for status, code in REVIEW_STATUS_CODES.items():
-        if code.value == value:
-            return status
-    raise ValueError(f"unknown review status code {value!r}")
+    """The :class:`ReviewStatus` a :data:`REVIEW_STATUS` code value stands for (ValueError for another
+    value)."""
+    return _member_of(REVIEW_STATUS_CODES, value, "review status")
 
 
 def coding_scheme_identification() -> CodingSchemeIdentificationItem:
