@@ -91,7 +91,8 @@ def measure(
         list[Path], typer.Argument(help="DICOM files or folders (searched recursively).", exists=True)
     ],
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print a JSON array, one object per stack.")
+        bool,
+        typer.Option("--json", help="Print a JSON array, one object per stack (ED/ES phases from 1)."),
     ] = False,
     config: ConfigOption = None,
 ) -> None:

@@ -76,7 +76,8 @@ class StackResult:
     myocardium_mm2: tuple[tuple[float, ...], ...]
 
     def to_json(self) -> dict[str, Any]:
-        """The public JSON object of ``dicomnode measure --json``."""
+        """The public JSON object of ``dicomnode measure --json``; ``ed_phase`` and ``es_phase`` count
+        from 1 (phase k of ``phases``), as the worklist and the picture show them."""
         return {
             "study_instance_uid": self.study_instance_uid,
             "series_instance_uids": list(self.series_instance_uids),
@@ -85,8 +86,9 @@ class StackResult:
             "ef_pct": round(self.ef_pct, 1),
             "sv_ml": round(self.sv_ml, 1),
             "lv_mass_g": round(self.lv_mass_g, 1),
-            "ed_phase": self.ed_phase,
-            "es_phase": self.es_phase,
+            # As a person reads them everywhere (worklist, picture): phase k of phases, from 1.
+            "ed_phase": self.ed_phase + 1,
+            "es_phase": self.es_phase + 1,
             "slices": self.slices,
             "phases": self.phases,
             "qc_status": str(self.qc_status),

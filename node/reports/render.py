@@ -138,7 +138,7 @@ def _curve(draw: ImageDraw.ImageDraw, result: StackResult, box: tuple[int, int, 
     """The LV volume curve over the cardiac cycle, ED and ES marked, axes in phases and mL."""
     left, top, right, bottom = box
     small, body = _font(SMALL_FONT), _font(BODY_FONT)
-    draw.text((left, top), "LV blood-pool volume (ml) by cardiac phase", fill=TEXT, font=body)
+    draw.text((left, top), "LV blood-pool volume (mL) by cardiac phase", fill=TEXT, font=body)
     plot_left, plot_top, plot_right, plot_bottom = left + 56, top + 30, right - 10, bottom - 28
     curve = np.asarray(result.volume_curve_ml, dtype=np.float64)
     step = tick_step(max(float(curve.max() - curve.min()), 1.0))
@@ -170,7 +170,7 @@ def _curve(draw: ImageDraw.ImageDraw, result: StackResult, box: tuple[int, int, 
         text_x = x - 10 if right_half else x + 10
         text_y = y - 10 if label == "ED" else y + 10
         anchor = ("r" if right_half else "l") + vertical
-        draw.text((text_x, text_y), f"{label} {curve[phase]:.0f} ml", fill=colour, font=small, anchor=anchor)
+        draw.text((text_x, text_y), f"{label} {curve[phase]:.0f} mL", fill=colour, font=small, anchor=anchor)
 
 
 def _values_column(draw: ImageDraw.ImageDraw, result: StackResult, mid_slice: int, left: int) -> None:
@@ -180,10 +180,10 @@ def _values_column(draw: ImageDraw.ImageDraw, result: StackResult, mid_slice: in
     draw.text((left, y), "Left ventricle", fill=TEXT, font=title)
     y += 36
     rows = (
-        ("EDV", f"{result.edv_ml:.1f} ml"),
-        ("ESV", f"{result.esv_ml:.1f} ml"),
+        ("EDV", f"{result.edv_ml:.1f} mL"),
+        ("ESV", f"{result.esv_ml:.1f} mL"),
         ("EF", f"{result.ef_pct:.1f} %"),
-        ("SV", f"{result.sv_ml:.1f} ml"),
+        ("SV", f"{result.sv_ml:.1f} mL"),
         ("LV mass", f"{result.lv_mass_g:.1f} g"),
     )
     for name, text in rows:

@@ -93,7 +93,7 @@ PENDING_STATEMENT: Final = (
     "AI result pending radiologist review: not verified, not for clinical decisions until signed off."
 )
 AMENDED_STATEMENT: Final = (
-    "EDV and ESV amended by the radiologist (AI values: EDV {edv:.1f} ml, ESV {esv:.1f} ml); "
+    "EDV and ESV amended by the radiologist (AI values: EDV {edv:.1f} mL, ESV {esv:.1f} mL); "
     "EF and SV are derived from the amended volumes. LV mass is the AI value."
 )
 REJECTED_STATEMENT: Final = (

@@ -69,7 +69,7 @@ def test_measure_finds_one_stack_per_sunnybrook_series(measured: dict[str, dict[
     assert shapes == {"SCD0000101": (12, 20), "SCD0000201": (13, 20), "SCD0000301": (10, 20)}
     expected_keys = {
         "study_instance_uid", "series_instance_uids", "edv_ml", "esv_ml", "ef_pct", "sv_ml", "lv_mass_g",
-        "ed_phase", "es_phase", "slices", "phases", "qc_flags", "confidence", "model",
+        "ed_phase", "es_phase", "slices", "phases", "qc_status", "qc_flags", "confidence", "model",
     }  # fmt: skip
     for patient in REFERENCE:
         assert set(measured[patient]) == expected_keys
@@ -112,7 +112,8 @@ def test_measure_finds_the_expert_ed_and_es_phases(
     apart), so a phase counts as matching when it is within one frame, cyclically, of an expert phase.
     """
     expert_ed, expert_es = _expert_phases(shared_data, patient)
-    ed, es = int(measured[patient]["ed_phase"]), int(measured[patient]["es_phase"])  # type: ignore[call-overload]
+    # The JSON counts phases from 1, as people read them; the expert's phases here count from 0.
+    ed, es = int(measured[patient]["ed_phase"]) - 1, int(measured[patient]["es_phase"]) - 1  # type: ignore[call-overload]
     assert min(_cyclic_distance(ed, p) for p in expert_ed) <= 1, (patient, ed, expert_ed)
     assert min(_cyclic_distance(es, p) for p in expert_es) <= 1, (patient, es, expert_es)
     assert ed != 0 or 0 in expert_ed, "ED must not simply be the first frame"

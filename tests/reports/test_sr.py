@@ -283,7 +283,7 @@ def test_amended_sr_reports_the_radiologists_volumes_and_why(written: dict[str, 
     assert _review(amended) == (REVIEW_STATUS_CODES[ReviewStatus.AMENDED].value, SCHEME)
     texts = _texts(amended)
     assert any(text.startswith("EDV and ESV amended by the radiologist") for text in texts)
-    assert f"AI values: EDV {_num(draft, LVEDV)[0]:.1f} ml" in " ".join(texts)
+    assert f"AI values: EDV {_num(draft, LVEDV)[0]:.1f} mL" in " ".join(texts)
     assert "Reason for amendment: Basal slice includes left atrium." in texts
     assert amended.SeriesDescription == VERIFIED_SERIES_DESCRIPTIONS[ReviewStatus.AMENDED]
     assert (amended.VerificationFlag, amended.CompletionFlag) == ("VERIFIED", "COMPLETE")
