@@ -445,7 +445,8 @@ def worklist_show(
         for key, unit in (("edv_ml", "mL"), ("esv_ml", "mL"), ("ef_pct", "%"), ("sv_ml", "mL")):
             value = shown[key]
             typer.echo(f"{key:<14} {'-' if value is None else f'{value:.1f} {unit}'}")
-        typer.echo(f"{'confidence':<14} {shown['confidence'] if shown['confidence'] is not None else '-'}")
+        confidence = result.confidence
+        typer.echo(f"{'confidence':<14} {'-' if confidence is None else f'{confidence:.2f}'}")
         if result.qc_status is not None:
             typer.echo(f"{'qc status':<14} {result.qc_status}: {qc_statement(result.qc_status)}")
         for flag in shown["qc_flags"]:

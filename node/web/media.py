@@ -32,7 +32,8 @@ from node.web.images import DEFAULT_FRAME_MS, cine_gif, dataset_png
 
 log = get_logger(__name__)
 
-SECONDARY_CAPTURE: Final = OutboxKind.SC
+#: The pictures the study page can show, the one made last first (verified after sign-off).
+SECONDARY_CAPTURES: Final = (OutboxKind.VERIFIED_SC, OutboxKind.SC)
 #: Label values of the released model (background, RV, LV myocardium, LV blood pool).
 DEFAULT_CLASSES: Final = ("background", "right_ventricle", "lv_myocardium", "lv_blood_pool")
 CACHE_ENTRIES: Final = 16
@@ -77,11 +78,22 @@ class StudyMedia:
         self._cache = _Cache(CACHE_ENTRIES)
 
     def secondary_capture_png(self, result_id: str) -> bytes | None:
-        """The result's secondary capture (from the outbox) as PNG; None when there is none yet."""
-        path = self._store.outbox_path(result_id, SECONDARY_CAPTURE)
-        if path is None:
+        """The result's secondary capture last made for PACS (from the outbox: the verified one after
+        sign-off, else the draft) as PNG; None when there is none yet."""
+        found = next(
+            (
+                (kind, path)
+                for kind in SECONDARY_CAPTURES
+                if (path := self._store.outbox_path(result_id, kind))
+            ),
+            None,
+        )
+        if found is None:
             return None
-        return self._cache.get(f"sc:{result_id}", lambda: dataset_png(pydicom.dcmread(self._outbox / path)))
+        kind, path = found
+        return self._cache.get(
+            f"{kind}:{result_id}", lambda: dataset_png(pydicom.dcmread(self._outbox / path))
+        )
 
     def cine_gif(self, result: ResultRecord) -> bytes | None:
         """The mid-ventricular slice over all phases with predicted contours; None when unavailable."""

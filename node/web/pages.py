@@ -19,7 +19,7 @@ from node.web.auth import Viewer, client_address, context_of, viewer
 from node.web.errors import NotFound
 from node.web.forms import WorklistQuery
 from node.web.images import volume_curve_svg
-from node.web.media import SECONDARY_CAPTURE
+from node.web.media import SECONDARY_CAPTURES
 from node.web.present import FILTERS, delivery_summary
 
 PAGE_SIZE: Final = 100
@@ -131,7 +131,7 @@ def study(request: Request, result_id: str, user: ViewerDep) -> Response:
             "measured": measured,
             "draft_ready": draft_ready,
             "can_review": refusal(user.user, result, review) is None,
-            "has_sc": store.outbox_path(result_id, SECONDARY_CAPTURE) is not None,
+            "has_sc": any(store.outbox_path(result_id, kind) is not None for kind in SECONDARY_CAPTURES),
             "curve": curve,
         },
         headers=NO_STORE,

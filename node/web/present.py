@@ -9,7 +9,7 @@ from typing import Any
 from pydicom.valuerep import PersonName
 
 from node.dicom.dates import date_of
-from node.domain import DeliveryState, QcStatus
+from node.domain import DeliveryState, OutboxKind, QcStatus
 from node.inference.qc import QcFlag, qc_statement, qc_status
 from node.inference.qc import flag_text as _flag_text
 
@@ -66,6 +66,21 @@ def check_reasons(flags: Sequence[str]) -> list[str]:
     return reasons
 
 
+#: What each outbox object is called on the page.
+KIND_NAMES: Mapping[str, str] = {
+    OutboxKind.DRAFT_SR: "Draft SR (unverified)",
+    OutboxKind.SC: "Secondary capture (unverified)",
+    OutboxKind.SEG: "Segmentation",
+    OutboxKind.VERIFIED_SR: "Verified SR",
+    OutboxKind.VERIFIED_SC: "Verified secondary capture",
+}
+
+
+def kind_name(kind: str) -> str:
+    """The readable name of an outbox kind."""
+    return KIND_NAMES.get(kind, kind.replace("_", " "))
+
+
 def delivery_summary(counts: Mapping[str, int]) -> tuple[str, str]:
     """(text, css class) summarising a result's deliveries, e.g. ``delivered 3/3``."""
     total = sum(counts.values())
@@ -100,6 +115,7 @@ FILTERS: Mapping[str, Any] = {
     "timestamp": timestamp,
     "flag_text": flag_text,
     "check_reasons": check_reasons,
+    "kind_name": kind_name,
     "qc_statement": qc_statement,
     "status_class": status_class,
 }

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import re
 
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
+from pydicom.uid import generate_uid
 
 from node.accounts.users import Role
 from node.config import AuthSettings, WebSettings
-from node.domain import Outcome
+from node.domain import OutboxKind, Outcome
 from node.store.audit import AuditAction
+from node.store.outbox import OutgoingObject
 from node.web.auth import SESSION_COOKIE
 from node.web.server import build_app
-from tests.review.seed import PASSWORD, Seeded, seed_result
+from tests.review.seed import PACS, PASSWORD, Seeded, encode, seed_result
 from tests.web.conftest import csrf_token, login
 
 
@@ -246,6 +251,34 @@ def test_study_page_shows_values_flags_in_words_and_history(client: TestClient, 
     (view,) = seeded.parts.audit.entries(action=AuditAction.VIEW_STUDY)
     assert (view.actor, view.target) == ("jsmith", result_id)
     assert client.get("/results/00000000-0000-0000-0000-000000000000").status_code == 404
+
+
+def test_after_sign_off_the_page_shows_the_verified_picture_and_readable_kinds(
+    client: TestClient, seeded: Seeded
+) -> None:
+    """Once the verified secondary capture is made, the page shows it (not the red draft) and the
+    deliveries table names each object in words."""
+    result_id = seed_result(seeded, secondary_capture=True)
+    seeded.user("jsmith")
+    login(client, "jsmith")
+    draft_png = client.get(f"/results/{result_id}/sc.png").content
+    draft_path = seeded.parts.store.outbox_path(result_id, OutboxKind.SC)
+    assert draft_path is not None
+    verified = pydicom.dcmread(seeded.settings.storage.data_dir / "outbox" / draft_path)
+    pixels = verified.pixel_array.copy()
+    pixels[:, :] = (0, 160, 0)
+    verified.PixelData = pixels.tobytes()
+    verified.SOPInstanceUID = generate_uid()
+    item = OutgoingObject(
+        str(verified.SOPInstanceUID), str(verified.SOPClassUID), str(verified.StudyInstanceUID),
+        OutboxKind.VERIFIED_SC, result_id,
+    )  # fmt: skip
+    seeded.outbox.add(item, encode(verified), [PACS], seeded.clock.now())
+    shown = client.get(f"/results/{result_id}/sc.png").content
+    assert shown != draft_png
+    assert Image.open(io.BytesIO(shown)).convert("RGB").getpixel((5, 5)) == (0, 160, 0)
+    page = client.get(f"/results/{result_id}").text
+    assert "Verified secondary capture" in page and "verified_sc" not in page
 
 
 def test_operations_endpoints_need_no_login(client: TestClient, seeded: Seeded) -> None:
