@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from pydicom.dataset import Dataset
 
+from node import __version__
 from node.background import BackgroundLoops, Step
 from node.clock import Clock, SystemClock, monotonic
 from node.config import Settings
@@ -227,11 +228,46 @@ class Node:
         )
 
     def start(self) -> None:
-        """Start the background loops and the worklist, then the listener."""
+        """Start the background loops and the worklist, then the listener; then say, once, where
+        everything is (:meth:`banner`, on stdout)."""
         self.loops.start()
         if self.web is not None:
             self.web.start()
         self.scp.start()
+        print(self.banner(), flush=True)
+
+    def banner(self) -> str:
+        """What an administrator needs at start-up: where DICOM and the worklist listen, whether
+        anyone can sign in yet, and where results go."""
+        settings = self.settings
+        dicom = settings.dicom
+        tls = "TLS" if dicom.tls_cert is not None else "no TLS"
+        lines = [
+            f"dicomnode {__version__} ready",
+            f"  DICOM        AE title {dicom.ae_title} on {dicom.host}:{self.scp.port} ({tls})",
+        ]
+        if self.web is not None:
+            host = settings.web.host if settings.web.host not in ("0.0.0.0", "::") else "localhost"
+            lines.append(f"  Worklist     http://{host}:{self.web.port}/")
+        else:
+            lines.append("  Worklist     off (DICOMNODE_WEB__ENABLED=false)")
+        users = [user for user in self.review.accounts.users.all() if not user.disabled]
+        if users:
+            lines.append(f"  Users        {len(users)} active")
+        else:
+            lines.append(
+                "  Users        none yet: add a radiologist with `dicomnode users add NAME "
+                '--role radiologist --full-name "Family^Given" --organization "Hospital" --password-stdin`'
+            )
+        destinations = settings.delivery.destinations
+        if destinations:
+            shown = ", ".join(f"{d.ae_title}@{d.host}:{d.port}" for d in destinations)
+            lines.append(f"  Destinations {shown}")
+        else:
+            lines.append(
+                "  Destinations none: results stay on the worklist (DICOMNODE_DELIVERY__DESTINATIONS)"
+            )
+        return "\n".join(lines)
 
     def stop(self) -> None:
         """Stop accepting, finish in-flight work within the grace period, close the index."""
