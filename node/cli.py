@@ -28,6 +28,28 @@ ConfigOption = Annotated[
 ]
 
 
+#: Set by ``-v``: console commands (all but ``serve``) then log at the configured level, not WARNING.
+_VERBOSE = {"on": False}
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Console commands log at the configured level too.")
+    ] = False,
+) -> None:
+    """dicomnode: a DICOM inference node measuring left-ventricle volumes in cardiac MR."""
+    _VERBOSE["on"] = verbose
+
+
+def _console_logging(settings: Settings) -> None:
+    """Logging of a console command: WARNING and above on stderr unless ``-v`` (its output is the answer)."""
+    level = settings.logging.level
+    if not _VERBOSE["on"] and level in ("DEBUG", "INFO"):
+        level = "WARNING"
+    configure_logging(settings.logging.model_copy(update={"level": level}))
+
+
 def _config_error(error: ConfigError) -> typer.Exit:
     """Print a configuration error one line per problem; the exit (status 2) to raise."""
     for line in str(error).splitlines():
@@ -104,7 +126,7 @@ def measure(
     from node.pipeline.offline import measure_paths
 
     settings = _settings(config)
-    configure_logging(settings.logging)
+    _console_logging(settings)
     try:
         measurer = StackMeasurer(load_segmenter(settings.inference))  # the model and its providers
     except ConfigError as error:
@@ -220,7 +242,7 @@ def _review_parts(config: Path | None) -> Iterator[Any]:
     from node.review.parts import ReviewParts
 
     settings = _settings(config)
-    configure_logging(settings.logging)
+    _console_logging(settings)
     parts = ReviewParts.open(settings)
     try:
         yield parts

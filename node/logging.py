@@ -133,6 +133,8 @@ def configure_logging(settings: LoggingSettings) -> None:
     # pynetdicom logs dataset contents at DEBUG; keep it at its own, higher level by default.
     logging.getLogger("pynetdicom").setLevel(settings.pynetdicom_level)
     logging.getLogger("pydicom").setLevel(logging.ERROR)
+    # highdicom narrates every module it copies into a report at INFO: detail, not news.
+    logging.getLogger("highdicom").setLevel(logging.DEBUG if settings.level == "DEBUG" else logging.WARNING)
     # pydicom's value validation warns with the offending value, which may be a UID or a name.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 

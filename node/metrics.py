@@ -83,6 +83,11 @@ class NodeMetrics:
         self.instances_received = Counter(
             "dicomnode_instances_received", "C-STORE requests received", ["outcome"], registry=self.registry
         )
+        self.nonconformant_uids = Counter(
+            "dicomnode_nonconformant_uids",
+            "UIDs in C-STORE requests that break PS3.5 9.1 (e.g. leading zeros), accepted as received",
+            registry=self.registry,
+        )
         self.studies_processed = Counter(
             "dicomnode_studies_processed", "Study versions processed", ["outcome"], registry=self.registry
         )

@@ -9,6 +9,7 @@ slower happens here. Callers outside ``allowed_callers`` are rejected at associa
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import uuid
@@ -383,6 +384,39 @@ class _Counts:
     refused: int = 0
 
 
+#: pynetdicom's warning for each request UID that breaks PS3.5 9.1 (real-world UIDs with leading
+#: zeros, which the node accepts by design): counted per association instead of logged per instance.
+_NONCONFORMANT_UID = "Non-conformant"
+
+
+class _NonconformantUids(logging.Filter):
+    """Drops pynetdicom's per-request UID-conformance warning and counts it per thread; an
+    association's count is that of its own thread and its DUL reader's (:meth:`take`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._counts: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(_NONCONFORMANT_UID):
+            return True
+        with self._lock:
+            thread = threading.get_ident()
+            self._counts[thread] = self._counts.get(thread, 0) + 1
+        return False
+
+    def take(self, association: Association) -> int:
+        """The count of the association's threads since the last take."""
+        threads = {association.ident, getattr(association.dul, "ident", None)}
+        with self._lock:
+            return sum(self._counts.pop(thread, 0) for thread in threads if thread is not None)
+
+
+_NONCONFORMANT = _NonconformantUids()
+logging.getLogger("pynetdicom.utils").addFilter(_NONCONFORMANT)
+
+
 class _TLSServer(TLSHandshakeServer, _NoDelayServer):
     """The listener's server for DICOM TLS: each handshake on its connection's own thread."""
 
@@ -582,6 +616,9 @@ class StorageSCP:
         if meter is not None and meter.exceeded is not None:
             self._metrics.associations.labels(outcome="over-limit").inc()
             log.warning("association ended by a receive limit", limit=meter.exceeded)
+        nonconformant = _NONCONFORMANT.take(event.assoc)
+        if nonconformant:
+            self._metrics.nonconformant_uids.inc(nonconformant)
         if counts is not None:
             log.info(
                 "association closed",
@@ -589,6 +626,7 @@ class StorageSCP:
                 stored=counts.stored,
                 duplicates=counts.duplicates,
                 refused=counts.refused,
+                nonconformant_uids=nonconformant,
             )
         structlog.contextvars.clear_contextvars()
 
@@ -641,7 +679,7 @@ class StorageSCP:
             log.exception("instance failed", status=f"0x{int(Status.PROCESSING_FAILURE):04X}")
             return int(Status.PROCESSING_FAILURE)
         self._count(counts, "duplicate" if stored.duplicate else "stored")
-        log.info(
+        log.debug(
             "instance stored",
             study=self._pseudonymise(stored.header.study_instance_uid),
             patient=self._pseudonymise(stored.header.patient_id or ""),

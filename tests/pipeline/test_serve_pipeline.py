@@ -60,3 +60,21 @@ def test_serve_measures_after_quiet_period_and_again_after_a_late_instance(
         assert JobQueue(index).job_states() == {"done": 2}
     finally:
         index.close()
+
+
+def test_one_study_logs_a_handful_of_lines_at_info(node_server: NodeServerFactory, sunnybrook: Path) -> None:
+    """A 240-instance study writes under 20 log lines at INFO (was 504): no line per instance, pynetdicom's
+    per-request UID-conformance warning counted per association, no highdicom narration."""
+    server = node_server(
+        {"DICOMNODE_PIPELINE__STABLE_SECONDS": "2", "DICOMNODE_PIPELINE__POLL_SECONDS": "0.2"}
+    )
+    started = len(server.log_path.read_text().splitlines())
+    files = sorted((sunnybrook / "SCD0000101").glob("*.dcm"))
+    sent = run_storescu(server.port, files)
+    assert sent.returncode == 0, sent.stderr
+    wait_for(lambda: server.log_events("result published"), 300, "the published result")
+    lines = server.log_path.read_text().splitlines()[started:]
+    assert len(lines) < 20, "\n".join(lines)
+    (closed,) = server.log_events("association closed")
+    assert (closed["stored"], closed["nonconformant_uids"]) == (240, 232)
+    assert not any("highdicom" in line or "Non-conformant" in line for line in lines)

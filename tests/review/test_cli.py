@@ -137,3 +137,22 @@ def test_worklist_amend_from_the_console(seeded: Seeded) -> None:
     assert amended.exit_code == 0, amended.output
     review = seeded.parts.store.for_result(result_id)
     assert review is not None and (review.ai_edv_ml, review.edv_ml, review.esv_ml) == (150.0, 140.0, 70.0)
+
+
+def test_console_commands_log_only_warnings_unless_verbose(seeded: Seeded) -> None:
+    """A sign-off at LOGGING__LEVEL=DEBUG prints its answer and no log line; with ``-v`` the configured
+    level holds (the library detail that stays at DEBUG shows)."""
+    seeded.user("jsmith")
+    env = {**_env(seeded), "DICOMNODE_LOGGING__LEVEL": "DEBUG", "DICOMNODE_LOGGING__FORMAT": "json"}
+    quiet = runner.invoke(
+        app, ["worklist", "sign", seed_result(seeded), "--user", "jsmith", "--password-stdin"],
+        input=PASSWORD + "\n", env=env,
+    )  # fmt: skip
+    assert quiet.exit_code == 0, quiet.output
+    assert [line for line in quiet.output.splitlines() if line.startswith("{")] == []
+    verbose = runner.invoke(
+        app, ["-v", "worklist", "sign", seed_result(seeded), "--user", "jsmith", "--password-stdin"],
+        input=PASSWORD + "\n", env=env,
+    )  # fmt: skip
+    assert verbose.exit_code == 0, verbose.output
+    assert any('"logger": "highdicom' in line for line in verbose.output.splitlines())
