@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from node.config import Settings, load_settings
+from node.config import Settings, load_settings, unknown_variables
 from node.dicom.status import Status
 from node.errors import ConfigError
 from node.logging import configure_logging
@@ -59,30 +60,48 @@ def _config_error(error: ConfigError) -> typer.Exit:
 
 def _settings(config: Path | None) -> Settings:
     try:
-        return load_settings(config)
+        settings = load_settings(config)
     except ConfigError as error:
         raise _config_error(error) from None
+    for warning in unknown_variables():
+        typer.echo(f"warning: {warning}", err=True)
+    return settings
 
 
 @app.command()
 def serve(config: ConfigOption = None) -> None:
     """Run the DICOM listener (and the node's workers) until SIGTERM or Ctrl-C."""
+    from node import preflight
     from node.app import Node
 
     settings = _settings(config)
+    taken = preflight.ports(settings)
+    if taken:
+        raise _config_error(ConfigError("\n".join(taken)))
     configure_logging(settings.logging)
     try:
         node = Node.build(settings)  # also checks the files settings name (model, TLS)
     except ConfigError as error:
         raise _config_error(error) from None
-    node.run_until_signalled()
+    try:
+        node.run_until_signalled()
+    except OSError as error:  # a port taken between the check and the start
+        if error.errno != errno.EADDRINUSE:
+            raise
+        raise _config_error(ConfigError("\n".join(preflight.ports(settings)) or str(error))) from None
 
 
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
-    """Validate the settings and print the effective values (exit status 2 when invalid)."""
+    """Validate the settings as ``serve`` would (providers, model, TLS files, free ports), print the
+    effective values, and exit 2 with one line per problem when any."""
+    from node import preflight
+
     settings = _settings(config)
     typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+    found = preflight.problems(settings)
+    if found:
+        raise _config_error(ConfigError("\n".join(found)))
 
 
 @app.command()

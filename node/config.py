@@ -6,10 +6,14 @@ Every key is settable as ``DICOMNODE_<SECTION>__<KEY>``; a TOML file is named by
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import re
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -332,6 +336,14 @@ class LoggingSettings(BaseModel):
     format: Literal["auto", "json", "console"] = "auto"
     pynetdicom_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
+    @field_validator("level", "pynetdicom_level", "format", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        """``debug`` is ``DEBUG`` (and ``JSON`` is ``json``): case carries no meaning here."""
+        if not isinstance(value, str):
+            return value
+        return value.lower() if value.lower() in ("auto", "json", "console") else value.upper()
+
 
 class WebSettings(BaseModel):
     """The review worklist web app (``[web]``).
@@ -403,13 +415,103 @@ class Settings(BaseSettings):
 
 
 def _env_name(location: tuple[int | str, ...]) -> str:
-    """The variable that sets a value: a list is one variable, so stop at the first list index."""
+    """The variable that sets a value; inside a list (one variable holds it all) the item and field
+    follow it, e.g. ``DICOMNODE_DELIVERY__DESTINATIONS[0].port``."""
     names: list[str] = []
-    for part in location:
+    rest = ""
+    for index, part in enumerate(location):
         if isinstance(part, int):
+            rest = f"[{part}]" + "".join(
+                f"[{item}]" if isinstance(item, int) else f".{item}" for item in location[index + 1 :]
+            )
             break
         names.append(str(part))
-    return ENV_PREFIX + "__".join(name.upper() for name in names)
+    return ENV_PREFIX + "__".join(name.upper() for name in names) + rest
+
+
+def _leaves(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """Every setting's environment variable and its key path (sections descended into)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for name, field in model.model_fields.items():
+        path = (*prefix, name)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found.update(_leaves(annotation, path))
+        else:
+            found[ENV_PREFIX + "__".join(part.upper() for part in path)] = path
+    return found
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each ``DICOMNODE_*`` variable that is no setting (they are otherwise ignored),
+    with the closest setting's name, e.g. ``DICOMNODE_DICOM_PORT`` for ``DICOMNODE_DICOM__PORT``."""
+    known = set(_leaves(Settings)) | {CONFIG_ENV}
+    warnings = []
+    for name in sorted(environ if environ is not None else os.environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.8)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"{name} is not a setting and is ignored (sections and keys join with __){hint}")
+    return warnings
+
+
+def _in_toml(document: Mapping[str, Any], location: tuple[int | str, ...]) -> bool:
+    node: Any = document
+    for part in location:
+        if isinstance(part, int) or not isinstance(node, Mapping) or part not in node:
+            return isinstance(part, int)
+        node = node[part]
+    return True
+
+
+def _toml_name(path: Path, location: tuple[int | str, ...]) -> str:
+    """``file.toml: [section] key`` for a value set in the TOML file."""
+    keys = [str(part) for part in location if not isinstance(part, int)]
+    section, key = (keys[:-1], keys[-1]) if len(keys) > 1 else ([], keys[0] if keys else "")
+    return f"{path}: " + (f"[{'.'.join(section)}] " if section else "") + key
+
+
+def _unparseable_variable(error: Exception) -> str:
+    """The line for a ``DICOMNODE_*`` value that is not the JSON its setting needs (pydantic-settings
+    names only the section), else the error as it is."""
+    leaves = _leaves(Settings)
+    for name, value in sorted(os.environ.items()):
+        path = leaves.get(name.upper())
+        if path is None:
+            continue
+        field = _field(path)
+        if field is None or not _is_structured(field.annotation):
+            continue
+        try:
+            json.loads(value)
+        except json.JSONDecodeError as problem:
+            return (
+                f"{name}: not valid JSON ({problem.msg} at character {problem.pos}); "
+                "it takes a JSON list or object"
+            )
+    return f"{ENV_PREFIX}*: {error}"
+
+
+def _field(path: tuple[str, ...]) -> Any:
+    model: Any = Settings
+    field = None
+    for part in path:
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = field.annotation
+    return field
+
+
+def _is_structured(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin in (list, tuple, dict, set, frozenset):
+        return True
+    if origin is not None:  # Union / Optional / Annotated: structured if any member is
+        return any(_is_structured(arg) for arg in get_args(annotation) if arg is not type(None))
+    return isinstance(annotation, type) and issubclass(annotation, (BaseModel, list, tuple, dict))
 
 
 def load_settings(config_file: Path | None = None) -> Settings:
@@ -423,6 +525,12 @@ def load_settings(config_file: Path | None = None) -> Settings:
     path = config_file or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
     if path is not None and not path.is_file():
         raise ConfigError(f"{'--config' if config_file else CONFIG_ENV}: config file not found: {path}")
+    document: dict[str, Any] = {}
+    if path is not None:
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from None
 
     class _Loaded(Settings):
         @classmethod
@@ -442,8 +550,20 @@ def load_settings(config_file: Path | None = None) -> Settings:
     try:
         loaded = _Loaded()
     except ValidationError as error:
-        lines = [f"{_env_name(item['loc'])}: {item['msg']}" for item in error.errors()]
+        environ = {name.upper() for name in os.environ}
+        lines = []
+        for item in error.errors():
+            location = tuple(item["loc"])
+            variable = _env_name(location)
+            from_file = (
+                path is not None and variable.split("[")[0] not in environ and _in_toml(document, location)
+            )
+            name = _toml_name(path, location) if from_file and path is not None else variable
+            if item["type"] == "extra_forbidden":
+                lines.append(f"{name}: no such setting")
+            else:
+                lines.append(f"{name}: {item['msg']}")
         raise ConfigError("\n".join(lines)) from None
-    except ValueError as error:  # malformed TOML or JSON in an environment value
-        raise ConfigError(f"{ENV_PREFIX}*: {error}") from None
+    except ValueError as error:  # JSON that does not parse in an environment value
+        raise ConfigError(_unparseable_variable(error)) from None
     return loaded

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+import subprocess
 from pathlib import Path
 
+import onnxruntime
 import pytest
 from typer.testing import CliRunner
 
 from node.cli import app
-from node.config import CallerRule, load_settings
+from node.config import CallerRule, load_settings, unknown_variables
 from node.errors import ConfigError
-from tests.support import clear_dicomnode_env
+from tests.support import clear_dicomnode_env, dicomnode_command, free_port
 
 
 @pytest.fixture(autouse=True)
@@ -106,10 +111,88 @@ def test_missing_config_file_is_an_error(tmp_path: Path, monkeypatch: pytest.Mon
         load_settings()
 
 
-def test_unknown_key_in_file_is_an_error(tmp_path: Path) -> None:
-    """A misspelt key in the TOML file is refused rather than ignored."""
-    with pytest.raises(ConfigError, match="DICOMNODE_DICOM__PROT"):
-        load_settings(_write_toml(tmp_path, "[dicom]\nprot = 104\n"))
+def test_unknown_key_in_file_is_an_error_named_in_the_file(tmp_path: Path) -> None:
+    """A misspelt key in the TOML file is refused rather than ignored, named as the file's key (not as
+    an environment variable nobody set)."""
+    path = _write_toml(tmp_path, "[dicom]\nprot = 104\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    assert str(raised.value) == f"{path}: [dicom] prot: no such setting"
+    bad = _write_toml(tmp_path, '[dicom]\nport = "x"\n')
+    with pytest.raises(
+        ConfigError, match=rf"^{re.escape(str(bad))}: \[dicom\] port: Input should be a valid integer"
+    ):
+        load_settings(bad)
+
+
+def test_a_broken_toml_file_is_named_with_its_line(tmp_path: Path) -> None:
+    """TOML that does not parse names the file and where."""
+    path = _write_toml(tmp_path, "[dicom\nport = 104\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: not valid TOML: .*line 1"):
+        load_settings(path)
+
+
+def test_destinations_that_are_not_json_or_lack_a_field_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DESTINATIONS that is not JSON says so and names the variable; a destination without a port
+    names the item and the field."""
+    monkeypatch.setenv("DICOMNODE_DELIVERY__DESTINATIONS", "PACS@10.0.0.5:104")
+    with pytest.raises(ConfigError, match=r"^DICOMNODE_DELIVERY__DESTINATIONS: not valid JSON \(") as raised:
+        load_settings()
+    assert "EnvSettingsSource" not in str(raised.value)
+    monkeypatch.setenv("DICOMNODE_DELIVERY__DESTINATIONS", '[{"ae_title": "PACS", "host": "10.0.0.5"}]')
+    with pytest.raises(ConfigError) as missing:
+        load_settings()
+    assert str(missing.value) == "DICOMNODE_DELIVERY__DESTINATIONS[0].port: Field required"
+
+
+def test_log_levels_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``debug`` is as good as ``DEBUG``."""
+    monkeypatch.setenv("DICOMNODE_LOGGING__LEVEL", "debug")
+    monkeypatch.setenv("DICOMNODE_LOGGING__FORMAT", "JSON")
+    logging = load_settings().logging
+    assert (logging.level, logging.format) == ("DEBUG", "json")
+
+
+def test_a_variable_that_is_no_setting_is_warned_about_with_the_likely_one() -> None:
+    """DICOMNODE_DICOM_PORT (one underscore) is not silently ignored: a warning names the setting it
+    was meant for."""
+    assert unknown_variables(
+        {"DICOMNODE_DICOM_PORT": "104", "DICOMNODE_DICOM__PORT": "104", "HOME": "/"}
+    ) == [
+        "DICOMNODE_DICOM_PORT is not a setting and is ignored (sections and keys join with __); "
+        "did you mean DICOMNODE_DICOM__PORT?"
+    ]
+    result = CliRunner().invoke(
+        app, ["check-config"], env={"DICOMNODE_DICOM_PORT": "104", "DICOMNODE_WEB__PORT": "0"}
+    )
+    assert "warning: DICOMNODE_DICOM_PORT is not a setting" in result.stderr
+
+
+def test_check_config_runs_the_checks_serve_runs() -> None:
+    """An unknown ONNX Runtime provider, which serve refuses, fails check-config too (one line, exit 2);
+    so does a port another program holds."""
+    result = CliRunner().invoke(
+        app, ["check-config"], env={"DICOMNODE_INFERENCE__PROVIDERS": "CPU", "DICOMNODE_WEB__PORT": "0"}
+    )
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "error: DICOMNODE_INFERENCE__PROVIDERS: unknown ONNX Runtime provider CPU; this onnxruntime offers "
+        + ", ".join(onnxruntime.get_available_providers())
+    ]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        held = CliRunner().invoke(
+            app, ["check-config"],
+            env={"DICOMNODE_DICOM__HOST": "127.0.0.1", "DICOMNODE_DICOM__PORT": str(port),
+                 "DICOMNODE_WEB__PORT": "0"},
+        )  # fmt: skip
+    assert held.exit_code == 2
+    assert held.stderr.splitlines() == [
+        f"error: DICOMNODE_DICOM__PORT: port {port} on 127.0.0.1 is taken by another program; "
+        "free it or pick another"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -152,7 +235,7 @@ def test_invalid_allowed_caller_names_the_variable(monkeypatch: pytest.MonkeyPat
         load_settings()
     lines = str(raised.value).splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("DICOMNODE_DICOM__ALLOWED_CALLERS: ")
+    assert lines[0].startswith("DICOMNODE_DICOM__ALLOWED_CALLERS[1].ae_title: ")
 
 
 @pytest.mark.parametrize(
@@ -178,9 +261,35 @@ def test_check_config_bad_value_prints_one_line_and_exits_2(variable: str, value
 def test_check_config_prints_effective_settings(tmp_path: Path) -> None:
     """``dicomnode check-config --config FILE`` exits 0 and prints the merged settings as JSON."""
     config = str(_write_toml(tmp_path, TOML))
+    port = free_port()
     result = CliRunner().invoke(
-        app, ["check-config", "--config", config], env={"DICOMNODE_DICOM__PORT": "13000"}
+        app,
+        ["check-config", "--config", config],
+        env={"DICOMNODE_DICOM__PORT": str(port), "DICOMNODE_WEB__PORT": "0"},
     )
     assert result.exit_code == 0, result.stderr
-    assert '"port": 13000' in result.stdout
+    assert f'"port": {port}' in result.stdout
     assert '"ae_title": "FILENODE"' in result.stdout
+
+
+def test_serve_on_a_taken_port_says_so_in_one_line(tmp_path: Path) -> None:
+    """``serve`` with its web port taken exits 2 with one line naming the setting: no traceback, and
+    nothing logged as listening before it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {key: value for key, value in os.environ.items() if not key.startswith("DICOMNODE_")}
+        env.update(
+            DICOMNODE_STORAGE__DATA_DIR=str(tmp_path / "data"), DICOMNODE_DICOM__PORT=str(free_port()),
+            DICOMNODE_WEB__HOST="127.0.0.1", DICOMNODE_WEB__PORT=str(port),
+        )  # fmt: skip
+        served = subprocess.run(
+            [*dicomnode_command(), "serve"], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+    assert served.returncode == 2
+    assert served.stderr.splitlines() == [
+        f"error: DICOMNODE_WEB__PORT: port {port} on 127.0.0.1 is taken by another program; "
+        "free it or pick another"
+    ]
+    assert served.stdout == ""
