@@ -91,6 +91,14 @@ def serve(config: ConfigOption = None) -> None:
         raise _config_error(ConfigError("\n".join(preflight.ports(settings)) or str(error))) from None
 
 
+@app.command()
+def conformance() -> None:
+    """Print the DICOM Conformance Statement (Markdown, PS3.2 layout) of this node."""
+    from node.conformance import conformance_statement
+
+    typer.echo(conformance_statement(), nl=False)
+
+
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
     """Validate the settings as ``serve`` would (providers, model, TLS files, free ports), print the
