@@ -429,14 +429,14 @@ def _env_name(location: tuple[int | str, ...]) -> str:
     return ENV_PREFIX + "__".join(name.upper() for name in names) + rest
 
 
-def _leaves(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+def setting_variables(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
     """Every setting's environment variable and its key path (sections descended into)."""
     found: dict[str, tuple[str, ...]] = {}
     for name, field in model.model_fields.items():
         path = (*prefix, name)
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            found.update(_leaves(annotation, path))
+            found.update(setting_variables(annotation, path))
         else:
             found[ENV_PREFIX + "__".join(part.upper() for part in path)] = path
     return found
@@ -445,7 +445,7 @@ def _leaves(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> dict[str, t
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """A warning for each ``DICOMNODE_*`` variable that is no setting (they are otherwise ignored),
     with the closest setting's name, e.g. ``DICOMNODE_DICOM_PORT`` for ``DICOMNODE_DICOM__PORT``."""
-    known = set(_leaves(Settings)) | {CONFIG_ENV}
+    known = set(setting_variables(Settings)) | {CONFIG_ENV}
     warnings = []
     for name in sorted(environ if environ is not None else os.environ):
         upper = name.upper()
@@ -476,7 +476,7 @@ def _toml_name(path: Path, location: tuple[int | str, ...]) -> str:
 def _unparseable_variable(error: Exception) -> str:
     """The line for a ``DICOMNODE_*`` value that is not the JSON its setting needs (pydantic-settings
     names only the section), else the error as it is."""
-    leaves = _leaves(Settings)
+    leaves = setting_variables(Settings)
     for name, value in sorted(os.environ.items()):
         path = leaves.get(name.upper())
         if path is None:

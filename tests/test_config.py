@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from node.cli import app
-from node.config import CallerRule, load_settings, unknown_variables
+from node.config import CallerRule, Settings, load_settings, setting_variables, unknown_variables
 from node.errors import ConfigError
-from tests.support import clear_dicomnode_env, dicomnode_command, free_port
+from tests.support import REPO_ROOT, clear_dicomnode_env, dicomnode_command, free_port
 
 
 @pytest.fixture(autouse=True)
@@ -293,3 +293,19 @@ def test_serve_on_a_taken_port_says_so_in_one_line(tmp_path: Path) -> None:
         "free it or pick another"
     ]
     assert served.stdout == ""
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    """Each setting check-config prints has a row in README.md's table (alone, or as ``/ KEY`` in the
+    row of its section)."""
+    rows = [
+        line
+        for line in (REPO_ROOT / "README.md").read_text().splitlines()
+        if line.startswith("| `DICOMNODE_")
+    ]
+    missing = []
+    for name in setting_variables(Settings):
+        section, key = name.rsplit("__", 1)
+        if not any(f"`{name}`" in row or (f"`{section}__" in row and f"`{key}`" in row) for row in rows):
+            missing.append(name)
+    assert missing == []
