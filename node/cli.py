@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from node.config import Settings, load_settings, unknown_variables
+from node.dicom.names import readable_name
 from node.dicom.status import Status
 from node.errors import ConfigError
 from node.logging import configure_logging
@@ -324,7 +325,7 @@ def users_add(
             address=CLI_ADDRESS,
             now=_now(),
         )
-        typer.echo(f"added {user.role} {user.name} ({user.full_name}, {user.organization})")
+        typer.echo(f"added {user.role} {user.name} ({readable_name(user.full_name)}, {user.organization})")
 
 
 @users_app.command("list")
@@ -338,7 +339,8 @@ def users_list(as_json: JsonOption = False, config: ConfigOption = None) -> None
         typer.echo(f"{'name':<20} {'role':<12} {'state':<9} full name, organization")
         for user in users:
             state = "disabled" if user.disabled else "active"
-            typer.echo(f"{user.name:<20} {user.role!s:<12} {state:<9} {user.full_name}, {user.organization}")
+            shown_name = readable_name(user.full_name)
+            typer.echo(f"{user.name:<20} {user.role!s:<12} {state:<9} {shown_name}, {user.organization}")
 
 
 @users_app.command("disable")
@@ -501,9 +503,8 @@ def worklist_show(
         for flag in shown["qc_flags"]:
             typer.echo(f"{'qc':<14} {flag_text(flag)}")
         if review is not None:
-            typer.echo(
-                f"{'review':<14} {review.status} by {review.full_name} at {review.reviewed_at.isoformat()}"
-            )
+            reviewer = readable_name(review.full_name)
+            typer.echo(f"{'review':<14} {review.status} by {reviewer} at {review.reviewed_at.isoformat()}")
         for row in shown["deliveries"]:
             typer.echo(
                 f"{'delivery':<14} {row['kind']} -> {row['destination']}: {row['state']} ({row['attempts']})"

@@ -17,8 +17,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
-from pydicom.valuerep import PersonName
 
+from node.dicom.names import readable_name
 from node.domain import QcStatus, StackResult
 from node.images.display import boundary, crop_box, grey, tick_step, window
 from node.reports.codes import ReviewStatus, qc_flag_code
@@ -98,8 +98,7 @@ class Banner:
         if review == ReviewStatus.PENDING:
             return cls.unverified()
         kind, template = _REVIEW_BANNERS[review]
-        name = PersonName(observer_name)
-        readable = " ".join(part for part in (name.given_name, name.family_name) if part) or observer_name
+        readable = readable_name(observer_name) or observer_name
         return cls(template.format(name=readable.upper(), date=verified_at.date().isoformat()), kind)
 
 

@@ -6,9 +6,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from pydicom.valuerep import PersonName
-
 from node.dicom.dates import date_of
+from node.dicom.names import readable_name
 from node.domain import DeliveryState, OutboxKind, QcStatus
 from node.inference.qc import QcFlag, qc_statement, qc_status
 from node.inference.qc import flag_text as _flag_text
@@ -34,16 +33,9 @@ def dicom_date(value: str | None) -> str:
     return parsed.isoformat() if parsed is not None else "unknown"
 
 
-def patient_name(value: str | None) -> str:
-    """A PN value as PACS viewers show it: ``FAMILY, Given Middle`` (components as received)."""
-    if not value:
-        return "–"
-    name = PersonName(value)
-    given = " ".join(part for part in (name.given_name, name.middle_name) if part)
-    family = name.family_name
-    if family and given:
-        return f"{family}, {given}"
-    return family or given or str(value)
+def person_name(value: str | None) -> str:
+    """A PN value as the page shows every person: ``Jane Smith`` (:func:`node.dicom.names.readable_name`)."""
+    return readable_name(value) or "–"
 
 
 def timestamp(value: datetime | None) -> str:
@@ -111,7 +103,7 @@ def status_class(status: str) -> str:
 FILTERS: Mapping[str, Any] = {
     "number": number,
     "dicom_date": dicom_date,
-    "patient_name": patient_name,
+    "person_name": person_name,
     "timestamp": timestamp,
     "flag_text": flag_text,
     "check_reasons": check_reasons,

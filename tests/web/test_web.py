@@ -211,7 +211,7 @@ def test_worklist_filters_and_sorts(client: TestClient, seeded: Seeded) -> None:
         middle,
     ]
     assert client.get("/worklist?status=bogus").status_code == 422
-    assert "LOW, CONF" in everything.text and "2025-01-10" in everything.text
+    assert "CONF LOW" in everything.text and "2025-01-10" in everything.text
 
 
 def test_worklist_puts_results_to_check_first_and_says_why(client: TestClient, seeded: Seeded) -> None:
@@ -227,10 +227,10 @@ def test_worklist_puts_results_to_check_first_and_says_why(client: TestClient, s
     page = client.get("/worklist")
     assert _rows(page.text) == [checked, ok_last, ok_first]
     assert _rows(client.get("/worklist?sort=confidence&order=asc").text) == [checked, ok_last, ok_first]
-    row = page.text[page.text.index("CHECK, ME") :]
+    row = page.text[page.text.index("ME CHECK") :]
     row = row[: row.index("</tr>")]
     assert ">check</span>" in row and "Slices missing from the stack" in row
-    ok_row = page.text[page.text.index("OK, FIRST") :]
+    ok_row = page.text[page.text.index("FIRST OK") :]
     assert ">ok</span>" in ok_row[: ok_row.index("</tr>")]
 
 
@@ -338,3 +338,18 @@ def test_assets_are_served_by_the_node(client: TestClient, path: str) -> None:
     assert client.get(path).status_code == 200
     page = client.get("/login")
     assert "http://" not in page.text and "https://" not in page.text
+
+
+def test_every_person_is_named_one_way(client: TestClient, seeded: Seeded) -> None:
+    """A reviewer stored as the PN ``Smith^Jane`` and a patient ``DOE^JANE`` read "Jane Smith" and
+    "JANE DOE" on the worklist, the study page and the banner; no caret shows."""
+    result_id = seed_result(seeded, patient_name="DOE^JANE")
+    seeded.user("jsmith", full_name="Smith^Jane")
+    login(client, "jsmith")
+    page = client.get(f"/results/{result_id}")
+    assert client.post(f"/results/{result_id}/sign", data={"csrf_token": csrf_token(page)}).status_code == 303
+    study = client.get(f"/results/{result_id}").text
+    worklist = client.get("/worklist").text
+    assert "SIGNED OFF BY JANE SMITH" in study and "<strong>Jane Smith</strong>" in study
+    assert "Jane Smith" in worklist and "JANE DOE" in worklist and "JANE DOE" in study
+    assert "^" not in study and "^" not in worklist
