@@ -148,7 +148,6 @@ def test_destinations_choose_what_they_receive_from_the_environment(monkeypatch:
         "DICOMNODE_DELIVERY__DESTINATIONS",
         '[{"ae_title": "PACS", "host": "pacs", "port": 104, "send": ["pdf"]}]',
     )
-    with pytest.raises(
-        ConfigError, match="DICOMNODE_DELIVERY__DESTINATIONS: Input should be 'sr', 'sc' or 'seg'"
-    ):
+    expected = r"DICOMNODE_DELIVERY__DESTINATIONS\[0\]\.send\[0\]: Input should be 'sr', 'sc' or 'seg'"
+    with pytest.raises(ConfigError, match=expected):
         load_settings()

@@ -61,7 +61,8 @@ IDENTIFIERS = ("PatientID", "PatientName", "StudyInstanceUID", "SeriesInstanceUI
 @pytest.fixture
 def receiver(node_server: NodeServerFactory) -> NodeServer:
     """A running node with default settings."""
-    return node_server(receiver_only_env())
+    # The line per stored instance is at DEBUG (one study would otherwise log hundreds at INFO).
+    return node_server({**receiver_only_env(), "DICOMNODE_LOGGING__LEVEL": "DEBUG"})
 
 
 @pytest.fixture
@@ -264,7 +265,13 @@ def test_disk_floor_answers_out_of_resources_and_writes_nothing(
     node_server: NodeServerFactory, files: list[Path]
 ) -> None:
     """Below the free-disk floor, C-STORE answers Out of Resources (0xA700) and the spool stays empty."""
-    server = node_server({**receiver_only_env(), "DICOMNODE_STORAGE__MIN_FREE_MB": str(10**12)})
+    server = node_server(
+        {
+            **receiver_only_env(),
+            "DICOMNODE_STORAGE__MIN_FREE_MB": str(10**12),
+            "DICOMNODE_LOGGING__LEVEL": "DEBUG",
+        }
+    )
     with _association(server.port, chunked=False) as association:
         statuses = [_store_status(association, path) for path in files[:2]]
     assert statuses == [Status.OUT_OF_RESOURCES, Status.OUT_OF_RESOURCES]

@@ -52,10 +52,10 @@ from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 
+from node.dicom import instance
 from node.dicom.instance import MAX_SEQUENCE_DEPTH, MAX_SEQUENCE_ITEMS, parse_instance
 from node.dicom.status import Status
 from node.errors import MalformedInstance
-from node.store import instance
 from node.store.index import Index
 from tests.hardening import fuzz
 from tests.hardening.fuzz import (
@@ -113,6 +113,8 @@ def _node_env() -> dict[str, str]:
         # Mutated Study Instance UIDs make new studies; none may be refused as a backlog.
         "DICOMNODE_PIPELINE__MAX_QUEUED_STUDIES": "1000000",
         "DICOMNODE_WEB__ENABLED": "false",
+        # Each answer is logged: refusals at WARNING, stored instances at DEBUG.
+        "DICOMNODE_LOGGING__LEVEL": "DEBUG",
         "DICOMNODE_DICOM__DIMSE_TIMEOUT_S": "60",
         "DICOMNODE_DICOM__NETWORK_TIMEOUT_S": "60",
     }

@@ -36,7 +36,7 @@ def test_radiologist_signs_off_in_a_browser(server: WebServer, seeded: Seeded) -
             page.fill("input[name=password]", PASSWORD)
             page.click("button[type=submit]")
             page.wait_for_url(f"{base}/worklist")
-            page.click("text=BROWSER, TEST")
+            page.click("text=TEST BROWSER")
             page.wait_for_url(f"{base}/results/{result_id}")
             assert page.is_visible("text=AI RESULT – NOT VERIFIED BY A RADIOLOGIST")
             sc_loaded = page.evaluate("document.querySelector('img.sc').naturalWidth")
