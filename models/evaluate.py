@@ -41,11 +41,10 @@ from models.spec import MODEL_NAME
 from node.domain import QcStatus
 from node.inference.measurements import (
     LabelGeometry,
-    basal_cells_to_exclude,
-    basal_order,
+    basal_cells_every_phase,
+    basal_cells_per_phase,
     base_is_last,
     remove_detached_lv,
-    ventricle_frames,
 )
 from node.inference.preprocess import normalise
 from node.inference.qc import VOLUME_TOLERANCE, Calibration, QcFeatures, QcFlag, qc_status
@@ -243,8 +242,8 @@ def sunnybrook_case(
 
 @dataclass(frozen=True)
 class BasalVolumes:
-    """EDV and ESV (mL) of one stack under three basal rules: per phase (the node's), every phase
-    (the rule before 2.0: a basal slice counts only when ventricle throughout), and none."""
+    """EDV and ESV (mL) of one stack under three basal rules: per phase (SCMR as experts contour), every
+    phase (a basal slice counts only when ventricle throughout: the node's, ``BASAL_RULE``), and none."""
 
     per_phase: tuple[float, float]
     every_phase: tuple[float, float]
@@ -265,15 +264,8 @@ def basal_volumes(
     labels[present] = measurer.segmenter.segment(values, geometry.pixel_spacing, normalised=True).labels
     remove_detached_lv(labels, blood, myo, card.class_index("background"), geometry.pixel_spacing)
     areas = (labels == blood).sum(axis=(2, 3)).astype(np.float64)
-    per_phase = basal_cells_to_exclude(labels, blood, myo, present, geometry.base_last)
-    ventricle = ventricle_frames(labels, blood, myo) & (areas > 0)
-    every_phase = np.zeros_like(per_phase)
-    for slice_index in basal_order(areas, geometry.base_last):
-        if ventricle[slice_index].all():
-            break
-        every_phase[slice_index] = True
-    else:
-        every_phase[:] = False
+    per_phase = basal_cells_per_phase(labels, blood, myo, present, geometry.base_last)
+    every_phase = basal_cells_every_phase(labels, blood, myo, present, geometry.base_last)
     millilitres = geometry.pixel_spacing[0] * geometry.pixel_spacing[1] * extent_mm / 1000.0
 
     def ed_es(excluded: npt.NDArray[np.bool_]) -> tuple[float, float]:

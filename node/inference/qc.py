@@ -52,6 +52,10 @@ DETACHED_FLAG_ML = 1.0
 class QcFlag(StrEnum):
     """Every quality-control flag a result can carry; :meth:`info` holds what belongs to each."""
 
+    #: Where the stack's base is known, its two ends are told apart: the apex (check) and the base (note).
+    INCOMPLETE_COVERAGE_APEX = "incomplete_coverage_apex"
+    INCOMPLETE_COVERAGE_BASE = "incomplete_coverage_base"
+    #: Where it is not (a single slice, or an older node): the first and last slice.
     INCOMPLETE_COVERAGE_FIRST_SLICE = "incomplete_coverage_first_slice"
     INCOMPLETE_COVERAGE_LAST_SLICE = "incomplete_coverage_last_slice"
     JAGGED_VOLUME_CURVE = "jagged_volume_curve"
@@ -104,6 +108,19 @@ class FlagInfo:
 
 
 _FLAGS: dict[QcFlag, FlagInfo] = {
+    QcFlag.INCOMPLETE_COVERAGE_APEX: FlagInfo(
+        True,
+        "A large LV blood pool on the apical end slice: the stack stops short of the apex, and EDV may"
+        " miss more than 5 %.",
+        "QC-COV-APEX",
+        "Stack stops short of the apex",
+    ),
+    QcFlag.INCOMPLETE_COVERAGE_BASE: FlagInfo(
+        False,
+        "The basal end slice is ventricle in every phase: the stack may stop short of the base.",
+        "QC-COV-BASE",
+        "Basal slice is ventricle in every phase",
+    ),
     QcFlag.INCOMPLETE_COVERAGE_FIRST_SLICE: FlagInfo(
         True,
         "A large LV blood pool on the first slice: the stack may stop short of the ventricle there,"
@@ -190,8 +207,8 @@ _FLAGS: dict[QcFlag, FlagInfo] = {
     ),
     QcFlag.BASAL_SLICES_EXCLUDED: FlagInfo(
         False,
-        "In some phases, basal slices whose blood pool is less than half surrounded by myocardium"
-        " (atrium or outflow tract, SCMR 2020) are left out of those phases' volumes.",
+        "Basal slices that are atrium or outflow tract in part of the cycle (blood pool less than half"
+        " surrounded by myocardium, SCMR 2020) are left out of the volumes and masses.",
         "QC-BASAL",
         "Basal slices left out of the volumes",
     ),
@@ -325,26 +342,27 @@ def coverage_flags(
     """Flags when the ventricle may go on beyond an end slice of the stack by enough to matter.
 
     What lies beyond an end slice is estimated as half that slice's ED blood-pool volume (the LV
-    tapers past it); the end is flagged when that is over :data:`COVERAGE_MISSING_FRACTION` of the
-    EDV. At the base a large basal slice is expected, so the base end (``base_slice``, where the
-    measurement found it) is not flagged when it is closed: its blood pool is left out as atrium, or
-    absent, in some phase (``base_closed``), so the stack reaches past the ventricle's base.
+    tapers past it); an end is flagged when that is over :data:`COVERAGE_MISSING_FRACTION` of the EDV.
+    With the base known (``base_slice``), the apical end asks for a check; the basal end is a note,
+    and only when it never closes (``base_closed`` False: its blood pool is left out or absent in no
+    phase): a large basal slice is what a well-planned stack starts with, and on the validation data
+    the basal-end flag marked good results as often as bad ones. Without it, the first and last slice
+    ask for a check.
     """
     volumes = np.asarray(blood_pool_ed_ml, dtype=np.float64)
     total = float(volumes.sum()) if volumes.size else 0.0
     if total <= 0:
         return []
-    flags = []
-    ends = (
-        (0, QcFlag.INCOMPLETE_COVERAGE_FIRST_SLICE),
-        (volumes.size - 1, QcFlag.INCOMPLETE_COVERAGE_LAST_SLICE),
-    )
-    for index, flag in ends:
-        if index == base_slice and base_closed:
-            continue
-        if 0.5 * volumes[index] > COVERAGE_MISSING_FRACTION * total:
-            flags.append(flag)
-    return flags
+    last = volumes.size - 1
+    ends: tuple[tuple[int, QcFlag], ...]
+    if base_slice is None:
+        ends = ((0, QcFlag.INCOMPLETE_COVERAGE_FIRST_SLICE), (last, QcFlag.INCOMPLETE_COVERAGE_LAST_SLICE))
+    else:
+        apex = last if base_slice == 0 else 0
+        ends = ((apex, QcFlag.INCOMPLETE_COVERAGE_APEX),) + (
+            () if base_closed else ((base_slice, QcFlag.INCOMPLETE_COVERAGE_BASE),)
+        )
+    return [flag for index, flag in ends if 0.5 * volumes[index] > COVERAGE_MISSING_FRACTION * total]
 
 
 def curve_roughness(curve_ml: npt.NDArray[np.floating]) -> float:

@@ -7,7 +7,8 @@ import pytest
 
 from node.inference.measurements import (
     MYOCARDIAL_DENSITY_G_PER_ML,
-    basal_cells_to_exclude,
+    basal_cells_every_phase,
+    basal_cells_per_phase,
     base_is_last,
     measure,
     myocardial_surround,
@@ -152,7 +153,7 @@ def _stack(surrounds: list[list[float]], radii: list[float]) -> tuple[np.ndarray
 
 def _left_out(labels: np.ndarray, present: np.ndarray, base_last: bool | None = None) -> set[tuple[int, int]]:
     """The (slice, phase) frames the basal rule leaves out."""
-    cells = basal_cells_to_exclude(labels, BLOOD, MYO, present, base_last)
+    cells = basal_cells_per_phase(labels, BLOOD, MYO, present, base_last)
     return {(int(s), int(p)) for s, p in np.argwhere(cells)}
 
 
@@ -194,6 +195,24 @@ def test_the_orientation_names_the_base_of_a_stack_cut_short_of_the_apex() -> No
     present = np.ones(blood.shape, bool)
     assert _left_out(labels, present) == set()
     assert _left_out(labels, present, base_last=True) == {(4, 1), (4, 2)}
+
+
+def test_the_node_leaves_out_basal_slices_that_are_not_ventricle_throughout() -> None:
+    """The rule the node measures with: a basal slice open (atrium) in any phase is left out in every
+    phase, so the same slices make EDV and ESV; the apex and missing frames never count against it."""
+    labels, blood = _stack(
+        [[1.0, 0.2, 0.3, 1.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]],
+        [14, 13, 10, 5],
+    )
+    present = np.ones(blood.shape, bool)
+    cells = basal_cells_every_phase(labels, BLOOD, MYO, present)
+    assert {(int(s), int(p)) for s, p in np.argwhere(cells)} == {(0, 0), (0, 1), (0, 2), (0, 3)}
+    present[0, 1:3] = False  # the open frames were never acquired: nothing is left out
+    assert not basal_cells_every_phase(labels, BLOOD, MYO, present).any()
+    base_last, _ = _stack([[1.0, 1.0, 1.0]] * 4 + [[1.0, 0.2, 0.3]], [15, 15, 14, 12, 7])
+    assert not basal_cells_every_phase(base_last, BLOOD, MYO, np.ones((5, 3), bool)).any()
+    cells = basal_cells_every_phase(base_last, BLOOD, MYO, np.ones((5, 3), bool), base_last=True)
+    assert {int(s) for s, _ in np.argwhere(cells)} == {4}
 
 
 def test_two_open_basal_slices_in_systole_both_go_in_that_phase() -> None:

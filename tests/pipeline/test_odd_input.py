@@ -623,7 +623,7 @@ def test_sunnybrook_cut_short_of_the_apex_leaves_out_the_same_basal_frames(
     left_out = [[area == 0 for area in row] for row in cut.blood_pool_mm2]
     assert left_out == [[area == 0 for area in row] for row in whole.blood_pool_mm2[-7:]]
     assert any(left_out[-1])  # the most basal slice is left out in some phases
-    assert "incomplete_coverage_first_slice" in cut.qc_flags  # the apex is missing, and said so
+    assert "incomplete_coverage_apex" in cut.qc_flags  # the apex is missing, and said so
     assert cut.qc_status == "check"
 
 
