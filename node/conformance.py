@@ -18,11 +18,15 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     SegmentationStorage,
 )
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from node import __version__
 from node.config import DeliverySettings, DicomSettings, ReportSettings
-from node.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_contexts
+from node.dicom.contexts import (
+    ACCEPTED_TRANSFER_SYNTAXES,
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    storage_contexts,
+)
 from node.dicom.status import _REFUSALS, Status
 from node.dicom.tls import MINIMUM_VERSION
 from node.inference.qc import QcFlag
@@ -109,9 +113,9 @@ def conformance_statement() -> str:
         "queued for every destination; the node opens its own associations to send them, retrying with "
         "backoff while a destination is down.",
         "",
-        "Implementation Class UID: "
-        f"`{PYNETDICOM_IMPLEMENTATION_UID}`; Implementation Version Name: "
-        f"`{PYNETDICOM_IMPLEMENTATION_VERSION}` (pynetdicom, the node's DICOM network library).",
+        f"Implementation Class UID: `{IMPLEMENTATION_CLASS_UID}`; Implementation Version Name: "
+        f"`{IMPLEMENTATION_VERSION_NAME}` (in every association the node accepts or opens; the network "
+        "library is pynetdicom).",
         "",
         "### 2.2 Association policies",
         "",

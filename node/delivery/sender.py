@@ -30,6 +30,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.clock import Clock
 from node.config import DeliverySettings, Destination
+from node.dicom.contexts import identified
 from node.dicom.status import Status, stored
 from node.failpoints import failpoint
 from node.logging import get_logger
@@ -168,7 +169,7 @@ class DeliverySender:
         _NothingAccepted
             The destination accepted none of the contexts (its association was aborted).
         """
-        ae = AE(self.calling_ae_title)
+        ae = identified(AE(self.calling_ae_title))
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.settings.timeout_s
         ae.connection_timeout = self.settings.timeout_s
         for sop_class in sop_classes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
@@ -21,7 +23,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AllStoragePresentationContexts
+from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -44,6 +46,19 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[UID, ...] = (
     HTJ2K,
     RLELossless,
 )
+
+
+#: The node's own identity in every association it opens or accepts (PS3.7 D.3.3.2), not its library's.
+#: A UUID-derived UID (PS3.5 B.2): the node has no registered root of its own.
+IMPLEMENTATION_CLASS_UID = "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "dicomnode:implementation-class").int)
+IMPLEMENTATION_VERSION_NAME = "DICOMNODE_1"
+
+
+def identified(ae: AE) -> AE:
+    """``ae`` naming the node as the implementation (class UID and version name)."""
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    return ae
 
 
 def storage_contexts() -> list[PresentationContext]:

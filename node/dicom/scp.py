@@ -26,7 +26,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from node.clock import monotonic
 from node.config import CallerRule, DicomSettings
-from node.dicom.contexts import storage_contexts
+from node.dicom.contexts import identified, storage_contexts
 from node.dicom.instance import Stored
 from node.dicom.status import Status, dimse_status
 from node.dicom.tls import TLSHandshakeServer, server_context
@@ -454,7 +454,9 @@ class StorageSCP:
         self._pseudonymise = pseudonymise
         self._counts: dict[int, _Counts] = {}
         self._lock = threading.Lock()
-        ae = _NodeAE(settings.ae_title, list(settings.allowed_callers), settings.max_associations_per_caller)
+        ae = identified(
+            _NodeAE(settings.ae_title, list(settings.allowed_callers), settings.max_associations_per_caller)
+        )
         ae.supported_contexts = storage_contexts()
         ae.maximum_associations = settings.max_associations
         ae.maximum_pdu_size = settings.max_pdu_size

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from node.dicom.contexts import identified
 from node.dicom.status import Status
 
 
@@ -14,7 +15,7 @@ class AssociationFailed(Exception):
 
 def echo(host: str, port: int, calling_ae: str, called_ae: str, timeout_s: float = 10.0) -> Status | int:
     """Send one C-ECHO and return the peer's status (a plain int when the node has no name for it)."""
-    ae = AE(calling_ae)
+    ae = identified(AE(calling_ae))
     ae.add_requested_context(Verification)
     ae.acse_timeout = timeout_s
     ae.network_timeout = timeout_s

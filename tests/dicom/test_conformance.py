@@ -11,6 +11,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE
 
 from node.conformance import conformance_statement
+from node.dicom.contexts import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from tests.conftest import NodeServerFactory
 from tests.support import REPO_ROOT, STORESCU, run_echoscu, run_storescu
 
@@ -49,6 +50,10 @@ def test_a_running_node_accepts_exactly_the_listed_contexts(node_server: NodeSer
             ae.add_requested_context(uid, [ExplicitVRLittleEndian])
         association = ae.associate("127.0.0.1", server.port, ae_title="DICOMNODE")
         assert association.is_established
+        assert (
+            association.acceptor.implementation_class_uid,
+            association.acceptor.implementation_version_name,
+        ) == (IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)
         accepted |= {str(context.abstract_syntax) for context in association.accepted_contexts}
         rejected |= {str(context.abstract_syntax) for context in association.rejected_contexts}
         association.release()
