@@ -36,6 +36,7 @@ from node.store.ingest import Ingest, IngestLimits
 from node.store.jobs import JobQueue
 from node.store.leases import LeaseKeeper
 from node.store.outbox import Outbox
+from node.store.results import backfill_qc_status
 from node.store.reviews import ReviewRecord
 from node.store.spool import Spool
 from node.web.server import WebServer, index_reachable
@@ -129,6 +130,9 @@ class Node:
         measurer = StackMeasurer(segmenter)
         queue = JobQueue(index, timedelta(seconds=settings.pipeline.retry_seconds))
         lease = timedelta(seconds=settings.storage.claim_lease_seconds)
+        statuses = backfill_qc_status(index)
+        if statuses:
+            log.info("results of an older node given the QC status their flags give", results=statuses)
         backfilled, lost = backfill_grids(queue, index, spool.root)
         if backfilled or lost:
             log.info(

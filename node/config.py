@@ -29,6 +29,8 @@ from node.errors import ConfigError
 
 ENV_PREFIX = "DICOMNODE_"
 CONFIG_ENV = "DICOMNODE_CONFIG"
+#: The crash tests' switch (:mod:`node.failpoints`): no setting, but no stray variable either.
+FAILPOINT_ENV = "DICOMNODE_FAILPOINT"
 #: Model pixels (2 mm each) the heart window extends beyond the LV on every side, by default, and the
 #: least a margin may be: below it the window's edge cuts into the context the network needs around the
 #: LV. 40 (80 mm) made windows of 288-320 mm on the three Sunnybrook series (their grid: 352 mm), within
@@ -445,7 +447,7 @@ def setting_variables(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> d
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """A warning for each ``DICOMNODE_*`` variable that is no setting (they are otherwise ignored),
     with the closest setting's name, e.g. ``DICOMNODE_DICOM_PORT`` for ``DICOMNODE_DICOM__PORT``."""
-    known = set(setting_variables(Settings)) | {CONFIG_ENV}
+    known = set(setting_variables(Settings)) | {CONFIG_ENV, FAILPOINT_ENV}  # crash tests' switch
     warnings = []
     for name in sorted(environ if environ is not None else os.environ):
         upper = name.upper()

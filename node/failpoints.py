@@ -20,11 +20,12 @@ from __future__ import annotations
 import os
 import signal
 
+from node.config import FAILPOINT_ENV
 from node.logging import get_logger
 
 log = get_logger(__name__)
 
-ENV = "DICOMNODE_FAILPOINT"
+ENV = FAILPOINT_ENV
 _ARMED = os.environ.get(ENV, "")
 
 

@@ -157,7 +157,12 @@ def test_a_variable_that_is_no_setting_is_warned_about_with_the_likely_one() -> 
     """DICOMNODE_DICOM_PORT (one underscore) is not silently ignored: a warning names the setting it
     was meant for."""
     assert unknown_variables(
-        {"DICOMNODE_DICOM_PORT": "104", "DICOMNODE_DICOM__PORT": "104", "HOME": "/"}
+        {
+            "DICOMNODE_DICOM_PORT": "104",
+            "DICOMNODE_DICOM__PORT": "104",
+            "DICOMNODE_FAILPOINT": "x",
+            "HOME": "/",
+        }
     ) == [
         "DICOMNODE_DICOM_PORT is not a setting and is ignored (sections and keys join with __); "
         "did you mean DICOMNODE_DICOM__PORT?"

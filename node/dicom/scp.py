@@ -391,7 +391,9 @@ _NONCONFORMANT_UID = "Non-conformant"
 
 class _NonconformantUids(logging.Filter):
     """Drops pynetdicom's per-request UID-conformance warning and counts it per thread; an
-    association's count is that of its own thread and its DUL reader's (:meth:`take`)."""
+    association's count is that of its own thread and its DUL reader's (:meth:`take`), from its
+    acceptance to its end. pynetdicom only warns at WARNING and below, so with
+    ``LOGGING__PYNETDICOM_LEVEL=ERROR`` nothing is counted."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -593,6 +595,7 @@ class StorageSCP:
         )
         with self._lock:
             self._counts[id(event.assoc)] = _Counts(association_id)
+        _NONCONFORMANT.take(event.assoc)  # its threads may be reused: start from 0
         self._metrics.associations.labels(outcome="accepted").inc()
         log.info("association accepted")
 

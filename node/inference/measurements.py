@@ -423,6 +423,10 @@ def measure_labels(
     detached_ml = float(
         volume_curve_ml(detached.astype(np.float64), pixel_area, geometry.slice_extents_mm).max()
     )
+    # The base end as the rule finds it: from the areas before anything basal is cleared.
+    base_slice = next(
+        iter(basal_order((labels == classes.blood_pool).sum(axis=(2, 3)), geometry.base_last)), None
+    )
     basal = BASAL_RULE(labels, classes.blood_pool, classes.myocardium, present, geometry.base_last)
     for slice_index, phase in np.argwhere(basal):
         frame = labels[slice_index, phase]
@@ -434,6 +438,6 @@ def measure_labels(
         blood_pool_px=blood_px,
         myocardium_px=myo_px,
         basal_cells=basal,
-        base_slice=next(iter(basal_order(blood_px, geometry.base_last)), None),
+        base_slice=base_slice,
         detached_ml=detached_ml,
     )

@@ -275,7 +275,11 @@ class StackMeasurer:
                 continue
             variants = [
                 (np.ascontiguousarray(frames[:, :, ::-1]), mirrored_heart, True),
-                *((np.power(frames, gamma, dtype=np.float32), heart, False) for gamma in TTA_GAMMAS),
+                # Gamma on [0, 1]: a card whose normalisation reaches outside it is clipped here.
+                *(
+                    (np.power(np.clip(frames, 0.0, 1.0), gamma, dtype=np.float32), heart, False)
+                    for gamma in TTA_GAMMAS
+                ),
             ]
             for pixels, window, mirrored in variants:
                 found = self.segmenter.segment(pixels, spacing, normalised=True, heart=window).labels

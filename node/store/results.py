@@ -12,8 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypedDict
 
+from sqlalchemy import select, update
+
 from node.domain import Outcome, QcStatus, StackGrid, StackResult
 from node.inference.qc import qc_status
+from node.store.index import Index
+from node.store.schema import results
 
 #: StackResult fields stored in columns of their own (never again in ``record``).
 _COLUMN_FIELDS = frozenset(
@@ -93,6 +97,21 @@ def stored_qc_status(value: str | None, outcome: str, flags: Sequence[str] | Non
     if value is not None:
         return QcStatus(value)
     return qc_status(flags or ()) if outcome == Outcome.MEASURED else None
+
+
+def backfill_qc_status(index: Index) -> int:
+    """Give results an older node measured (before QC 2, NULL in ``qc_status``) the status their flags
+    give, once at start-up, so the worklist sorts them with the rest; returns how many."""
+    with index.engine.begin() as connection:
+        rows = connection.execute(
+            select(results.c.id, results.c.qc_flags).where(
+                results.c.qc_status.is_(None), results.c.outcome == str(Outcome.MEASURED)
+            )
+        ).all()
+        for row in rows:
+            status = str(qc_status(row.qc_flags or ()))
+            connection.execute(update(results).where(results.c.id == row.id).values(qc_status=status))
+    return len(rows)
 
 
 @dataclass(frozen=True)

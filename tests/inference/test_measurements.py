@@ -7,10 +7,13 @@ import pytest
 
 from node.inference.measurements import (
     MYOCARDIAL_DENSITY_G_PER_ML,
+    LabelGeometry,
+    LvClasses,
     basal_cells_every_phase,
     basal_cells_per_phase,
     base_is_last,
     measure,
+    measure_labels,
     myocardial_surround,
     remove_detached_lv,
     volume_curve_ml,
@@ -304,3 +307,15 @@ def test_detached_lv_removal_without_lv_changes_nothing() -> None:
     assert removed.shape == (3, 2)
     assert removed.sum() == 0
     assert (labels == 1).sum() == 16
+
+
+def test_the_base_end_is_the_one_the_rule_found_before_clearing_the_basal_slices() -> None:
+    """With no orientation, the base is the end with the larger blood pool before basal slices are
+    cleared; clearing two of them must not move the base to the apex (which would turn a missing apex
+    into a note)."""
+    labels, blood = _stack(
+        [[1.0, 0.2], [1.0, 0.2], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]], [10, 11, 10, 9, 7, 5]
+    )
+    present = np.ones(blood.shape, bool)
+    measured = measure_labels(labels, present, LabelGeometry((1.0, 1.0), 10.0), LvClasses(BLOOD, MYO, 0))
+    assert measured.base_slice == 0

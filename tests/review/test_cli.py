@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import re
 
+from sqlalchemy import update
 from typer.testing import CliRunner
 
 from node.accounts.users import Role
 from node.cli import app
-from node.domain import OutboxKind, Outcome
+from node.domain import OutboxKind, Outcome, QcStatus
 from node.store.audit import AuditAction
+from node.store.results import backfill_qc_status
 from node.store.reviews import WorklistFilter
+from node.store.schema import results
 from tests.review.seed import PASSWORD, Seeded, seed_result
 
 runner = CliRunner()
@@ -156,3 +159,17 @@ def test_console_commands_log_only_warnings_unless_verbose(seeded: Seeded) -> No
     )  # fmt: skip
     assert verbose.exit_code == 0, verbose.output
     assert any('"logger": "highdicom' in line for line in verbose.output.splitlines())
+
+
+def test_results_an_older_node_measured_get_their_status_and_sort_with_the_rest(seeded: Seeded) -> None:
+    """A result stored before QC 2 (no qc_status) reads its status from its flags, and the start-up
+    backfill stores it so the worklist puts it first like any check result."""
+    older = seed_result(seeded, qc_flags=("missing_slices",))
+    newer = seed_result(seeded)
+    with seeded.index.engine.begin() as connection:
+        connection.execute(update(results).where(results.c.id == older).values(qc_status=None))
+    (row,) = [r for r in seeded.parts.store.worklist(WorklistFilter()) if r.result_id == older]
+    assert row.qc_status == QcStatus.CHECK
+    assert backfill_qc_status(seeded.index) == 1
+    assert [r.result_id for r in seeded.parts.store.worklist(WorklistFilter())] == [older, newer]
+    assert backfill_qc_status(seeded.index) == 0
