@@ -27,7 +27,7 @@ import json
 import math
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -47,7 +47,7 @@ from node.inference.measurements import (
     remove_detached_lv,
 )
 from node.inference.preprocess import normalise
-from node.inference.qc import VOLUME_TOLERANCE, Calibration, QcFeatures, QcFlag, qc_status
+from node.inference.qc import CALIBRATION_TERMS, VOLUME_TOLERANCE, Calibration, QcFeatures, QcFlag, qc_status
 from node.inference.registry import DEFAULT_MODEL_DIR, find_model
 from node.inference.runner import Segmenter
 from node.pipeline.measure import NoLeftVentricle, StackMeasurer
@@ -159,7 +159,7 @@ def acdc_case(measurer: StackMeasurer, root: Path, patient: str, shift: str) -> 
     geometry = LabelGeometry(case.pixel_spacing, case.slice_mm)
     ref_edv = float((case.ed_label == 3).sum()) * case.voxel_ml
     ref_esv = float((case.es_label == 3).sum()) * case.voxel_ml
-    basal = basal_volumes(measurer, values, present, geometry, case.slice_mm)
+    basal = basal_volumes(measurer, values, present, geometry)
     try:
         assessed = measurer.assess(values, present, geometry)
     except NoLeftVentricle:
@@ -209,7 +209,7 @@ def sunnybrook_case(
         for which, phase in (("ES", ordered[0]), ("ED", ordered[-1])):
             ref[which] += polygon_area(case.contours[(slice_index, phase)]) * millilitres
             chosen[which].append((slice_index, phase))
-    basal = basal_volumes(measurer, values, present, geometry, case.slice_spacing_mm)
+    basal = basal_volumes(measurer, values, present, geometry)
     try:
         assessed = measurer.assess(values, present, geometry)
     except NoLeftVentricle:
@@ -255,7 +255,6 @@ def basal_volumes(
     values: Frames,
     present: npt.NDArray[np.bool_],
     geometry: LabelGeometry,
-    extent_mm: float,
 ) -> BasalVolumes:
     """Segment once and measure the blood pool under each basal rule (detached labels removed)."""
     card = measurer.segmenter.card
@@ -266,10 +265,10 @@ def basal_volumes(
     areas = (labels == blood).sum(axis=(2, 3)).astype(np.float64)
     per_phase = basal_cells_per_phase(labels, blood, myo, present, geometry.base_last)
     every_phase = basal_cells_every_phase(labels, blood, myo, present, geometry.base_last)
-    millilitres = geometry.pixel_spacing[0] * geometry.pixel_spacing[1] * extent_mm / 1000.0
+    pixel_ml = geometry.slice_ml(present.shape[0])[:, None]
 
     def ed_es(excluded: npt.NDArray[np.bool_]) -> tuple[float, float]:
-        curve = np.where(excluded, 0.0, areas).sum(axis=0) * millilitres
+        curve = (np.where(excluded, 0.0, areas) * pixel_ml).sum(axis=0)
         return float(curve.max()), float(curve.min())
 
     return BasalVolumes(ed_es(per_phase), ed_es(every_phase), ed_es(np.zeros_like(per_phase)))
@@ -285,7 +284,7 @@ def auc(scores: list[float], positives: list[bool]) -> float:
     return float(wins / (len(pos) * len(neg)))
 
 
-def _design(cases: list[Case], names: list[str]) -> npt.NDArray[np.float64]:
+def _design(cases: list[Case], names: Sequence[str]) -> npt.NDArray[np.float64]:
     rows = [[1.0, *(case.features.terms()[name] for name in names)] for case in cases]
     return np.array(rows, dtype=np.float64)
 
@@ -308,17 +307,15 @@ def _logistic(
     return beta
 
 
-#: The terms the calibration is fitted on (:meth:`node.inference.qc.QcFeatures.terms`).
-FIT_TERMS = ["log_disagreement", "log_uncertain", "basal_share", "log_esv"]
 FIT_RIDGE = 1.0
 
 
 def fit_calibration(cases: list[Case]) -> tuple[Calibration, float]:
-    """Logistic regression of "within 15 %" on :data:`FIT_TERMS`, and ``check_below`` the lowest
+    """Logistic regression of "within 15 %" on :data:`CALIBRATION_TERMS`, and ``check_below`` the lowest
     level that marks every off result the other flags leave ``ok``; with the leave-one-out AUC of
     the fitted confidence (each case scored by a fit without it: the honest figure)."""
     usable = [c for c in cases if all(math.isfinite(v) for v in c.features.terms().values())]
-    design = _design(usable, FIT_TERMS)
+    design = _design(usable, CALIBRATION_TERMS)
     y = np.array([0.0 if c.off else 1.0 for c in usable])
     beta = _logistic(design, y, FIT_RIDGE)
     held_out = []
@@ -327,7 +324,7 @@ def fit_calibration(cases: list[Case]) -> tuple[Calibration, float]:
         other = _logistic(design[keep], y[keep], FIT_RIDGE)
         held_out.append(float(design[index] @ other))
     loo_auc = auc([-v for v in held_out], [c.off for c in usable])
-    coefficients = {name: round(float(b), 4) for name, b in zip(FIT_TERMS, beta[1:], strict=True)}
+    coefficients = {name: round(float(b), 4) for name, b in zip(CALIBRATION_TERMS, beta[1:], strict=True)}
     calibration = Calibration(round(float(beta[0]), 4), coefficients, check_below=0.0)
     missed = [
         calibration.confidence(c.features)

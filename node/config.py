@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -431,16 +432,16 @@ def _env_name(location: tuple[int | str, ...]) -> str:
     return ENV_PREFIX + "__".join(name.upper() for name in names) + rest
 
 
-def setting_variables(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
-    """Every setting's environment variable and its key path (sections descended into)."""
-    found: dict[str, tuple[str, ...]] = {}
+def setting_variables(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> dict[str, FieldInfo]:
+    """Every setting's environment variable and its field (sections descended into)."""
+    found: dict[str, FieldInfo] = {}
     for name, field in model.model_fields.items():
         path = (*prefix, name)
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             found.update(setting_variables(annotation, path))
         else:
-            found[ENV_PREFIX + "__".join(part.upper() for part in path)] = path
+            found[ENV_PREFIX + "__".join(part.upper() for part in path)] = field
     return found
 
 
@@ -460,6 +461,7 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
 
 
 def _in_toml(document: Mapping[str, Any], location: tuple[int | str, ...]) -> bool:
+    """Whether the TOML document sets the value at ``location`` (down to a list, which it sets whole)."""
     node: Any = document
     for part in location:
         if isinstance(part, int) or not isinstance(node, Mapping) or part not in node:
@@ -478,12 +480,9 @@ def _toml_name(path: Path, location: tuple[int | str, ...]) -> str:
 def _unparseable_variable(error: Exception) -> str:
     """The line for a ``DICOMNODE_*`` value that is not the JSON its setting needs (pydantic-settings
     names only the section), else the error as it is."""
-    leaves = setting_variables(Settings)
+    fields = setting_variables(Settings)
     for name, value in sorted(os.environ.items()):
-        path = leaves.get(name.upper())
-        if path is None:
-            continue
-        field = _field(path)
+        field = fields.get(name.upper())
         if field is None or not _is_structured(field.annotation):
             continue
         try:
@@ -494,17 +493,6 @@ def _unparseable_variable(error: Exception) -> str:
                 "it takes a JSON list or object"
             )
     return f"{ENV_PREFIX}*: {error}"
-
-
-def _field(path: tuple[str, ...]) -> Any:
-    model: Any = Settings
-    field = None
-    for part in path:
-        field = model.model_fields.get(part)
-        if field is None:
-            return None
-        model = field.annotation
-    return field
 
 
 def _is_structured(annotation: Any) -> bool:

@@ -350,6 +350,14 @@ class LabelGeometry:
     slice_extents_mm: Sequence[float] | float
     base_last: bool | None = None
 
+    def slice_ml(self, slices: int) -> npt.NDArray[np.float64]:
+        """``(slices,)``: the volume (mL) one blood-pool pixel stands for on each slice."""
+        extents = np.broadcast_to(np.asarray(self.slice_extents_mm, dtype=np.float64), (slices,))
+        result: npt.NDArray[np.float64] = (
+            extents * self.pixel_spacing[0] * self.pixel_spacing[1] / _MM3_PER_ML
+        )
+        return result
+
 
 @dataclass(frozen=True)
 class LabelMeasurement:

@@ -7,8 +7,9 @@ reference regrouped) explain what was done and do not by themselves make a resul
 The confidence is a calibrated estimate of the chance that EDV and ESV are both within 15 % of an
 expert's: a logistic function of how much the ED and ES volumes change when the model sees the same
 frames mirrored and with their contrast changed (test-time augmentation, on the ED and ES frames
-only). Its two coefficients and the level below which a result is flagged are fitted for each model
-on validation data (``python -m models.evaluate``) and recorded in the model card.
+only), and of a few other measured terms (:data:`CALIBRATION_TERMS`). Its coefficients and the level
+below which a result is flagged are fitted for each model on validation data
+(``python -m models.evaluate --fit``) and recorded in the model card.
 """
 
 from __future__ import annotations
@@ -260,13 +261,18 @@ class QcFeatures:
     esv_ml: float
 
     def terms(self) -> dict[str, float]:
-        """The named terms :class:`Calibration` weighs (logarithms where the effect is relative)."""
+        """The named terms :class:`Calibration` weighs (logarithms where the effect is relative), in
+        the order of :data:`CALIBRATION_TERMS`."""
         return {
             "log_disagreement": math.log(max(self.disagreement, DISAGREEMENT_FLOOR)),
             "log_uncertain": math.log(max(self.uncertain, DISAGREEMENT_FLOOR)),
             "basal_share": self.basal_share,
             "log_esv": math.log(max(self.esv_ml, 1.0)),
         }
+
+
+#: The names of :meth:`QcFeatures.terms`: what a card's calibration may weigh.
+CALIBRATION_TERMS: tuple[str, ...] = ("log_disagreement", "log_uncertain", "basal_share", "log_esv")
 
 
 @dataclass(frozen=True)
@@ -300,7 +306,7 @@ def calibration_of(card: ModelCard) -> Calibration:
     spec = card.qc_calibration
     if spec is None:
         return DEFAULT_CALIBRATION
-    unknown = set(spec.coefficients) - set(QcFeatures(1.0, 1.0, 0.0, 1.0).terms())
+    unknown = set(spec.coefficients) - set(CALIBRATION_TERMS)
     if unknown:
         raise ValueError(f"the card's QC calibration weighs terms this node does not know: {sorted(unknown)}")
     return Calibration(spec.intercept, dict(spec.coefficients), spec.check_below)

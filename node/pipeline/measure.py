@@ -212,18 +212,15 @@ class StackMeasurer:
             if total_blood
             else 0.0
         )
-        extents = np.broadcast_to(
-            np.asarray(geometry.slice_extents_mm, dtype=np.float64), (present.shape[0],)
-        )
-        millilitres = geometry.pixel_spacing[0] * geometry.pixel_spacing[1] * extents / 1000.0
-        blood_ml = measured.blood_pool_px * millilitres[:, None]
+        pixel_ml = geometry.slice_ml(present.shape[0])
+        blood_ml = measured.blood_pool_px * pixel_ml[:, None]
         basal_share = 0.0
         if measured.base_slice is not None:
             basal_share = max(
                 float(blood_ml[measured.base_slice, p] / max(blood_ml[:, p].sum(), 1e-9)) for p in (ed, es)
             )
         features = QcFeatures(
-            disagreement=self._tta_disagreement(values, cells, labels, geometry, (ed, es), heart, measured),
+            disagreement=self._tta_disagreement(values, cells, geometry, pixel_ml, (ed, es), heart, measured),
             uncertain=sum(int(uncertain_px[cells[s, p]]) for s, p in key) / max(total_blood, 1),
             basal_share=basal_share,
             esv_ml=result.esv_ml,
@@ -247,8 +244,8 @@ class StackMeasurer:
         self,
         values: npt.NDArray[np.float32],
         cells: npt.NDArray[np.int64],
-        labels: npt.NDArray[np.uint8],
         geometry: LabelGeometry,
+        pixel_ml: npt.NDArray[np.float64],
         phases: tuple[int, int],
         heart: Box | None,
         measured: LabelMeasurement,
@@ -257,20 +254,18 @@ class StackMeasurer:
 
         The ED and ES frames (the basal frames the measurement left out count in neither) run again
         mirrored (on the mirror image of the window the prediction ran on, if any) and with their
-        contrast changed (:data:`TTA_GAMMAS`); each variant's volume is compared with the measured one.
+        contrast changed (:data:`TTA_GAMMAS`); each variant's volume is compared with the measured one
+        (``pixel_ml``: mL per blood-pool pixel on each slice).
         """
         present = (cells >= 0) & ~measured.basal_cells
         spacing = geometry.pixel_spacing
-        rows, columns = values.shape[1:]
-        extents = np.broadcast_to(np.asarray(geometry.slice_extents_mm, dtype=np.float64), (cells.shape[0],))
-        millilitres = spacing[0] * spacing[1] / 1000.0
+        columns = values.shape[2]
         mirrored_heart = heart.mirrored(columns) if heart is not None else None
         worst = 0.0
         for phase in dict.fromkeys(phases):
             kept = present[:, phase]
             frames = values[cells[kept, phase]]
-            measured_ml = float(((labels[kept, phase] == self._blood).sum(axis=(1, 2)) * extents[kept]).sum())
-            measured_ml *= millilitres
+            measured_ml = float((measured.blood_pool_px[kept, phase] * pixel_ml[kept]).sum())
             if measured_ml <= 0.0:
                 continue
             variants = [
@@ -283,9 +278,8 @@ class StackMeasurer:
             ]
             for pixels, window, mirrored in variants:
                 found = self.segmenter.segment(pixels, spacing, normalised=True, heart=window).labels
-                stacked = (found[:, :, ::-1] if mirrored else found)[:, None].reshape(-1, 1, rows, columns)
-                stacked = np.ascontiguousarray(stacked)
+                stacked = np.ascontiguousarray((found[:, :, ::-1] if mirrored else found)[:, None])
                 remove_detached_lv(stacked, self._blood, self._myo, self._background, spacing)
-                variant_ml = float(((stacked[:, 0] == self._blood).sum(axis=(1, 2)) * extents[kept]).sum())
-                worst = max(worst, abs(variant_ml * millilitres - measured_ml) / measured_ml)
+                variant_ml = float(((stacked[:, 0] == self._blood).sum(axis=(1, 2)) * pixel_ml[kept]).sum())
+                worst = max(worst, abs(variant_ml - measured_ml) / measured_ml)
         return worst
