@@ -8,12 +8,14 @@ from datetime import timedelta
 from pydicom.dataset import Dataset
 
 from node import __version__
+from node.accounts.tokens import TokenStore
 from node.background import BackgroundLoops, Step
 from node.clock import Clock, SystemClock, monotonic
-from node.config import Settings
+from node.config import Destination, Settings
 from node.delivery.sender import DeliverySender
 from node.dicom.scp import StorageSCP
 from node.dicom.tls import DeliveryTLS
+from node.dicomweb.stow import StowIngest
 from node.domain import Outcome
 from node.errors import ConfigError
 from node.inference.runner import load_segmenter
@@ -175,7 +177,10 @@ class Node:
             clock=clock,
             pseudonymise=pseudonymise,
         )
-        uses_tls = any(destination.tls for destination in settings.delivery.destinations)
+        uses_tls = any(
+            isinstance(destination, Destination) and destination.tls
+            for destination in settings.delivery.destinations
+        )
         sender = DeliverySender(
             outbox=outbox,
             settings=settings.delivery,
@@ -186,6 +191,7 @@ class Node:
             lease=lease,
             tls=DeliveryTLS(settings.dicom) if uses_tls else None,
             probe_tls=DeliveryTLS(settings.dicom) if uses_tls else None,
+            dicomweb_ca=settings.dicom.tls_ca,
         )
         loops = BackgroundLoops(min(settings.pipeline.poll_seconds, settings.delivery.poll_seconds))
         loops.add("assembler", lambda: bool(assembler.tick()))
@@ -206,9 +212,17 @@ class Node:
             ),
         )
         readiness = {"index": index_reachable(index), "model": lambda: bool(segmenter.providers)}
+        stow = StowIngest(
+            sink=ingest,
+            tokens=TokenStore(index),
+            audit=review.audit,
+            metrics=metrics,
+            max_request_bytes=settings.web.stow_max_request_mb * 1024 * 1024,
+            max_instance_bytes=settings.dicom.max_instance_mb * 1024 * 1024,
+        )
         web = (
             WebServer.build(
-                settings, review, metrics, clock, readiness, classes=segmenter.card.output.classes
+                settings, review, metrics, clock, readiness, classes=segmenter.card.output.classes, stow=stow
             )
             if settings.web.enabled
             else None
@@ -265,7 +279,7 @@ class Node:
             )
         destinations = settings.delivery.destinations
         if destinations:
-            shown = ", ".join(f"{d.ae_title}@{d.host}:{d.port}" for d in destinations)
+            shown = ", ".join(d.key for d in destinations)
             lines.append(f"  Destinations {shown}")
         else:
             lines.append(

@@ -366,6 +366,57 @@ def users_reset(
         typer.echo(f"password of {name} reset")
 
 
+tokens_app = typer.Typer(
+    help="API tokens of systems that send studies by STOW-RS (POST /dicomweb/studies); every change "
+    "is audited.",
+    no_args_is_help=True,
+)
+app.add_typer(tokens_app, name="tokens")
+
+
+@tokens_app.command("add")
+def tokens_add(
+    name: Annotated[str, typer.Argument(help="The sending system (letters, digits, . _ @ -).")],
+    config: ConfigOption = None,
+) -> None:
+    """Make a token and print it once (only its hash is kept): the sender presents it as
+    "Authorization: Bearer <token>"."""
+    from node.accounts.tokens import TokenStore
+
+    with _review_parts(config) as parts:
+        token = TokenStore(parts.index).add(name, actor=_console_actor(), address=CLI_ADDRESS, now=_now())
+        typer.echo(token)
+        typer.echo(f"token for {name} made; it is shown only now", err=True)
+
+
+@tokens_app.command("list")
+def tokens_list(as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """List tokens (names and dates, never the tokens)."""
+    from node.accounts.tokens import TokenStore
+
+    with _review_parts(config) as parts:
+        tokens = TokenStore(parts.index).all()
+        if as_json:
+            typer.echo(json.dumps([token.to_json() for token in tokens], indent=2))
+            return
+        for token in tokens:
+            used = token.last_used_at.isoformat(timespec="seconds") if token.last_used_at else "never"
+            state = "active" if token.active else "revoked"
+            typer.echo(f"{token.name}\t{state}\tlast used {used}")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    name: Annotated[str, typer.Argument(help="The sending system.")], config: ConfigOption = None
+) -> None:
+    """Stop accepting a token, at once (tokens are never deleted: the audit names them)."""
+    from node.accounts.tokens import TokenStore
+
+    with _review_parts(config) as parts:
+        TokenStore(parts.index).revoke(name, actor=_console_actor(), address=CLI_ADDRESS, now=_now())
+        typer.echo(f"revoked the token of {name}")
+
+
 @app.command("audit")
 def audit_command(
     as_json: JsonOption = False,

@@ -14,8 +14,18 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -297,12 +307,81 @@ class Destination(BaseModel):
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+class DicomwebDestination(BaseModel):
+    """A DICOMweb origin server the node sends results to by STOW-RS (PS3.18 10.5).
+
+    Credentials are read from files (at each send, so a rotated token is taken up without a
+    restart), never from the environment: ``token_file`` holds a bearer token, ``basic_auth_file``
+    one line ``user:password``. An https server is verified against ``ca``, else ``dicom.tls_ca``,
+    else the system's CAs.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dicomweb: str = Field(description="the service's base URL, e.g. https://archive.example/dicom-web")
+    token_file: Path | None = Field(default=None, description="file holding a bearer token")
+    basic_auth_file: Path | None = Field(default=None, description="file holding one line user:password")
+    ca: Path | None = Field(default=None, description="PEM CA bundle verifying the server (https)")
+    timeout_s: float | None = Field(default=None, gt=0, description="default: delivery.timeout_s")
+    send: frozenset[ReportObject] = Field(
+        default=frozenset(ReportObject),
+        min_length=1,
+        description='what this destination receives, any of "sr", "sc", "seg" (default: all of them)',
+    )
+
+    @field_validator("dicomweb")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("a base URL has no query or fragment")
+        return value.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> DicomwebDestination:
+        if self.token_file is not None and self.basic_auth_file is not None:
+            raise ValueError("token_file and basic_auth_file are alternatives: set one")
+        if self.ca is not None and not self.dicomweb.startswith("https:"):
+            raise ValueError("ca verifies an https server; the URL is http")
+        return self
+
+    @property
+    def key(self) -> str:
+        """The base URL: how the destination is named in the delivery records."""
+        return self.dicomweb
+
+    @property
+    def credential_files(self) -> list[Path]:
+        """The files this destination reads its credentials from."""
+        return [path for path in (self.token_file, self.basic_auth_file) if path is not None]
+
+
+#: The tags of :data:`AnyDestination`'s members.
+DESTINATION_KINDS = ("dimse", "dicomweb")
+
+
+def _destination_kind(value: Any) -> str:
+    if isinstance(value, DicomwebDestination) or (isinstance(value, dict) and "dicomweb" in value):
+        return "dicomweb"
+    return "dimse"
+
+
+#: A delivery destination: a DICOM peer (C-STORE) or a DICOMweb server (STOW-RS), told apart by the
+#: ``dicomweb`` key.
+AnyDestination = Annotated[
+    Annotated[Destination, Tag("dimse")] | Annotated[DicomwebDestination, Tag("dicomweb")],
+    Discriminator(_destination_kind),
+]
+
+
 class DeliverySettings(BaseModel):
     """Sending results (``[delivery]``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    destinations: list[Destination] = Field(default_factory=list)
+    destinations: list[AnyDestination] = Field(default_factory=list)
     calling_ae_title: str | None = Field(default=None, description="default: the node's AE title")
     max_attempts: int = Field(default=10, ge=1)
     backoff_initial_s: float = Field(default=5.0, gt=0)
@@ -366,6 +445,12 @@ class WebSettings(BaseModel):
     session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
     trusted_user_header: str | None = None
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.1"])
+    stow_max_request_mb: int = Field(
+        default=2048,
+        ge=1,
+        description="largest STOW-RS request body (POST /dicomweb/studies); a bigger one is refused (413) "
+        "before anything of it is stored",
+    )
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -543,7 +628,13 @@ def load_settings(config_file: Path | None = None) -> Settings:
         environ = {name.upper() for name in os.environ}
         lines = []
         for item in error.errors():
-            location = tuple(item["loc"])
+            # A tagged union (a destination: dimse | dicomweb) adds its tag after the list index.
+            raw = tuple(item["loc"])
+            location = tuple(
+                part
+                for number, part in enumerate(raw)
+                if not (part in DESTINATION_KINDS and number and isinstance(raw[number - 1], int))
+            )
             variable = _env_name(location)
             from_file = (
                 path is not None and variable.split("[")[0] not in environ and _in_toml(document, location)

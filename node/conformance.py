@@ -20,7 +20,8 @@ from pydicom.uid import (
 )
 
 from node import __version__
-from node.config import DeliverySettings, DicomSettings, ReportSettings
+from node.config import DeliverySettings, DicomSettings, ReportSettings, WebSettings
+from node.delivery.stow import TRANSIENT_HTTP
 from node.dicom.contexts import (
     ACCEPTED_TRANSFER_SYNTAXES,
     IMPLEMENTATION_CLASS_UID,
@@ -29,6 +30,7 @@ from node.dicom.contexts import (
 )
 from node.dicom.status import _REFUSALS, Status
 from node.dicom.tls import MINIMUM_VERSION
+from node.dicomweb.stow import DICOM, DICOM_JSON, DICOM_XML, STOW_ANSWERS
 from node.inference.qc import QcFlag
 from node.reports.codes import QC_STATUS_CODES, REVIEW_STATUS_CODES, SCHEME
 from node.reports.sr import DRAFT_SR_SERIES_NUMBER, VERIFIED_SR_SERIES_NUMBER
@@ -99,6 +101,7 @@ def conformance_statement() -> str:
                 ("Verification", "Yes (probing destinations that failed)", "Yes"),
                 (f"Storage: {len(storage)} classes (Annex A)", "No", "Yes"),
                 *((f"{uid.name}", "Yes", "Yes") for uid, _ in SENT_SOP_CLASSES),
+                ("DICOMweb Store Instances (STOW-RS)", "Yes (DICOMweb destinations)", "Yes (2.6)"),
             ],
         ),
         "",
@@ -203,6 +206,43 @@ def conformance_statement() -> str:
         "newer, callers verified against `DICOMNODE_DICOM__TLS_CA` (required by default), destinations "
         "verified the same way (`tls` on a destination). No user identity negotiation.",
         "",
+        "### 2.6 DICOMweb (PS3.18)",
+        "",
+        "Only the Store Instances transaction (STOW-RS, PS3.18 10.5), in both directions; no QIDO-RS "
+        "or WADO-RS.",
+        "",
+        "**Origin server (studies in).** `POST /dicomweb/studies` and `POST /dicomweb/studies/{study}` "
+        "on the worklist's HTTP port (`DICOMNODE_WEB__PORT`; put TLS in front of it, as for the "
+        f'worklist). Request: `multipart/related; type="{DICOM}"`, one Part 10 instance per part '
+        "(the metadata-and-bulk-data form is refused: 415). Each sender presents its own API token "
+        "(`Authorization: Bearer`, made with `dicomnode tokens add NAME`, kept only as its SHA-256, "
+        "revocable with `dicomnode tokens revoke NAME`); a missing or unknown token is answered 401 and "
+        "audited, and nothing is read. Each part goes through the same checks and limits as a C-STORE "
+        "and is on disk and indexed before the answer names it stored; a part's Failure Reason is the "
+        "C-STORE status of 2.3 for the same refusal (another study than `{study}`: 0x0110). The body "
+        "streams: at most one part (`DICOMNODE_DICOM__MAX_INSTANCE_MB`) is held at a time; a body longer "
+        f"than `{WebSettings().stow_max_request_mb}` MB (`DICOMNODE_WEB__STOW_MAX_REQUEST_MB`) is "
+        "refused (413) from its Content-Length before any of it is stored. A body cut short fails the "
+        "part it ends in. The answer is the Store Instances Response Module (Referenced and Failed SOP "
+        f"Sequences) as `{DICOM_JSON}`, or `{DICOM_XML}` when the Accept header asks for it only.",
+        "",
+        *_table(
+            ("HTTP status", "When"),
+            [(f"{int(status)} {status.phrase}", when) for status, when in STOW_ANSWERS.items()],
+        ),
+        "",
+        '**User agent (results out).** A destination `{"dicomweb": URL, ...}` is sent the same '
+        "objects as a DICOM destination by STOW-RS to `URL/studies/{study}`, one request per study, "
+        "with a bearer token or HTTP basic credentials read from a file, and https verified against the "
+        "destination's `ca`, else `DICOMNODE_DICOM__TLS_CA`, else the system's CAs. Each object's "
+        "outcome is read from the answer: named in the Referenced SOP Sequence, delivered; named in the "
+        "Failed SOP Sequence, a failed attempt (0x0122: a dead letter at once); on a 409 the objects it "
+        "did not name are sent again at once without the failed ones. No connection, a timeout, a "
+        "failed TLS handshake, 5xx, "
+        + ", ".join(str(int(status)) for status in sorted(TRANSIENT_HTTP))
+        + ": a failed attempt, retried with backoff as in 2.4. Any other 4xx that names no instance: a "
+        "dead letter at once.",
+        "",
         "## 3 Media interchange",
         "",
         "None as a DICOM media application. `dicomnode measure` reads files and folders, and follows a "
@@ -282,6 +322,11 @@ def conformance_statement() -> str:
                 *_settings_rows("DICOMNODE_DICOM__", DicomSettings),
                 *_settings_rows("DICOMNODE_DELIVERY__", DeliverySettings),
                 *_settings_rows("DICOMNODE_REPORTS__", ReportSettings),
+                *(
+                    row
+                    for row in _settings_rows("DICOMNODE_WEB__", WebSettings)
+                    if row[0].endswith("STOW_MAX_REQUEST_MB`")
+                ),
             ],
         ),
         "",

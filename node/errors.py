@@ -16,6 +16,10 @@ class SopClassMismatch(NodeError):
     """The dataset's SOP Class UID is not the one the C-STORE request announced."""
 
 
+class StudyMismatch(NodeError):
+    """A STOW-RS request for one study (``/studies/{study}``) carried an instance of another study."""
+
+
 class OutOfResources(NodeError):
     """The node cannot take the instance now (disk under its floor, or another limit)."""
 

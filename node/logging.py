@@ -135,6 +135,10 @@ def configure_logging(settings: LoggingSettings) -> None:
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     # highdicom narrates every module it copies into a report at INFO: detail, not news.
     logging.getLogger("highdicom").setLevel(logging.DEBUG if settings.level == "DEBUG" else logging.WARNING)
+    # dicomweb-client names studies and instances by UID in its lines, and retrying (under it) logs a
+    # traceback per failed request; the delivery records and the node's own lines say what happened.
+    for chatty in ("dicomweb_client", "retrying"):
+        logging.getLogger(chatty).setLevel(logging.DEBUG if settings.level == "DEBUG" else logging.CRITICAL)
     # pydicom's value validation warns with the offending value, which may be a UID or a name.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 

@@ -1,7 +1,8 @@
 """What ``serve`` needs before it starts, checked the same way by ``serve`` and ``check-config``.
 
 Each problem is one line naming the setting and what would be valid: the execution providers, the
-model, the DICOM TLS files and the two ports (free to listen on).
+model, the DICOM TLS files, the DICOMweb destinations' credential and CA files, and the two ports (free
+to listen on).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from node.config import Settings
+from node.config import DicomwebDestination, Settings
 from node.errors import ConfigError
 
 
@@ -41,6 +42,23 @@ def ports(settings: Settings) -> list[str]:
     return [problem for problem in found if problem is not None]
 
 
+def destination_files(settings: Settings) -> list[str]:
+    """DICOMweb destinations whose credential or CA file cannot be read."""
+    found = []
+    for number, destination in enumerate(settings.delivery.destinations):
+        if not isinstance(destination, DicomwebDestination):
+            continue
+        for path in [*destination.credential_files, *([destination.ca] if destination.ca else [])]:
+            try:
+                path.read_bytes()
+            except OSError as error:
+                found.append(
+                    f"DICOMNODE_DELIVERY__DESTINATIONS: item {number} ({destination.key}): cannot read "
+                    f"{path} ({error.strerror or type(error).__name__})"
+                )
+    return found
+
+
 def problems(settings: Settings) -> list[str]:
     """Every problem ``serve`` would stop at, one line each."""
     from node.dicom.tls import server_context
@@ -60,4 +78,4 @@ def problems(settings: Settings) -> list[str]:
             check()
         except ConfigError as error:
             found.append(str(error))
-    return found + ports(settings)
+    return found + destination_files(settings) + ports(settings)

@@ -8,9 +8,15 @@ for good by that destination: it is dead-lettered at once, and the destination's
 on. A destination with ``tls = true`` is reached over DICOM TLS; a failed handshake is a failed
 attempt like any other.
 
-A destination holding dead letters is sent C-ECHO every ``dead_letter_probe_s``; once it answers
-again (an outage longer than the backoff has ended), its dead letters other than refused objects are
-sent again.
+A DICOMweb destination is sent the same pairs by STOW-RS (:mod:`node.delivery.stow`), one request per
+study: each object's outcome is read from the answer's Referenced and Failed SOP Sequences, so one
+failed instance fails that object alone. When the destination stored none of the others because of
+it (409), they are sent again at once without it. No connection, a timeout, 5xx, 408 and 429 are
+failed attempts (retried with backoff); a 4xx that names no instance is a dead letter at once.
+
+A destination holding dead letters is sent C-ECHO (a DICOMweb one an HTTP request) every
+``dead_letter_probe_s``; once it answers again (an outage longer than the backoff has ended), its
+dead letters other than refused objects are sent again.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import ssl
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from http import HTTPStatus
+from pathlib import Path
 from typing import Protocol
 
 import pydicom
@@ -29,7 +37,8 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.clock import Clock
-from node.config import DeliverySettings, Destination
+from node.config import AnyDestination, DeliverySettings, Destination, DicomwebDestination
+from node.delivery.stow import StowClient, StowRefused, StowUnavailable, http_reason
 from node.dicom.contexts import identified
 from node.dicom.status import Status, stored
 from node.failpoints import failpoint
@@ -86,6 +95,8 @@ class DeliverySender:
     #: ClientTLS records each thread's last handshake failure, so the two never share one).
     probe_tls: ClientTLS | None = None
     lease: timedelta = timedelta(seconds=120)
+    #: The CA bundle verifying https DICOMweb destinations that name none (``dicom.tls_ca``).
+    dicomweb_ca: Path | None = None
     #: Set from a claim until its outcome is recorded. Still set at the next batch when recording
     #: failed (the index unreachable, say), so that batch first puts back the pairs still claimed
     #: under this sender's id.
@@ -132,9 +143,9 @@ class DeliverySender:
             if destination is None or self._next_probe.get(key, now) > now:
                 continue
             self._next_probe[key] = now + timedelta(seconds=self.settings.dead_letter_probe_s)
-            if not self._answers_echo(destination):
+            if not self._answers(destination):
                 continue
-            audit = retry_audit(now, "node", "-", key, "destination answered C-ECHO again")
+            audit = retry_audit(now, "node", "-", key, "destination answered again")
             ids = self.outbox.retry_dead(now, audit, destination=key, outages_only=True)
             if ids:
                 put_back += len(ids)
@@ -142,6 +153,11 @@ class DeliverySender:
                     "destination answers again: dead letters sent again", destination=key, pairs=len(ids)
                 )
         return put_back
+
+    def _answers(self, destination: AnyDestination) -> bool:
+        if isinstance(destination, DicomwebDestination):
+            return self._stow_client(destination).answers()
+        return self._answers_echo(destination)
 
     def _answers_echo(self, destination: Destination) -> bool:
         try:
@@ -193,7 +209,7 @@ class DeliverySender:
             raise _NotAssociated(f"TLS handshake failed: {handshake}")
         raise _NotAssociated("destination unreachable")
 
-    def _send_batch(self, destination: Destination, batch: list[DueDelivery]) -> None:
+    def _send_batch(self, destination: AnyDestination, batch: list[DueDelivery]) -> None:
         datasets: dict[int, Dataset] = {}
         for delivery in batch:
             try:
@@ -202,6 +218,9 @@ class DeliverySender:
                 self._dead_at_once(delivery, f"stored object unreadable: {type(error).__name__}")
         sendable = [delivery for delivery in batch if delivery.delivery_id in datasets]
         if not sendable:
+            return
+        if isinstance(destination, DicomwebDestination):
+            self._stow_batch(destination, sendable, datasets)
             return
         classes = {d.delivery_id: str(datasets[d.delivery_id].SOPClassUID) for d in sendable}
         try:
@@ -241,13 +260,78 @@ class DeliverySender:
             return
         status = int(response.Status) if "Status" in response else None
         if status is not None and stored(status):
-            failpoint("sender:sent")
-            self.metrics.delivery_attempts.inc()
-            self.outbox.mark_delivered(delivery, status, self.clock.now())
-            log.info("object delivered", destination=destination.key, kind="c-store", status=status)
+            self._delivered(delivery, status, "c-store")
         else:
             reason = "no response" if status is None else f"failure status 0x{status:04X}"
             self._failed(delivery, reason, status)
+
+    def _stow_client(self, destination: DicomwebDestination) -> StowClient:
+        return StowClient(destination, self.dicomweb_ca, destination.timeout_s or self.settings.timeout_s)
+
+    def _stow_batch(
+        self, destination: DicomwebDestination, batch: list[DueDelivery], datasets: dict[int, Dataset]
+    ) -> None:
+        """STOW-RS of a batch, one request per study."""
+        client = self._stow_client(destination)
+        by_study: dict[str, list[DueDelivery]] = defaultdict(list)
+        for delivery in batch:
+            by_study[str(datasets[delivery.delivery_id].StudyInstanceUID)].append(delivery)
+        for study_instance_uid, deliveries in by_study.items():
+            self._stow_study(client, study_instance_uid, deliveries, datasets)
+
+    def _stow_study(
+        self,
+        client: StowClient,
+        study_instance_uid: str,
+        deliveries: list[DueDelivery],
+        datasets: dict[int, Dataset],
+    ) -> None:
+        """One study's objects in one request; each object's outcome is its own."""
+        pending = deliveries
+        for resent in (False, True):
+            try:
+                answer = client.store([datasets[d.delivery_id] for d in pending], study_instance_uid)
+            except StowUnavailable as error:
+                for delivery in pending:
+                    self._failed(delivery, str(error), None)
+                return
+            except StowRefused as error:
+                for delivery in pending:
+                    self._dead_at_once(delivery, f"destination refused the request: {error}")
+                return
+            unconfirmed = []
+            for delivery in pending:
+                uid = delivery.sop_instance_uid
+                if uid in answer.failed:
+                    self._stow_failed(delivery, datasets[delivery.delivery_id], answer.failed[uid])
+                elif uid in answer.stored or not answer.listed:
+                    self._delivered(delivery, int(Status.SUCCESS), "stow-rs")
+                else:
+                    unconfirmed.append(delivery)
+            if not unconfirmed:
+                return
+            if answer.http_status == HTTPStatus.CONFLICT and answer.failed and not resent:
+                # The destination stored none of the request because of the failed instances (409):
+                # the others go again at once, without them, and count no attempt for it.
+                pending = unconfirmed
+                continue
+            for delivery in unconfirmed:
+                reason = f"not confirmed by the destination ({http_reason(answer.http_status)})"
+                self._failed(delivery, reason, None)
+            return
+
+    def _stow_failed(self, delivery: DueDelivery, dataset: Dataset, reason: int) -> None:
+        """An instance the destination's Failed SOP Sequence names, with its Failure Reason."""
+        if reason == Status.SOP_CLASS_NOT_SUPPORTED:
+            self._dead_at_once(delivery, refused_reason(str(dataset.SOPClassUID)))
+        else:
+            self._failed(delivery, f"destination failure reason 0x{reason:04X}", reason)
+
+    def _delivered(self, delivery: DueDelivery, status: int, kind: str) -> None:
+        failpoint("sender:sent")
+        self.metrics.delivery_attempts.inc()
+        self.outbox.mark_delivered(delivery, status, self.clock.now())
+        log.info("object delivered", destination=delivery.destination, kind=kind, status=status)
 
     def _dead_at_once(self, delivery: DueDelivery, reason: str) -> None:
         """Dead-letter a pair that no retry can deliver (a refused SOP class, an unreadable object)."""

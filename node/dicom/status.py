@@ -9,7 +9,13 @@ from enum import IntEnum
 
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
-from node.errors import ConflictingInstance, MalformedInstance, OutOfResources, SopClassMismatch
+from node.errors import (
+    ConflictingInstance,
+    MalformedInstance,
+    OutOfResources,
+    SopClassMismatch,
+    StudyMismatch,
+)
 
 
 class Status(IntEnum):
@@ -29,6 +35,8 @@ class Status(IntEnum):
     #: Duplicate SOP Instance (PS3.7 C.4.1.1.3): sent when a held SOP Instance UID arrives again with
     #: other content; the first content is kept.
     DUPLICATE_SOP_INSTANCE = 0x0111
+    #: SOP Class not supported (PS3.7 C.4.1.1.3); a STOW-RS Failure Reason (PS3.18 Table 10.5.3-2).
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 
 #: The answer to each refusal the storage SCP can meet; anything else is a processing failure.
@@ -37,6 +45,8 @@ _REFUSALS: dict[type[Exception], Status] = {
     SopClassMismatch: Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
     OutOfResources: Status.OUT_OF_RESOURCES,
     ConflictingInstance: Status.DUPLICATE_SOP_INSTANCE,
+    # PS3.18 names no Failure Reason for it; Orthanc answers the same (with 409 Conflict).
+    StudyMismatch: Status.PROCESSING_FAILURE,
 }
 
 

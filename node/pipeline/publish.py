@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 
 from node.clock import Clock
-from node.config import Destination
+from node.config import AnyDestination
 from node.dicom.instance import SpooledInstance
 from node.domain import OutboxKind, StackResult, ejection_fraction, stroke_volume
 from node.failpoints import failpoint
@@ -76,7 +76,7 @@ class Publisher:
     spool_root: Path
     results_root: Path
     classes: LabelClasses
-    destinations: Sequence[Destination]
+    destinations: Sequence[AnyDestination]
     send_seg: bool
     clock: Clock
     pseudonymise: Pseudonymiser

@@ -31,7 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from node.accounts.users import User
-from node.config import Destination
+from node.config import AnyDestination
 from node.domain import OutboxKind, ejection_fraction
 from node.logging import get_logger
 from node.metrics import NodeMetrics
@@ -137,7 +137,7 @@ class ReviewService:
         outbox: Outbox,
         outbox_root: Path,
         audit: AuditLog,
-        destinations: Sequence[Destination] | None,
+        destinations: Sequence[AnyDestination] | None,
         build_verified_sr: VerifiedSrBuilder | None = None,
         metrics: NodeMetrics | None = None,
         verified_picture: VerifiedPicture | None = None,
@@ -341,7 +341,7 @@ class ReviewService:
         study_instance_uid: str,
         dataset: Dataset,
         now: datetime,
-        destinations: Sequence[Destination],
+        destinations: Sequence[AnyDestination],
     ) -> None:
         item = OutgoingObject(
             sop_instance_uid=review.sr_sop_instance_uid,

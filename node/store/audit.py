@@ -35,6 +35,10 @@ class AuditAction(StrEnum):
     USER_DISABLE = "user_disable"
     USER_RESET = "user_reset"
     DELIVERY_RETRY = "delivery_retry"
+    TOKEN_ADD = "token_add"
+    TOKEN_REVOKE = "token_revoke"
+    STOW = "stow"
+    STOW_REFUSED = "stow_refused"
 
 
 @dataclass(frozen=True)

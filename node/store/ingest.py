@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 from node.clock import Clock
 from node.config import Settings
 from node.dicom.instance import Stored, parse_instance
-from node.errors import ConflictingInstance, NodeError, OutOfResources
+from node.errors import ConflictingInstance, NodeError, OutOfResources, StudyMismatch
 from node.failpoints import failpoint
 from node.store.index import Index
 from node.store.spool import Spool
@@ -95,13 +95,18 @@ class Ingest:
         calling_ae: str | None = None,
         expected_sop_class: str | None = None,
         expected_sop_instance: str | None = None,
+        expected_study: str | None = None,
     ) -> Stored:
         """Store one Part 10 byte string (preamble, meta, dataset as received).
+
+        ``expected_study``: the Study Instance UID the instance must have (a STOW-RS request's URL).
 
         Raises
         ------
         MalformedInstance, SopClassMismatch
             The data is not a whole, identifiable dataset.
+        StudyMismatch
+            The instance is not of ``expected_study``; nothing is stored.
         ConflictingInstance
             The SOP Instance UID is held with other bytes.
         OutOfResources
@@ -112,6 +117,8 @@ class Ingest:
         if len(data) > limits.max_instance_bytes:
             raise OutOfResources("instance larger than the configured maximum")
         header = parse_instance(data, expected_sop_class, expected_sop_instance)
+        if expected_study is not None and header.study_instance_uid != expected_study:
+            raise StudyMismatch("instance of another study than the request names")
         with self._locks.hold(header.sop_instance_uid):
             held = self._index.instance_path(header.sop_instance_uid)
             if held is not None:

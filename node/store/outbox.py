@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from node.config import Destination
+from node.config import AnyDestination
 from node.domain import DeliveryState, OutboxKind
 from node.store import claims
 from node.store.audit import AuditAction, AuditEntry, audit_insert
@@ -117,7 +117,7 @@ class Outbox:
         self._spool = spool
 
     def add(
-        self, item: OutgoingObject, data: bytes, destinations: Sequence[Destination], now: datetime
+        self, item: OutgoingObject, data: bytes, destinations: Sequence[AnyDestination], now: datetime
     ) -> bool:
         """Store an object durably and schedule it for every destination that takes its kind.
 

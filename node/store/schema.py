@@ -227,6 +227,19 @@ web_sessions = Table(
     Index("ix_web_sessions_user", "user_id"),
 )
 
+#: Senders allowed to store studies by STOW-RS (``POST /dicomweb/studies``); only the SHA-256 of each
+#: token is stored. A token is revoked, never deleted (the audit names it).
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("revoked_at", UtcDateTime()),
+    Column("last_used_at", UtcDateTime()),
+)
+
 #: Consecutive failed logins per key (``user:NAME`` or ``address:ADDR``) and until when it is blocked.
 login_failures = Table(
     "login_failures",

@@ -32,7 +32,7 @@ from node.review.errors import (
     ResultNotFound,
     ReviewError,
 )
-from node.web import actions, ops, pages
+from node.web import actions, ops, pages, stow
 from node.web.auth import set_session_cookie
 from node.web.context import WebContext
 from node.web.errors import CsrfRejected, LoginRequired, NotFound, WebError
@@ -147,6 +147,7 @@ def create_app(context: WebContext) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(pages.router)
     app.include_router(actions.router)
+    app.include_router(stow.router)
     app.add_exception_handler(NodeError, _refused)
     app.add_exception_handler(RequestValidationError, _invalid)
 

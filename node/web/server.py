@@ -19,6 +19,7 @@ from starlette.types import ASGIApp
 
 from node.clock import Clock
 from node.config import Settings, WebSettings
+from node.dicomweb.stow import StowIngest
 from node.logging import get_logger
 from node.metrics import NodeMetrics
 from node.review.parts import ReviewParts
@@ -49,6 +50,7 @@ def build_app(
     clock: Clock,
     readiness: Mapping[str, Callable[[], bool]],
     classes: tuple[str, ...] = DEFAULT_CLASSES,
+    stow: StowIngest | None = None,
 ) -> FastAPI:
     """The worklist app over the node's parts; registers the index-backed gauges on ``metrics``."""
     metrics.add_gauge_source(
@@ -71,6 +73,7 @@ def build_app(
         clock=clock,
         readiness=readiness,
         node_name=settings.dicom.ae_title,
+        stow=stow,
     )
     return create_app(context)
 
@@ -103,9 +106,10 @@ class WebServer:
         clock: Clock,
         readiness: Mapping[str, Callable[[], bool]],
         classes: tuple[str, ...] = DEFAULT_CLASSES,
+        stow: StowIngest | None = None,
     ) -> WebServer:
-        """The server of the node's worklist (see :func:`build_app`)."""
-        return cls(build_app(settings, parts, metrics, clock, readiness, classes), settings.web)
+        """The server of the node's worklist and STOW-RS (see :func:`build_app`)."""
+        return cls(build_app(settings, parts, metrics, clock, readiness, classes, stow), settings.web)
 
     @property
     def port(self) -> int:
