@@ -255,8 +255,8 @@ class Node:
         print(self.banner(), flush=True)
 
     def banner(self) -> str:
-        """What an administrator needs at start-up: where DICOM and the worklist listen, whether
-        anyone can sign in yet, and where results go."""
+        """What an administrator needs at start-up: where DICOM, the worklist and STOW-RS listen,
+        whether anyone can sign in or send yet, and where results go."""
         settings = self.settings
         dicom = settings.dicom
         tls = "TLS" if dicom.tls_cert is not None else "no TLS"
@@ -267,6 +267,13 @@ class Node:
         if self.web is not None:
             host = settings.web.host if settings.web.host not in ("0.0.0.0", "::") else "localhost"
             lines.append(f"  Worklist     http://{host}:{self.web.port}/")
+            tokens = [token for token in TokenStore(self.index).all() if token.active]
+            senders = (
+                f"{len(tokens)} sender token(s)"
+                if tokens
+                else "no sender token yet: `dicomnode tokens add NAME`"
+            )
+            lines.append(f"  STOW-RS      http://{host}:{self.web.port}/dicomweb/studies ({senders})")
         else:
             lines.append("  Worklist     off (DICOMNODE_WEB__ENABLED=false)")
         users = [user for user in self.review.accounts.users.all() if not user.disabled]

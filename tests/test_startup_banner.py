@@ -28,6 +28,7 @@ def test_a_first_start_says_where_everything_is_and_what_is_missing(node_server:
     assert "  Worklist     http://127.0.0.1:" in text
     assert "none yet: add a radiologist with `dicomnode users add NAME --role radiologist" in text
     assert "  Destinations none: results stay on the worklist" in text
+    assert "/dicomweb/studies (no sender token yet: `dicomnode tokens add NAME`)" in text
     assert text.count(" ready\n") == 1
     server.stop()
 
@@ -38,10 +39,19 @@ def test_a_first_start_says_where_everything_is_and_what_is_missing(node_server:
         check=False,
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
+    token = subprocess.run(
+        [*dicomnode_command(), "tokens", "add", "gateway"], env=server.env, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert token.returncode == 0, token.stderr
     server.log_path.write_text("")
-    destinations = [{"ae_title": "PACS", "host": "127.0.0.1", "port": 104}]
+    destinations = [
+        {"ae_title": "PACS", "host": "127.0.0.1", "port": 104},
+        {"dicomweb": "https://archive.example/dicom-web"},
+    ]
     server.extra_env = {**server.extra_env, "DICOMNODE_DELIVERY__DESTINATIONS": json.dumps(destinations)}
     server.start()
     text = wait_for(lambda: _banner(server.log_path.read_text()), 60, "the banner")
     assert "  Users        1 active" in text
-    assert "  Destinations PACS@127.0.0.1:104" in text
+    assert "  Destinations PACS@127.0.0.1:104, https://archive.example/dicom-web" in text
+    assert "/dicomweb/studies (1 sender token(s))" in text

@@ -1,0 +1,74 @@
+"""kill -9 of `dicomnode serve` during and right after a STOW-RS upload: nothing the node called stored
+is lost, nothing half-written is kept, and the sender's resend completes the upload."""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+from io import BytesIO
+
+import pydicom
+import pytest
+
+from tests.conftest import NodeServerFactory
+from tests.support import dicomnode_command, free_port, synthetic_mr, wait_for
+from tests.web.stow_client import CONTENT_TYPE, body, part, post
+
+pytestmark = pytest.mark.integration
+
+
+def _uid(data: bytes) -> str:
+    return str(pydicom.dcmread(BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_kill_9_during_and_after_a_stow_rs_upload_keeps_every_instance_called_stored(
+    node_server: NodeServerFactory,
+) -> None:
+    web_port = free_port()
+    server = node_server(
+        {"DICOMNODE_WEB__PORT": str(web_port), "DICOMNODE_PIPELINE__STABLE_SECONDS": "3600"}, start=False
+    )
+    made = subprocess.run(
+        [*dicomnode_command(), "tokens", "add", "gateway"], env=server.env, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    server.start()
+    url = f"http://127.0.0.1:{web_port}/dicomweb/studies"
+    instances = [synthetic_mr() for _ in range(6)]
+    parts = [part(data) for data in instances]
+    whole = body(parts)
+
+    def kept() -> dict[str, bytes]:
+        return {_uid(path.read_bytes()): path.read_bytes() for path in server.spool_files()}
+
+    # Killed mid-body: three parts sent (and stored as they completed), the rest never.
+    connection = http.client.HTTPConnection("127.0.0.1", web_port, timeout=60)
+    connection.putrequest("POST", "/dicomweb/studies")
+    for name, value in (
+        ("Content-Type", CONTENT_TYPE),
+        ("Content-Length", str(len(whole))),
+        ("Authorization", f"Bearer {token}"),
+    ):
+        connection.putheader(name, value)
+    connection.endheaders()
+    connection.send(b"".join(parts[:3]) + parts[3][:100])
+    wait_for(lambda: server.indexed_count() == 3, 60, "the three whole parts indexed")
+    server.kill9()
+    connection.close()
+    server.restart()
+    assert server.indexed_count() == 3
+    assert kept() == {_uid(data): data for data in instances[:3]}
+    incoming = server.spool_dir / ".incoming"
+    assert not incoming.exists() or not any(incoming.iterdir()), "a half-written part was kept"
+
+    # The sender sends the whole upload again; the node is killed as soon as it has answered.
+    answer = post(url, whole, token)
+    assert answer.status == 200, answer.content
+    server.kill9()
+    called_stored = answer.referenced()
+    assert sorted(called_stored) == sorted(_uid(data) for data in instances)
+    server.restart()
+    assert server.indexed_count() == 6
+    assert kept() == {_uid(data): data for data in instances}
