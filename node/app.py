@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -79,6 +80,7 @@ class Node:
 
     settings: Settings
     index: Index
+    ingest_index: Index
     spool: Spool
     ingest: Ingest
     queue: JobQueue
@@ -113,7 +115,10 @@ class Node:
             log.info("removed unacknowledged partial files", count=removed)
         index = Index.open(settings.storage.effective_database_url())
         pseudonymise = Pseudonymiser.from_key_file(data_dir / "log-key")
-        ingest = Ingest(spool, index, clock, IngestLimits.from_settings(settings))
+        # The ingest's own engine commits without an fsync (the fsync'd spool file is the record; see
+        # create_index_engine); everything else keeps fsync'd commits.
+        ingest_index = Index.open(settings.storage.effective_database_url(), durable_commits=False)
+        ingest = Ingest(spool, ingest_index, clock, IngestLimits.from_settings(settings))
         indexed, quarantined = ingest.reconcile(data_dir / "quarantine")
         if indexed or quarantined:
             log.warning("spool files the index lacked", indexed=indexed, quarantined=quarantined)
@@ -219,6 +224,7 @@ class Node:
             metrics=metrics,
             max_request_bytes=settings.web.stow_max_request_mb * 1024 * 1024,
             max_instance_bytes=settings.dicom.max_instance_mb * 1024 * 1024,
+            requests=asyncio.Semaphore(settings.web.stow_max_requests),
         )
         web = (
             WebServer.build(
@@ -230,6 +236,7 @@ class Node:
         return cls(
             settings=settings,
             index=index,
+            ingest_index=ingest_index,
             spool=spool,
             ingest=ingest,
             queue=queue,
@@ -302,6 +309,7 @@ class Node:
         if self.web is not None:
             self.web.stop(max(0.0, deadline - monotonic()))
         self.index.close()
+        self.ingest_index.close()
         log.info("stopped")
 
     def run_until_signalled(self) -> None:

@@ -448,8 +448,14 @@ class WebSettings(BaseModel):
     stow_max_request_mb: int = Field(
         default=2048,
         ge=1,
-        description="largest STOW-RS request body (POST /dicomweb/studies); a bigger one is refused (413) "
-        "before anything of it is stored",
+        description="largest STOW-RS request body (POST /dicomweb/studies); one with a bigger "
+        "Content-Length is refused (413) before anything of it is stored",
+    )
+    stow_max_requests: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="STOW-RS bodies read at once (more wait); each holds at most one instance in memory",
     )
 
     @field_validator("trusted_proxies", mode="before")

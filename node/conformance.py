@@ -222,8 +222,10 @@ def conformance_statement() -> str:
         "C-STORE status of 2.3 for the same refusal (another study than `{study}`: 0x0110). The body "
         "streams: at most one part (`DICOMNODE_DICOM__MAX_INSTANCE_MB`) is held at a time; a body longer "
         f"than `{WebSettings().stow_max_request_mb}` MB (`DICOMNODE_WEB__STOW_MAX_REQUEST_MB`) is "
-        "refused (413) from its Content-Length before any of it is stored. A body cut short fails the "
-        "part it ends in. The answer is the Store Instances Response Module (Referenced and Failed SOP "
+        "refused (413) from its Content-Length before any of it is stored (a body without one is read up "
+        "to the limit: the parts whole before it are stored and named, the part it cuts fails). At most "
+        f"`{WebSettings().stow_max_requests}` bodies are read at once (`DICOMNODE_WEB__STOW_MAX_REQUESTS`). "
+        "A body cut short fails the part it ends in. The answer is the Store Instances Response Module (Referenced and Failed SOP "
         f"Sequences) as `{DICOM_JSON}`, or `{DICOM_XML}` when the Accept header asks for it only.",
         "",
         *_table(
@@ -325,7 +327,7 @@ def conformance_statement() -> str:
                 *(
                     row
                     for row in _settings_rows("DICOMNODE_WEB__", WebSettings)
-                    if row[0].endswith("STOW_MAX_REQUEST_MB`")
+                    if "STOW_" in row[0]
                 ),
             ],
         ),

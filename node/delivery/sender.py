@@ -299,6 +299,10 @@ class DeliverySender:
                 for delivery in pending:
                     self._dead_at_once(delivery, f"destination refused the request: {error}")
                 return
+            except Exception as error:  # noqa: BLE001 - the request's failure is each object's outcome
+                for delivery in pending:
+                    self._failed(delivery, f"sending failed: {type(error).__name__}", None)
+                return
             unconfirmed = []
             for delivery in pending:
                 uid = delivery.sop_instance_uid
@@ -321,9 +325,16 @@ class DeliverySender:
             return
 
     def _stow_failed(self, delivery: DueDelivery, dataset: Dataset, reason: int) -> None:
-        """An instance the destination's Failed SOP Sequence names, with its Failure Reason."""
+        """An instance the destination's Failed SOP Sequence names, with its Failure Reason.
+
+        A reason no resend changes (SOP class not supported, a duplicate UID with other content, a
+        data set that does not match its class or cannot be understood) is a dead letter at once;
+        out of resources (0xA7xx) and a processing failure are retried with backoff.
+        """
         if reason == Status.SOP_CLASS_NOT_SUPPORTED:
             self._dead_at_once(delivery, refused_reason(str(dataset.SOPClassUID)))
+        elif reason == Status.DUPLICATE_SOP_INSTANCE or 0xA900 <= reason <= 0xA9FF or reason >> 12 == 0xC:
+            self._dead_at_once(delivery, f"destination refused it: failure reason 0x{reason:04X}")
         else:
             self._failed(delivery, f"destination failure reason 0x{reason:04X}", reason)
 

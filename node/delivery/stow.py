@@ -46,8 +46,8 @@ class StowAnswer:
     """A destination's answer to one STOW-RS request, per SOP Instance UID.
 
     ``stored`` and ``failed`` (UID -> Failure Reason) come from the response's Referenced and Failed
-    SOP Sequences. ``listed`` is False when the answer named no instance at all: a 2xx answer without a
-    body then means every instance was stored.
+    SOP Sequences. ``listed`` is False when the answer named no instance at all: a 200 answer without
+    a body then means every instance was stored.
     """
 
     http_status: int
@@ -156,54 +156,64 @@ class StowClient:
     def store(self, datasets: Sequence[Dataset], study_instance_uid: str) -> StowAnswer:
         """POST ``datasets`` (one study) to ``{base}/studies/{study}``; the answer per instance.
 
+        dicomweb-client sends the request; the answer is read here, from the response itself (its
+        media type with any parameter, e.g. ``; charset=utf-8``), never from what the client made of
+        it.
+
         Raises
         ------
         StowUnavailable, StowRefused
             As the module docstring says.
         """
-        statuses: list[int] = []
-        session = self.session()
-        session.hooks["response"].append(
-            lambda response, *_args, **_kwargs: statuses.append(response.status_code)
-        )
-        client = DICOMwebClient(self.destination.dicomweb, session=session, timeout=self.timeout_s)
-        client.set_http_retry_params(retry=False)  # the outbox retries, with its backoff and cap
-        try:
-            answer = client.store_instances(list(datasets), study_instance_uid=study_instance_uid)
-        except requests.HTTPError as error:
-            return self._refusal(error.response)
-        except requests.exceptions.SSLError as error:
-            raise StowUnavailable(f"TLS handshake failed: {_ssl_reason(error)}") from None
-        except requests.Timeout:
-            raise StowUnavailable(f"no answer within {self.timeout_s:g} s") from None
-        except requests.ConnectionError:
-            raise StowUnavailable("destination unreachable") from None
-        except ValueError:
-            # A 2xx answer whose body dicomweb-client could not read: which instances were stored is
-            # unknown, so every one is sent again (a destination takes a resent identical instance).
-            raise StowUnavailable("answer not understood") from None
-        status = statuses[-1] if statuses else int(HTTPStatus.OK)
-        return read_answer(status, answer)
+        responses: list[requests.Response] = []
+        with self.session() as session:
+            session.hooks["response"].append(lambda response, *_args, **_kwargs: responses.append(response))
+            client = DICOMwebClient(self.destination.dicomweb, session=session, timeout=self.timeout_s)
+            client.set_http_retry_params(retry=False)  # the outbox retries, with its backoff and cap
+            try:
+                client.store_instances(list(datasets), study_instance_uid=study_instance_uid)
+            except requests.HTTPError:
+                pass  # a 4xx or 5xx: read below
+            except requests.exceptions.SSLError as error:
+                raise StowUnavailable(f"TLS handshake failed: {_ssl_reason(error)}") from None
+            except requests.Timeout:
+                raise StowUnavailable(f"no answer within {self.timeout_s:g} s") from None
+            except requests.ConnectionError:
+                raise StowUnavailable("destination unreachable") from None
+            except requests.RequestException as error:
+                raise StowUnavailable(f"request failed: {type(error).__name__}") from None
+            except (ValueError, KeyError):
+                pass  # dicomweb-client could not read the answer's body: read below
+        if not responses:
+            raise StowUnavailable("no answer")
+        return self._read(responses[-1])
 
-    def _refusal(self, response: requests.Response | None) -> StowAnswer:
-        if response is None:
-            raise StowUnavailable("destination unreachable")
+    def _read(self, response: requests.Response) -> StowAnswer:
         status = response.status_code
         if status >= 500 or status in TRANSIENT_HTTP:
             raise StowUnavailable(http_reason(status))
         body = _body_dataset(response)
-        answer = read_answer(status, body) if body is not None else None
-        if answer is None or not answer.listed:
-            raise StowRefused(http_reason(status))
+        answer = read_answer(status, body if body is not None else Dataset())
+        if answer.listed:
+            return answer
+        if not 200 <= status < 300:
+            raise StowRefused(http_reason(status))  # a 4xx, or a redirect the client did not follow
+        if body is None and response.content:
+            # Which instances were stored is unknown, so every one is sent again (a destination
+            # takes a resent identical instance).
+            raise StowUnavailable(f"answer not understood ({http_reason(status)})")
+        if status == HTTPStatus.ACCEPTED:
+            # 202 says some instances failed; without the list none can be taken as stored.
+            raise StowUnavailable("HTTP 202 Accepted without the instances it stored")
         return answer
 
     def answers(self) -> bool:
         """Whether the destination's HTTP server answers at all (any status below 500): the probe that
         sends its dead letters again after an outage."""
         try:
-            session = self.session()
-            response = session.get(f"{self.destination.dicomweb}/studies", params={"limit": "1"},
-                                   timeout=self.timeout_s)  # fmt: skip
+            with self.session() as session:
+                response = session.get(f"{self.destination.dicomweb}/studies", params={"limit": "1"},
+                                       timeout=self.timeout_s)  # fmt: skip
         except (StowUnavailable, requests.RequestException):
             return False
         return response.status_code < 500

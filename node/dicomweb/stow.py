@@ -7,6 +7,7 @@ on is here.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from io import BytesIO
@@ -28,6 +29,8 @@ from node.store.audit import AuditLog
 log = get_logger(__name__)
 
 DICOM: Final = "application/dicom"
+#: A part's headers (Content-Type and the like) are a few lines; more is not a DICOM part.
+MAX_PART_HEADER_BYTES: Final = 8192
 DICOM_JSON: Final = "application/dicom+json"
 DICOM_XML: Final = "application/dicom+xml"
 
@@ -38,9 +41,10 @@ STOW_ANSWERS: Final = {
     HTTPStatus.BAD_REQUEST: "no multipart boundary, or no part at all",
     HTTPStatus.UNAUTHORIZED: "no API token, or an unknown or revoked one (audited)",
     HTTPStatus.CONFLICT: "none stored (each named with its Failure Reason)",
-    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "the body is longer than the node takes",
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "the body is longer than the node takes (none of it stored)",
     HTTPStatus.UNSUPPORTED_MEDIA_TYPE: "not multipart/related of application/dicom parts",
-    HTTPStatus.SERVICE_UNAVAILABLE: "none stored: out of resources (disk, backlog); Retry-After is set",
+    HTTPStatus.SERVICE_UNAVAILABLE: "none stored: out of resources for now (disk, backlog, index); "
+    "Retry-After is set",
 }
 
 
@@ -61,7 +65,11 @@ class StudySink(Protocol):
 
 @dataclass(frozen=True)
 class StowIngest:
-    """What the STOW-RS routes work with."""
+    """What the STOW-RS routes work with.
+
+    ``requests`` bounds the bodies read at once (``web.stow_max_requests``); each holds at most one
+    part of ``max_instance_bytes``.
+    """
 
     sink: StudySink
     tokens: TokenStore
@@ -69,16 +77,21 @@ class StowIngest:
     metrics: NodeMetrics
     max_request_bytes: int
     max_instance_bytes: int
+    requests: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
 
 
 @dataclass(frozen=True)
 class PartOutcome:
-    """One part's fate: stored (``failure`` None) or failed with a Failure Reason."""
+    """One part's fate: stored (``failure`` None) or failed with a Failure Reason.
+
+    ``transient``: the node could not take it now (disk, backlog), and may later.
+    """
 
     sop_class_uid: str | None
     sop_instance_uid: str | None
     failure: Status | None = None
     duplicate: bool = False
+    transient: bool = False
 
 
 @dataclass
@@ -94,6 +107,7 @@ class MultipartStream:
     def __init__(self, boundary: bytes, limit: int) -> None:
         self._limit = limit
         self._current: Part | None = None
+        self._header_bytes = 0
         self._header_name = bytearray()
         self._header_value = bytearray()
         self.done: list[Part] = []
@@ -102,8 +116,8 @@ class MultipartStream:
             boundary,
             callbacks={
                 "on_part_begin": self._begin,
-                "on_header_field": lambda data, start, end: self._header_name.extend(data[start:end]),
-                "on_header_value": lambda data, start, end: self._header_value.extend(data[start:end]),
+                "on_header_field": lambda data, start, end: self._header(self._header_name, data[start:end]),
+                "on_header_value": lambda data, start, end: self._header(self._header_value, data[start:end]),
                 "on_header_end": self._header_end,
                 "on_part_data": self._data,
                 "on_part_end": self._end,
@@ -127,6 +141,13 @@ class MultipartStream:
 
     def _begin(self) -> None:
         self._current = Part()
+        self._header_bytes = 0
+
+    def _header(self, into: bytearray, data: bytes) -> None:
+        self._header_bytes += len(data)
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise ValueError(f"part headers longer than {MAX_PART_HEADER_BYTES} bytes")
+        into.extend(data)
 
     def _header_end(self) -> None:
         if self._current is not None and bytes(self._header_name).strip().lower() == b"content-type":
@@ -179,14 +200,19 @@ def store_part(stow: StowIngest, part: Part, study: str | None) -> PartOutcome:
         return failed(part, Status.CANNOT_UNDERSTAND)
     if part.oversized:
         return PartOutcome(None, None, Status.OUT_OF_RESOURCES)
+    data = bytes(part.data)
+    part.data = bytearray()  # one copy held, not two
     try:
-        stored = stow.sink.store(bytes(part.data), expected_study=study)
+        stored = stow.sink.store(data, expected_study=study)
     except NodeError as error:
         log.warning("STOW-RS instance refused", reason=str(error))
-        return failed(part, dimse_status(error))
+        sop_class, sop_instance = _uids(data)
+        status = dimse_status(error)
+        return PartOutcome(sop_class, sop_instance, status, transient=status == Status.OUT_OF_RESOURCES)
     except Exception:
         log.exception("STOW-RS instance failed")
-        return failed(part, Status.PROCESSING_FAILURE)
+        sop_class, sop_instance = _uids(data)
+        return PartOutcome(sop_class, sop_instance, Status.PROCESSING_FAILURE)
     header = stored.header
     return PartOutcome(header.sop_class_uid, header.sop_instance_uid, None, stored.duplicate)
 
@@ -242,6 +268,6 @@ def http_status(outcomes: list[PartOutcome]) -> HTTPStatus:
         return HTTPStatus.OK
     if len(failures) < len(outcomes):
         return HTTPStatus.ACCEPTED
-    if all(failure == Status.OUT_OF_RESOURCES for failure in failures):
+    if all(outcome.transient for outcome in outcomes):
         return HTTPStatus.SERVICE_UNAVAILABLE
     return HTTPStatus.CONFLICT

@@ -1,9 +1,9 @@
-"""The index: SQLAlchemy Core over SQLite (WAL, synchronous FULL) or PostgreSQL."""
+"""The index: SQLAlchemy Core over SQLite (WAL) or PostgreSQL."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -29,18 +29,29 @@ _STUDY_FIELDS = (
 )
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-    if isinstance(dbapi_connection, sqlite3.Connection):
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
+def _sqlite_pragmas(synchronous: str) -> Callable[[Any, ConnectionPoolEntry], None]:
+    def configure(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+    return configure
 
 
-def create_index_engine(url: str) -> Engine:
-    """An engine for the index; SQLite gets WAL and full fsync on commit."""
+def create_index_engine(url: str, durable_commits: bool = True) -> Engine:
+    """An engine for the index; SQLite gets WAL and, by default, an fsync at every commit.
+
+    ``durable_commits=False`` (SQLite synchronous=NORMAL) is for the ingest's own engine only: a
+    commit then survives the process being killed but may be lost with the last ones on a power
+    loss. The spool is the source of truth for received instances (each file is fsync'd, with its
+    folder, before it is acknowledged) and the node indexes every spool file the index lacks at
+    start-up, so no acknowledged instance is lost with such a commit. Reviews, results, the outbox
+    and the audit keep fsync'd commits.
+    """
     if url.startswith("sqlite:"):
         database = url.split("///", 1)[-1]
         if database and database != ":memory:":
@@ -52,7 +63,7 @@ def create_index_engine(url: str) -> Engine:
             max_overflow=32,
             hide_parameters=True,
         )
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas("FULL" if durable_commits else "NORMAL"))
         return engine
     return create_engine(url, pool_size=8, max_overflow=32, pool_pre_ping=True, hide_parameters=True)
 
@@ -92,9 +103,9 @@ class Index:
         _add_missing_columns(engine)
 
     @classmethod
-    def open(cls, url: str) -> Index:
-        """Open (and create when new) the index at a SQLAlchemy URL."""
-        return cls(create_index_engine(url))
+    def open(cls, url: str, durable_commits: bool = True) -> Index:
+        """Open (and create when new) the index at a SQLAlchemy URL (see :func:`create_index_engine`)."""
+        return cls(create_index_engine(url, durable_commits))
 
     def close(self) -> None:
         """Release every pooled connection."""
@@ -183,24 +194,26 @@ class Index:
     def _touch_study(
         self, connection: Connection, study_uid: str, values: dict[str, Any], received_at: datetime
     ) -> None:
-        connection.execute(
-            self._insert_ignore(studies, "study_instance_uid").values(
-                study_instance_uid=study_uid,
-                first_received_at=received_at,
-                last_received_at=received_at,
-                instance_count=0,
-                **values,
-            )
+        """Count one more instance of a study, creating its row on the first: one upsert."""
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(studies).values(
+            study_instance_uid=study_uid,
+            first_received_at=received_at,
+            last_received_at=received_at,
+            instance_count=1,
+            pending_since=received_at,
+            **values,
         )
+        latest = func.greatest if self.engine.dialect.name == "postgresql" else func.max
+        arrived = statement.excluded
         connection.execute(
-            update(studies)
-            .where(studies.c.study_instance_uid == study_uid)
-            .values(
-                last_received_at=func.max(studies.c.last_received_at, received_at)
-                if self.engine.dialect.name == "sqlite"
-                else func.greatest(studies.c.last_received_at, received_at),
-                instance_count=studies.c.instance_count + 1,
-                pending_since=func.coalesce(studies.c.pending_since, received_at),
+            statement.on_conflict_do_update(
+                index_elements=["study_instance_uid"],
+                set_={
+                    "last_received_at": latest(studies.c.last_received_at, arrived.last_received_at),
+                    "instance_count": studies.c.instance_count + 1,
+                    "pending_since": func.coalesce(studies.c.pending_since, arrived.pending_since),
+                },
             )
         )
 

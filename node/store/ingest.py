@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
-from node.clock import Clock
+from node.clock import Clock, monotonic
 from node.config import Settings
 from node.dicom.instance import Stored, parse_instance
 from node.errors import ConflictingInstance, NodeError, OutOfResources, StudyMismatch
@@ -73,6 +73,95 @@ class _KeyedLocks:
                     self._locks[key] = (lock, users - 1)
 
 
+class _Admission:
+    """The study limits without a query per instance: counts kept in memory, checked near a limit.
+
+    A study's count is read from the index the first time this process sees the study, then counted
+    up here; the number of studies waiting for inference is read again at most every
+    ``refresh_s``. Another process (a second node on the same index) may add to both meanwhile, so a
+    count within :data:`_MARGIN` of its limit is read again from the index before an instance is
+    admitted or refused: the limits hold exactly, and far from them no query is made.
+    """
+
+    _MARGIN = 64
+
+    def __init__(self, index: Index, limits: IngestLimits, clock: Clock, refresh_s: float = 1.0) -> None:
+        self._index = index
+        self._limits = limits
+        self._clock = clock
+        self._refresh_s = refresh_s
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._waiting: tuple[int, float] | None = None
+
+    def admit(self, study_instance_uid: str) -> None:
+        """Raise :class:`OutOfResources` when one more instance of the study is over a limit."""
+        limits = self._limits
+        with self._lock:
+            count = self._counts.get(study_instance_uid)
+        if count is None or count >= limits.max_instances_per_study - self._MARGIN:
+            count = self._index.study_instance_count(study_instance_uid)
+            with self._lock:
+                if count is None:
+                    self._counts.pop(study_instance_uid, None)
+                else:
+                    self._counts[study_instance_uid] = count
+        if count is None and self._waiting_studies() >= limits.max_waiting_studies:
+            raise OutOfResources("inference backlog full: new studies refused until it drains")
+        if count is not None and count >= limits.max_instances_per_study:
+            raise OutOfResources("study holds the configured maximum number of instances")
+
+    def added(self, study_instance_uid: str) -> None:
+        """Count an instance just indexed."""
+        with self._lock:
+            if study_instance_uid in self._counts:
+                self._counts[study_instance_uid] += 1
+            else:
+                self._counts[study_instance_uid] = 1
+                self._waiting = None  # a new study: the backlog is read again next time
+
+    def _waiting_studies(self) -> int:
+        now = monotonic()
+        with self._lock:
+            cached = self._waiting
+        fresh = cached is not None and now - cached[1] < self._refresh_s
+        if cached is not None and fresh and cached[0] < self._limits.max_waiting_studies - self._MARGIN:
+            return cached[0]
+        waiting = self._index.waiting_studies()
+        with self._lock:
+            self._waiting = (waiting, now)
+        return waiting
+
+
+class _FreeSpace:
+    """The free-disk floor without a statvfs per instance: the free space is read again after every
+    ``sample_bytes`` written (and whenever it was within that of the floor), and counted down between."""
+
+    def __init__(self, spool: Spool, floor: int, sample_bytes: int = 64 * 1024 * 1024) -> None:
+        self._spool = spool
+        self._floor = floor
+        self._sample_bytes = sample_bytes
+        self._lock = threading.Lock()
+        self._free: int | None = None
+        self._since = 0
+
+    def reserve(self, size: int) -> None:
+        """Raise :class:`OutOfResources` when writing ``size`` bytes would go below the floor."""
+        with self._lock:
+            stale = (
+                self._free is None
+                or self._since + size >= self._sample_bytes
+                or self._free - size - self._floor < self._sample_bytes
+            )
+            if stale:
+                self._free, self._since = self._spool.free_bytes(), 0
+            assert self._free is not None
+            if self._free - size < self._floor:
+                raise OutOfResources("free disk below the configured floor")
+            self._free -= size
+            self._since += size
+
+
 class Ingest:
     """Durable receipt of instances into the spool and the index.
 
@@ -88,6 +177,8 @@ class Ingest:
         self._clock = clock
         self._limits = limits
         self._locks = _KeyedLocks()
+        self._admission = _Admission(index, limits, clock)
+        self._space = _FreeSpace(spool, limits.min_free_bytes)
 
     def store(
         self,
@@ -119,21 +210,18 @@ class Ingest:
         header = parse_instance(data, expected_sop_class, expected_sop_instance)
         if expected_study is not None and header.study_instance_uid != expected_study:
             raise StudyMismatch("instance of another study than the request names")
+        relative = self._spool.relative_path(
+            header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
+        )
         with self._locks.hold(header.sop_instance_uid):
-            held = self._index.instance_path(header.sop_instance_uid)
-            if held is not None:
-                self._check_same(Path(held), data)
-                return Stored(header=header, duplicate=True)
-            count = self._index.study_instance_count(header.study_instance_uid)
-            if count is None and self._index.waiting_studies() >= limits.max_waiting_studies:
-                raise OutOfResources("inference backlog full: new studies refused until it drains")
-            if count is not None and count >= limits.max_instances_per_study:
-                raise OutOfResources("study holds the configured maximum number of instances")
-            if self._spool.free_bytes() - len(data) < limits.min_free_bytes:
-                raise OutOfResources("free disk below the configured floor")
-            relative = self._spool.relative_path(
-                header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
-            )
+            if (self._spool.root / relative).exists():
+                # Held already (a resend), or written before a failed index call: the index decides.
+                held = self._index.instance_path(header.sop_instance_uid)
+                if held is not None:
+                    self._check_same(Path(held), data)
+                    return Stored(header=header, duplicate=True)
+            self._admission.admit(header.study_instance_uid)
+            self._space.reserve(len(data))
             try:
                 self._spool.write(relative, data)
             except OSError as error:
@@ -152,8 +240,16 @@ class Ingest:
                     raise OutOfResources("index unavailable: try again later") from None
                 else:
                     raise
+            if not added:
+                # The UID is indexed under another path (another study or series): the first is kept.
+                self._spool.remove(relative)
+                held = self._index.instance_path(header.sop_instance_uid)
+                if held is not None:
+                    self._check_same(Path(held), data)
+                return Stored(header=header, duplicate=True)
+            self._admission.added(header.study_instance_uid)
             failpoint("ingest:indexed")
-        return Stored(header=header, duplicate=not added)
+        return Stored(header=header, duplicate=False)
 
     def reconcile(self, quarantine: Path) -> tuple[int, int]:
         """Index every spool file the index lacks (start-up, before the listener opens).

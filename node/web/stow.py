@@ -9,11 +9,12 @@ Sequence or, with its Failure Reason (the C-STORE status the same refusal gets),
 Sequence; JSON, or the PS3.19 XML model when the client asks for ``application/dicom+xml``.
 
 HTTP statuses (PS3.18 Table 10.5.3-1): 200 all stored; 202 some stored, some failed; 409 none stored;
-503 none stored because the node is out of resources (disk, backlog), with Retry-After; 400 a request
-that is not a multipart body; 401 no or an unknown token (audited, nothing read); 413 a body longer
-than ``web.stow_max_request_mb`` (refused from its Content-Length before anything is read; a chunked
-body is cut off there, and what was whole before stays stored); 415 another media type. A body that
-ends inside a part (truncated) fails that part; the parts before it are stored.
+503 none stored because the node is out of resources for now (disk, backlog), with Retry-After; 400
+a request that is not a multipart body; 401 no or an unknown token (audited, nothing read); 413 a
+body longer than ``web.stow_max_request_mb``: refused from its Content-Length before anything is read;
+a body without one (chunked) is read up to the limit, the parts whole before it are stored and named,
+the part it cuts fails (413 when none was stored); 415 another media type. A body that ends inside a
+part (truncated) fails that part; the parts before it are stored.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Final
 
 from fastapi import APIRouter, Request
 from python_multipart.multipart import parse_options_header
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse, Response
@@ -75,7 +77,13 @@ def _refuse(status: HTTPStatus, message: str, headers: dict[str, str] | None = N
 
 
 async def _sender(request: Request, stow: StowIngest, now: Any) -> str | None:
-    """The authenticated sender's token name; an unknown one is audited."""
+    """The authenticated sender's token name; an unknown one is audited.
+
+    Raises
+    ------
+    OperationalError
+        The index cannot be asked (answered 503 by the caller).
+    """
     authorization = request.headers.get("authorization")
     name = await run_in_threadpool(stow.tokens.sender, authorization, now)
     if name is None:
@@ -112,14 +120,16 @@ def _boundary(content_type: str) -> bytes | Response:
 
 async def _receive(
     request: Request, stow: StowIngest, stream: MultipartStream, keep: Callable[[Part], Awaitable[None]]
-) -> Response | None:
-    """Read the body into ``stream``, handing each whole part to ``keep``; a refusal, if any."""
+) -> bool:
+    """Read the body into ``stream``, handing each whole part to ``keep``; False when the body was
+    longer than ``web.stow_max_request_mb`` and reading stopped there."""
     received = 0
     try:
         async for chunk in request.stream():
             received += len(chunk)
             if received > stow.max_request_bytes:
-                return _refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body longer than the node takes")
+                log.warning("STOW-RS body cut off at the request size limit")
+                return False
             try:
                 stream.write(chunk)
             except Exception as error:  # noqa: BLE001 - python_multipart raises its own parse errors
@@ -129,7 +139,7 @@ async def _receive(
                 await keep(part)
     except ClientDisconnect:
         log.warning("STOW-RS sender disconnected before the end of its body")
-    return None
+    return True
 
 
 async def store_instances(request: Request, study: str | None = None) -> Response:
@@ -139,7 +149,12 @@ async def store_instances(request: Request, study: str | None = None) -> Respons
     if stow is None:
         return _refuse(HTTPStatus.NOT_FOUND, "STOW-RS is not served by this node")
     now = context.clock.now()
-    sender = await _sender(request, stow, now)
+    try:
+        sender = await _sender(request, stow, now)
+    except OperationalError:
+        log.warning("STOW-RS request refused: the index is unavailable")
+        retry = {"Retry-After": str(RETRY_AFTER_S)}
+        return _refuse(HTTPStatus.SERVICE_UNAVAILABLE, "the node's index is unavailable", retry)
     if sender is None:
         return _refuse(
             HTTPStatus.UNAUTHORIZED,
@@ -163,11 +178,16 @@ async def store_instances(request: Request, study: str | None = None) -> Respons
         )
         stow.metrics.instances_received.labels(outcome=received).inc()
 
-    stream = MultipartStream(boundary, stow.max_instance_bytes)
-    refusal = await _receive(request, stow, stream, keep)
-    cut = stream.cut_short
-    if cut is not None and (cut.data or cut.oversized):
-        outcomes.append(failed(cut, Status.CANNOT_UNDERSTAND))
+    # At most ``stow_max_requests`` bodies are read at once, each holding at most one part: memory
+    # stays within that many instances of dicom.max_instance_mb, however many senders upload.
+    async with stow.requests:
+        stream = MultipartStream(boundary, stow.max_instance_bytes)
+        whole = await _receive(request, stow, stream, keep)
+        cut = stream.cut_short
+        if cut is not None and (cut.data or cut.oversized):
+            # The body ended inside this part (truncated), or the size limit stopped it there.
+            reason = Status.CANNOT_UNDERSTAND if whole else Status.OUT_OF_RESOURCES
+            outcomes.append(await run_in_threadpool(failed, cut, reason))
     stored = sum(1 for outcome in outcomes if outcome.failure is None)
     entry = AuditEntry(
         at=now,
@@ -178,8 +198,8 @@ async def store_instances(request: Request, study: str | None = None) -> Respons
     )
     await run_in_threadpool(stow.audit.record, entry)
     log.info("STOW-RS request", sender=sender, stored=stored, failed=len(outcomes) - stored)
-    if refusal is not None:
-        return refusal
+    if not whole and stored == 0:
+        return _refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body longer than the node takes")
     if not outcomes:
         return _refuse(HTTPStatus.BAD_REQUEST, "no application/dicom part in the body")
     return _answer(request, outcomes)

@@ -46,6 +46,7 @@ class Answer:
     #: Listed as stored; None: every part of the request not in ``failed``.
     stored: list[str] | None = None
     body: bool = True
+    media_type: str = "application/dicom+json"
 
 
 #: Makes the answer to a request from the request.
@@ -116,7 +117,7 @@ def _handler(peer: StowPeer) -> type[BaseHTTPRequestHandler]:
             payload = stow_answer(request, answer) if answer.body else b""
             self.send_response(answer.status)
             if payload:
-                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Type", answer.media_type)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)

@@ -140,14 +140,19 @@ def test_409_with_one_failed_instance_fails_that_object_and_the_others_go_again_
 def test_partial_200_and_202_answers_are_read_per_instance(
     make_harness: list[Harness], tmp_path: Path
 ) -> None:
-    """A 202 naming one instance failed and one stored delivers that one only; an instance the answer
-    does not name at all is not taken as delivered; 0x0122 (class not supported) is final at once."""
+    """A 202 (its media type with a charset) naming one instance failed and one stored delivers that
+    one only; an instance the answer does not name at all is not taken as delivered; 0x0122 (class
+    not supported) and 0xC000 (cannot understand) are final at once."""
 
     def script(request: StowRequest) -> Answer:
         return Answer(
             202,
-            failed={refused.sop_instance_uid: int(Status.SOP_CLASS_NOT_SUPPORTED)},
+            failed={
+                refused.sop_instance_uid: int(Status.SOP_CLASS_NOT_SUPPORTED),
+                garbled.sop_instance_uid: int(Status.CANNOT_UNDERSTAND),
+            },
             stored=[stored.sop_instance_uid],
+            media_type="application/dicom+json; charset=utf-8",
         )
 
     with running_stow_peer(script) as peer:
@@ -155,8 +160,12 @@ def test_partial_200_and_202_answers_are_read_per_instance(
         stored = harness.add()
         refused = harness.add(sop_class=Comprehensive3DSRStorage)
         silent = harness.add()
+        garbled = harness.add()
         harness.sender.run_once()
         states = harness.states()
+        assert states[garbled.sop_instance_uid] == (
+            DEAD, 1, None, "destination refused it: failure reason 0xC000"
+        )  # fmt: skip
         assert states[stored.sop_instance_uid][0] == DELIVERED
         assert states[refused.sop_instance_uid] == (
             DEAD, 1, None, "destination does not accept Comprehensive 3D SR Storage"
@@ -164,8 +173,28 @@ def test_partial_200_and_202_answers_are_read_per_instance(
         assert states[silent.sop_instance_uid] == (
             PENDING, 1, None, "not confirmed by the destination (HTTP 202 Accepted)"
         )  # fmt: skip
-        assert harness.outbox.rows(state=DEAD)[0].refused
+        assert all(row.refused for row in harness.outbox.rows(state=DEAD))
         assert len(peer.requests) == 1
+
+
+def test_a_202_without_its_list_or_an_unreadable_answer_is_not_taken_as_delivered(
+    make_harness: list[Harness], tmp_path: Path
+) -> None:
+    """A 202 says some instances failed; without the list (or with a body that is no DICOM answer)
+    nothing is marked delivered: a failed attempt, sent again after the backoff."""
+    answers = iter([Answer(202, body=False), Answer(200, media_type="text/html")])
+    with running_stow_peer(lambda _request: next(answers)) as peer:
+        harness = _harness(make_harness, tmp_path, peer.url)
+        item = harness.add()
+        harness.sender.run_once()
+        assert harness.states()[item.sop_instance_uid] == (
+            PENDING, 1, None, "HTTP 202 Accepted without the instances it stored"
+        )  # fmt: skip
+        harness.clock.advance(6)
+        harness.sender.run_once()
+        assert harness.states()[item.sop_instance_uid] == (
+            PENDING, 2, None, "answer not understood (HTTP 200 OK)"
+        )  # fmt: skip
 
 
 def test_a_4xx_that_names_no_instance_is_a_dead_letter_at_once(
@@ -236,6 +265,22 @@ def test_https_destination_is_verified_against_its_ca_and_basic_credentials_come
         assert (state, attempts) == (PENDING, 1)
         assert error is not None and error.startswith("TLS handshake failed")
         assert peer.requests == []
+
+
+def test_an_https_destination_without_its_own_ca_is_verified_against_the_dicom_tls_ca(
+    make_harness: list[Harness], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ``ca`` on the destination: DICOM__TLS_CA verifies it, even where the environment names
+    another bundle (REQUESTS_CA_BUNDLE would otherwise take over in requests)."""
+    pki = make_pki(tmp_path / "pki")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki.other_ca.cert))
+    monkeypatch.setenv("CURL_CA_BUNDLE", str(pki.other_ca.cert))
+    with running_stow_peer(lambda _request: Answer(200), tls=(pki.server.cert, pki.server.key)) as peer:
+        harness = Harness(tmp_path, DicomwebDestination(dicomweb=peer.url), ca=pki.ca.cert)
+        make_harness.append(harness)
+        item = harness.add()
+        harness.sender.run_once()
+        assert harness.states()[item.sop_instance_uid][0] == DELIVERED
 
 
 def test_a_dicomweb_destination_is_configured_by_its_url_and_files(tmp_path: Path) -> None:

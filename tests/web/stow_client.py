@@ -8,13 +8,20 @@ import http.client
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
 from urllib.parse import urlsplit
 
+import pydicom
 from pydicom.dataset import Dataset
 
 BOUNDARY = "dicomnode-test-boundary-7f3a"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+
+
+def sop_uid(data: bytes) -> str:
+    """The SOP Instance UID of a Part 10 byte string."""
+    return str(pydicom.dcmread(BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
 
 
 def part(data: bytes, content_type: str = "application/dicom") -> bytes:
@@ -51,6 +58,20 @@ class Answer:
             )
             for item in self.dataset().FailedSOPSequence
         }
+
+
+def post_chunked(url: str, chunks: Iterable[bytes], token: str) -> Answer:
+    """POST a body in chunked transfer encoding (no Content-Length), as clients streaming a study do."""
+    target = urlsplit(url)
+    connection = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=60)
+    try:
+        headers = {"Content-Type": CONTENT_TYPE, "Authorization": f"Bearer {token}"}
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            connection.request("POST", target.path, body=iter(chunks), headers=headers, encode_chunked=True)
+        response = connection.getresponse()
+        return Answer(response.status, dict(response.getheaders()), response.read())
+    finally:
+        connection.close()
 
 
 def post(

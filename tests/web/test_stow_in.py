@@ -25,7 +25,7 @@ from node.store.spool import Spool
 from node.web.server import WebServer
 from tests.review.seed import Seeded
 from tests.support import synthetic_mr
-from tests.web.stow_client import CONTENT_TYPE, body, part, post
+from tests.web.stow_client import CONTENT_TYPE, body, part, post, post_chunked, sop_uid
 
 MAX_REQUEST = 1024 * 1024
 
@@ -88,10 +88,6 @@ def node(seeded: Seeded) -> Iterator[StowNode]:
     server.stop()
 
 
-def _uid(data: bytes) -> str:
-    return str(pydicom.dcmread(BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
-
-
 def _study(data: bytes) -> str:
     return str(pydicom.dcmread(BytesIO(data), stop_before_pixels=True).StudyInstanceUID)
 
@@ -103,9 +99,9 @@ def test_instances_are_stored_as_received_and_the_answer_names_each(node: StowNo
     answer = post(f"{node.url}/studies", body(part(data) for data in instances), node.token)
     assert answer.status == 200, answer.content
     assert answer.headers["content-type"] == "application/dicom+json"
-    assert sorted(answer.referenced()) == sorted(_uid(data) for data in instances)
+    assert sorted(answer.referenced()) == sorted(sop_uid(data) for data in instances)
     assert answer.failed() == {}
-    assert node.stored() == {_uid(data): data for data in instances}
+    assert node.stored() == {sop_uid(data): data for data in instances}
     (entry,) = node.audit(AuditAction.STOW)
     assert entry["actor"] == "pacs-gateway"
     assert entry["details"] == {"stored": 3, "failed": 0, "complete": True}
@@ -132,7 +128,7 @@ def test_a_dicomweb_client_stores_and_can_ask_for_the_xml_answer(node: StowNode)
     assert xml.status == 200
     assert xml.headers["content-type"] == "application/dicom+xml"
     parsed = _load_xml_dataset(fromstring(xml.content))
-    assert str(parsed.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) == _uid(data)
+    assert str(parsed.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) == sop_uid(data)
 
 
 @pytest.mark.parametrize("token", [None, "not-a-token-the-node-made"])
@@ -174,9 +170,9 @@ def test_a_truncated_body_fails_the_part_cut_short_and_stores_the_rest(node: Sto
     content = body([part(instances[0]), part(instances[1]), part(cut)[: -len(b"\r\n")]], close=False)
     answer = post(f"{node.url}/studies", content, node.token)
     assert answer.status == 202, answer.content
-    assert sorted(answer.referenced()) == sorted(_uid(data) for data in instances[:2])
-    assert answer.failed() == {_uid(instances[2]): int(Status.CANNOT_UNDERSTAND)}
-    assert node.stored() == {_uid(data): data for data in instances[:2]}
+    assert sorted(answer.referenced()) == sorted(sop_uid(data) for data in instances[:2])
+    assert answer.failed() == {sop_uid(instances[2]): int(Status.CANNOT_UNDERSTAND)}
+    assert node.stored() == {sop_uid(data): data for data in instances[:2]}
     (entry,) = node.audit(AuditAction.STOW)
     assert entry["details"] == {"stored": 2, "failed": 1, "complete": False}
 
@@ -199,17 +195,17 @@ def test_each_part_is_checked_like_a_c_store(node: StowNode) -> None:
     )
     assert answer.status == 409, answer.content
     failed = answer.failed()
-    assert failed[_uid(other_study)] == Status.PROCESSING_FAILURE
-    assert failed[_uid(held)] == Status.DUPLICATE_SOP_INSTANCE
+    assert failed[sop_uid(other_study)] == Status.PROCESSING_FAILURE
+    assert failed[sop_uid(held)] == Status.DUPLICATE_SOP_INSTANCE
     assert list(failed.values()).count(Status.CANNOT_UNDERSTAND) == 2
-    assert node.stored() == {_uid(held): held}
+    assert node.stored() == {sop_uid(held): held}
 
     big = post(f"{node.url}/studies", body([part(synthetic_mr() + b"\0" * 70_000)]), node.token)
-    assert big.status == 503 and big.headers["retry-after"] == "60"
+    assert big.status == 409, "a part over the instance limit is no reason to retry later"
     assert list(big.failed().values()) == [Status.OUT_OF_RESOURCES]
 
     again = post(f"{node.url}/studies/{study}", body([part(held)]), node.token)
-    assert again.status == 200 and again.referenced() == [_uid(held)]
+    assert again.status == 200 and again.referenced() == [sop_uid(held)]
 
 
 def test_a_body_that_is_not_multipart_related_dicom_is_refused(node: StowNode) -> None:
@@ -233,3 +229,23 @@ def test_a_full_node_answers_503_with_retry_after(seeded: Seeded, tmp_path: Path
         assert full.stored() == {}
     finally:
         server.stop()
+
+
+def test_a_chunked_body_is_read_up_to_the_size_limit_and_the_answer_names_what_was_stored(
+    node: StowNode,
+) -> None:
+    """Without a Content-Length the limit is met while reading: the parts whole before it are stored and
+    named, the part it cuts fails (0xA700); a body over it from its first part stores nothing (413)."""
+    instances = [synthetic_mr() for _ in range(3)]
+    padding = part(b"\0" * MAX_REQUEST, content_type="application/octet-stream")
+    pieces = [padding[i : i + 65536] for i in range(0, len(padding), 65536)]
+    chunks = [part(data) for data in instances] + pieces
+    answer = post_chunked(f"{node.url}/studies", chunks, node.token)
+    assert answer.status == 202, answer.content
+    assert sorted(answer.referenced()) == sorted(sop_uid(data) for data in instances)
+    assert list(answer.failed().values()) == [Status.OUT_OF_RESOURCES]
+    assert node.stored() == {sop_uid(data): data for data in instances}
+
+    nothing = post_chunked(f"{node.url}/studies", pieces, node.token)
+    assert nothing.status == 413
+    assert len(node.stored()) == 3
