@@ -27,6 +27,7 @@ from node.pipeline.grid import backfill_grids
 from node.pipeline.measure import StackMeasurer
 from node.pipeline.publish import Publisher
 from node.pipeline.worker import MAX_ATTEMPTS, PipelineWorker
+from node.receivers import ReceiverProcesses, effective_processes
 from node.reports.codes import ReviewStatus
 from node.reports.labels import LabelClasses
 from node.reports.sr import derived_uid
@@ -85,7 +86,9 @@ class Node:
     ingest: Ingest
     queue: JobQueue
     outbox: Outbox
-    scp: StorageSCP
+    #: The DICOM listener: in this process (one receiver), or several receiver processes.
+    scp: StorageSCP | None
+    receivers: ReceiverProcesses | None
     assembler: Assembler
     workers: list[PipelineWorker]
     publisher: Publisher
@@ -125,7 +128,9 @@ class Node:
         waiting = index.restart_quiet_periods(clock.now())
         if waiting:
             log.info("studies that were receiving wait one quiet period", studies=waiting)
-        scp = StorageSCP(settings.dicom, ingest, pseudonymise, metrics)
+        processes = effective_processes(settings.dicom.receiver_processes)
+        scp = StorageSCP(settings.dicom, ingest, pseudonymise, metrics) if processes == 1 else None
+        receivers = ReceiverProcesses(settings, processes, metrics) if processes > 1 else None
 
         segmenter = load_segmenter(settings.inference)
         log.info(
@@ -242,6 +247,7 @@ class Node:
             queue=queue,
             outbox=outbox,
             scp=scp,
+            receivers=receivers,
             assembler=assembler,
             workers=workers,
             publisher=publisher,
@@ -258,8 +264,19 @@ class Node:
         self.loops.start()
         if self.web is not None:
             self.web.start()
-        self.scp.start()
+        if self.receivers is not None:
+            self.receivers.start()
+        elif self.scp is not None:
+            self.scp.start()
         print(self.banner(), flush=True)
+
+    @property
+    def dicom_port(self) -> int:
+        """The port DICOM listens on (the one picked, for port 0)."""
+        if self.receivers is not None:
+            return self.receivers.port
+        assert self.scp is not None
+        return self.scp.port
 
     def banner(self) -> str:
         """What an administrator needs at start-up: where DICOM, the worklist and STOW-RS listen,
@@ -269,7 +286,8 @@ class Node:
         tls = "TLS" if dicom.tls_cert is not None else "no TLS"
         lines = [
             f"dicomnode {__version__} ready",
-            f"  DICOM        AE title {dicom.ae_title} on {dicom.host}:{self.scp.port} ({tls})",
+            f"  DICOM        AE title {dicom.ae_title} on {dicom.host}:{self.dicom_port} ({tls})"
+            + (f", {self.receivers.count} receiver processes" if self.receivers is not None else ""),
         ]
         if self.web is not None:
             host = settings.web.host if settings.web.host not in ("0.0.0.0", "::") else "localhost"
@@ -304,7 +322,10 @@ class Node:
     def stop(self) -> None:
         """Stop accepting, finish in-flight work within the grace period, close the index."""
         deadline = monotonic() + self.settings.dicom.shutdown_grace_s
-        self.scp.stop(max(0.0, deadline - monotonic()))
+        if self.receivers is not None:
+            self.receivers.stop(max(0.0, deadline - monotonic()))
+        elif self.scp is not None:
+            self.scp.stop(max(0.0, deadline - monotonic()))
         self.loops.stop(max(0.0, deadline - monotonic()))
         if self.web is not None:
             self.web.stop(max(0.0, deadline - monotonic()))

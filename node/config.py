@@ -133,6 +133,13 @@ class DicomSettings(BaseModel):
         description="received instance data not yet stored, all associations together; beyond it "
         "reads wait (the oldest instance always proceeds)",
     )
+    receiver_processes: int = Field(
+        default=0,
+        ge=0,
+        le=32,
+        description="listener processes sharing the port (SO_REUSEPORT) and the index; 0: the number "
+        "of cores, at most 4. Association limits hold across them; max_inflight_mb is split evenly",
+    )
     tls_cert: Path | None = Field(default=None, description="PEM certificate: serve DICOM TLS")
     tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
     tls_ca: Path | None = Field(

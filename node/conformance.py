@@ -224,8 +224,9 @@ def conformance_statement() -> str:
         f"than `{WebSettings().stow_max_request_mb}` MB (`DICOMNODE_WEB__STOW_MAX_REQUEST_MB`) is "
         "refused (413) from its Content-Length before any of it is stored (a body without one is read up "
         "to the limit: the parts whole before it are stored and named, the part it cuts fails). At most "
-        f"`{WebSettings().stow_max_requests}` bodies are read at once (`DICOMNODE_WEB__STOW_MAX_REQUESTS`). "
-        "A body cut short fails the part it ends in. The answer is the Store Instances Response Module (Referenced and Failed SOP "
+        f"`{WebSettings().stow_max_requests}` bodies are read at once "
+        "(`DICOMNODE_WEB__STOW_MAX_REQUESTS`). A body cut short fails the part it ends in. The answer "
+        "is the Store Instances Response Module (Referenced and Failed SOP "
         f"Sequences) as `{DICOM_JSON}`, or `{DICOM_XML}` when the Accept header asks for it only.",
         "",
         *_table(
@@ -324,11 +325,7 @@ def conformance_statement() -> str:
                 *_settings_rows("DICOMNODE_DICOM__", DicomSettings),
                 *_settings_rows("DICOMNODE_DELIVERY__", DeliverySettings),
                 *_settings_rows("DICOMNODE_REPORTS__", ReportSettings),
-                *(
-                    row
-                    for row in _settings_rows("DICOMNODE_WEB__", WebSettings)
-                    if "STOW_" in row[0]
-                ),
+                *(row for row in _settings_rows("DICOMNODE_WEB__", WebSettings) if "STOW_" in row[0]),
             ],
         ),
         "",

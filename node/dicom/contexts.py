@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import TypeVar
 
 from pydicom.uid import (
     HTJ2K,
@@ -54,7 +55,10 @@ IMPLEMENTATION_CLASS_UID = "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "dicomno
 IMPLEMENTATION_VERSION_NAME = "DICOMNODE_1"
 
 
-def identified(ae: AE) -> AE:
+_AE = TypeVar("_AE", bound=AE)
+
+
+def identified(ae: _AE) -> _AE:
     """``ae`` naming the node as the implementation (class UID and version name)."""
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME

@@ -28,6 +28,7 @@ from node.clock import monotonic
 from node.config import CallerRule, DicomSettings
 from node.dicom.contexts import identified, storage_contexts
 from node.dicom.instance import Stored
+from node.dicom.shared import SharedAssociations
 from node.dicom.status import Status, dimse_status
 from node.dicom.tls import TLSHandshakeServer, server_context
 from node.errors import NodeError
@@ -47,6 +48,10 @@ _MIN_PDU_ALLOWANCE = 1 << 20
 _PDU_HEADER = 6
 
 
+#: What the limit reads as once shared memory has counted the association.
+_NO_LIMIT = 1 << 30
+
+
 class _NodeAE(AE):
     """An AE whose association checks also consider the caller's address and title.
 
@@ -57,9 +62,19 @@ class _NodeAE(AE):
     retries later.
     """
 
-    def __init__(self, ae_title: str, rules: list[CallerRule], per_caller: int) -> None:
+    def __init__(
+        self,
+        ae_title: str,
+        rules: list[CallerRule],
+        per_caller: int,
+        shared: tuple[SharedAssociations, int] | None = None,
+    ) -> None:
         self._rules: list[CallerRule] = []
         self._per_caller = per_caller
+        #: With several receiver processes: the counters they share, and this process's row.
+        self._shared = shared
+        self._reserved: dict[Association, str] = {}
+        self._reserved_lock = threading.Lock()
         super().__init__(ae_title)
         self._rules = rules
 
@@ -90,6 +105,8 @@ class _NodeAE(AE):
         current = threading.current_thread()
         if not (isinstance(current, Association) and current.is_acceptor):
             return self._maximum_associations
+        if self._shared is not None:
+            return self._shared_limit(current, *self._shared)
         acceptors = [other for other in self.active_associations if other.is_acceptor]
         established = [other for other in acceptors if other.is_established and other is not current]
         title = str(current.requestor.ae_title).strip()
@@ -100,6 +117,26 @@ class _NodeAE(AE):
     @maximum_associations.setter
     def maximum_associations(self, value: int) -> None:
         self._maximum_associations = max(1, value)
+
+    def _shared_limit(self, current: Association, shared: SharedAssociations, process: int) -> int:
+        """The limit across receiver processes: the association is counted in shared memory if every
+        process together holds fewer than the limits (pynetdicom then accepts), else 0 (it rejects)."""
+        title = str(current.requestor.ae_title).strip()
+        with self._reserved_lock:
+            if current in self._reserved:
+                return _NO_LIMIT
+        if not shared.reserve(process, title, self._maximum_associations, self._per_caller):
+            return 0
+        with self._reserved_lock:
+            self._reserved[current] = title
+        return _NO_LIMIT
+
+    def release(self, association: Association) -> None:
+        """Give back the shared count an association held (called at every end of one)."""
+        with self._reserved_lock:
+            title = self._reserved.pop(association, None)
+        if title is not None and self._shared is not None:
+            self._shared[0].release(self._shared[1], title)
 
 
 class _MemoryBudget:
@@ -376,6 +413,20 @@ class _NoDelayServer(ThreadedAssociationServer):
         return False
 
 
+class _ReusePort:
+    """Binds with SO_REUSEPORT: every receiver process listens on the same port, and the kernel
+    spreads new connections over them."""
+
+    def server_bind(self) -> None:
+        listener = cast(socket.socket, self.socket)  # type: ignore[attr-defined]
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()  # type: ignore[misc]
+
+
+class _ReusePortServer(_ReusePort, _NoDelayServer):
+    """:class:`_NoDelayServer` on a port shared with the other receiver processes."""
+
+
 @dataclass
 class _Counts:
     association_id: str
@@ -426,6 +477,10 @@ class _TLSServer(TLSHandshakeServer, _NoDelayServer):
         self.connections.rebind(client_address, secured)
 
 
+class _ReusePortTLSServer(_ReusePort, _TLSServer):
+    """:class:`_TLSServer` on a port shared with the other receiver processes."""
+
+
 class InstanceSink(Protocol):
     """Where received instances go: stored durably and indexed before :meth:`store` returns."""
 
@@ -449,15 +504,24 @@ class StorageSCP:
         ingest: InstanceSink,
         pseudonymise: Pseudonymiser,
         metrics: NodeMetrics | None = None,
+        shared: tuple[SharedAssociations, int] | None = None,
     ) -> None:
+        """``shared``: this listener is one of several receiver processes on one port (SO_REUSEPORT),
+        counting associations in the shared counters (its row given)."""
         self._settings = settings
+        self._reuse_port = shared is not None
         self._metrics = metrics or NodeMetrics()
         self._ingest = ingest
         self._pseudonymise = pseudonymise
         self._counts: dict[int, _Counts] = {}
         self._lock = threading.Lock()
         ae = identified(
-            _NodeAE(settings.ae_title, list(settings.allowed_callers), settings.max_associations_per_caller)
+            _NodeAE(
+                settings.ae_title,
+                list(settings.allowed_callers),
+                settings.max_associations_per_caller,
+                shared,
+            )
         )
         ae.supported_contexts = storage_contexts()
         ae.maximum_associations = settings.max_associations
@@ -465,7 +529,7 @@ class StorageSCP:
         ae.network_timeout = settings.network_timeout_s
         ae.acse_timeout = settings.acse_timeout_s
         ae.dimse_timeout = settings.dimse_timeout_s
-        self._ae = ae
+        self._ae: _NodeAE = ae
         self._server: ThreadedAssociationServer | None = None
         self._connections: _Connections | None = None
         # Built now so that an unusable certificate, key or CA stops the node at startup.
@@ -496,7 +560,7 @@ class StorageSCP:
                 (self._settings.host, self._settings.port),
                 evt_handlers=handlers,
                 ssl_context=self._ssl_context,
-                server_class=_NoDelayServer if self._ssl_context is None else _TLSServer,
+                server_class=self._server_class(),
                 request_handler=_MeteredRequestHandler,
             ),
         )
@@ -524,6 +588,11 @@ class StorageSCP:
             port=self.port,
             tls=self._ssl_context is not None,
         )
+
+    def _server_class(self) -> type[_NoDelayServer]:
+        if self._ssl_context is None:
+            return _ReusePortServer if self._reuse_port else _NoDelayServer
+        return _ReusePortTLSServer if self._reuse_port else _TLSServer
 
     def stop(self, grace_s: float) -> None:
         """Stop accepting, let established associations finish within ``grace_s``, abort the rest.
@@ -579,6 +648,7 @@ class StorageSCP:
         receives when that wait times out, and it then ends cleanly.
         """
         association = event.assoc
+        self._ae.release(association)
         meter = self._meter(association)
         if meter is not None:
             meter.release()
@@ -600,6 +670,7 @@ class StorageSCP:
         log.info("association accepted")
 
     def _on_rejected(self, event: evt.Event) -> None:
+        self._ae.release(event.assoc)
         self._metrics.associations.labels(outcome="rejected").inc()
         requestor = event.assoc.requestor
         log.warning(

@@ -58,11 +58,17 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 IDENTIFIERS = ("PatientID", "PatientName", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
-@pytest.fixture
-def receiver(node_server: NodeServerFactory) -> NodeServer:
-    """A running node with default settings."""
+@pytest.fixture(params=[1, 2], ids=["1-receiver", "2-receivers"])
+def receiver(node_server: NodeServerFactory, request: pytest.FixtureRequest) -> NodeServer:
+    """A running node with default settings, listening in one process or in two receiver processes."""
     # The line per stored instance is at DEBUG (one study would otherwise log hundreds at INFO).
-    return node_server({**receiver_only_env(), "DICOMNODE_LOGGING__LEVEL": "DEBUG"})
+    return node_server(
+        {
+            **receiver_only_env(),
+            "DICOMNODE_LOGGING__LEVEL": "DEBUG",
+            "DICOMNODE_DICOM__RECEIVER_PROCESSES": str(request.param),
+        }
+    )
 
 
 @pytest.fixture
@@ -382,7 +388,8 @@ def test_sigterm_mid_send_finishes_the_association_and_exits_0(
     assert len(acknowledged) == len(series)
     _assert_index_consistent(server)
     assert server.indexed_count() == len(series)
-    assert [record["unfinished_associations"] for record in server.log_events("listener stopped")] == [0]
+    stopped = [record["unfinished_associations"] for record in server.log_events("listener stopped")]
+    assert stopped and set(stopped) == {0}, "a listener (one per receiver process) left associations"
 
 
 def _threads_accepting(pid: int, signum: int) -> list[int]:
