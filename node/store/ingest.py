@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from node.clock import Clock, monotonic
 from node.config import Settings
-from node.dicom.instance import Stored, parse_instance
+from node.dicom.instance import InstanceHeader, Stored, parse_instance
 from node.errors import ConflictingInstance, NodeError, OutOfResources, StudyMismatch
 from node.failpoints import failpoint
 from node.store.index import Index
@@ -223,7 +223,10 @@ class Ingest:
             self._admission.admit(header.study_instance_uid)
             self._space.reserve(len(data))
             try:
-                self._spool.write(relative, data)
+                # Exclusive: another receiver process may be storing the same instance right now.
+                self._spool.write(relative, data, exclusive=True)
+            except FileExistsError:
+                return self._written_elsewhere(header, relative, data, calling_ae)
             except OSError as error:
                 raise OutOfResources(
                     f"spool not writable: {error.strerror or type(error).__name__}"
@@ -241,9 +244,12 @@ class Ingest:
                 else:
                     raise
             if not added:
+                held = self._index.instance_path(header.sop_instance_uid)
+                if held == relative.as_posix():
+                    # Another receiver process found this file and indexed it first: the same bytes.
+                    return Stored(header=header, duplicate=True)
                 # The UID is indexed under another path (another study or series): the first is kept.
                 self._spool.remove(relative)
-                held = self._index.instance_path(header.sop_instance_uid)
                 if held is not None:
                     self._check_same(Path(held), data)
                 return Stored(header=header, duplicate=True)
@@ -288,6 +294,23 @@ class Ingest:
             os.replace(self._spool.root / relative, target)
             quarantined += 1
         return indexed, quarantined
+
+    def _written_elsewhere(
+        self, header: InstanceHeader, relative: Path, data: bytes, calling_ae: str | None
+    ) -> Stored:
+        """The instance's file appeared since it was looked for: another receiver process stored it
+        (or a file of an attempt whose index call failed is there). The same bytes are the same
+        instance, indexed here if that process has not yet; other bytes are refused (0x0111)."""
+        self._check_same(relative, data)
+        try:
+            added = self._index.add_instance(
+                header, relative.as_posix(), len(data), calling_ae, self._clock.now()
+            )
+        except OperationalError:
+            raise OutOfResources("index unavailable: try again later") from None
+        if added:
+            self._admission.added(header.study_instance_uid)
+        return Stored(header=header, duplicate=not added)
 
     def _indexed_anyway(self, sop_instance_uid: str, relative: Path) -> bool:
         """After a failed index call: whether the row is there all the same (a commit that went through

@@ -53,12 +53,13 @@ class Spool:
         """Free space on the spool's filesystem."""
         return shutil.disk_usage(self.root).free
 
-    def write(self, relative: Path, data: bytes) -> Path:
+    def write(self, relative: Path, data: bytes, exclusive: bool = False) -> Path:
         """Write ``data`` to ``relative`` atomically and durably; return the absolute path.
 
         The bytes go to a temporary file that is fsync'd, renamed over the target and the directory
         is fsync'd, so after return the file survives a crash or power loss with either the old or
-        the new content, never a torn one.
+        the new content, never a torn one. ``exclusive``: never replace a file that is there (another
+        process may have just written it); FileExistsError then, and nothing is written.
         """
         target = self.root / relative
         self._ensure_dir(target.parent)
@@ -75,7 +76,13 @@ class Spool:
             temporary.unlink(missing_ok=True)
             raise
         os.close(fd)
-        os.replace(temporary, target)
+        if exclusive:
+            try:
+                os.link(temporary, target)  # atomic, and fails where the target exists
+            finally:
+                temporary.unlink(missing_ok=True)
+        else:
+            os.replace(temporary, target)
         _fsync_dir(target.parent)
         return target
 

@@ -2,12 +2,15 @@
 
 Run as ``python tests/benchmarks/ingest_benchmark.py`` (not collected by pytest). Sends the 700
 Sunnybrook instances over one association, then split over N parallel storescu processes (one
-association each), into a fresh node and a fresh ``storescp --fork -od DIR`` per run; prints the
-median instances/s and MB/s of several runs and the node/storescp ratio. No assertions: figures
-depend on the machine and on whatever else runs on it.
+association each), into a fresh node (with one receiver process, and with ``--processes``) and a
+fresh ``storescp --fork -od DIR`` per run; prints the median instances/s and MB/s of several runs,
+the node's ratios to Orthanc, to the no-op pynetdicom handler and to storescp, and the peak resident
+memory of the node's process tree while receiving. No assertions: figures depend on the machine and
+on whatever else runs on it.
 
-The comparison is not like for like on durability: the node fsyncs every file, its directory and
-its SQLite index (synchronous=FULL) before answering; storescp writes without fsync.
+The comparison is not like for like on durability: the node fsyncs every file and its directory
+before answering (its index commit is not fsync'd: the spool is the record, re-indexed at start-up);
+storescp writes without fsync.
 
 Two more receivers put the figures in context:
 
@@ -21,6 +24,7 @@ Two more receivers put the figures in context:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -28,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,19 +95,63 @@ def _send(port: int, files: list[Path], parallel: int) -> float:
     return elapsed
 
 
-def _into_node(work: Path, files: list[Path], parallel: int) -> float:
+#: The highest resident memory of a ``dicomnode serve`` process tree seen while receiving, per number of
+#: receiver processes (MB), filled by :func:`_into_node`.
+PEAK_RSS_MB: dict[int, float] = {}
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and its descendants (from /proc), in MB."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+        for task in tasks:
+            try:
+                pending.extend(int(child) for child in (task / "children").read_text().split())
+            except OSError:
+                continue
+    return total
+
+
+def _into_node(work: Path, files: list[Path], parallel: int, processes: int) -> float:
     server = NodeServer(
         data_dir=work / "node-data",
         log_path=work / "node.log",
         port=free_port(),
-        extra_env={**receiver_only_env(), "DICOMNODE_DICOM__MAX_ASSOCIATIONS": str(max(32, parallel))},
+        extra_env={
+            **receiver_only_env(),
+            "DICOMNODE_DICOM__MAX_ASSOCIATIONS": str(max(32, parallel)),
+            "DICOMNODE_DICOM__RECEIVER_PROCESSES": str(processes),
+        },
     )
     server.start()
+    wait_for(lambda: " ready\n" in server.log_path.read_text(), 60, "every receiver process")
+    peak = [0.0]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.2):
+            peak[0] = max(peak[0], _tree_rss_mb(server.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     try:
         seconds = _send(server.port, files, parallel)
         stored = server.indexed_count()
     finally:
+        sampling.set()
+        sampler.join()
         server.stop()
+    PEAK_RSS_MB[processes] = max(PEAK_RSS_MB.get(processes, 0.0), peak[0])
     if stored != len(files):
         raise RuntimeError(f"the node indexed {stored} of {len(files)} instances")
     return seconds
@@ -236,6 +285,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration (median reported)")
     parser.add_argument("--parallel", type=int, default=4, help="storescu processes in the parallel case")
     parser.add_argument("--no-orthanc", action="store_true", help="leave Orthanc out")
+    parser.add_argument("--processes", type=int, default=4, help="receiver processes of the second node row")
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"no data at {args.data.resolve()}")
@@ -246,9 +296,11 @@ def main() -> None:
         f"{len(files)} instances, {megabytes:.1f} MB; {os.cpu_count()} CPUs; "
         f"load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}; median of {args.repeat} runs"
     )
-    print(f"{'configuration':<44} {'seconds':>8} {'inst/s':>8} {'MB/s':>7}   runs (s)")
+    print(f"{'configuration':<58} {'seconds':>8} {'inst/s':>8} {'MB/s':>7}   runs (s)")
+    node = f"dicomnode serve, {args.processes} receiver processes"
     receivers: list[tuple[str, Callable[[Path, list[Path], int], float]]] = [
-        ("dicomnode serve", _into_node),
+        ("dicomnode serve, 1 receiver process", functools.partial(_into_node, processes=1)),
+        (node, functools.partial(_into_node, processes=args.processes)),
         ("storescp -od", _into_storescp),
         ("pynetdicom, no-op handler", _into_noop_pynetdicom),
     ]
@@ -261,13 +313,20 @@ def main() -> None:
             median = medians[name] = _median(runs)
             label = f"{name}, {parallel} association{'s' if parallel > 1 else ''}"
             print(
-                f"{label:<44} {median.seconds:>8.2f} {median.instances_per_s:>8.1f} "
+                f"{label:<58} {median.seconds:>8.2f} {median.instances_per_s:>8.1f} "
                 f"{median.mb_per_s:>7.2f}   {', '.join(f'{run.seconds:.2f}' for run in runs)}"
             )
-        reference = medians["storescp -od"].instances_per_s
-        for name in medians:
-            if name != "storescp -od":
-                print(f"{'  ' + name + ' / storescp':<44} {medians[name].instances_per_s / reference:>8.2f}")
+        references = [
+            name for name in ("Orthanc", "pynetdicom, no-op handler", "storescp -od") if name in medians
+        ]
+        for name in [name for name in medians if name.startswith("dicomnode")]:
+            for reference in references:
+                ratio = medians[name].instances_per_s / medians[reference].instances_per_s
+                print(f"{'  ' + name + ' / ' + reference:<58} {ratio:>8.2f}")
+    for processes, rss in sorted(PEAK_RSS_MB.items()):
+        print(
+            f"peak RSS of dicomnode serve with {processes} receiver process(es) while receiving: {rss:.0f} MB"
+        )
     print(f"load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

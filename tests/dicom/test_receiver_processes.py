@@ -20,8 +20,11 @@ from tests.support import (
     ECHOSCU,
     STORESCU,
     NodeServer,
+    acknowledged_files,
+    file_dataset_bytes,
     receiver_only_env,
     run_storescu,
+    send_concurrently,
     sunnybrook_files,
     wait_for,
 )
@@ -142,3 +145,19 @@ def test_instances_whose_index_rows_were_lost_are_indexed_again_at_start_up(
     (reconciled,) = server.log_events("spool files the index lacked")
     assert (reconciled["indexed"], reconciled["quarantined"]) == (15, 0)
     assert server.indexed_count() == len(files)
+
+
+def test_the_same_instances_sent_at_once_to_both_processes_are_stored_once_and_intact(
+    node_server: NodeServerFactory, sunnybrook: Path
+) -> None:
+    """Four senders send the same 30 instances at once; the kernel spreads them over both receiver
+    processes, which meet on the same files: every send is acknowledged, each instance indexed once,
+    its file holding the sent bytes (no process removes or replaces what another stored)."""
+    server = _node(node_server)
+    files = sunnybrook_files(sunnybrook)[:30]
+    outputs = send_concurrently(server.port, [files] * 4)
+    for output in outputs:
+        assert sorted(acknowledged_files(output)) == sorted(files), output[-2000:]
+    assert server.indexed_count() == len(files)
+    for path in files:
+        assert file_dataset_bytes(server.spool_path_of(path)) == file_dataset_bytes(path)

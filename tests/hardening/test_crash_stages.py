@@ -79,6 +79,9 @@ def test_sigkill_at_a_stage_loses_nothing_and_reports_once(
         "DICOMNODE_DELIVERY__POLL_SECONDS": "0.2",
         "DICOMNODE_DELIVERY__BACKOFF_INITIAL_S": "1",
         "DICOMNODE_WEB__ENABLED": "false",
+        # The node as one process, so that a failpoint while receiving stops the whole node; a
+        # receiver process that dies alone is started again (tests/dicom/test_receiver_processes.py).
+        "DICOMNODE_DICOM__RECEIVER_PROCESSES": "1",
     }
     files = subset(sunnybrook)
     try:
