@@ -285,6 +285,15 @@ class PipelineSettings(BaseModel):
     )
 
 
+def _sends() -> Any:
+    """A destination's ``send``: what it receives."""
+    return Field(
+        default=frozenset(ReportObject),
+        min_length=1,
+        description='what this destination receives, any of "sr", "sc", "seg" (default: all of them)',
+    )
+
+
 class Destination(BaseModel):
     """A DICOM peer the node sends results to (usually the PACS)."""
 
@@ -297,11 +306,7 @@ class Destination(BaseModel):
         default=False,
         description="DICOM TLS: verify the peer against dicom.tls_ca, present dicom.tls_cert",
     )
-    send: frozenset[ReportObject] = Field(
-        default=frozenset(ReportObject),
-        min_length=1,
-        description='what this destination receives, any of "sr", "sc", "seg" (default: all of them)',
-    )
+    send: frozenset[ReportObject] = _sends()
 
     @field_validator("ae_title")
     @classmethod
@@ -330,11 +335,7 @@ class DicomwebDestination(BaseModel):
     basic_auth_file: Path | None = Field(default=None, description="file holding one line user:password")
     ca: Path | None = Field(default=None, description="PEM CA bundle verifying the server (https)")
     timeout_s: float | None = Field(default=None, gt=0, description="default: delivery.timeout_s")
-    send: frozenset[ReportObject] = Field(
-        default=frozenset(ReportObject),
-        min_length=1,
-        description='what this destination receives, any of "sr", "sc", "seg" (default: all of them)',
-    )
+    send: frozenset[ReportObject] = _sends()
 
     @field_validator("dicomweb")
     @classmethod

@@ -11,11 +11,13 @@ Limits across processes: associations in all and per calling AE title are counte
 (:mod:`node.dicom.shared`); the in-flight memory budget (``MAX_INFLIGHT_MB``) is split evenly; the
 caps on connections still negotiating hold per process. A receiver that dies is logged and started
 again (its shared counts cleared first); SIGTERM stops every receiver within the grace period, then
-kills what is left. Receivers send their counters to ``serve``, whose ``/metrics`` shows them.
+kills what is left; a receiver is killed by the kernel when ``serve`` dies without stopping it (a
+SIGKILL, an OOM kill). Receivers send their counters to ``serve``, whose ``/metrics`` shows them.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import queue
@@ -78,14 +80,28 @@ def _relay(metrics: NodeMetrics, out: Any, stopped: threading.Event) -> None:
             return
 
 
+def _end_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when ``serve`` dies, however it dies (a SIGKILL or an OOM
+    kill leaves it no time to stop its receivers): an orphan receiver would keep answering on the
+    port with nobody to supervise it."""
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("cannot tie the receiver's life to serve's", errno=ctypes.get_errno())
+    if os.getppid() != parent:  # serve died before the tie was made
+        os._exit(1)
+
+
 def receiver_main(
     settings: Settings,
     number: int,
     shared: SharedAssociations,
     ready: Event,
     counters: Any,
+    parent: int,
 ) -> None:
-    """One receiver process: a listener on the shared port until SIGTERM or SIGINT."""
+    """One receiver process: a listener on the shared port until SIGTERM or SIGINT (or serve's end)."""
+    _end_with_parent(parent)
     from node.signals import StopSignals
     from node.store.index import Index
     from node.store.ingest import Ingest, IngestLimits
@@ -135,6 +151,7 @@ class ReceiverProcesses:
         self._metrics = metrics
         self._processes: list[SpawnProcess | None] = [None] * processes
         self._stopping = threading.Event()
+        self._watched = threading.Event()
         self._watcher: threading.Thread | None = None
         self._holder: socket.socket | None = None
         self.port = settings.dicom.port
@@ -172,7 +189,7 @@ class ReceiverProcesses:
         ready = self._context.Event()
         process = self._context.Process(
             target=receiver_main,
-            args=(self._settings, number, self._shared, ready, self._counters),
+            args=(self._settings, number, self._shared, ready, self._counters, os.getpid()),
             name=f"dicomnode-receiver-{number}",
             daemon=True,
         )
@@ -195,8 +212,12 @@ class ReceiverProcesses:
                 raise RuntimeError(f"receiver process {number} did not start (exit code {process.exitcode})")
 
     def _watch(self) -> None:
-        """Apply the receivers' counters to /metrics; start a dead receiver again."""
-        while not self._stopping.is_set():
+        """Apply the receivers' counters to /metrics; start a dead receiver again.
+
+        Runs until every receiver has stopped: a receiver it started is tied to this thread's life
+        (PR_SET_PDEATHSIG follows the thread that started a process), so it must outlive them.
+        """
+        while not self._watched.is_set():
             self._drain(TICK_S)
             for number, process in enumerate(self._processes):
                 if process is None or process.is_alive() or self._stopping.is_set():
@@ -239,9 +260,7 @@ class ReceiverProcesses:
 
     def stop(self, grace_s: float) -> None:
         """SIGTERM every receiver; those still running after ``grace_s`` (plus a second) are killed."""
-        self._stopping.set()
-        if self._watcher is not None:
-            self._watcher.join(timeout=5)
+        self._stopping.set()  # no receiver is started again from here on
         running = [process for process in self._processes if process is not None and process.is_alive()]
         for process in running:
             process.terminate()
@@ -253,6 +272,13 @@ class ReceiverProcesses:
                 log.warning("receiver process did not stop in time: killed", pid=process.pid)
                 process.kill()
                 process.join(timeout=5)
+        self._watched.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=START_TIMEOUT_S)
+        for late in self._processes:  # one being started again as the stop began
+            if late is not None and late.is_alive() and late not in running:
+                late.kill()
+                late.join(timeout=5)
         self._drain(0.0)
         if self._holder is not None:
             self._holder.close()

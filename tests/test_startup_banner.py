@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import NodeServerFactory
 from tests.support import dicomnode_command, wait_for
+from tests.web.stow_client import made_token
 
 pytestmark = pytest.mark.integration
 
@@ -39,11 +40,7 @@ def test_a_first_start_says_where_everything_is_and_what_is_missing(node_server:
         check=False,
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
-    token = subprocess.run(
-        [*dicomnode_command(), "tokens", "add", "gateway"], env=server.env, capture_output=True, text=True,
-        timeout=120, check=False,
-    )  # fmt: skip
-    assert token.returncode == 0, token.stderr
+    made_token(server.env, "gateway")
     server.log_path.write_text("")
     destinations = [
         {"ae_title": "PACS", "host": "127.0.0.1", "port": 104},

@@ -490,8 +490,11 @@ class InstanceSink(Protocol):
         calling_ae: str | None = None,
         expected_sop_class: str | None = None,
         expected_sop_instance: str | None = None,
+        expected_study: str | None = None,
     ) -> Stored:
-        """Store one Part 10 byte string; raises a :class:`~node.errors.NodeError` to refuse it."""
+        """Store one Part 10 byte string; raises a :class:`~node.errors.NodeError` to refuse it.
+
+        ``expected_study``: the study it must belong to (a STOW-RS request for one study)."""
         ...
 
 

@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from io import BytesIO
-from typing import Final, Protocol
+from typing import Final
 from xml.etree.ElementTree import Element, SubElement, tostring
 
 import pydicom
@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from python_multipart.multipart import MultipartParser
 
 from node.accounts.tokens import TokenStore
-from node.dicom.instance import Stored
+from node.dicom.scp import InstanceSink
 from node.dicom.status import Status, dimse_status
 from node.errors import NodeError
 from node.logging import get_logger
@@ -48,21 +48,6 @@ STOW_ANSWERS: Final = {
 }
 
 
-class StudySink(Protocol):
-    """Where a STOW-RS instance is stored (:class:`node.store.ingest.Ingest`)."""
-
-    def store(
-        self,
-        data: bytes,
-        calling_ae: str | None = None,
-        expected_sop_class: str | None = None,
-        expected_sop_instance: str | None = None,
-        expected_study: str | None = None,
-    ) -> Stored:
-        """Store one Part 10 byte string durably; raises a :class:`NodeError` to refuse it."""
-        ...
-
-
 @dataclass(frozen=True)
 class StowIngest:
     """What the STOW-RS routes work with.
@@ -71,7 +56,7 @@ class StowIngest:
     part of ``max_instance_bytes``.
     """
 
-    sink: StudySink
+    sink: InstanceSink
     tokens: TokenStore
     audit: AuditLog
     metrics: NodeMetrics

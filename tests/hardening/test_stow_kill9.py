@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import subprocess
 
 import pytest
 
 from node.failpoints import ENV as FAILPOINT
 from tests.conftest import NodeServerFactory
-from tests.support import dicomnode_command, free_port, synthetic_mr, wait_for
-from tests.web.stow_client import CONTENT_TYPE, body, part, post, sop_uid
+from tests.support import free_port, synthetic_mr, wait_for
+from tests.web.stow_client import CONTENT_TYPE, body, made_token, part, post, sop_uid
 
 pytestmark = pytest.mark.integration
 
@@ -24,12 +23,7 @@ def test_kill_9_during_and_after_a_stow_rs_upload_keeps_every_instance_called_st
     server = node_server(
         {"DICOMNODE_WEB__PORT": str(web_port), "DICOMNODE_PIPELINE__STABLE_SECONDS": "3600"}, start=False
     )
-    made = subprocess.run(
-        [*dicomnode_command(), "tokens", "add", "gateway"], env=server.env, capture_output=True, text=True,
-        timeout=120, check=False,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
-    token = made.stdout.strip()
+    token = made_token(server.env, "gateway")
     server.start()
     url = f"http://127.0.0.1:{web_port}/dicomweb/studies"
     instances = [synthetic_mr() for _ in range(6)]

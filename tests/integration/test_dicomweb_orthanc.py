@@ -16,6 +16,7 @@ from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 from tests.conftest import NodeServerFactory
 from tests.integration.orthanc import DICOMWEB_PLUGIN, orthanc_binary, running_orthanc
 from tests.support import dicomnode_command, free_port, wait_for
+from tests.web.stow_client import made_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.data]
 
@@ -50,12 +51,7 @@ def test_orthanc_sends_a_series_by_stow_rs_and_gets_the_results_back_by_stow_rs(
         },
         start=False,
     )
-    made = subprocess.run(
-        [*dicomnode_command(), "tokens", "add", "orthanc"], env=server.env, capture_output=True, text=True,
-        timeout=120, check=False,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
-    token = made.stdout.strip()
+    token = made_token(server.env, "orthanc")
     server.start()
 
     changes: dict[str, Any] = {

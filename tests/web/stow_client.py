@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from io import BytesIO
@@ -15,8 +16,20 @@ from urllib.parse import urlsplit
 import pydicom
 from pydicom.dataset import Dataset
 
+from tests.support import dicomnode_command
+
 BOUNDARY = "dicomnode-test-boundary-7f3a"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+
+
+def made_token(env: dict[str, str], name: str) -> str:
+    """A sender's API token, made as an administrator does (``dicomnode tokens add NAME``)."""
+    made = subprocess.run(
+        [*dicomnode_command(), "tokens", "add", name], env=env, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip()
 
 
 def sop_uid(data: bytes) -> str:
