@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, func, insert, inspect, select, text, union, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from node.dicom.instance import InstanceHeader, SpooledInstance
@@ -101,6 +100,11 @@ class Index:
         self.engine = engine
         metadata.create_all(engine)
         _add_missing_columns(engine)
+        # The two statements of every received instance, built once: their values come as parameters
+        # at each execution, so SQLAlchemy finds them compiled in its cache instead of building a
+        # statement (and its cache key) per instance.
+        self._new_instance = self._insert_ignore(instances, "sop_instance_uid")
+        self._count_instance = self._study_upsert()
 
     @classmethod
     def open(cls, url: str, durable_commits: bool = True) -> Index:
@@ -185,36 +189,36 @@ class Index:
             received_at=received_at,
         )
         with self.engine.begin() as connection:
-            result = connection.execute(self._insert_ignore(instances, "sop_instance_uid").values(**row))
+            result = connection.execute(self._new_instance, row)
             if result.rowcount == 0:
                 return False
-            self._touch_study(connection, header.study_instance_uid, study_values, received_at)
-        return True
-
-    def _touch_study(
-        self, connection: Connection, study_uid: str, values: dict[str, Any], received_at: datetime
-    ) -> None:
-        """Count one more instance of a study, creating its row on the first: one upsert."""
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        statement = dialect.insert(studies).values(
-            study_instance_uid=study_uid,
-            first_received_at=received_at,
-            last_received_at=received_at,
-            instance_count=1,
-            pending_since=received_at,
-            **values,
-        )
-        latest = func.greatest if self.engine.dialect.name == "postgresql" else func.max
-        arrived = statement.excluded
-        connection.execute(
-            statement.on_conflict_do_update(
-                index_elements=["study_instance_uid"],
-                set_={
-                    "last_received_at": latest(studies.c.last_received_at, arrived.last_received_at),
-                    "instance_count": studies.c.instance_count + 1,
-                    "pending_since": func.coalesce(studies.c.pending_since, arrived.pending_since),
+            connection.execute(
+                self._count_instance,
+                {
+                    "study_instance_uid": header.study_instance_uid,
+                    "first_received_at": received_at,
+                    "last_received_at": received_at,
+                    "instance_count": 1,
+                    "pending_since": received_at,
+                    **study_values,
                 },
             )
+        return True
+
+    def _study_upsert(self) -> Any:
+        """Count one more instance of a study, creating its row on the first: one upsert, whose values
+        (every study column) are given at execution."""
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(studies)
+        latest = func.greatest if self.engine.dialect.name == "postgresql" else func.max
+        arrived = statement.excluded
+        return statement.on_conflict_do_update(
+            index_elements=["study_instance_uid"],
+            set_={
+                "last_received_at": latest(studies.c.last_received_at, arrived.last_received_at),
+                "instance_count": studies.c.instance_count + 1,
+                "pending_since": func.coalesce(studies.c.pending_since, arrived.pending_since),
+            },
         )
 
     def study_instances(self, study_instance_uid: str) -> list[SpooledInstance]:

@@ -190,3 +190,58 @@ def test_truncated_files_from_pydicom_are_malformed(name: str) -> None:
     if not path.is_file():
         pytest.skip(f"pydicom test file {name} is not bundled")
     _refused(path.read_bytes(), MalformedInstance, Status.CANNOT_UNDERSTAND)
+
+
+def _header_through_pydicom(data: bytes) -> dict[str, object]:
+    """Every header attribute read through pydicom's own conversion (the reference for the raw read)."""
+    import node.dicom.instance as instance
+
+    def slow(dataset: pydicom.Dataset, keyword: str, convert: object, many: bool = False) -> object:
+        try:
+            value = dataset.get(keyword)
+            if value is None or value == "":
+                return None
+            return convert(value)  # type: ignore[operator]
+        except Exception:  # noqa: BLE001 - as the parser: not convertible is absent
+            return None
+
+    original = instance._value
+    instance._value = slow  # type: ignore[assignment]
+    try:
+        return vars(parse_instance(data))
+    finally:
+        instance._value = original
+
+
+ODD_VALUES: list[dict[str, object]] = [
+    {"SeriesNumber": "1.0", "InstanceNumber": " 7 ", "AcquisitionNumber": "99999999999"},
+    {"TriggerTime": "1e2", "PixelSpacing": ["1.5", "1.5", "2"], "ImageOrientationPatient": ["1", "0", "0"]},
+    {"ImageType": "ORIGINAL", "Modality": "", "NumberOfFrames": " "},
+    {"ImagePositionPatient": ["-1.5", " 2", "1e400"], "TriggerTime": "inf", "SeriesNumber": ""},
+    {"ImageType": ["ORIGINAL", " PRIMARY", "", "M "], "AcquisitionDate": "20120000", "StudyTime": "1010"},
+    {"PixelSpacing": "0.7", "ImagePositionPatient": ["1", "2"], "InstanceNumber": "+3"},
+    {"PatientName": "Doe^Jane^^Dr^ ", "PatientID": " ID 7 ", "SeriesDescription": "cine\\sax"},
+    {"PatientName": "Yamada^Tarou=山田^太郎", "SpecificCharacterSet": ["", "ISO 2022 IR 87"]},
+    {"PatientName": "Buc^Jérôme", "StudyDescription": "Cœur", "SpecificCharacterSet": "ISO_IR 192"},
+    {"AccessionNumber": "", "StudyDescription": "  ", "PatientName": "A^B\\C^D"},
+]
+
+
+@pytest.mark.parametrize("changes", ODD_VALUES, ids=range(len(ODD_VALUES)))
+def test_header_read_from_raw_bytes_is_what_pydicom_reads(whole: bytes, changes: dict[str, object]) -> None:
+    """The header's values, read from the raw bytes where the VR allows, equal those read through
+    pydicom's conversion: on the whole instance and with odd values (numbers pydicom reads and Python
+    does not, spaces, empty, a single value where several are expected and the other way round)."""
+    assert vars(parse_instance(whole)) == _header_through_pydicom(whole)
+    odd = _rewritten(whole, **changes)
+    assert vars(parse_instance(odd)) == _header_through_pydicom(odd)
+
+
+def test_header_read_from_raw_bytes_in_other_encodings() -> None:
+    """Big-endian and implicit VR files give the header pydicom's conversion gives."""
+    for name in ("MR_small_bigendian.dcm", "MR_small_implicit.dcm", "image_dfl.dcm", "CT_small.dcm"):
+        path = PYDICOM_TEST_FILES / name
+        if not path.is_file():
+            pytest.skip(f"pydicom test file {name} is not bundled")
+        data = path.read_bytes()
+        assert vars(parse_instance(data)) == _header_through_pydicom(data), name
