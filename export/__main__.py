@@ -45,7 +45,7 @@ from node.inference.preprocess import normalise, plan_geometry, to_model_grid
 from node.inference.registry import ReleasedModel
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-TRAIN_COMMAND = "python -m models.train --epochs 56 --steps 120 --seed 0"
+TRAIN_COMMAND = "python -m models.train --epochs 56 --restart 40 --steps 120 --seed 0"
 EXPORT_COMMAND = "python -m export"
 
 

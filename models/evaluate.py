@@ -1,21 +1,22 @@
 """Evaluate a released model and the node's QC: ``python -m models.evaluate [--version V] [--fit]``.
 
 The model runs through the node's own measurement (:meth:`node.pipeline.measure.StackMeasurer.assess`:
-segmentation, detached-label removal, the per-phase basal rule, volumes, test-time augmentation, QC)
-on two datasets, each as stored and under four synthetic vendor shifts applied to the stored
-intensities before the node's normalisation:
+segmentation, detached-label removal, the basal rule, volumes, test-time augmentation, QC) on two
+datasets, each as stored and under four synthetic vendor shifts applied to the stored intensities
+before the node's normalisation:
 
 - ACDC validation patients (20, four per pathology group, never trained on; Bernard et al. 2018):
   ED and ES frames as a two-phase stack at their real spacing (``acdc-info.csv``), against the
-  experts' labels;
+  experts' labels, with the per-phase basal rule (the node's default; these experts contour per phase);
 - Sunnybrook (3 whole cine series; Radau et al. 2009, CC0; never trained on), against the expert's
-  contours (sum over contoured slices).
+  contours (sum over contoured slices), with the every-phase basal rule: this expert contoured the
+  same slices at ED and ES, leaving out the extreme base (:data:`EXPERT_RULES`).
 
 It prints, per dataset and shift: EDV / ESV / EF mean absolute error and bias, LV blood-pool Dice, and
 the QC figures the issue sets targets for (the share of results off by more than 15 % in EDV or ESV
 that are ``check``: target all; the share of the others that are ``check``: at most 25 %; the AUC of
-the confidence for "off by more than 15 %": at least 0.85); then the basal rule per phase against the
-earlier every-phase rule and none (EDV / ESV bias per dataset), a reliability table of the confidence,
+the confidence for "off by more than 15 %": at least 0.85); then each basal rule (per phase, every
+phase, none) on each dataset (EDV / ESV bias), a reliability table of the confidence,
 and the flags raised on good and on bad results. ``--fit`` fits the calibration on these cases and
 prints the ``qc_calibration`` section of the model card.
 """
@@ -38,7 +39,7 @@ from scipy import ndimage
 from models.data import SUNNYBROOK_IDS, data_root, load_acdc, load_sunnybrook, polygon_area, split_patients
 from models.predict import dice
 from models.spec import MODEL_NAME
-from node.domain import QcStatus
+from node.domain import BasalRule, QcStatus
 from node.inference.measurements import (
     LabelGeometry,
     basal_cells_every_phase,
@@ -104,6 +105,12 @@ SHIFTS: dict[str, Callable[[Frames, np.random.Generator], Frames] | None] = {
 }
 
 
+#: The basal rule each dataset's experts contoured by (:class:`~node.domain.BasalRule`): the ACDC
+#: experts per phase; the Sunnybrook expert the same slices at ED and ES (data README: "not the extreme
+#: base"), so the per-phase rule would add the ED-only basal slice that expert left out.
+EXPERT_RULES = {"ACDC": BasalRule.PER_PHASE, "Sunnybrook": BasalRule.EVERY_PHASE}
+
+
 @dataclass(frozen=True)
 class Case:
     """One result against its reference."""
@@ -161,7 +168,7 @@ def acdc_case(measurer: StackMeasurer, root: Path, patient: str, shift: str) -> 
     ref_esv = float((case.es_label == 3).sum()) * case.voxel_ml
     basal = basal_volumes(measurer, values, present, geometry)
     try:
-        assessed = measurer.assess(values, present, geometry)
+        assessed = measurer.assess(values, present, geometry, basal_rule=EXPERT_RULES["ACDC"])
     except NoLeftVentricle:
         return _failed("ACDC", shift, patient, ref_edv, ref_esv), basal
     blood = measurer.segmenter.card.class_index("lv_blood_pool")
@@ -211,7 +218,7 @@ def sunnybrook_case(
             chosen[which].append((slice_index, phase))
     basal = basal_volumes(measurer, values, present, geometry)
     try:
-        assessed = measurer.assess(values, present, geometry)
+        assessed = measurer.assess(values, present, geometry, basal_rule=EXPERT_RULES["Sunnybrook"])
     except NoLeftVentricle:
         return _failed("Sunnybrook", shift, patient, ref["ED"], ref["ES"]), basal
     blood = measurer.segmenter.card.class_index("lv_blood_pool")
@@ -242,8 +249,8 @@ def sunnybrook_case(
 
 @dataclass(frozen=True)
 class BasalVolumes:
-    """EDV and ESV (mL) of one stack under three basal rules: per phase (SCMR as experts contour), every
-    phase (a basal slice counts only when ventricle throughout: the node's, ``BASAL_RULE``), and none."""
+    """EDV and ESV (mL) of one stack under three basal rules: per phase (SCMR 2020, the node's default),
+    every phase (a basal slice counts only when ventricle throughout), and none."""
 
     per_phase: tuple[float, float]
     every_phase: tuple[float, float]

@@ -36,6 +36,18 @@ def crop_sizes(spacing_mm: float, multiple: int) -> tuple[int, ...]:
 
 
 CROP_SIZES = crop_sizes(INPUT.spacing_mm, INPUT.size_multiple)
+#: Each warm restart (``--restart``) peaks at this fraction of the previous cycle's learning rate.
+RESTART_LR_FACTOR = 1 / 3
+
+
+def cycle_of(epoch: int, lengths: list[int]) -> tuple[int, int]:
+    """(cycle, its first epoch) for a 0-based ``epoch`` in learning-rate cycles of ``lengths`` epochs."""
+    start = 0
+    for cycle, length in enumerate(lengths):
+        if epoch < start + length:
+            return cycle, start
+        start += length
+    raise ValueError(f"epoch {epoch} is past the last cycle")
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -71,6 +83,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RUNS / artifact_stem())
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    parser.add_argument(
+        "--restart",
+        type=int,
+        action="append",
+        default=[],
+        metavar="EPOCHS",
+        help="after the first cycle, a warm restart of EPOCHS epochs peaking at a third of the "
+        "previous cycle's learning rate (repeatable)",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -91,10 +112,17 @@ def main() -> None:
 
     model = UNet(CHANNELS, len(OUTPUT.classes))
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    total = args.epochs * args.steps
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=args.lr, total_steps=total, pct_start=0.1
-    )
+    cycles = [args.epochs, *args.restart]
+
+    def one_cycle(cycle: int) -> torch.optim.lr_scheduler.OneCycleLR:
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimiser,
+            max_lr=args.lr * RESTART_LR_FACTOR**cycle,
+            total_steps=cycles[cycle] * args.steps,
+            pct_start=0.1,
+        )
+
+    schedule = one_cycle(0)
     args.out.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, float]] = []
     best = -math.inf
@@ -103,15 +131,21 @@ def main() -> None:
         state = torch.load(args.out / "last.pt", weights_only=False)
         model.load_state_dict(state["state_dict"])
         optimiser.load_state_dict(state["optimiser"])
-        schedule.load_state_dict(state["schedule"])
+        if state["epoch"] < sum(cycles) and cycle_of(state["epoch"], cycles)[1] == state["epoch"]:
+            schedule = one_cycle(cycle_of(state["epoch"], cycles)[0])  # a new cycle starts here
+        else:
+            schedule.load_state_dict(state["schedule"])
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         history, best, first = state["history"], state["best"], state["epoch"]
     started = time.monotonic()
-    for epoch in range(first, args.epochs):
+    for epoch in range(first, sum(cycles)):
+        cycle, cycle_start = cycle_of(epoch, cycles)
+        if epoch == cycle_start and epoch > first:
+            schedule = one_cycle(cycle)
         model.train()
         size = CROP_SIZES[epoch % len(CROP_SIZES)]
-        bar = tqdm(range(args.steps), desc=f"epoch {epoch + 1}/{args.epochs} crop {size}", leave=False)
+        bar = tqdm(range(args.steps), desc=f"epoch {epoch + 1}/{sum(cycles)} crop {size}", leave=False)
         running = 0.0
         for step in bar:
             picks = rng.integers(0, len(frames), args.batch)

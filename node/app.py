@@ -139,7 +139,7 @@ class Node:
             version=segmenter.card.version,
             providers=segmenter.providers,
         )
-        measurer = StackMeasurer(segmenter)
+        measurer = StackMeasurer(segmenter, settings.inference.basal_rule)
         queue = JobQueue(index, timedelta(seconds=settings.pipeline.retry_seconds))
         lease = timedelta(seconds=settings.storage.claim_lease_seconds)
         statuses = backfill_qc_status(index)

@@ -156,7 +156,8 @@ def measure(
     settings = _settings(config)
     _console_logging(settings)
     try:
-        measurer = StackMeasurer(load_segmenter(settings.inference))  # the model and its providers
+        # The model and its providers.
+        measurer = StackMeasurer(load_segmenter(settings.inference), settings.inference.basal_rule)
     except ConfigError as error:
         raise _config_error(error) from None
     if sys.stderr.isatty():

@@ -35,7 +35,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from node.domain import ReportObject
+from node.domain import BasalRule, ReportObject
 from node.errors import ConfigError
 
 ENV_PREFIX = "DICOMNODE_"
@@ -241,6 +241,11 @@ class InferenceSettings(BaseModel):
         default=0, ge=0, le=64, description="batches of a stack run at once; 0: one per core (1 on CUDA)"
     )
     batch_size: int = Field(default=8, ge=1, le=512)
+    basal_rule: BasalRule = Field(
+        default=BasalRule.PER_PHASE,
+        description="which basal frames count: per_phase (SCMR 2020, each phase on its own) or "
+        "every_phase (a basal slice only where it is ventricle in every phase)",
+    )
     heart_window_margin: int = Field(
         default=HEART_WINDOW_MARGIN,
         ge=0,

@@ -33,6 +33,20 @@ class ModelIdentity:
     version: str
 
 
+class BasalRule(StrEnum):
+    """Which basal frames count as ventricle (SCMR 2020: a basal blood pool at least half surrounded by
+    myocardium is ventricle), :mod:`node.inference.measurements`.
+
+    ``per_phase``: judged phase by phase, as the guideline and the ACDC experts contour (default).
+    ``every_phase``: a basal slice counts only where it is ventricle in every phase, so the same slices
+    make EDV and ESV: the convention of readers who contour the same slices at ED and ES (the
+    Sunnybrook experts, for one).
+    """
+
+    PER_PHASE = "per_phase"
+    EVERY_PHASE = "every_phase"
+
+
 class QcStatus(StrEnum):
     """What QC asks of the reader: ``check`` this result first, or it looks ``ok`` (still unverified)."""
 

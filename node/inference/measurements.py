@@ -5,17 +5,18 @@ along the slice normal (where slices are missing, their neighbours stand for the
 :attr:`node.pipeline.stacks.StackPlan.slice_extents_mm`). ED and ES are the maximum and minimum of
 the blood-pool volume curve over the cardiac cycle, never frame order.
 
-Which basal frames count is decided first (:data:`BASAL_RULE`): the base of the heart moves towards
+Which basal frames count is decided first (:data:`BASAL_RULES`): the base of the heart moves towards
 the apex in systole by about a slice spacing, so the most basal slice is ventricle in diastole and
 atrium or outflow tract in systole. Following the SCMR post-processing guideline (Schulz-Menger J. et
 al., "Standardized image interpretation and post-processing in cardiovascular magnetic resonance -
 2020 update", JCMR 22:19, 2020), a basal blood pool counts as ventricle when at least half of it is
-surrounded by myocardium. Two ways to apply it are here: phase by phase, as experts contour
-(:func:`basal_cells_per_phase`), and a basal slice counting only when it is ventricle in every phase
-(:func:`basal_cells_every_phase`). The node measures with the second: with the shipped model, which
-over-segments the basal and outflow region on a scanner unlike its training data, the per-phase rule
-counts that region at ED (Sunnybrook EDV mean absolute error 19.7 mL against 10.7), while on ACDC
-patients it is the better one (5.5 against 9.8 mL); ``python -m models.evaluate`` prints both.
+surrounded by myocardium. Two ways to apply it are here (:class:`~node.domain.BasalRule`): phase by
+phase, as the guideline and the ACDC experts contour (:func:`basal_cells_per_phase`, the node's
+default), and a basal slice counting only when it is ventricle in every phase
+(:func:`basal_cells_every_phase`), for readers who contour the same slices at ED and ES, as the
+Sunnybrook experts did. Each rule agrees with the experts who contour that way, and disagrees with
+the others by the extreme basal slice at ED (``python -m models.evaluate`` prints both on both
+datasets).
 
 Before that, LV labels detached from the ventricle are left out (:func:`remove_detached_lv`): a
 network labelling frame by frame now and then calls a bright structure far from the heart (stomach,
@@ -31,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from node.domain import ejection_fraction, stroke_volume
+from node.domain import BasalRule, ejection_fraction, stroke_volume
 
 #: LV labels farther than this (mm, in plane) from the ventricle are not part of it (the myocardium
 #: is at most about 15 mm thick, and a breath-hold shifts a slice by less than a few millimetres).
@@ -259,8 +260,8 @@ def basal_cells_every_phase(
     return excluded
 
 
-#: The basal rule the node measures with (see the module docstring for why this one).
-BASAL_RULE = basal_cells_every_phase
+#: The function of each basal rule (see the module docstring).
+BASAL_RULES = {BasalRule.PER_PHASE: basal_cells_per_phase, BasalRule.EVERY_PHASE: basal_cells_every_phase}
 
 
 def remove_detached_lv(
@@ -371,7 +372,7 @@ class LabelMeasurement:
         ``(slices, phases)`` areas in pixels as measured: missing cells interpolated over the cycle,
         left-out basal frames 0.
     basal_cells
-        ``(slices, phases)``: the basal frames left out as not ventricle (:data:`BASAL_RULE`).
+        ``(slices, phases)``: the basal frames left out as not ventricle (:data:`BASAL_RULES`).
     base_slice
         The slice at the base end of the stack (:func:`basal_order`); None for a single slice.
     detached_ml
@@ -415,12 +416,13 @@ def measure_labels(
     present: npt.NDArray[np.bool_],
     geometry: LabelGeometry,
     classes: LvClasses,
+    basal_rule: BasalRule = BasalRule.PER_PHASE,
 ) -> LabelMeasurement:
     """The measurement of a ``(slices, phases, rows, columns)`` label stack: the one sequence the node,
     the model evaluation and the QC audit all run.
 
     LV labels far from the ventricle are removed, missing cells interpolated, basal frames that are not
-    ventricle left out (:data:`BASAL_RULE`), then volumes, EF, SV and mass measured. ``labels`` is
+    ventricle left out (``basal_rule``), then volumes, EF, SV and mass measured. ``labels`` is
     changed in place (removed and left-out LV labels become background), so every later output (the
     contours, the SEG, the worklist) shows what was measured. Pure otherwise: no model, no files.
     """
@@ -435,7 +437,8 @@ def measure_labels(
     base_slice = next(
         iter(basal_order((labels == classes.blood_pool).sum(axis=(2, 3)), geometry.base_last)), None
     )
-    basal = BASAL_RULE(labels, classes.blood_pool, classes.myocardium, present, geometry.base_last)
+    rule = BASAL_RULES[basal_rule]
+    basal = rule(labels, classes.blood_pool, classes.myocardium, present, geometry.base_last)
     for slice_index, phase in np.argwhere(basal):
         frame = labels[slice_index, phase]
         frame[(frame == classes.blood_pool) | (frame == classes.myocardium)] = classes.background

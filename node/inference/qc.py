@@ -208,8 +208,8 @@ _FLAGS: dict[QcFlag, FlagInfo] = {
     ),
     QcFlag.BASAL_SLICES_EXCLUDED: FlagInfo(
         False,
-        "Basal slices that are atrium or outflow tract in part of the cycle (blood pool less than half"
-        " surrounded by myocardium, SCMR 2020) are left out of the volumes and masses.",
+        "Basal frames that are atrium or outflow tract (blood pool less than half surrounded by"
+        " myocardium, SCMR 2020) are left out of the volumes and masses in the phases where they are.",
         "QC-BASAL",
         "Basal slices left out of the volumes",
     ),
@@ -253,12 +253,16 @@ class QcFeatures:
         ventricle's edge (valve plane, outflow tract) is hardest to place.
     esv_ml
         The end-systolic volume: the smaller the volume, the larger a given error relative to it.
+    edv_ml
+        The end-diastolic volume: with ``esv_ml``, the ejection fraction. The higher it is, the
+        smaller ESV is against the ventricle's border, and the larger a border error relative to ESV.
     """
 
     disagreement: float
     uncertain: float
     basal_share: float
     esv_ml: float
+    edv_ml: float
 
     def terms(self) -> dict[str, float]:
         """The named terms :class:`Calibration` weighs (logarithms where the effect is relative), in
@@ -268,11 +272,18 @@ class QcFeatures:
             "log_uncertain": math.log(max(self.uncertain, DISAGREEMENT_FLOOR)),
             "basal_share": self.basal_share,
             "log_esv": math.log(max(self.esv_ml, 1.0)),
+            "ejection_fraction": 1.0 - self.esv_ml / self.edv_ml if self.edv_ml > 0 else 0.0,
         }
 
 
 #: The names of :meth:`QcFeatures.terms`: what a card's calibration may weigh.
-CALIBRATION_TERMS: tuple[str, ...] = ("log_disagreement", "log_uncertain", "basal_share", "log_esv")
+CALIBRATION_TERMS: tuple[str, ...] = (
+    "log_disagreement",
+    "log_uncertain",
+    "basal_share",
+    "log_esv",
+    "ejection_fraction",
+)
 
 
 @dataclass(frozen=True)

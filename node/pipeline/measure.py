@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from node.domain import ModelIdentity, StackResult
+from node.domain import BasalRule, ModelIdentity, StackResult
 from node.errors import NodeError
 from node.inference.measurements import (
     LabelGeometry,
@@ -86,8 +86,9 @@ class MeasuredStack:
 class StackMeasurer:
     """Measures stacks with one long-lived :class:`Segmenter`."""
 
-    def __init__(self, segmenter: Segmenter) -> None:
+    def __init__(self, segmenter: Segmenter, basal_rule: BasalRule = BasalRule.PER_PHASE) -> None:
         self.segmenter = segmenter
+        self.basal_rule = basal_rule
         card = segmenter.card
         self._blood = card.class_index(BLOOD_POOL)
         self._myo = card.class_index(MYOCARDIUM)
@@ -170,6 +171,7 @@ class StackMeasurer:
         present: npt.NDArray[np.bool_],
         geometry: LabelGeometry,
         stack_flags: tuple[str, ...] = (),
+        basal_rule: BasalRule | None = None,
     ) -> AssessedStack:
         """Segment, measure and quality-check normalised frames: the one sequence behind every result,
         also run by the model evaluation on arrays (``python -m models.evaluate``).
@@ -184,6 +186,8 @@ class StackMeasurer:
             Spacing, slice extents and which end is the base.
         stack_flags
             Flags the stack finder raised.
+        basal_rule
+            The basal rule for this stack; default the measurer's.
 
         Raises
         ------
@@ -196,7 +200,7 @@ class StackMeasurer:
         uncertain_px = segmentation.uncertain_px
         heart = segmentation.heart
         del segmentation  # its labels are copied into the grid
-        measured = measure_labels(labels, present, geometry, self._classes)
+        measured = measure_labels(labels, present, geometry, self._classes, basal_rule or self.basal_rule)
         result = measured.measurements
         if result.edv_ml == 0.0:
             raise NoLeftVentricle("no left ventricle found: the model labelled LV blood pool in no frame")
@@ -224,6 +228,7 @@ class StackMeasurer:
             uncertain=sum(int(uncertain_px[cells[s, p]]) for s, p in key) / max(total_blood, 1),
             basal_share=basal_share,
             esv_ml=result.esv_ml,
+            edv_ml=result.edv_ml,
         )
         quality = assess(
             edv_ml=result.edv_ml,

@@ -141,3 +141,16 @@ def test_python_m_export_releases_onnx_and_valid_card(
     assert "metrics" not in raw
     assert raw["parity"]["max_abs_logit_diff"] <= MAX_ABS_LOGIT_DIFF
     assert raw["architecture"]["channels"] == list(CHANNELS)
+
+
+def test_learning_rate_cycles_of_warm_restarts() -> None:
+    """``--epochs 56 --restart 40``: epochs 0-55 are the first cycle, 56-95 the restart; past the last
+    cycle is an error (a resumed run that is done trains no more)."""
+    from models.train import cycle_of
+
+    assert cycle_of(0, [56, 40]) == (0, 0)
+    assert cycle_of(55, [56, 40]) == (0, 0)
+    assert cycle_of(56, [56, 40]) == (1, 56)
+    assert cycle_of(95, [56, 40]) == (1, 56)
+    with pytest.raises(ValueError, match="past the last cycle"):
+        cycle_of(96, [56, 40])

@@ -11,6 +11,7 @@ import pytest
 
 from node.domain import QcStatus
 from node.inference.qc import (
+    CALIBRATION_TERMS,
     EDV_RANGE_ML,
     ESV_RANGE_ML,
     Calibration,
@@ -35,7 +36,7 @@ CALIBRATION = Calibration(
     intercept=2.0 * float(np.log(0.08)), coefficients={"log_disagreement": -2.0}, check_below=0.5
 )
 #: A good segmentation: it hardly changes under test-time augmentation.
-STEADY = QcFeatures(disagreement=0.01, uncertain=0.05, basal_share=0.1, esv_ml=60.0)
+STEADY = QcFeatures(disagreement=0.01, uncertain=0.05, basal_share=0.1, esv_ml=60.0, edv_ml=150.0)
 
 
 def _clean(**overrides: Any) -> dict[str, Any]:
@@ -102,7 +103,9 @@ def test_notes_alone_leave_a_result_ok_and_a_check_flag_or_an_unknown_name_makes
 def test_unstable_segmentation_is_check_with_low_confidence() -> None:
     """A segmentation whose volumes move 30 % under test-time augmentation is check, with a confidence
     under the calibration's level and the flag that says why; one moving 1 % is ok."""
-    shaky = _assess(features=QcFeatures(disagreement=0.3, uncertain=0.2, basal_share=0.3, esv_ml=60.0))
+    shaky = _assess(
+        features=QcFeatures(disagreement=0.3, uncertain=0.2, basal_share=0.3, esv_ml=60.0, edv_ml=150.0)
+    )
     assert shaky.status == QcStatus.CHECK
     assert shaky.flags == (QcFlag.UNSTABLE_SEGMENTATION,)
     assert shaky.confidence < CALIBRATION.check_below < _assess().confidence
@@ -111,15 +114,17 @@ def test_unstable_segmentation_is_check_with_low_confidence() -> None:
 def test_confidence_follows_the_calibration() -> None:
     """The confidence is the card's logistic function of the named terms: 50 % where the logit is 0,
     falling as the disagreement grows, unaffected by terms the calibration does not weigh."""
-    at_level = QcFeatures(disagreement=0.08, uncertain=0.9, basal_share=0.9, esv_ml=5.0)
+    at_level = QcFeatures(disagreement=0.08, uncertain=0.9, basal_share=0.9, esv_ml=5.0, edv_ml=50.0)
     assert CALIBRATION.confidence(at_level) == pytest.approx(0.5)
-    values = [CALIBRATION.confidence(QcFeatures(d, 0.05, 0.1, 60.0)) for d in (0.001, 0.01, 0.05, 0.2, 1.0)]
+    values = [
+        CALIBRATION.confidence(QcFeatures(d, 0.05, 0.1, 60.0, 150.0)) for d in (0.001, 0.01, 0.05, 0.2, 1.0)
+    ]
     assert values == sorted(values, reverse=True) and values[0] > 0.99 and values[-1] < 0.01
     weighted = Calibration(0.0, {"log_disagreement": -1.0, "basal_share": -4.0}, 0.5)
-    assert weighted.confidence(QcFeatures(0.05, 0.05, 0.5, 60.0)) < weighted.confidence(
-        QcFeatures(0.05, 0.05, 0.0, 60.0)
+    assert weighted.confidence(QcFeatures(0.05, 0.05, 0.5, 60.0, 150.0)) < weighted.confidence(
+        QcFeatures(0.05, 0.05, 0.0, 60.0, 150.0)
     )
-    assert CALIBRATION.confidence(QcFeatures(float("inf"), 0.05, 0.1, 60.0)) == 0.0
+    assert CALIBRATION.confidence(QcFeatures(float("inf"), 0.05, 0.1, 60.0, 150.0)) == 0.0
 
 
 def test_coverage_flag_at_the_apex_when_a_large_part_may_lie_beyond() -> None:
@@ -214,3 +219,11 @@ def test_population_ranges_match_dsb2_training_labels(shared_data: Path) -> None
     diastole = [float(row["Diastole"]) for row in rows]
     assert (min(systole), max(systole)) == ESV_RANGE_ML
     assert (min(diastole), max(diastole)) == EDV_RANGE_ML
+
+
+def test_ejection_fraction_term() -> None:
+    """The calibration may weigh the ejection fraction (ESV small against EDV: a border error weighs
+    more against ESV); a result without EDV gives 0, never a division by zero."""
+    assert QcFeatures(0.01, 0.05, 0.1, 60.0, 150.0).terms()["ejection_fraction"] == pytest.approx(0.6)
+    assert QcFeatures(0.01, 0.05, 0.1, 0.0, 0.0).terms()["ejection_fraction"] == 0.0
+    assert tuple(QcFeatures(0.01, 0.05, 0.1, 60.0, 150.0).terms()) == CALIBRATION_TERMS

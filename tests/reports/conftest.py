@@ -99,7 +99,9 @@ def build_case(sunnybrook: Path) -> Case:
         blood_pool_ed_ml=blood_px[:, numbers.ed_phase] * pixel_area * plan.slice_spacing_mm / 1000.0,
         base_slice=None,
         base_closed=False,
-        features=QcFeatures(disagreement=0.02, uncertain=0.05, basal_share=0.1, esv_ml=numbers.esv_ml),
+        features=QcFeatures(
+            disagreement=0.02, uncertain=0.05, basal_share=0.1, esv_ml=numbers.esv_ml, edv_ml=numbers.edv_ml
+        ),
         fragment_fraction=0.0,
         stack_flags=plan.flags,
         calibration=DEFAULT_CALIBRATION,
