@@ -132,10 +132,11 @@ class Stored:
 
 #: VRs whose values are ASCII text that pydicom decodes without the character set (PS3.5 6.2): read
 #: straight from the element's bytes, as pydicom would read them, for the header of each instance.
-_PLAIN_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "IS", "TM", "UI"})
+_PLAIN_TEXT_VRS = frozenset({"AS", "CS", "DA", "DS", "IS", "TM", "UI"})
 #: Multi-valued text VRs in the Specific Character Set: read from the bytes the same way when these are
-#: ASCII without an escape, which every character set of PS3.3 C.12.1.1.2 decodes as ASCII.
-_CHARSET_TEXT_VRS = frozenset({"LO", "PN", "SH"})
+#: ASCII without an escape, which every character set of PS3.3 C.12.1.1.2 decodes as ASCII. (PN is not
+#: one: pydicom drops a name's empty trailing component groups, ``Doe^John==`` reads ``Doe^John``.)
+_CHARSET_TEXT_VRS = frozenset({"LO", "SH"})
 
 
 @functools.cache
@@ -169,12 +170,13 @@ def _raw_value(dataset: Dataset, keyword: str, many: bool) -> Any:
     )
     if not plain:
         return _SLOW
-    # pydicom: decoded as ISO 8859-1, trailing spaces and NULs removed, split at backslashes.
+    # pydicom: decoded as ISO 8859-1, trailing spaces and NULs removed, split at backslashes; a UID
+    # also loses its leading and trailing whitespace.
     items = raw.value.decode("latin-1").rstrip(" \x00").split("\\")
+    if vr == "UI":
+        items = [item.strip() for item in items]
     if (len(items) > 1) != many:
         return _SLOW
-    if not many and vr == "DS" and items[0]:
-        return float(items[0])  # a DS value is a number, as pydicom's DSfloat (never a sequence)
     return items if many else items[0]
 
 

@@ -224,6 +224,16 @@ ODD_VALUES: list[dict[str, object]] = [
     {"PatientName": "Yamada^Tarou=山田^太郎", "SpecificCharacterSet": ["", "ISO 2022 IR 87"]},
     {"PatientName": "Buc^Jérôme", "StudyDescription": "Cœur", "SpecificCharacterSet": "ISO_IR 192"},
     {"AccessionNumber": "", "StudyDescription": "  ", "PatientName": "A^B\\C^D"},
+    {"PatientID": "A ", "SeriesDescription": "1.5", "StudyDate": "20120101"},
+]
+
+
+#: Values pydicom will not write, patched into the written bytes (same length): a name whose trailing
+#: component groups are empty, which pydicom reads without them; a UID of whitespace, read as absent.
+PATCHED_VALUES: list[tuple[dict[str, object], bytes, bytes]] = [
+    ({"PatientName": "Doe^John^^"}, b"Doe^John^^", b"Doe^John=="),
+    ({"PatientName": "Kim^^^^^^^"}, b"Kim^^^^^^^", b"=========="),
+    ({"FrameOfReferenceUID": "1.2.3.45"}, b"1.2.3.45", b"\t\t\t\t\t\t\t\x00"),
 ]
 
 
@@ -234,6 +244,18 @@ def test_header_read_from_raw_bytes_is_what_pydicom_reads(whole: bytes, changes:
     does not, spaces, empty, a single value where several are expected and the other way round)."""
     assert vars(parse_instance(whole)) == _header_through_pydicom(whole)
     odd = _rewritten(whole, **changes)
+    assert vars(parse_instance(odd)) == _header_through_pydicom(odd)
+
+
+@pytest.mark.parametrize("changes, written, patched", PATCHED_VALUES, ids=range(len(PATCHED_VALUES)))
+def test_header_read_from_raw_bytes_as_pydicom_reads_unwritable_values(
+    whole: bytes, changes: dict[str, object], written: bytes, patched: bytes
+) -> None:
+    """Values pydicom normalises when it reads them (empty name groups, whitespace around a UID) give
+    the header pydicom's conversion gives."""
+    data = _rewritten(whole, **changes)
+    assert data.count(written) == 1
+    odd = data.replace(written, patched)
     assert vars(parse_instance(odd)) == _header_through_pydicom(odd)
 
 
