@@ -148,9 +148,8 @@ class Case:
 
 def _failed(dataset: str, shift: str, case: str, ref_edv: float, ref_esv: float) -> Case:
     """No LV found: a result nobody may trust (counted as off and ``check``)."""
-    return Case(
-        dataset, shift, case, ref_edv, ref_esv, 0.0, 0.0, 0.0, 0.0, "check", ("no_lv",), 0.0, math.inf
-    )
+    nothing = QcFeatures(math.inf, math.inf, 1.0, 0.0, 0.0, companion_disagreement=math.inf)
+    return Case(dataset, shift, case, ref_edv, ref_esv, 0.0, 0.0, 0.0, 0.0, "check", ("no_lv",), 0.0, nothing)
 
 
 def acdc_case(measurer: StackMeasurer, root: Path, patient: str, shift: str) -> tuple[Case, BasalVolumes]:
@@ -315,23 +314,50 @@ def _logistic(
 
 
 FIT_RIDGE = 1.0
+#: The direction each term may move the confidence: a disagreement, uncertain pixels or a large basal
+#: share may only lower it, a larger ESV only raise it (the same border error is a smaller share of
+#: it); the ejection fraction either way. A term fitted against its direction is left out and the
+#: rest fitted again: with a handful of failures in the validation data such a weight is chance, and
+#: it would let a less stable segmentation raise the confidence.
+TERM_DIRECTIONS = {
+    "log_disagreement": -1,
+    "log_uncertain": -1,
+    "basal_share": -1,
+    "log_esv": 1,
+    "log_companion_disagreement": -1,
+}
+
+
+def _fit_terms(cases: list[Case], y: npt.NDArray[np.float64]) -> tuple[list[str], npt.NDArray[np.float64]]:
+    """The terms kept (each in its direction, :data:`TERM_DIRECTIONS`) and their fitted weights."""
+    names = list(CALIBRATION_TERMS)
+    while True:
+        beta = _logistic(_design(cases, names), y, FIT_RIDGE)
+        against = {
+            name: abs(weight)
+            for name, weight in zip(names, beta[1:], strict=True)
+            if TERM_DIRECTIONS.get(name, 0) * weight < 0
+        }
+        if not against:
+            return names, beta
+        names.remove(max(against, key=against.__getitem__))  # the strongest contradiction first
 
 
 def fit_calibration(cases: list[Case]) -> tuple[Calibration, float]:
-    """Logistic regression of "within 15 %" on :data:`CALIBRATION_TERMS`, and ``check_below`` the lowest
-    level that marks every off result the other flags leave ``ok``; with the leave-one-out AUC of
-    the fitted confidence (each case scored by a fit without it: the honest figure)."""
+    """Logistic regression of "within 15 %" on :data:`CALIBRATION_TERMS` (those fitted against their
+    direction left out, :data:`TERM_DIRECTIONS`), and ``check_below`` the lowest level that marks
+    every off result the other flags leave ``ok``; with the leave-one-out AUC of the fitted
+    confidence (each case scored by a fit, terms chosen again, without it: the honest figure)."""
     usable = [c for c in cases if all(math.isfinite(v) for v in c.features.terms().values())]
-    design = _design(usable, CALIBRATION_TERMS)
     y = np.array([0.0 if c.off else 1.0 for c in usable])
-    beta = _logistic(design, y, FIT_RIDGE)
+    names, beta = _fit_terms(usable, y)
     held_out = []
     for index in range(len(usable)):
-        keep = np.arange(len(usable)) != index
-        other = _logistic(design[keep], y[keep], FIT_RIDGE)
-        held_out.append(float(design[index] @ other))
+        keep = [c for position, c in enumerate(usable) if position != index]
+        other_names, other = _fit_terms(keep, np.delete(y, index))
+        held_out.append(float(_design([usable[index]], other_names)[0] @ other))
     loo_auc = auc([-v for v in held_out], [c.off for c in usable])
-    coefficients = {name: round(float(b), 4) for name, b in zip(CALIBRATION_TERMS, beta[1:], strict=True)}
+    coefficients = {name: round(float(b), 4) for name, b in zip(names, beta[1:], strict=True)}
     calibration = Calibration(round(float(beta[0]), 4), coefficients, check_below=0.0)
     missed = [
         calibration.confidence(c.features)

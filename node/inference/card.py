@@ -52,7 +52,7 @@ class OutputSpec(BaseModel):
 
 
 class QcCalibrationSpec(BaseModel):
-    """How this model's test-time-augmentation disagreement maps to a confidence
+    """How this model's QC features (test-time augmentation, companion disagreement) map to a confidence
     (:class:`node.inference.qc.Calibration`), fitted on validation data by ``python -m models.evaluate``."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
@@ -61,6 +61,21 @@ class QcCalibrationSpec(BaseModel):
     #: Weight of each named term of :meth:`node.inference.qc.QcFeatures.terms`.
     coefficients: dict[str, float]
     check_below: float = Field(ge=0.0, le=1.0)
+
+
+class CompanionSpec(BaseModel):
+    """A second network released with the model: the same network, recipe and data from another seed.
+
+    The node averages the two networks' logits on every frame (a deep ensemble, Lakshminarayanan et
+    al., NeurIPS 2017: steadier volumes on scanners unlike the training data), and how far the
+    companion alone lies from the pair on the ED and ES frames is a term of the confidence. Same
+    input, output and preprocessing as the model.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    file: str
+    sha256: str
 
 
 class ModelCard(BaseModel):
@@ -76,6 +91,8 @@ class ModelCard(BaseModel):
     output: OutputSpec
     #: Absent on cards released before QC 2 (1.0.0): the node then uses its default calibration.
     qc_calibration: QcCalibrationSpec | None = None
+    #: Absent on cards released without one (1.0.0): the model runs alone, the companion term is 0.
+    companion: CompanionSpec | None = None
 
     def class_index(self, label: str) -> int:
         """Index of an output class by its name, e.g. ``lv_blood_pool``."""

@@ -6,9 +6,11 @@ reference regrouped) explain what was done and do not by themselves make a resul
 
 The confidence is a calibrated estimate of the chance that EDV and ESV are both within 15 % of an
 expert's: a logistic function of how much the ED and ES volumes change when the model sees the same
-frames mirrored and with their contrast changed (test-time augmentation, on the ED and ES frames
-only), and of a few other measured terms (:data:`CALIBRATION_TERMS`). Its coefficients and the level
-below which a result is flagged are fitted for each model on validation data
+frames mirrored and with their contrast changed (test-time augmentation), and how far the model's
+companion network alone (trained the same way from another seed; the node measures with the mean of
+the two) lies from the pair (both on the ED and ES frames only), and of a few other measured terms
+(:data:`CALIBRATION_TERMS`). Its coefficients
+and the level below which a result is flagged are fitted for each model on validation data
 (``python -m models.evaluate --fit``) and recorded in the model card.
 """
 
@@ -144,8 +146,9 @@ _FLAGS: dict[QcFlag, FlagInfo] = {
     ),
     QcFlag.UNSTABLE_SEGMENTATION: FlagInfo(
         True,
-        "The volumes change when the model sees the same images mirrored or with another contrast:"
-        " it is unsure of this study, and the volumes may be off by more than 15 %.",
+        "The volumes change when the model sees the same images mirrored or with another contrast,"
+        " or when a second network trained the same way measures them: the model is unsure of this"
+        " study, and the volumes may be off by more than 15 %.",
         "QC-UNSTABLE",
         "Segmentation unstable under test-time augmentation",
     ),
@@ -209,7 +212,9 @@ _FLAGS: dict[QcFlag, FlagInfo] = {
     QcFlag.BASAL_SLICES_EXCLUDED: FlagInfo(
         False,
         "Basal frames that are atrium or outflow tract (blood pool less than half surrounded by"
-        " myocardium, SCMR 2020) are left out of the volumes and masses in the phases where they are.",
+        " myocardium) are left out of the volumes and masses: in the phases where they are (SCMR 2020,"
+        " the default), or, by the every-phase rule, whole basal slices that are not ventricle in every"
+        " phase.",
         "QC-BASAL",
         "Basal slices left out of the volumes",
     ),
@@ -256,6 +261,10 @@ class QcFeatures:
     edv_ml
         The end-diastolic volume: with ``esv_ml``, the ejection fraction. The higher it is, the
         smaller ESV is against the ventricle's border, and the larger a border error relative to ESV.
+    companion_disagreement
+        The largest relative difference of the ED or ES blood-pool volume between the companion
+        network alone and the pair it forms with the model (:class:`~node.inference.card.CompanionSpec`);
+        0 for a model without one.
     """
 
     disagreement: float
@@ -263,6 +272,7 @@ class QcFeatures:
     basal_share: float
     esv_ml: float
     edv_ml: float
+    companion_disagreement: float = 0.0
 
     def terms(self) -> dict[str, float]:
         """The named terms :class:`Calibration` weighs (logarithms where the effect is relative), in
@@ -273,6 +283,7 @@ class QcFeatures:
             "basal_share": self.basal_share,
             "log_esv": math.log(max(self.esv_ml, 1.0)),
             "ejection_fraction": 1.0 - self.esv_ml / self.edv_ml if self.edv_ml > 0 else 0.0,
+            "log_companion_disagreement": math.log(max(self.companion_disagreement, DISAGREEMENT_FLOOR)),
         }
 
 
@@ -283,6 +294,7 @@ CALIBRATION_TERMS: tuple[str, ...] = (
     "basal_share",
     "log_esv",
     "ejection_fraction",
+    "log_companion_disagreement",
 )
 
 

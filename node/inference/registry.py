@@ -23,10 +23,12 @@ class ModelNotFound(ConfigError):
 
 @dataclass(frozen=True)
 class ReleasedModel:
-    """A model file together with its validated card."""
+    """A model file together with its validated card, and its companion network where the card names one
+    (the companion's card is the model's with the companion's file)."""
 
     card: ModelCard
     path: Path
+    companion: ReleasedModel | None = None
 
 
 def _version_key(version: str) -> tuple[int, ...]:
@@ -52,11 +54,33 @@ def find_model(model_dir: Path, name: str, version: str | None = None) -> Releas
     if not candidates:
         raise ModelNotFound(f"no released model named {name!r} in {model_dir}")
     card = max(candidates, key=lambda c: _version_key(c.version))
-    path = model_dir / card.file
+    companion = companion_card(card)
+    return ReleasedModel(
+        card=card,
+        path=_verified(model_dir, card.file, card.sha256),
+        companion=(
+            ReleasedModel(companion, _verified(model_dir, companion.file, companion.sha256))
+            if companion is not None
+            else None
+        ),
+    )
+
+
+def companion_card(card: ModelCard) -> ModelCard | None:
+    """The card the model's companion network runs under (the model's, with its file), or None."""
+    spec = card.companion
+    if spec is None:
+        return None
+    return card.model_copy(update={"file": spec.file, "sha256": spec.sha256, "companion": None})
+
+
+def _verified(model_dir: Path, file: str, sha256: str) -> Path:
+    """The path of a file a card names, inside ``model_dir`` and matching its sha256."""
+    path = model_dir / file
     if path.resolve().parent != model_dir.resolve():
-        raise ModelNotFound(f"model file {card.file!r} named by its card is outside {model_dir}")
+        raise ModelNotFound(f"model file {file!r} named by its card is outside {model_dir}")
     if not path.is_file():
-        raise ModelNotFound(f"model file {card.file} named by its card is missing")
-    if sha256_of(path) != card.sha256:
-        raise ModelNotFound(f"model file {card.file} does not match the sha256 in its card")
-    return ReleasedModel(card=card, path=path)
+        raise ModelNotFound(f"model file {file} named by its card is missing")
+    if sha256_of(path) != sha256:
+        raise ModelNotFound(f"model file {file} does not match the sha256 in its card")
+    return path

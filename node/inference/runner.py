@@ -167,7 +167,8 @@ class Segmentation:
 
 
 class Segmenter:
-    """A released model loaded into one ONNX Runtime session.
+    """A released model loaded into one ONNX Runtime session (two where its card names a companion
+    network: the pair segments as a deep ensemble, the mean of their logits).
 
     Without ``heart_margin`` every frame runs on the whole model grid. With it (the node's default,
     :data:`node.config.HEART_WINDOW_MARGIN`), a stack of at least ``2 * LOCATE_EVERY`` frames runs in
@@ -216,6 +217,22 @@ class Segmenter:
         self.heart_margin = heart_margin if known else None
         # One stack at a time: each already uses every core (ONNX Runtime's run itself is thread-safe).
         self._lock = threading.Lock()
+        #: The card's companion network in a session of its own (None without one): :meth:`logits`
+        #: averages it with the model's; quality control also runs it alone on the ED and ES frames
+        #: (:class:`~node.inference.card.CompanionSpec`).
+        self.companion = (
+            Segmenter(
+                model.companion,
+                providers,
+                intra_op_threads,
+                batch_size,
+                heart_margin,
+                parallel_batches,
+                cores,
+            )
+            if model.companion is not None
+            else None
+        )
 
     @property
     def providers(self) -> list[str]:
@@ -223,10 +240,15 @@ class Segmenter:
         return list(self._session.get_providers())
 
     def logits(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Raw network output for a model-grid batch ``(n, 1, H, W)``."""
+        """Network output for a model-grid batch ``(n, 1, H, W)``: the model's logits, or with a
+        companion the mean of the two networks' (a deep ensemble)."""
         feed = {self.card.input.name: np.ascontiguousarray(batch)}
         (out,) = self._session.run([self.card.output.name], feed)
-        return np.asarray(out, dtype=np.float32)
+        logits = np.asarray(out, dtype=np.float32)
+        if self.companion is not None:
+            logits += self.companion.logits(batch)
+            logits *= 0.5
+        return logits
 
     def segment(
         self,

@@ -223,12 +223,16 @@ class StackMeasurer:
             basal_share = max(
                 float(blood_ml[measured.base_slice, p] / max(blood_ml[:, p].sum(), 1e-9)) for p in (ed, es)
             )
+        augmented, companion = self._disagreements(
+            values, cells, geometry, pixel_ml, (ed, es), heart, measured
+        )
         features = QcFeatures(
-            disagreement=self._tta_disagreement(values, cells, geometry, pixel_ml, (ed, es), heart, measured),
+            disagreement=augmented,
             uncertain=sum(int(uncertain_px[cells[s, p]]) for s, p in key) / max(total_blood, 1),
             basal_share=basal_share,
             esv_ml=result.esv_ml,
             edv_ml=result.edv_ml,
+            companion_disagreement=companion,
         )
         quality = assess(
             edv_ml=result.edv_ml,
@@ -245,7 +249,7 @@ class StackMeasurer:
         )
         return AssessedStack(labels=labels, measured=measured, quality=quality, features=features)
 
-    def _tta_disagreement(
+    def _disagreements(
         self,
         values: npt.NDArray[np.float32],
         cells: npt.NDArray[np.int64],
@@ -254,25 +258,28 @@ class StackMeasurer:
         phases: tuple[int, int],
         heart: Box | None,
         measured: LabelMeasurement,
-    ) -> float:
-        """The largest relative change of the ED or ES blood-pool volume under test-time augmentation.
+    ) -> tuple[float, float]:
+        """The largest relative change of the ED or ES blood-pool volume under test-time augmentation,
+        and between the measured volume (with a companion: of the pair) and the companion alone (0
+        without one).
 
         The ED and ES frames (the basal frames the measurement left out count in neither) run again
         mirrored (on the mirror image of the window the prediction ran on, if any) and with their
-        contrast changed (:data:`TTA_GAMMAS`); each variant's volume is compared with the measured one
-        (``pixel_ml``: mL per blood-pool pixel on each slice).
+        contrast changed (:data:`TTA_GAMMAS`), and through the companion alone; each variant's volume is
+        compared with the measured one (``pixel_ml``: mL per blood-pool pixel on each slice).
         """
         present = (cells >= 0) & ~measured.basal_cells
         spacing = geometry.pixel_spacing
         columns = values.shape[2]
         mirrored_heart = heart.mirrored(columns) if heart is not None else None
-        worst = 0.0
+        augmented = companion = 0.0
         for phase in dict.fromkeys(phases):
             kept = present[:, phase]
             frames = values[cells[kept, phase]]
             measured_ml = float((measured.blood_pool_px[kept, phase] * pixel_ml[kept]).sum())
             if measured_ml <= 0.0:
                 continue
+            slice_ml = pixel_ml[kept]
             variants = [
                 (np.ascontiguousarray(frames[:, :, ::-1]), mirrored_heart, True),
                 # Gamma on [0, 1]: a card whose normalisation reaches outside it is clipped here.
@@ -283,8 +290,23 @@ class StackMeasurer:
             ]
             for pixels, window, mirrored in variants:
                 found = self.segmenter.segment(pixels, spacing, normalised=True, heart=window).labels
-                stacked = np.ascontiguousarray((found[:, :, ::-1] if mirrored else found)[:, None])
-                remove_detached_lv(stacked, self._blood, self._myo, self._background, spacing)
-                variant_ml = float(((stacked[:, 0] == self._blood).sum(axis=(1, 2)) * pixel_ml[kept]).sum())
-                worst = max(worst, abs(variant_ml - measured_ml) / measured_ml)
-        return worst
+                augmented = max(augmented, self._change(found, mirrored, slice_ml, measured_ml, spacing))
+            if self.segmenter.companion is not None:
+                found = self.segmenter.companion.segment(frames, spacing, normalised=True, heart=heart).labels
+                companion = max(companion, self._change(found, False, slice_ml, measured_ml, spacing))
+        return augmented, companion
+
+    def _change(
+        self,
+        found: npt.NDArray[np.uint8],
+        mirrored: bool,
+        slice_ml: npt.NDArray[np.float64],
+        measured_ml: float,
+        spacing: tuple[float, float],
+    ) -> float:
+        """The relative change of the blood-pool volume of one variant's labels (``slice_ml``: mL per
+        blood-pool pixel on each of its frames) against ``measured_ml``."""
+        stacked = np.ascontiguousarray((found[:, :, ::-1] if mirrored else found)[:, None])
+        remove_detached_lv(stacked, self._blood, self._myo, self._background, spacing)
+        variant_ml = float(((stacked[:, 0] == self._blood).sum(axis=(1, 2)) * slice_ml).sum())
+        return abs(variant_ml - measured_ml) / measured_ml

@@ -5,7 +5,8 @@ Usage: ``python tests/benchmarks/measure_benchmark.py [--threads N] [--repeat 5]
 Prints, for SCD0000101 (12 slices x 20 phases): wall time of ``dicomnode measure`` end to end (a
 fresh process: start-up, model load, reading, inference, QC), the inference step alone (ONNX Runtime
 on the 240 frames, preprocessing and resampling back included), frames/s, and peak RSS of the
-``dicomnode measure`` process. Targets: < 5 s end to end, < 2 s inference on 2 CPU cores. The node's
+``dicomnode measure`` process, and the measure step in-process with the model's companion network
+and without it (its cost). Targets: < 5 s end to end, < 2 s inference on 2 CPU cores. The node's
 settings are used throughout (by default the two-pass heart window); for comparison the inference
 step is also timed on the whole grid (``DICOMNODE_INFERENCE__HEART_WINDOW_MARGIN=0``).
 """
@@ -67,6 +68,33 @@ def inference_only(threads: int, repeat: int, heart_margin: int) -> tuple[list[f
     return timings, plan_text
 
 
+def measure_step(threads: int, repeat: int) -> tuple[list[float], list[float]]:
+    """Seconds of ``StackMeasurer.measure`` (reading, inference, volumes, QC) on the series, with the
+    model's QC companion and without it (its cost: one more network on the ED and ES frames)."""
+    from node.config import InferenceSettings
+    from node.inference.runner import load_segmenter
+    from node.pipeline.measure import StackMeasurer
+    from node.pipeline.offline import collect
+    from node.pipeline.stacks import find_sax_stacks
+
+    settings = InferenceSettings(intra_op_threads=threads)
+    measurer = StackMeasurer(load_segmenter(settings), settings.basal_rule)
+    (plan,) = find_sax_stacks(collect([SERIES], [])).stacks
+    measurer.measure(plan, Path("/"))
+    companion = measurer.segmenter.companion
+    found: list[list[float]] = []
+    for with_companion in (True, False):
+        measurer.segmenter.companion = companion if with_companion else None
+        timings = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            measurer.measure(plan, Path("/"))
+            timings.append(time.perf_counter() - started)
+        found.append(timings)
+    measurer.segmenter.companion = companion
+    return found[0], found[1]
+
+
 def _spread(values: list[float]) -> str:
     return f"median of {len(values)}, range {min(values):.2f}-{max(values):.2f} s"
 
@@ -97,6 +125,12 @@ def main() -> None:
         f"{frames / inference:.0f} frames/s"
     )
     print(f"peak RSS of dicomnode measure: {peak:.0f} MiB")
+    paired, alone = measure_step(args.threads, args.repeat)
+    print(
+        f"measure step (inference, volumes, QC): {statistics.median(paired):.2f} s with the companion "
+        f"(the pair), {statistics.median(alone):.2f} s with the network alone "
+        f"({_spread(paired)}; {_spread(alone)})"
+    )
     whole_timings, _ = inference_only(args.threads, args.repeat, 0)
     whole = statistics.median(whole_timings)
     print(f"inference, whole grid:        {whole:.2f} s (HEART_WINDOW_MARGIN=0; {_spread(whole_timings)})")

@@ -20,6 +20,8 @@ from export.parity import MAX_ABS_LOGIT_DIFF, MIN_ARGMAX_AGREEMENT, check_parity
 from models.network import UNet  # noqa: E402
 from models.spec import CHANNELS, INPUT, MODEL_NAME, MODEL_VERSION, OUTPUT, artifact_stem  # noqa: E402
 from node.inference.card import load_card, sha256_of  # noqa: E402
+from node.inference.registry import ModelNotFound, find_model  # noqa: E402
+from node.inference.runner import Segmenter  # noqa: E402
 from tests.support import SHARED_DATA  # noqa: E402
 
 #: Five levels like the released network (stride 16), a fraction of its width.
@@ -127,7 +129,9 @@ def test_python_m_export_releases_onnx_and_valid_card(
         checkpoint,
     )
     out_dir = tmp_path / "release"
-    assert main(["--checkpoint", str(checkpoint), "--skip-evaluation", "--out-dir", str(out_dir)]) == 0
+    no_companion = str(tmp_path / "no-companion.pt")
+    argv = ["--checkpoint", str(checkpoint), "--companion", no_companion, "--skip-evaluation"]
+    assert main([*argv, "--out-dir", str(out_dir)]) == 0
     onnx_path = out_dir / f"{artifact_stem()}.onnx"
     card_path = out_dir / f"{artifact_stem()}.json"
     assert onnx_path.is_file()
@@ -141,6 +145,56 @@ def test_python_m_export_releases_onnx_and_valid_card(
     assert "metrics" not in raw
     assert raw["parity"]["max_abs_logit_diff"] <= MAX_ABS_LOGIT_DIFF
     assert raw["architecture"]["channels"] == list(CHANNELS)
+    assert card.companion is None
+    assert find_model(out_dir, MODEL_NAME).companion is None
+
+
+def test_export_releases_the_companion_beside_a_kept_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--companion``: its .onnx beside the model, named and checksummed in the card, loaded with the
+    model by the registry and run in a session of its own; ``--keep-model`` replaces only the companion."""
+    monkeypatch.setenv("DICOMNODE_DATA_ROOT", str(tmp_path / "no-data"))
+    checkpoints = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        path = tmp_path / f"seed{seed}.pt"
+        torch.save(
+            {"state_dict": UNet(CHANNELS, len(OUTPUT.classes)).state_dict(), "epoch": seed, "metrics": {}},
+            path,
+        )
+        checkpoints.append(str(path))
+    out_dir = tmp_path / "release"
+    common = ["--skip-evaluation", "--out-dir", str(out_dir)]
+    assert main(["--checkpoint", checkpoints[0], "--companion", checkpoints[1], *common]) == 0
+    released = find_model(out_dir, MODEL_NAME)
+    assert released.companion is not None
+    spec = released.card.companion
+    assert spec is not None
+    assert released.companion.path == out_dir / f"{artifact_stem()}-companion.onnx"
+    assert spec.sha256 == sha256_of(released.companion.path) != released.card.sha256
+    assert released.companion.card.input == released.card.input
+    raw = json.loads((out_dir / f"{artifact_stem()}.json").read_text(encoding="utf-8"))
+    assert raw["companion"]["best_epoch"] == 1
+    assert raw["companion"]["parity"]["max_abs_logit_diff"] <= MAX_ABS_LOGIT_DIFF
+    assert raw["commands"]["train_companion"].startswith("python -m models.train")
+    segmenter = Segmenter(released)
+    assert segmenter.companion is not None
+    frames = np.random.default_rng(0).random((2, 40, 40)).astype(np.float32)
+    assert segmenter.companion.segment(frames, (2.0, 2.0)).labels.shape == frames.shape
+
+    model_digest = released.card.sha256
+    assert main(["--keep-model", "--companion", checkpoints[2], *common]) == 0
+    again = find_model(out_dir, MODEL_NAME)
+    assert again.card.sha256 == model_digest
+    assert again.card.companion is not None
+    assert again.card.companion.sha256 not in (spec.sha256, model_digest)
+    assert again.card.model_dump()["training"] == released.card.model_dump()["training"]
+
+    # A companion file that no longer matches its card is refused like the model's own file.
+    again.companion.path.write_bytes(b"not a model")  # type: ignore[union-attr]
+    with pytest.raises(ModelNotFound, match=r"companion\.onnx does not match"):
+        find_model(out_dir, MODEL_NAME)
 
 
 def test_learning_rate_cycles_of_warm_restarts() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from node.domain import QcStatus
 from node.inference.qc import (
     CALIBRATION_TERMS,
+    DISAGREEMENT_FLOOR,
     EDV_RANGE_ML,
     ESV_RANGE_ML,
     Calibration,
@@ -227,3 +229,20 @@ def test_ejection_fraction_term() -> None:
     assert QcFeatures(0.01, 0.05, 0.1, 60.0, 150.0).terms()["ejection_fraction"] == pytest.approx(0.6)
     assert QcFeatures(0.01, 0.05, 0.1, 0.0, 0.0).terms()["ejection_fraction"] == 0.0
     assert tuple(QcFeatures(0.01, 0.05, 0.1, 60.0, 150.0).terms()) == CALIBRATION_TERMS
+
+
+def test_companion_disagreement_term() -> None:
+    """The companion's disagreement is a term of its own: a model without a companion (0) sits at the
+    floor, and where the calibration weighs it the confidence falls as the two networks part."""
+    assert QcFeatures(0.01, 0.05, 0.1, 60.0, 150.0).terms()["log_companion_disagreement"] == pytest.approx(
+        math.log(DISAGREEMENT_FLOOR)
+    )
+    weighted = Calibration(-6.0, {"log_disagreement": -0.2, "log_companion_disagreement": -1.5}, 0.5)
+    values = [
+        weighted.confidence(QcFeatures(0.01, 0.05, 0.1, 60.0, 150.0, companion_disagreement=d))
+        for d in (0.0, 0.02, 0.1, 0.3)
+    ]
+    assert values == sorted(values, reverse=True) and values[0] > 0.99 and values[-1] < 0.5
+    assert CALIBRATION.confidence(QcFeatures(0.01, 0.05, 0.1, 60.0, 150.0, 0.3)) == CALIBRATION.confidence(
+        STEADY
+    )

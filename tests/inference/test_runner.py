@@ -48,6 +48,29 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> ReleasedModel:
     return ReleasedModel(card=card, path=path)
 
 
+def test_a_companion_network_makes_a_deep_ensemble(tiny_model: ReleasedModel, tmp_path: Path) -> None:
+    """With a companion on its card, the segmenter's logits are the mean of the two networks' (its
+    labels follow them), and the companion stays available alone for quality control."""
+    torch = pytest.importorskip("torch", reason="exporting the tiny model needs torch (the train extra)")
+    from export.onnx_export import export_onnx
+    from models.network import UNet
+
+    torch.manual_seed(1)
+    path = tmp_path / "tiny-0.0.1-companion.onnx"
+    export_onnx(UNet((4, 8, 16, 32, 64), len(OUTPUT.classes)), path, SPEC, OUTPUT)
+    other = ReleasedModel(
+        tiny_model.card.model_copy(update={"file": path.name, "sha256": sha256_of(path)}), path
+    )
+    pair = Segmenter(ReleasedModel(tiny_model.card, tiny_model.path, companion=other), providers=[CPU])
+    alone, companion = Segmenter(tiny_model, providers=[CPU]), Segmenter(other, providers=[CPU])
+    assert pair.companion is not None and pair.companion.companion is None
+    batch = np.random.default_rng(3).random((2, 1, 64, 80)).astype(np.float32)
+    first, second = alone.logits(batch), companion.logits(batch)
+    assert np.abs(first - second).max() > 1e-3  # two different networks
+    np.testing.assert_allclose(pair.logits(batch), (first + second) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(pair.companion.logits(batch), second)
+
+
 @pytest.fixture(scope="module")
 def frames() -> np.ndarray:
     """Five non-square frames of stored (uint16) pixel values."""

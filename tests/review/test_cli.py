@@ -67,7 +67,7 @@ def test_results_qc_asks_to_check_come_first_and_say_why(seeded: Seeded) -> None
     assert table[1].startswith(check) and " check " in table[1]
     shown = runner.invoke(app, ["worklist", "show", check], env=_env(seeded)).output
     assert "qc status      check: Quality control: check this result" in shown
-    assert "it is unsure of this study" in shown
+    assert "the model is unsure of this study" in shown
 
 
 def test_worklist_show_prints_flags_in_words_and_audits_the_view(seeded: Seeded) -> None:
