@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     root = data_root()
     with tempfile.TemporaryDirectory(prefix="dicomnode-export-") as scratch:
         if args.keep_model:
+            if not args.companion.is_file():
+                print(f"--keep-model releases a companion: {args.companion} is no file", file=sys.stderr)
+                return 2
             released = find_model(args.out_dir, MODEL_NAME, MODEL_VERSION)
             onnx_path, digest = released.path, released.card.sha256
             kept = released.card.model_dump(mode="json")
@@ -169,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
                 "sha256": sha256_of(companion_path),
                 "use": (
                     "a deep ensemble of two (Lakshminarayanan et al., NeurIPS 2017): the same network, "
-                    "recipe and data from another seed; the node segments every frame with the mean of "
-                    "the two networks' logits, and how far the companion alone lies from the pair on "
-                    "the ED and ES frames is a term of the QC confidence."
+                    "augmentation and data from another seed, trained for one 40-epoch cycle (the "
+                    "model: 56 epochs and a 40-epoch restart); the node segments every frame with the "
+                    "mean of the two networks' logits (averaged logits rather than the paper's averaged "
+                    "probabilities), and how far the companion alone lies from the pair on the ED and "
+                    "ES frames is a term of the QC confidence."
                 ),
                 "train": COMPANION_COMMAND,
                 "best_epoch": int(companion.get("epoch", 0)),

@@ -64,10 +64,12 @@ class QcCalibrationSpec(BaseModel):
 
 
 class CompanionSpec(BaseModel):
-    """A second network released with the model: the same network, recipe and data from another seed.
+    """A second network released with the model: the same network, augmentation and data from another
+    seed (its own training command is in the card; 2.0.0's trained one cycle shorter than the model).
 
-    The node averages the two networks' logits on every frame (a deep ensemble, Lakshminarayanan et
-    al., NeurIPS 2017: steadier volumes on scanners unlike the training data), and how far the
+    The node averages the two networks' logits on every frame (a deep ensemble after Lakshminarayanan
+    et al., NeurIPS 2017, who average probabilities: steadier volumes on scanners unlike the training
+    data), and how far the
     companion alone lies from the pair on the ED and ES frames is a term of the confidence. Same
     input, output and preprocessing as the model.
     """

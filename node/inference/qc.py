@@ -7,9 +7,10 @@ reference regrouped) explain what was done and do not by themselves make a resul
 The confidence is a calibrated estimate of the chance that EDV and ESV are both within 15 % of an
 expert's: a logistic function of how much the ED and ES volumes change when the model sees the same
 frames mirrored and with their contrast changed (test-time augmentation), and how far the model's
-companion network alone (trained the same way from another seed; the node measures with the mean of
+companion network alone (the same network from another seed; the node measures with the mean of
 the two) lies from the pair (both on the ED and ES frames only), and of a few other measured terms
-(:data:`CALIBRATION_TERMS`). Its coefficients
+(:data:`CALIBRATION_TERMS`); each card weighs the terms its fit kept (2.0.0: the companion,
+uncertain pixels, ESV and ejection fraction). Its coefficients
 and the level below which a result is flagged are fitted for each model on validation data
 (``python -m models.evaluate --fit``) and recorded in the model card.
 """
@@ -146,9 +147,10 @@ _FLAGS: dict[QcFlag, FlagInfo] = {
     ),
     QcFlag.UNSTABLE_SEGMENTATION: FlagInfo(
         True,
-        "The volumes change when the model sees the same images mirrored or with another contrast,"
-        " or when a second network trained the same way measures them: the model is unsure of this"
-        " study, and the volumes may be off by more than 15 %.",
+        "The calibrated confidence is low: the model is unsure of this study (its companion network"
+        " disagrees, the images are hard to read, or the segmentation changes when they are mirrored"
+        " or shown with another contrast, as the model's card weighs them), and the volumes may be off"
+        " by more than 15 %.",
         "QC-UNSTABLE",
         "Segmentation unstable under test-time augmentation",
     ),

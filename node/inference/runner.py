@@ -175,9 +175,10 @@ class Segmenter:
     two passes: the whole grid of one frame in ``LOCATE_EVERY`` finds the LV, then every frame runs on
     a window of the grid around it, ``heart_margin`` model pixels wider on each side. The window's
     edge changes the network's context, so labels differ slightly from the whole grid's. Measured with
-    margin 40 against the whole grid:
+    margin 40 against the whole grid (with 1.0.0, one network):
 
-    - SCD0000101 inference on 2 cores: 1.51 s median (1.46-1.60) against 1.97 s (1.71-2.08).
+    - SCD0000101 inference on 2 cores: 1.51 s median (1.46-1.60) against 1.97 s (1.71-2.08); with
+      2.0.0's pair of networks 2.48 s against 3.07 s (``tests/benchmarks/measure_benchmark.py``).
     - The three Sunnybrook series through ``dicomnode measure``: EDV and ESV within 0.1 mL, mass
       within 0.4 g, the same ED and ES phases except SCD0000101's ES, 6 -> 7 (the expert's is 7;
       the two phases' volumes differ by 0.1 mL).

@@ -191,6 +191,10 @@ def test_export_releases_the_companion_beside_a_kept_model(
     assert again.card.companion.sha256 not in (spec.sha256, model_digest)
     assert again.card.model_dump()["training"] == released.card.model_dump()["training"]
 
+    # Without a companion checkpoint, --keep-model refuses rather than write a card without one.
+    assert main(["--keep-model", "--companion", str(tmp_path / "absent.pt"), *common]) == 2
+    assert find_model(out_dir, MODEL_NAME).card == again.card
+
     # A companion file that no longer matches its card is refused like the model's own file.
     again.companion.path.write_bytes(b"not a model")  # type: ignore[union-attr]
     with pytest.raises(ModelNotFound, match=r"companion\.onnx does not match"):
