@@ -200,15 +200,12 @@ def main(argv: list[str] | None = None) -> int:
             from node.inference.runner import Segmenter
             from node.pipeline.measure import StackMeasurer
 
-            companion_card_ = companion_card(card)
+            # The card names a companion exactly when one was exported above.
+            paired = companion_card(card)
             model = ReleasedModel(
                 card=card,
                 path=onnx_path,
-                companion=(
-                    ReleasedModel(companion_card_, companion_path)
-                    if companion_card_ is not None and companion_path is not None
-                    else None
-                ),
+                companion=ReleasedModel(paired, companion_path) if paired and companion_path else None,
             )
             found = run(StackMeasurer(Segmenter(model)), root, fit=True)
             print_report(found)

@@ -328,11 +328,15 @@ TERM_DIRECTIONS = {
 }
 
 
-def _fit_terms(cases: list[Case], y: npt.NDArray[np.float64]) -> tuple[list[str], npt.NDArray[np.float64]]:
-    """The terms kept (each in its direction, :data:`TERM_DIRECTIONS`) and their fitted weights."""
+def _fit_terms(
+    design: npt.NDArray[np.float64], y: npt.NDArray[np.float64]
+) -> tuple[list[str], npt.NDArray[np.float64]]:
+    """The terms kept (each in its direction, :data:`TERM_DIRECTIONS`) and their fitted weights;
+    ``design`` holds a column of ones and one per :data:`CALIBRATION_TERMS`."""
     names = list(CALIBRATION_TERMS)
     while True:
-        beta = _logistic(_design(cases, names), y, FIT_RIDGE)
+        columns = [0, *(1 + CALIBRATION_TERMS.index(name) for name in names)]
+        beta = _logistic(design[:, columns], y, FIT_RIDGE)
         against = {
             name: abs(weight)
             for name, weight in zip(names, beta[1:], strict=True)
@@ -349,13 +353,15 @@ def fit_calibration(cases: list[Case]) -> tuple[Calibration, float]:
     every off result the other flags leave ``ok``; with the leave-one-out AUC of the fitted
     confidence (each case scored by a fit, terms chosen again, without it: the honest figure)."""
     usable = [c for c in cases if all(math.isfinite(v) for v in c.features.terms().values())]
+    design = _design(usable, CALIBRATION_TERMS)
     y = np.array([0.0 if c.off else 1.0 for c in usable])
-    names, beta = _fit_terms(usable, y)
+    names, beta = _fit_terms(design, y)
     held_out = []
     for index in range(len(usable)):
-        keep = [c for position, c in enumerate(usable) if position != index]
-        other_names, other = _fit_terms(keep, np.delete(y, index))
-        held_out.append(float(_design([usable[index]], other_names)[0] @ other))
+        keep = np.arange(len(usable)) != index
+        other_names, other = _fit_terms(design[keep], y[keep])
+        columns = [0, *(1 + CALIBRATION_TERMS.index(name) for name in other_names)]
+        held_out.append(float(design[index, columns] @ other))
     loo_auc = auc([-v for v in held_out], [c.off for c in usable])
     coefficients = {name: round(float(b), 4) for name, b in zip(names, beta[1:], strict=True)}
     calibration = Calibration(round(float(beta[0]), 4), coefficients, check_below=0.0)

@@ -69,9 +69,8 @@ class CompanionSpec(BaseModel):
 
     The node averages the two networks' logits on every frame (a deep ensemble after Lakshminarayanan
     et al., NeurIPS 2017, who average probabilities: steadier volumes on scanners unlike the training
-    data), and how far the
-    companion alone lies from the pair on the ED and ES frames is a term of the confidence. Same
-    input, output and preprocessing as the model.
+    data), and how far the companion alone lies from the pair on the ED and ES frames is a term of the
+    confidence. Same input, output and preprocessing as the model.
     """
 
     model_config = ConfigDict(frozen=True, extra="allow")
