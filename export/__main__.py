@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 path=onnx_path,
                 companion=ReleasedModel(paired, companion_path) if paired and companion_path else None,
             )
-            found = run(StackMeasurer(Segmenter(model)), root, fit=True)
+            found = run(StackMeasurer(Segmenter(model), augment=True), root, fit=True)
             print_report(found)
             extra = {**extra, "qc_calibration": asdict(found.calibration), "metrics": found.card_metrics()}
             card = build_card(**identity, extra=extra)  # type: ignore[arg-type]

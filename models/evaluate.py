@@ -585,7 +585,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every case and summary to this file")
     args = parser.parse_args()
     segmenter = Segmenter(find_model(args.model_dir, args.name, args.version))
-    measurer = StackMeasurer(segmenter)
+    measurer = StackMeasurer(segmenter, augment=True)
     print(
         f"model {segmenter.card.name} {segmenter.card.version}; calibration {measurer.calibration}",
         flush=True,

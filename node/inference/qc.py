@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 
 import numpy as np
@@ -252,7 +252,8 @@ class QcFeatures:
     ----------
     disagreement
         The largest relative change of the ED or ES blood-pool volume under test-time augmentation
-        (the frames mirrored, and with their contrast changed).
+        (the frames mirrored, and with their contrast changed); None where it was not run (a card
+        whose calibration does not weigh it, see :class:`~node.pipeline.measure.StackMeasurer`).
     uncertain
         Pixels whose most likely class has under 0.6 probability, per blood-pool pixel.
     basal_share
@@ -269,7 +270,7 @@ class QcFeatures:
         0 for a model without one.
     """
 
-    disagreement: float
+    disagreement: float | None
     uncertain: float
     basal_share: float
     esv_ml: float
@@ -278,15 +279,23 @@ class QcFeatures:
 
     def terms(self) -> dict[str, float]:
         """The named terms :class:`Calibration` weighs (logarithms where the effect is relative), in
-        the order of :data:`CALIBRATION_TERMS`."""
-        return {
-            "log_disagreement": math.log(max(self.disagreement, DISAGREEMENT_FLOOR)),
+        the order of :data:`CALIBRATION_TERMS`; a feature that was not measured gives no term."""
+        augmented = self.disagreement
+        terms = {
+            "log_disagreement": (
+                math.log(max(augmented, DISAGREEMENT_FLOOR)) if augmented is not None else None
+            ),
             "log_uncertain": math.log(max(self.uncertain, DISAGREEMENT_FLOOR)),
             "basal_share": self.basal_share,
             "log_esv": math.log(max(self.esv_ml, 1.0)),
             "ejection_fraction": 1.0 - self.esv_ml / self.edv_ml if self.edv_ml > 0 else 0.0,
             "log_companion_disagreement": math.log(max(self.companion_disagreement, DISAGREEMENT_FLOOR)),
         }
+        return {name: value for name, value in terms.items() if value is not None}
+
+    def measured(self) -> dict[str, float]:
+        """The features that were measured, by name (what a result stores)."""
+        return {name: value for name, value in asdict(self).items() if value is not None}
 
 
 #: The names of :meth:`QcFeatures.terms`: what a card's calibration may weigh.
@@ -316,6 +325,9 @@ class Calibration:
     def confidence(self, features: QcFeatures) -> float:
         """The estimated chance that EDV and ESV are both within :data:`VOLUME_TOLERANCE`."""
         terms = features.terms()
+        unmeasured = sorted(set(self.coefficients) - terms.keys())
+        if unmeasured:
+            raise ValueError(f"the calibration weighs terms that were not measured: {', '.join(unmeasured)}")
         logit = self.intercept + sum(weight * terms[name] for name, weight in self.coefficients.items())
         if not math.isfinite(logit):
             return 0.0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +86,16 @@ class MeasuredStack:
 class StackMeasurer:
     """Measures stacks with one long-lived :class:`Segmenter`."""
 
-    def __init__(self, segmenter: Segmenter, basal_rule: BasalRule = BasalRule.PER_PHASE) -> None:
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        basal_rule: BasalRule = BasalRule.PER_PHASE,
+        augment: bool | None = None,
+    ) -> None:
+        """``augment``: run the test-time augmentation of the ED and ES frames
+        (:attr:`QcFeatures.disagreement`); by default only where the card's calibration weighs it, since
+        its variants run through the model (and its companion) again. The model evaluation, which fits
+        the calibration over every term, always runs it."""
         self.segmenter = segmenter
         self.basal_rule = basal_rule
         card = segmenter.card
@@ -96,6 +105,7 @@ class StackMeasurer:
         self._classes = LvClasses(self._blood, self._myo, self._background)
         self.model = ModelIdentity(name=card.name, version=card.version)
         self.calibration: Calibration = calibration_of(card)
+        self.augment = "log_disagreement" in self.calibration.coefficients if augment is None else augment
 
     def measure(self, plan: StackPlan, root: Path) -> MeasuredStack:
         """Segment every frame of the stack and derive measurements and QC.
@@ -156,7 +166,7 @@ class StackMeasurer:
             qc_status=quality.status,
             qc_flags=quality.flags,
             confidence=quality.confidence,
-            qc_features=asdict(assessed.features),
+            qc_features=assessed.features.measured(),
             model=self.model,
             ed_sop_instance_uids=uids(ed),
             es_sop_instance_uids=uids(es),
@@ -258,21 +268,22 @@ class StackMeasurer:
         phases: tuple[int, int],
         heart: Box | None,
         measured: LabelMeasurement,
-    ) -> tuple[float, float]:
-        """The largest relative change of the ED or ES blood-pool volume under test-time augmentation,
-        and between the measured volume (with a companion: of the pair) and the companion alone (0
-        without one).
+    ) -> tuple[float | None, float]:
+        """The largest relative change of the ED or ES blood-pool volume under test-time augmentation
+        (None where :attr:`augment` is off), and between the measured volume (with a companion: of the
+        pair) and the companion alone (0 without one).
 
         The ED and ES frames (the basal frames the measurement left out count in neither) run again
         mirrored (on the mirror image of the window the prediction ran on, if any) and with their
-        contrast changed (:data:`TTA_GAMMAS`), and through the companion alone; each variant's volume is
-        compared with the measured one (``pixel_ml``: mL per blood-pool pixel on each slice).
+        contrast changed (:data:`TTA_GAMMAS`) where :attr:`augment` is on, and through the companion
+        alone; each variant's volume is compared with the measured one (``pixel_ml``: mL per blood-pool pixel on each slice).
         """
         present = (cells >= 0) & ~measured.basal_cells
         spacing = geometry.pixel_spacing
         columns = values.shape[2]
         mirrored_heart = heart.mirrored(columns) if heart is not None else None
-        augmented = companion = 0.0
+        augmented: float | None = 0.0 if self.augment else None
+        companion = 0.0
         for phase in dict.fromkeys(phases):
             kept = present[:, phase]
             frames = values[cells[kept, phase]]
@@ -280,17 +291,19 @@ class StackMeasurer:
             if measured_ml <= 0.0:
                 continue
             slice_ml = pixel_ml[kept]
-            variants = [
-                (np.ascontiguousarray(frames[:, :, ::-1]), mirrored_heart, True),
-                # Gamma on [0, 1]: a card whose normalisation reaches outside it is clipped here.
-                *(
-                    (np.power(np.clip(frames, 0.0, 1.0), gamma, dtype=np.float32), heart, False)
-                    for gamma in TTA_GAMMAS
-                ),
-            ]
-            for pixels, window, mirrored in variants:
-                found = self.segmenter.segment(pixels, spacing, normalised=True, heart=window).labels
-                augmented = max(augmented, self._change(found, mirrored, slice_ml, measured_ml, spacing))
+            if augmented is not None:
+                variants = [
+                    (np.ascontiguousarray(frames[:, :, ::-1]), mirrored_heart, True),
+                    # Gamma on [0, 1]: a card whose normalisation reaches outside it is clipped here.
+                    *(
+                        (np.power(np.clip(frames, 0.0, 1.0), gamma, dtype=np.float32), heart, False)
+                        for gamma in TTA_GAMMAS
+                    ),
+                ]
+                for pixels, window, mirrored in variants:
+                    found = self.segmenter.segment(pixels, spacing, normalised=True, heart=window).labels
+                    change = self._change(found, mirrored, slice_ml, measured_ml, spacing)
+                    augmented = max(augmented, change)
             if self.segmenter.companion is not None:
                 found = self.segmenter.companion.segment(frames, spacing, normalised=True, heart=heart).labels
                 companion = max(companion, self._change(found, False, slice_ml, measured_ml, spacing))

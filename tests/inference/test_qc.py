@@ -246,3 +246,16 @@ def test_companion_disagreement_term() -> None:
     assert CALIBRATION.confidence(QcFeatures(0.01, 0.05, 0.1, 60.0, 150.0, 0.3)) == CALIBRATION.confidence(
         STEADY
     )
+
+
+def test_an_augmentation_that_did_not_run_gives_no_term() -> None:
+    """Where the test-time augmentation was not run (its disagreement None), the result stores no such
+    feature and the confidence is the other terms'; a calibration that weighs it refuses to guess."""
+    features = QcFeatures(None, 0.05, 0.1, 60.0, 150.0, companion_disagreement=0.03)
+    assert "log_disagreement" not in features.terms()
+    assert "disagreement" not in features.measured()
+    assert features.measured()["companion_disagreement"] == 0.03
+    without = Calibration(2.0, {"log_companion_disagreement": -0.5}, 0.5)
+    assert without.confidence(features) == pytest.approx(1 / (1 + math.exp(-(2.0 - 0.5 * math.log(0.03)))))
+    with pytest.raises(ValueError, match="not measured: log_disagreement"):
+        Calibration(2.0, {"log_disagreement": -1.0}, 0.5).confidence(features)

@@ -31,17 +31,19 @@ def test_the_companion_measures_ed_and_es_again_and_the_model_agrees_with_itself
     released = find_model(DEFAULT_MODEL_DIR, "lvseg-unet")
     assert released.companion is not None, "the default model ships with its companion network"
     pair, _ = sunnybrook_case(
-        StackMeasurer(Segmenter(released, providers=[CPU])), shared_data, PATIENT, "none"
+        StackMeasurer(Segmenter(released, providers=[CPU]), augment=True), shared_data, PATIENT, "none"
     )
     assert 0.0 < pair.features.companion_disagreement < 0.15
     assert not pair.off
 
     single = replace(released, companion=None)
     alone, _ = sunnybrook_case(
-        StackMeasurer(Segmenter(single, providers=[CPU])), shared_data, PATIENT, "none"
+        StackMeasurer(Segmenter(single, providers=[CPU]), augment=True), shared_data, PATIENT, "none"
     )
     itself = replace(released, companion=single)
-    same, _ = sunnybrook_case(StackMeasurer(Segmenter(itself, providers=[CPU])), shared_data, PATIENT, "none")
+    same, _ = sunnybrook_case(
+        StackMeasurer(Segmenter(itself, providers=[CPU]), augment=True), shared_data, PATIENT, "none"
+    )
     assert alone.features.companion_disagreement == 0.0
     assert same.features.companion_disagreement == pytest.approx(0.0, abs=0.002)
     assert same.features.disagreement == pytest.approx(alone.features.disagreement, abs=0.002)

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from node.cli import _stage_bars, app
 from node.config import InferenceSettings
+from node.inference.qc import QcFeatures
 from node.inference.runner import load_segmenter
 from node.pipeline.measure import StackMeasurer
 from node.pipeline.offline import collect, measure_paths
@@ -124,6 +125,38 @@ def test_an_unexpected_error_in_one_stack_loses_no_other_result(
     run = measure_paths([first, second], measurer)
     assert len(run.results) == 1
     assert [reason for _, reason in run.failed_stacks] == ["MemoryError: injected"]
+
+
+@pytest.mark.parametrize(
+    ("version", "augment", "augmented"),
+    [("2.0.0", None, False), ("2.0.0", True, True), ("1.0.0", None, True)],
+    ids=["default_model_unweighted", "asked_for", "weighed_by_the_card"],
+)
+def test_test_time_augmentation_runs_only_where_it_is_weighed_or_asked_for(
+    tmp_path: Path, version: str, augment: bool | None, augmented: bool
+) -> None:
+    """2.0.0's calibration does not weigh the test-time-augmentation disagreement, so the node no longer
+    runs its variants through both networks (a third of the QC's network time); the result stores what
+    was measured, and its confidence is the calibration's. 1.0.0's card weighs it, and the model
+    evaluation asks for it (it fits the calibration over every term)."""
+    measurer = StackMeasurer(load_segmenter(InferenceSettings(model_version=version)), augment=augment)
+    calls: list[int] = []
+    segment = measurer.segmenter.segment
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return segment(*args, **kwargs)
+
+    measurer.segmenter.segment = counted  # type: ignore[method-assign]
+    (result,) = measure_paths([_stack(tmp_path / "stack")], measurer).results
+    features = result.qc_features
+    assert features is not None
+    assert ("disagreement" in features) is augmented
+    assert {"uncertain", "esv_ml", "edv_ml", "companion_disagreement"} <= features.keys()
+    # The whole stack once, then per ED and ES phase a mirrored and two contrast variants.
+    assert len(calls) == (1 + 2 * 3 if augmented else 1)
+    stored = QcFeatures(**{"disagreement": None, **features})
+    assert measurer.calibration.confidence(stored) == pytest.approx(result.confidence)
 
 
 def test_files_are_read_only_once_known_to_be_dicom(tmp_path: Path) -> None:
