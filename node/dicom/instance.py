@@ -24,11 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from itertools import pairwise
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-import pydicom
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset, read_preamble
 from pydicom.tag import BaseTag, Tag
@@ -375,8 +374,16 @@ def _undefined_value_end(data: bytes, position: int, order: str) -> int:
     return found + 8
 
 
-def _check_structure(data: bytes, start: int, transfer_syntax: UID) -> None:
-    """Walk every element and item header of the dataset, without recursion.
+#: Where a top-level element's value lies in the walked data: its VR (None: implicit), declared length,
+#: and the value's first byte and end (an undefined-length value ends before its delimiter).
+_Framed = tuple[str | None, int, int, int]
+
+
+def _check_structure(
+    data: bytes, start: int, transfer_syntax: UID, wanted: frozenset[int]
+) -> dict[int, _Framed]:
+    """Walk every element and item header of the dataset, without recursion; return where the
+    top-level elements of ``wanted`` (tags) lie, sequences left out, the last of a repeated tag kept.
 
     Checks what pydicom does not: each value fits in its containing item or sequence (and in the
     data), each undefined-length sequence and item is closed by its delimiter (PS3.5 7.5), and the
@@ -384,11 +391,16 @@ def _check_structure(data: bytes, start: int, transfer_syntax: UID) -> None:
     framed as pydicom frames them, including its guesses at implicit VR inside explicit VR data;
     undefined-length values that are not sequences (encapsulated pixel data) end at the first
     Sequence Delimitation Item, and their items are checked by :func:`_check_encapsulated`.
+
+    The top-level elements, so checked, tile the data to its last byte: none is cut short, and
+    nothing lies after the last (pydicom stops reading without a word at an element header cut
+    short or at a stray delimiter, so a dataset truncated between elements would read as whole).
     """
     order = "<" if transfer_syntax.is_little_endian else ">"
     explicit = _looks_explicit(data, start, not transfer_syntax.is_implicit_VR)
     open_: list[_Container] = [_Container(len(data), False, explicit)]
     position, depth, items = start, 0, 0
+    found: dict[int, _Framed] = {}
     while True:
         container = open_[-1]
         if container.end is not None and position >= container.end:
@@ -396,7 +408,7 @@ def _check_structure(data: bytes, start: int, transfer_syntax: UID) -> None:
                 where = "the data" if len(open_) == 1 else "the item or sequence holding it"
                 raise MalformedInstance(f"an element runs past the end of {where}")
             if len(open_) == 1:
-                return
+                return found
             open_.pop()
             depth -= container.is_sequence
             continue
@@ -442,58 +454,25 @@ def _check_structure(data: bytes, start: int, transfer_syntax: UID) -> None:
         else:
             (length,) = struct.unpack_from(f"{order}L", data, position + 4)
             position += 8
+        recorded = tag in wanted and len(open_) == 1
         if length == _UNDEFINED and _undefined_is_sequence(data, position, tag, vr, order):
             open_.append(_Container(None, True, container.explicit_vr))
         elif length == _UNDEFINED:
-            position = _undefined_value_end(data, position, order)
+            end = _undefined_value_end(data, position, order)
+            if recorded:
+                found[tag] = (vr.decode() if vr else None, length, position, end - _DELIMITATION_ITEM_BYTES)
+            position = end
             continue
         elif _defined_is_sequence(tag, vr):
             open_.append(_Container(position + length, True, container.explicit_vr))
         else:
+            if recorded:
+                found[tag] = (vr.decode() if vr else None, length, position, position + length)
             position += length
             continue
         depth += 1
         if depth > MAX_SEQUENCE_DEPTH:
             raise MalformedInstance(f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels")
-
-
-def _check_elements(dataset: Dataset, size: int, transfer_syntax: UID) -> None:
-    """Check, in one pass over the top-level elements, that each holds the bytes it declares and that
-    the last one ends where the data ends.
-
-    pydicom stops reading without a word at an element header cut short (fewer than 8 bytes left)
-    or at a stray delimiter, so a dataset truncated between elements would otherwise look whole.
-    The end is not checked in deflated data (element offsets refer to the inflated stream), nor
-    after an element of unknown position.
-    """
-    end_known = not transfer_syntax.is_deflated
-    last_start = -1
-    last_end: int | None = None
-    for tag in list(dataset.keys()):
-        element = dataset.get_item(tag, keep_deferred=True)
-        length = getattr(element, "length", None)
-        value = getattr(element, "value", None)
-        if isinstance(value, bytes) and length not in (None, _UNDEFINED) and len(value) < length:
-            raise MalformedInstance(f"element {tag} holds {len(value)} of {length} declared bytes")
-        if not end_known:
-            continue
-        start = getattr(element, "value_tell", None)  # a raw element
-        if start is None:
-            start = getattr(element, "file_tell", None)  # a sequence parsed while reading
-        if not isinstance(start, int):
-            end_known = False  # an element of unknown position: the end cannot be told
-            continue
-        if start <= last_start:
-            continue
-        last_start = start
-        if isinstance(length, int) and length != _UNDEFINED:
-            last_end = start + length
-        elif isinstance(length, int) and isinstance(value, bytes):  # read up to its delimiter
-            last_end = start + len(value) + _DELIMITATION_ITEM_BYTES
-        else:
-            last_end = None  # a sequence of undefined length: its end is not known here
-    if end_known and last_end is not None and last_end < size:
-        raise MalformedInstance(f"{size - last_end} bytes after the last whole element")
 
 
 def _check_encapsulated(value: bytes, frames: int) -> bytes:
@@ -635,6 +614,63 @@ def _check_pixel_data(dataset: Dataset, transfer_syntax: UID) -> None:
         raise MalformedInstance(f"pixel data holds {len(value)} of {expected} expected bytes")
 
 
+#: The top-level attributes an instance's header and its pixel data checks read, with the character
+#: set their text is in: all that :func:`parse_instance` has pydicom look at.
+_HEADER_KEYWORDS = (
+    "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "FrameOfReferenceUID",
+    "ImageType",
+    "SeriesNumber",
+    "InstanceNumber",
+    "AcquisitionNumber",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "TriggerTime",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "SamplesPerPixel",
+    "NumberOfFrames",
+    "SeriesDescription",
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+)
+_HEADER_TAGS = frozenset(
+    {*(int(Tag(keyword)) for keyword in _HEADER_KEYWORDS), _PIXEL_DATA, *_FLOAT_PIXEL_DATA}
+)
+
+
+def _header_dataset(data: bytes, framed: dict[int, _Framed], explicit: bool, little_endian: bool) -> Dataset:
+    """The walked elements as pydicom's reader would hold them (raw, converted when asked for)."""
+    return Dataset(
+        {
+            BaseTag(tag): RawDataElement(
+                BaseTag(tag),
+                vr,
+                length,
+                data[start:end] if end > start else cast(bytes | None, empty_value_for_VR(vr, raw=True)),
+                start,
+                not explicit,
+                little_endian,
+            )
+            for tag, (vr, length, start, end) in framed.items()
+        }
+    )
+
+
 def parse_instance(
     data: bytes, expected_sop_class: str | None = None, expected_sop_instance: str | None = None
 ) -> InstanceHeader:
@@ -655,13 +691,17 @@ def parse_instance(
         The dataset's SOP Class UID differs from the request's.
     """
     start, transfer_syntax = _file_meta(data)
+    body = data
     if transfer_syntax.is_deflated:
-        _check_structure(_inflated(data[start:]), 0, transfer_syntax)
-    else:
-        _check_structure(data, start, transfer_syntax)
+        body, start = _inflated(data[start:]), 0
+    framed = _check_structure(body, start, transfer_syntax, _HEADER_TAGS)
     try:
-        dataset = pydicom.dcmread(BytesIO(data), force=True)
-        _check_elements(dataset, len(data), transfer_syntax)
+        dataset = _header_dataset(
+            body,
+            framed,
+            _looks_explicit(body, start, not transfer_syntax.is_implicit_VR),
+            transfer_syntax.is_little_endian,
+        )
         _check_pixel_data(dataset, transfer_syntax)
     except MalformedInstance:
         raise

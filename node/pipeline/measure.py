@@ -276,7 +276,8 @@ class StackMeasurer:
         The ED and ES frames (the basal frames the measurement left out count in neither) run again
         mirrored (on the mirror image of the window the prediction ran on, if any) and with their
         contrast changed (:data:`TTA_GAMMAS`) where :attr:`augment` is on, and through the companion
-        alone; each variant's volume is compared with the measured one (``pixel_ml``: mL per blood-pool pixel on each slice).
+        alone; each variant's volume is compared with the measured one (``pixel_ml``: mL per blood-pool
+        pixel on each slice).
         """
         present = (cells >= 0) & ~measured.basal_cells
         spacing = geometry.pixel_spacing

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,9 @@ def create_index_engine(url: str, durable_commits: bool = True) -> Engine:
             connect_args={"check_same_thread": False, "timeout": 30},
             pool_size=8,
             max_overflow=32,
+            # The connection used last: its page cache is the freshest (a connection that has not seen
+            # the latest commit reads its pages again from the file).
+            pool_use_lifo=True,
             hide_parameters=True,
         )
         event.listen(engine, "connect", _sqlite_pragmas("FULL" if durable_commits else "NORMAL"))
@@ -176,7 +179,8 @@ class Index:
         bool
             True when the instance is new, False when it was already indexed (a resend).
         """
-        row = asdict(header)
+        # Field by field (asdict copies every value deeply: a fifth of this call's time).
+        row = {field.name: getattr(header, field.name) for field in fields(header)}
         study_values = {field: row.pop(field) for field in _STUDY_FIELDS}
         row.update(
             image_type=list(header.image_type),

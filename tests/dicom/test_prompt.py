@@ -1,0 +1,97 @@
+"""The listener's association threads wait on their socket instead of polling it (in process, pynetdicom
+as the peer): data split over many PDUs arrives whole, and an idle association stays idle."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+from pynetdicom import AE
+from pynetdicom.dsutils import encode
+from pynetdicom.sop_class import Verification
+
+from node.clock import SystemClock
+from node.config import Settings
+from node.dicom import scp
+from node.dicom.part10 import part10
+from node.dicom.scp import StorageSCP
+from node.logging import Pseudonymiser
+from node.store.index import Index
+from node.store.ingest import Ingest, IngestLimits
+from node.store.spool import Spool
+from tests.support import free_port, synthetic_mr
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[tuple[StorageSCP, Spool]]:
+    """The node's listener over a real ingest (spool and SQLite index), on a free loopback port."""
+    settings = Settings(storage={"data_dir": str(tmp_path)}, dicom={"host": "127.0.0.1", "port": free_port()})
+    index = Index.open(settings.storage.effective_database_url(), durable_commits=False)
+    spool = Spool(tmp_path / "spool")
+    ingest = Ingest(spool, index, SystemClock(), IngestLimits.from_settings(settings))
+    listener = StorageSCP(settings.dicom, ingest, Pseudonymiser.from_key_file(tmp_path / "log-key"))
+    listener.start()
+    try:
+        yield listener, spool
+    finally:
+        listener.stop(grace_s=5)
+        index.close()
+
+
+def test_an_instance_over_many_small_pdus_is_stored_byte_for_byte(listener: tuple[StorageSCP, Spool]) -> None:
+    """A sender limited to 4 KiB PDUs splits an instance over many of them, each read whole by the
+    listener (however the network cuts it); the spool holds exactly the dataset sent, behind its File
+    Meta Information."""
+    server, spool = listener
+    dataset = pydicom.dcmread(BytesIO(synthetic_mr()))
+    dataset.Rows = dataset.Columns = 128
+    dataset.PixelData = bytes(range(256)) * 128  # 32 KiB: eight PDUs and more
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    ae.maximum_pdu_size = 4096
+    association = ae.associate("127.0.0.1", server.port, ae_title="DICOMNODE", max_pdu=4096)
+    assert association.is_established
+    try:
+        assert association.send_c_store(dataset).Status == 0x0000
+    finally:
+        association.release()
+    (stored,) = spool.files()
+    body = encode(dataset, is_implicit_vr=False, is_little_endian=True)
+    assert body is not None and len(body) > 8 * 4096
+    expected = part10(MRImageStorage, dataset.SOPInstanceUID, ExplicitVRLittleEndian, body)
+    assert (spool.root / stored).read_bytes() == expected
+
+
+def test_an_idle_association_waits_instead_of_polling(
+    listener: tuple[StorageSCP, Spool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynetdicom's DUL thread asks its socket for data a thousand times a second; the listener's waits
+    on the socket (and on its queue of answers to send), so an idle association looks a hundred times
+    a second at most, and still answers."""
+    server, _ = listener
+    looks: list[float] = []
+    ready = scp._PromptSocket.ready
+
+    def counted(transport: scp._PromptSocket) -> bool:
+        looks.append(time.monotonic())
+        return bool(ready.fget(transport))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(scp._PromptSocket, "ready", property(counted))
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(Verification)
+    association = ae.associate("127.0.0.1", server.port, ae_title="DICOMNODE")
+    assert association.is_established
+    try:
+        assert association.send_c_echo().Status == 0x0000
+        looks.clear()
+        time.sleep(0.5)
+        idle = len(looks)
+        assert association.send_c_echo().Status == 0x0000
+    finally:
+        association.release()
+    assert 0 < idle <= 60, f"{idle} looks at the socket in 0.5 s"
