@@ -148,30 +148,71 @@ def _tag_and_vr(keyword: str) -> tuple[BaseTag, str | None]:
         return tag, None
 
 
-def _raw_value(dataset: Dataset, keyword: str, many: bool) -> Any:
+class _Walked:
+    """The top-level elements :func:`_check_structure` framed, as pydicom's reader would hold them: each
+    value the bytes it declares, read straight from the data where that is cheap (:func:`_raw_value`),
+    pydicom converting the rest from a dataset of raw elements made when first asked for."""
+
+    def __init__(self, data: bytes, framed: dict[int, _Framed], explicit: bool, little_endian: bool) -> None:
+        self.data = data
+        self.framed = framed
+        self.explicit = explicit
+        self.little_endian = little_endian
+
+    def __contains__(self, tag: int) -> bool:
+        return tag in self.framed
+
+    def raw(self, tag: int) -> tuple[str | None, bytes | None] | None:
+        """An element's VR (None: implicit) and value as pydicom's reader holds it, None if absent."""
+        found = self.framed.get(tag)
+        return None if found is None else (found[0], self._value_of(found))
+
+    def _value_of(self, framed: _Framed) -> bytes | None:
+        vr, _length, start, end = framed
+        # pydicom's reader: an empty value is the VR's raw empty value (None for a number).
+        return self.data[start:end] if end > start else cast(bytes | None, empty_value_for_VR(vr, raw=True))
+
+    @functools.cached_property
+    def dataset(self) -> Dataset:
+        """The elements as a pydicom dataset of raw elements (converted when read)."""
+        return Dataset(
+            {
+                BaseTag(tag): RawDataElement(
+                    BaseTag(tag),
+                    found[0],
+                    found[1],
+                    self._value_of(found),
+                    found[2],
+                    not self.explicit,
+                    self.little_endian,
+                )
+                for tag, found in self.framed.items()
+            }
+        )
+
+
+def _raw_value(walked: _Walked, keyword: str, many: bool) -> Any:
     """An attribute's value read from its raw bytes the way pydicom's reader converts it, for the
     VRs where that is cheap (plain text, a single US); :data:`_SLOW` where pydicom must convert it
-    (another VR, text that is not plain ASCII, an element already converted, a multi-value where
-    one value is wanted, or one value where several are). pydicom's conversion costs some 50 us per
-    element, this 1 us.
+    (another VR, text that is not plain ASCII, a multi-value where one value is wanted, or one value
+    where several are). pydicom's conversion costs some 50 us per element, this 1 us.
     """
     tag, dictionary_vr = _tag_and_vr(keyword)
-    raw = dataset.get_item(tag)
+    raw = walked.raw(tag)
     if raw is None:
         return None
-    if not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes):
+    vr, value = raw
+    if not isinstance(value, bytes):
         return _SLOW
-    vr = raw.VR or dictionary_vr
-    if vr == "US" and len(raw.value) == 2 and not many:
-        return int.from_bytes(raw.value, "little" if raw.is_little_endian else "big")
-    plain = vr in _PLAIN_TEXT_VRS or (
-        vr in _CHARSET_TEXT_VRS and raw.value.isascii() and b"\x1b" not in raw.value
-    )
+    vr = vr or dictionary_vr
+    if vr == "US" and len(value) == 2 and not many:
+        return int.from_bytes(value, "little" if walked.little_endian else "big")
+    plain = vr in _PLAIN_TEXT_VRS or (vr in _CHARSET_TEXT_VRS and value.isascii() and b"\x1b" not in value)
     if not plain:
         return _SLOW
     # pydicom: decoded as ISO 8859-1, trailing spaces and NULs removed, split at backslashes; a UID
     # also loses its leading and trailing whitespace.
-    items = raw.value.decode("latin-1").rstrip(" \x00").split("\\")
+    items = value.decode("latin-1").rstrip(" \x00").split("\\")
     if vr == "UI":
         items = [item.strip() for item in items]
     if (len(items) > 1) != many:
@@ -179,7 +220,7 @@ def _raw_value(dataset: Dataset, keyword: str, many: bool) -> Any:
     return items if many else items[0]
 
 
-def _value(dataset: Dataset, keyword: str, convert: Callable[[Any], _T], many: bool = False) -> _T | None:
+def _value(walked: _Walked, keyword: str, convert: Callable[[Any], _T], many: bool = False) -> _T | None:
     """An attribute converted, or None when absent, empty or not convertible (never raises).
 
     ``many``: ``convert`` takes a multi-value (a list of its values). Read from the raw bytes where
@@ -187,7 +228,7 @@ def _value(dataset: Dataset, keyword: str, convert: Callable[[Any], _T], many: b
     from there is read again through pydicom, which decides.
     """
     try:
-        quick = _raw_value(dataset, keyword, many)
+        quick = _raw_value(walked, keyword, many)
         if quick is None or quick == "":
             return None
         if quick is not _SLOW:
@@ -195,7 +236,7 @@ def _value(dataset: Dataset, keyword: str, convert: Callable[[Any], _T], many: b
     except Exception:  # noqa: BLE001 - pydicom decides below
         pass
     try:
-        raw = dataset.get(keyword)
+        raw = walked.dataset.get(keyword)
         if raw is None or raw == "":
             return None
         return convert(raw)
@@ -551,7 +592,7 @@ def _j2k_frame_size(fragment: bytes) -> tuple[int, int, int] | None:
     return height - y_offset, width - x_offset, components
 
 
-def _check_codestream(fragment: bytes, dataset: Dataset, transfer_syntax: UID) -> None:
+def _check_codestream(fragment: bytes, dataset: _Walked, transfer_syntax: UID) -> None:
     """Check the first frame's codestream describes the image the dataset describes.
 
     Decoders size their output from Rows, Columns, Samples per Pixel and Bits Allocated, so a
@@ -582,16 +623,18 @@ def _check_codestream(fragment: bytes, dataset: Dataset, transfer_syntax: UID) -
         )
 
 
-def _check_pixel_data(dataset: Dataset, transfer_syntax: UID) -> None:
-    if _PIXEL_DATA not in dataset:
+def _check_pixel_data(dataset: _Walked, transfer_syntax: UID) -> None:
+    raw = dataset.raw(_PIXEL_DATA)
+    if raw is None:
         # Image Pixel Module (PS3.3 C.7.6.3): an image described by Rows, Columns and Bits Allocated
         # carries pixel data, so its absence means the dataset was cut before it.
-        described = all(keyword in dataset for keyword in ("Rows", "Columns", "BitsAllocated"))
+        described = all(
+            _tag_and_vr(keyword)[0] in dataset for keyword in ("Rows", "Columns", "BitsAllocated")
+        )
         if described and not any(tag in dataset for tag in _FLOAT_PIXEL_DATA):
             raise MalformedInstance("image attributes without pixel data")
         return
-    raw = dataset.get_item(_PIXEL_DATA, keep_deferred=True)
-    value = getattr(raw, "value", None)
+    value = raw[1]
     if not isinstance(value, bytes):
         return
     rows = _value(dataset, "Rows", int)
@@ -653,24 +696,6 @@ _HEADER_TAGS = frozenset(
 )
 
 
-def _header_dataset(data: bytes, framed: dict[int, _Framed], explicit: bool, little_endian: bool) -> Dataset:
-    """The walked elements as pydicom's reader would hold them (raw, converted when asked for)."""
-    return Dataset(
-        {
-            BaseTag(tag): RawDataElement(
-                BaseTag(tag),
-                vr,
-                length,
-                data[start:end] if end > start else cast(bytes | None, empty_value_for_VR(vr, raw=True)),
-                start,
-                not explicit,
-                little_endian,
-            )
-            for tag, (vr, length, start, end) in framed.items()
-        }
-    )
-
-
 def parse_instance(
     data: bytes, expected_sop_class: str | None = None, expected_sop_instance: str | None = None
 ) -> InstanceHeader:
@@ -696,7 +721,7 @@ def parse_instance(
         body, start = _inflated(data[start:]), 0
     framed = _check_structure(body, start, transfer_syntax, _HEADER_TAGS)
     try:
-        dataset = _header_dataset(
+        dataset = _Walked(
             body,
             framed,
             _looks_explicit(body, start, not transfer_syntax.is_implicit_VR),

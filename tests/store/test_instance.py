@@ -193,12 +193,15 @@ def test_truncated_files_from_pydicom_are_malformed(name: str) -> None:
 
 
 def _header_through_pydicom(data: bytes) -> dict[str, object]:
-    """Every header attribute read through pydicom's own conversion (the reference for the raw read)."""
+    """Every header attribute read through pydicom's own reader and conversion (the reference for the
+    raw read)."""
     import node.dicom.instance as instance
 
-    def slow(dataset: pydicom.Dataset, keyword: str, convert: object, many: bool = False) -> object:
+    read = pydicom.dcmread(BytesIO(data), force=True)
+
+    def slow(_walked: object, keyword: str, convert: object, many: bool = False) -> object:
         try:
-            value = dataset.get(keyword)
+            value = read.get(keyword)
             if value is None or value == "":
                 return None
             return convert(value)  # type: ignore[operator]
