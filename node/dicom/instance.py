@@ -8,8 +8,10 @@ whole sequence of items with a Basic Offset Table that points at them and enough
 frames (PS3.5 A.4), its first frame's codestream header (JPEG, JPEG-LS, JPEG 2000, RLE) describes
 the image the dataset describes, and the identifying UIDs exist.
 
-Hostile data is bounded before pydicom sees it: the structure is walked without recursion, and a
-dataset nested deeper than :data:`MAX_SEQUENCE_DEPTH` sequences, holding more than
+The header is read from the same walk (the top-level elements it needs; pydicom converts only the
+values that are not plain text), so an instance is parsed once on receipt. Hostile data is bounded
+before pydicom ever reads the stored file (the pipeline does, later): the structure is walked without
+recursion, and a dataset nested deeper than :data:`MAX_SEQUENCE_DEPTH` sequences, holding more than
 :data:`MAX_SEQUENCE_ITEMS` items, or inflating (deflated transfer syntax, PS3.5 A.5) to more than
 :data:`MAX_INFLATED_BYTES` is refused, since pydicom parses nested sequences recursively and builds a
 Python object for every item.
@@ -52,6 +54,7 @@ from node.errors import MalformedInstance, SopClassMismatch
 
 _PIXEL_DATA = Tag(0x7FE0, 0x0010)
 _FLOAT_PIXEL_DATA = (Tag(0x7FE0, 0x0008), Tag(0x7FE0, 0x0009))
+_PIXEL_TAGS = frozenset({_PIXEL_DATA, *_FLOAT_PIXEL_DATA})
 _DELIMITATION_ITEM_BYTES = 8
 _UNDEFINED = 0xFFFFFFFF
 _ITEM = 0xFFFEE000
@@ -73,7 +76,7 @@ MAX_SEQUENCE_DEPTH = 64
 #: An Enhanced MR cine carries about ten functional-group items per frame, so this admits ~20,000
 #: frames while bounding a hostile instance to ~140 MB and ~10 s of parsing.
 MAX_SEQUENCE_ITEMS = 200_000
-#: Largest dataset a deflated instance may inflate to (pydicom inflates it whole, in memory).
+#: Largest dataset a deflated instance may inflate to (inflated whole, in memory, here and by pydicom).
 MAX_INFLATED_BYTES = 256 * 1024 * 1024
 
 _JPEG_SYNTAXES = frozenset(
@@ -187,6 +190,7 @@ class _Walked:
                     self.little_endian,
                 )
                 for tag, found in self.framed.items()
+                if tag not in _PIXEL_TAGS  # never converted: no copy of the pixels
             }
         )
 
@@ -496,6 +500,9 @@ def _check_structure(
             (length,) = struct.unpack_from(f"{order}L", data, position + 4)
             position += 8
         recorded = tag in wanted and len(open_) == 1
+        if recorded:
+            # A repeated tag: pydicom keeps the last (a later sequence replaces an earlier value).
+            found.pop(tag, None)
         if length == _UNDEFINED and _undefined_is_sequence(data, position, tag, vr, order):
             open_.append(_Container(None, True, container.explicit_vr))
         elif length == _UNDEFINED:
@@ -691,9 +698,7 @@ _HEADER_KEYWORDS = (
     "StudyTime",
     "StudyDescription",
 )
-_HEADER_TAGS = frozenset(
-    {*(int(Tag(keyword)) for keyword in _HEADER_KEYWORDS), _PIXEL_DATA, *_FLOAT_PIXEL_DATA}
-)
+_HEADER_TAGS = frozenset({*(int(Tag(keyword)) for keyword in _HEADER_KEYWORDS), *_PIXEL_TAGS})
 
 
 def parse_instance(

@@ -389,15 +389,26 @@ _DUL_LOOP_DELAY_S = 0.0001
 
 class _WakingQueue(queue.Queue[Any]):
     """The association's queue of primitives for the DUL thread to send, which wakes that thread from its
-    wait in :class:`_PromptSocket` (an eventfd) as soon as a primitive is put."""
+    wait in :class:`_PromptSocket` (an eventfd it owns) as soon as a primitive is put."""
 
-    def __init__(self, wake: int) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._wake = wake
+        self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._guard = threading.Lock()
+        self._closed = False
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
-        os.eventfd_write(self._wake, 1)
+        with self._guard:
+            if not self._closed:  # once closed, the number may name another file: never written
+                os.eventfd_write(self.wake, 1)
+
+    def close(self) -> None:
+        """Close the eventfd (when the DUL thread, the only one waiting on it, has ended)."""
+        with self._guard:
+            if not self._closed:
+                self._closed = True
+                os.close(self.wake)
 
 
 class _PromptSocket(AssociationSocket):
@@ -407,7 +418,8 @@ class _PromptSocket(AssociationSocket):
     between turns, so each PDU in and each answer out waited up to a millisecond, a good part of a
     C-STORE's round trip. Here the question waits on the socket and the association's eventfd
     (:class:`_WakingQueue`) together, up to :data:`_DUL_WAIT_S`: a PDU is read, and an answer sent, the
-    moment it can be; an idle association wakes 100 times a second instead of 1000.
+    moment it can be; an idle association wakes 100 times a second instead of 1000. (poll, not select:
+    a descriptor numbered past 1023 is as good as any.)
     """
 
     wake: int
@@ -418,16 +430,24 @@ class _PromptSocket(AssociationSocket):
         if connection is None or self._is_connected is False:
             return False
         if isinstance(connection, ssl.SSLSocket) and connection.pending():
-            return True  # decrypted data select cannot see
-        descriptor = connection.fileno()  # -1 once closed: select refuses it below
+            return True  # decrypted data poll cannot see
+        descriptor = connection.fileno()  # -1 once closed: refused below
         try:
-            readable, _, _ = select.select([descriptor, self.wake], [], [], _DUL_WAIT_S)
+            waiting = select.poll()
+            waiting.register(descriptor, select.POLLIN)
+            waiting.register(self.wake, select.POLLIN)
+            events = dict(waiting.poll(_DUL_WAIT_S * 1000))
         except (OSError, ValueError):  # the socket was closed meanwhile
             self.event_queue.put("Evt17")  # Evt17: transport connection closed
             return False
-        if self.wake in readable:
-            os.eventfd_read(self.wake)
-        return descriptor in readable
+        if self.wake in events:
+            with contextlib.suppress(BlockingIOError):  # already drained
+                os.eventfd_read(self.wake)
+        if events.get(descriptor, 0) & select.POLLNVAL:
+            self.event_queue.put("Evt17")
+            return False
+        # Data, or the peer hung up or failed (the read then finds it out, as after select).
+        return descriptor in events
 
     def recv(self, nr_bytes: int) -> bytearray:
         """Read ``nr_bytes`` (fewer only when the peer closes the connection), straight into one buffer
@@ -447,14 +467,26 @@ class _PromptSocket(AssociationSocket):
 
 def _prompt(association: Association) -> None:
     """Have the association's DUL thread wait on its socket rather than poll it (:class:`_PromptSocket`);
-    before the association starts. The eventfd is closed with the association."""
-    wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    weakref.finalize(association, os.close, wake)
-    transport = cast(AssociationSocket, association.dul.socket)
+    before the association starts. The eventfd is closed when the DUL thread ends. Where the platform
+    has no eventfd (not Linux), pynetdicom's polling stays."""
+    if not hasattr(os, "eventfd"):
+        return
+    dul = association.dul
+    sending = _WakingQueue()
+    transport = cast(AssociationSocket, dul.socket)
     transport.__class__ = _PromptSocket
-    cast(_PromptSocket, transport).wake = wake
-    association.dul.to_provider_queue = _WakingQueue(wake)
-    association.dul._run_loop_delay = _DUL_LOOP_DELAY_S
+    cast(_PromptSocket, transport).wake = sending.wake
+    dul.to_provider_queue = sending
+    dul._run_loop_delay = _DUL_LOOP_DELAY_S
+    run = dul.run
+
+    def run_then_close() -> None:
+        try:
+            run()
+        finally:
+            sending.close()
+
+    dul.run = run_then_close  # type: ignore[method-assign]
 
 
 class _MeteredRequestHandler(RequestHandler):

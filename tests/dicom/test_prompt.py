@@ -3,6 +3,7 @@ as the peer): data split over many PDUs arrives whole, and an idle association s
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from io import BytesIO
@@ -95,3 +96,33 @@ def test_an_idle_association_waits_instead_of_polling(
     finally:
         association.release()
     assert 0 < idle <= 60, f"{idle} looks at the socket in 0.5 s"
+
+
+def _eventfds() -> int:
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if "eventfd" in _link(fd))
+
+
+def _link(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # closed since it was listed
+        return ""
+
+
+def test_each_association_releases_its_eventfd_when_it_ends(listener: tuple[StorageSCP, Spool]) -> None:
+    """The descriptor an association waits on is closed as its network thread ends, not whenever the
+    garbage collector gets to it: associations that come and go do not pile descriptors up."""
+    server, _ = listener
+    before = _eventfds()
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(Verification)
+    for _ in range(10):
+        association = ae.associate("127.0.0.1", server.port, ae_title="DICOMNODE")
+        assert association.is_established
+        assert association.send_c_echo().Status == 0x0000
+        association.release()
+    deadline = time.monotonic() + 5
+    while _eventfds() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _eventfds() == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import struct
 from io import BytesIO
 from pathlib import Path
 
@@ -270,3 +271,21 @@ def test_header_read_from_raw_bytes_in_other_encodings() -> None:
             pytest.skip(f"pydicom test file {name} is not bundled")
         data = path.read_bytes()
         assert vars(parse_instance(data)) == _header_through_pydicom(data), name
+
+
+@pytest.mark.parametrize(
+    ("keyword", "reason"),
+    [("PixelData", "image attributes without pixel data"), ("Rows", "pixel data without Rows")],
+    ids=["pixel_data", "rows"],
+)
+def test_a_repeated_attribute_is_read_as_pydicom_reads_it_the_last_one(
+    whole: bytes, keyword: str, reason: str
+) -> None:
+    """An attribute repeated at the end as an empty sequence replaces the first for pydicom (and for
+    the pipeline that reads the file later), so the image has no pixel data, or no Rows: refused."""
+    tag = Tag(keyword)
+    assert pydicom.dcmread(BytesIO(whole)).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    repeated = whole + struct.pack("<HH2s2xL", tag.group, tag.element, b"SQ", 0)
+    assert isinstance(pydicom.dcmread(BytesIO(repeated))[tag].value, pydicom.Sequence)
+    with pytest.raises(MalformedInstance, match=reason):
+        parse_instance(repeated)
