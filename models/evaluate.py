@@ -328,6 +328,12 @@ TERM_DIRECTIONS = {
 }
 
 
+def _columns(names: list[str]) -> list[int]:
+    """The columns of a design matrix built over :data:`CALIBRATION_TERMS` (after the column of ones)
+    that hold ``names``, the column of ones first."""
+    return [0, *(1 + CALIBRATION_TERMS.index(name) for name in names)]
+
+
 def _fit_terms(
     design: npt.NDArray[np.float64], y: npt.NDArray[np.float64]
 ) -> tuple[list[str], npt.NDArray[np.float64]]:
@@ -335,8 +341,7 @@ def _fit_terms(
     ``design`` holds a column of ones and one per :data:`CALIBRATION_TERMS`."""
     names = list(CALIBRATION_TERMS)
     while True:
-        columns = [0, *(1 + CALIBRATION_TERMS.index(name) for name in names)]
-        beta = _logistic(design[:, columns], y, FIT_RIDGE)
+        beta = _logistic(design[:, _columns(names)], y, FIT_RIDGE)
         against = {
             name: abs(weight)
             for name, weight in zip(names, beta[1:], strict=True)
@@ -360,8 +365,7 @@ def fit_calibration(cases: list[Case]) -> tuple[Calibration, float]:
     for index in range(len(usable)):
         keep = np.arange(len(usable)) != index
         other_names, other = _fit_terms(design[keep], y[keep])
-        columns = [0, *(1 + CALIBRATION_TERMS.index(name) for name in other_names)]
-        held_out.append(float(design[index, columns] @ other))
+        held_out.append(float(design[index, _columns(other_names)] @ other))
     loo_auc = auc([-v for v in held_out], [c.off for c in usable])
     coefficients = {name: round(float(b), 4) for name, b in zip(names, beta[1:], strict=True)}
     calibration = Calibration(round(float(beta[0]), 4), coefficients, check_below=0.0)

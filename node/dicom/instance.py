@@ -424,11 +424,9 @@ def _undefined_value_end(data: bytes, position: int, order: str) -> int:
 _Framed = tuple[str | None, int, int, int]
 
 
-def _check_structure(
-    data: bytes, start: int, transfer_syntax: UID, wanted: frozenset[int]
-) -> dict[int, _Framed]:
-    """Walk every element and item header of the dataset, without recursion; return where the
-    top-level elements of ``wanted`` (tags) lie, sequences left out, the last of a repeated tag kept.
+def _check_structure(data: bytes, start: int, transfer_syntax: UID, wanted: frozenset[int]) -> _Walked:
+    """Walk every element and item header of the dataset, without recursion; return the top-level
+    elements of ``wanted`` (tags) as read, sequences left out, the last of a repeated tag kept.
 
     Checks what pydicom does not: each value fits in its containing item or sequence (and in the
     data), each undefined-length sequence and item is closed by its delimiter (PS3.5 7.5), and the
@@ -453,7 +451,7 @@ def _check_structure(
                 where = "the data" if len(open_) == 1 else "the item or sequence holding it"
                 raise MalformedInstance(f"an element runs past the end of {where}")
             if len(open_) == 1:
-                return found
+                return _Walked(data, found, explicit, transfer_syntax.is_little_endian)
             open_.pop()
             depth -= container.is_sequence
             continue
@@ -724,14 +722,8 @@ def parse_instance(
     body = data
     if transfer_syntax.is_deflated:
         body, start = _inflated(data[start:]), 0
-    framed = _check_structure(body, start, transfer_syntax, _HEADER_TAGS)
+    dataset = _check_structure(body, start, transfer_syntax, _HEADER_TAGS)
     try:
-        dataset = _Walked(
-            body,
-            framed,
-            _looks_explicit(body, start, not transfer_syntax.is_implicit_VR),
-            transfer_syntax.is_little_endian,
-        )
         _check_pixel_data(dataset, transfer_syntax)
     except MalformedInstance:
         raise
