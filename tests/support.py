@@ -320,9 +320,26 @@ class NodeServer:
             raise
 
     def restart(self) -> NodeServer:
-        """Start again on the same data directory and port (after kill9 or terminate)."""
+        """Start again on the same data directory and port (after kill9 or terminate).
+
+        What is left of the previous process group (receiver processes of a serve that killed itself
+        die a moment after it) is killed and waited for first: one still holding the DICOM port would
+        answer the readiness check for a node that has not yet reconciled its spool."""
         if self.is_running():
             self.terminate()
+        if self.process is not None:
+            group = self.process.pid
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+
+            def group_gone() -> bool:
+                try:
+                    os.killpg(group, 0)
+                except ProcessLookupError:
+                    return True
+                return False
+
+            wait_for(group_gone, 30, "the previous server's processes to exit")
         return self.start()
 
     def stop(self) -> None:
