@@ -327,12 +327,15 @@ class _Connections:
 
     def _prune(self) -> None:
         """Forget connections that are over: their association ended, or they were closed before
-        one began (a TLS handshake that never finished)."""
+        one began (a TLS handshake that never finished).
+
+        An association is attached before its thread starts; one not started yet is not over (if
+        it were forgotten then, nothing would ever hold it to the request deadline)."""
         gone = [
             key
             for key, c in self._open.items()
             if c.socket.fileno() == -1
-            or (c.association is not None and not c.association.is_alive())
+            or (c.association is not None and _ended(c.association))
             or (c.association is None and c.closed_by_node is not None)
         ]
         for key in gone:
@@ -371,6 +374,11 @@ class _Connections:
     def stop(self) -> None:
         """End :meth:`watch`."""
         self._stopping.set()
+
+
+def _ended(thread: threading.Thread) -> bool:
+    """Whether ``thread`` has run and finished (not merely not started yet)."""
+    return thread.ident is not None and not thread.is_alive()
 
 
 def _close(sock: socket.socket) -> None:
