@@ -173,10 +173,12 @@ def main(argv: list[str] | None = None) -> int:
                 "use": (
                     "a deep ensemble of two (Lakshminarayanan et al., NeurIPS 2017): the same network, "
                     "augmentation and data from another seed, trained for one 40-epoch cycle (the "
-                    "model: 56 epochs and a 40-epoch restart); the node segments every frame with the "
-                    "mean of the two networks' logits (averaged logits rather than the paper's averaged "
-                    "probabilities), and how far the companion alone lies from the pair on the ED and "
-                    "ES frames is a term of the QC confidence."
+                    "model: 56 epochs and a 40-epoch restart); the node measures the ED and ES volumes "
+                    "with the mean of the two networks' logits (averaged logits rather than the paper's "
+                    "averaged probabilities) on the ED and ES phases, which the model alone finds on "
+                    "every frame (under the every-phase basal rule, the pair segments every frame), and "
+                    "how far the companion alone lies from the pair on the ED and ES frames is a term "
+                    "of the QC confidence."
                 ),
                 "train": COMPANION_COMMAND,
                 "best_epoch": int(companion.get("epoch", 0)),

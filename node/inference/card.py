@@ -67,10 +67,12 @@ class CompanionSpec(BaseModel):
     """A second network released with the model: the same network, augmentation and data from another
     seed (its own training command is in the card; 2.0.0's trained one cycle shorter than the model).
 
-    The node averages the two networks' logits on every frame (a deep ensemble after Lakshminarayanan
-    et al., NeurIPS 2017, who average probabilities: steadier volumes on scanners unlike the training
-    data), and how far the companion alone lies from the pair on the ED and ES frames is a term of the
-    confidence. Same input, output and preprocessing as the model.
+    The node averages the two networks' logits on the ED and ES phases, which the model alone finds
+    on every frame (a deep ensemble after Lakshminarayanan et al., NeurIPS 2017, who average
+    probabilities: steadier volumes on scanners unlike the training data;
+    :meth:`node.pipeline.measure.StackMeasurer.assess`), and how far the companion alone lies from
+    the pair on the ED and ES frames is a term of the confidence. Same input, output and
+    preprocessing as the model.
     """
 
     model_config = ConfigDict(frozen=True, extra="allow")

@@ -152,7 +152,7 @@ _FLAGS: dict[QcFlag, FlagInfo] = {
         " or shown with another contrast, as the model's card weighs them), and the volumes may be off"
         " by more than 15 %.",
         "QC-UNSTABLE",
-        "Segmentation unstable under test-time augmentation",
+        "Low calibrated confidence in the segmentation",
     ),
     QcFlag.FLIP_DISAGREEMENT: FlagInfo(
         True,

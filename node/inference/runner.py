@@ -159,16 +159,21 @@ class Segmentation:
     heart
         The LV extent (original pixels) whose window the network ran on; None when it ran on the
         whole grid. Outside the window, labels are background, with probability 1 in the QC figures.
+    companion_labels
+        Where a companion network took part (the pair): ``(n, rows, cols)`` its labels alone, which
+        quality control weighs against the pair's; None otherwise.
     """
 
     labels: npt.NDArray[np.uint8]
     uncertain_px: npt.NDArray[np.int64]
     heart: Box | None = None
+    companion_labels: npt.NDArray[np.uint8] | None = None
 
 
 class Segmenter:
     """A released model loaded into one ONNX Runtime session (two where its card names a companion
-    network: the pair segments as a deep ensemble, the mean of their logits).
+    network: the pair segments as a deep ensemble, the mean of their logits, unless asked for the
+    model alone).
 
     Without ``heart_margin`` every frame runs on the whole model grid. With it (the node's default,
     :data:`node.config.HEART_WINDOW_MARGIN`), a stack of at least ``2 * LOCATE_EVERY`` frames runs in
@@ -219,7 +224,8 @@ class Segmenter:
         # One stack at a time: each already uses every core (ONNX Runtime's run itself is thread-safe).
         self._lock = threading.Lock()
         #: The card's companion network in a session of its own (None without one): :meth:`logits`
-        #: averages it with the model's; quality control also runs it alone on the ED and ES frames
+        #: averages it with the model's, and a pair's segmentation also keeps the companion's own
+        #: labels, which quality control weighs against the pair's
         #: (:class:`~node.inference.card.CompanionSpec`).
         self.companion = (
             Segmenter(
@@ -240,15 +246,14 @@ class Segmenter:
         """Execution providers the session actually uses."""
         return list(self._session.get_providers())
 
-    def logits(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    def logits(self, batch: npt.NDArray[np.float32], alone: bool = False) -> npt.NDArray[np.float32]:
         """Network output for a model-grid batch ``(n, 1, H, W)``: the model's logits, or with a
-        companion the mean of the two networks' (a deep ensemble)."""
+        companion the mean of the two networks' (a deep ensemble) unless ``alone``."""
         feed = {self.card.input.name: np.ascontiguousarray(batch)}
         (out,) = self._session.run([self.card.output.name], feed)
         logits = np.asarray(out, dtype=np.float32)
-        if self.companion is not None:
-            logits += self.companion.logits(batch)
-            logits *= 0.5
+        if self.companion is not None and not alone:
+            return _ensemble(logits, self.companion.logits(batch))
         return logits
 
     def segment(
@@ -257,6 +262,7 @@ class Segmenter:
         pixel_spacing: tuple[float, float],
         normalised: bool = False,
         heart: Box | None = None,
+        alone: bool = False,
     ) -> Segmentation:
         """Segment every frame of one stack ``(n, rows, cols)`` (normalised together, per the card).
 
@@ -271,9 +277,11 @@ class Segmenter:
         heart
             With ``heart_margin`` set: the LV extent from an earlier segmentation of these frames
             (e.g. mirrored), which skips the first pass. Ignored otherwise.
+        alone
+            Run the model's own network only, without its companion (the same without one).
         """
         with self._lock:
-            return self._segment(frames, pixel_spacing, normalised, heart)
+            return self._segment(frames, pixel_spacing, normalised, heart, alone)
 
     def _segment(
         self,
@@ -281,25 +289,30 @@ class Segmenter:
         pixel_spacing: tuple[float, float],
         normalised: bool,
         heart: Box | None,
+        alone: bool,
     ) -> Segmentation:
         spec = self.card.input
         values = np.asarray(frames, dtype=np.float32) if normalised else normalise(frames, spec.normalisation)
         geometry = plan_geometry(values.shape[1], values.shape[2], pixel_spacing, spec)
         if self.heart_margin is None:
-            return self._segment_window(values, geometry, full_window(geometry), pixel_spacing, None)
+            return self._segment_window(values, geometry, full_window(geometry), pixel_spacing, None, alone)
         if heart is None and values.shape[0] >= 2 * LOCATE_EVERY:
-            heart = self._locate_heart(values, geometry, pixel_spacing)
+            heart = self._locate_heart(values, geometry, pixel_spacing, alone)
         if heart is not None:
             window = heart_window(geometry, heart, pixel_spacing, spec, self.heart_margin)
             if (
                 window.height * window.width
                 <= MAX_WINDOW_FRACTION * geometry.padded_rows * geometry.padded_cols
             ):
-                return self._segment_window(values, geometry, window, pixel_spacing, heart)
-        return self._segment_window(values, geometry, full_window(geometry), pixel_spacing, None)
+                return self._segment_window(values, geometry, window, pixel_spacing, heart, alone)
+        return self._segment_window(values, geometry, full_window(geometry), pixel_spacing, None, alone)
 
     def _locate_heart(
-        self, values: npt.NDArray[np.float32], geometry: Geometry, pixel_spacing: tuple[float, float]
+        self,
+        values: npt.NDArray[np.float32],
+        geometry: Geometry,
+        pixel_spacing: tuple[float, float],
+        alone: bool,
     ) -> Box | None:
         """The LV's extent over the whole grid of evenly spread frames; None where there is no LV."""
         count = values.shape[0]
@@ -310,7 +323,7 @@ class Segmenter:
             batch = window_to_model_grid(
                 values[picked[start : start + self.batch_size]], window, self.card.input.pad_value
             )
-            labels = argmax_classes(crop_window(self.logits(batch), window))
+            labels = argmax_classes(crop_window(self.logits(batch, alone), window))
             found |= np.isin(labels, self._heart).any(axis=0)
         return frame_box(found, pixel_spacing, self.card.input)
 
@@ -321,11 +334,14 @@ class Segmenter:
         window: Window,
         pixel_spacing: tuple[float, float],
         heart: Box | None,
+        alone: bool,
     ) -> Segmentation:
         """Run every frame over ``window``; labels outside it are background."""
         spec = self.card.input
         count = values.shape[0]
         labels = np.full(values.shape, self._background, np.uint8)
+        pair = self.companion is not None and not alone
+        companion_labels = np.full(values.shape, self._background, np.uint8) if pair else None
         uncertain = np.empty(count, np.int64)
         # QC statistics come from the model grid; one model pixel covers this many original pixels.
         per_model_pixel = spec.spacing_mm**2 / (pixel_spacing[0] * pixel_spacing[1])
@@ -335,7 +351,15 @@ class Segmenter:
             # Batches write disjoint frames of the outputs, so they can run on several threads.
             stop = min(start + self.batch_size, count)
             batch = window_to_model_grid(values[start:stop], window, spec.pad_value)
-            logits = crop_window(self.logits(batch), window)
+            if self.companion is not None and companion_labels is not None:
+                logits = self.logits(batch, alone=True)
+                other = self.companion.logits(batch)
+                companion_labels[start:stop][target] = interpolated_argmax(
+                    crop_window(other, window), window.from_model_rows, window.from_model_cols
+                )
+                logits = crop_window(_ensemble(logits, other), window)
+            else:
+                logits = crop_window(self.logits(batch, alone), window)
             labels[start:stop][target] = interpolated_argmax(
                 logits, window.from_model_rows, window.from_model_cols
             )
@@ -353,7 +377,16 @@ class Segmenter:
         else:
             for start in starts:
                 run_batch(start)
-        return Segmentation(labels=labels, uncertain_px=uncertain, heart=heart)
+        return Segmentation(
+            labels=labels, uncertain_px=uncertain, heart=heart, companion_labels=companion_labels
+        )
+
+
+def _ensemble(own: npt.NDArray[np.float32], other: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The pair's logits: the mean of the two networks' (``own`` is overwritten)."""
+    own += other
+    own *= 0.5
+    return own
 
 
 def _open_session(model: ReleasedModel, providers: list[str], plan: Threading) -> ort.InferenceSession:

@@ -50,7 +50,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> ReleasedModel:
 
 def test_a_companion_network_makes_a_deep_ensemble(tiny_model: ReleasedModel, tmp_path: Path) -> None:
     """With a companion on its card, the segmenter's logits are the mean of the two networks' (its
-    labels follow them), and the companion stays available alone for quality control."""
+    labels follow them) unless asked for the model's alone, and the companion stays available alone
+    for quality control."""
     torch = pytest.importorskip("torch", reason="exporting the tiny model needs torch (the train extra)")
     from export.onnx_export import export_onnx
     from models.network import UNet
@@ -69,6 +70,7 @@ def test_a_companion_network_makes_a_deep_ensemble(tiny_model: ReleasedModel, tm
     assert np.abs(first - second).max() > 1e-3  # two different networks
     np.testing.assert_allclose(pair.logits(batch), (first + second) / 2, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(pair.companion.logits(batch), second)
+    np.testing.assert_array_equal(pair.logits(batch, alone=True), first)  # the model's network only
 
 
 @pytest.fixture(scope="module")

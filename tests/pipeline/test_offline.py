@@ -141,20 +141,31 @@ def test_test_time_augmentation_runs_only_where_it_is_weighed_or_asked_for(
     evaluation asks for it (it fits the calibration over every term)."""
     measurer = StackMeasurer(load_segmenter(InferenceSettings(model_version=version)), augment=augment)
     calls: list[int] = []
-    segment = measurer.segmenter.segment
+    in_qc: list[bool] = [False]
+    segment, disagreements = measurer.segmenter.segment, measurer._disagreements
 
     def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
+        if in_qc[0]:
+            calls.append(1)
         return segment(*args, **kwargs)
 
+    def marked(*args: Any, **kwargs: Any) -> Any:
+        in_qc[0] = True
+        try:
+            return disagreements(*args, **kwargs)
+        finally:
+            in_qc[0] = False
+
     measurer.segmenter.segment = counted  # type: ignore[method-assign]
+    measurer._disagreements = marked  # type: ignore[method-assign]
     (result,) = measure_paths([_stack(tmp_path / "stack")], measurer).results
     features = result.qc_features
     assert features is not None
     assert ("disagreement" in features) is augmented
     assert {"uncertain", "esv_ml", "edv_ml", "companion_disagreement"} <= features.keys()
-    # The whole stack once, then per ED and ES phase a mirrored and two contrast variants.
-    assert len(calls) == (1 + 2 * 3 if augmented else 1)
+    # Per ED and ES phase a mirrored and two contrast variants; the companion's own labels come from
+    # the pair's segmentation of those phases, not from another run.
+    assert len(calls) == (2 * 3 if augmented else 0)
     stored = QcFeatures(**{"disagreement": None, **features})
     assert measurer.calibration.confidence(stored) == pytest.approx(result.confidence)
 
