@@ -16,6 +16,7 @@ pytest.importorskip("torch", reason="models.evaluate needs torch (the train extr
 
 from models.data import load_sunnybrook
 from models.evaluate import sunnybrook_case
+from node.domain import BasalRule
 from node.inference.measurements import LabelGeometry, LvClasses, Measurements, base_is_last, measure_labels
 from node.inference.preprocess import normalise
 from node.inference.registry import DEFAULT_MODEL_DIR, find_model
@@ -70,10 +71,10 @@ def test_the_pair_segments_the_ed_and_es_phases_and_the_model_alone_the_others(
     blood, myo, background = (card.class_index(n) for n in ("lv_blood_pool", "lv_myocardium", "background"))
     classes = LvClasses(blood, myo, background)
 
-    def measured_by(alone: bool) -> tuple[np.ndarray, Measurements]:
+    def measured_by(alone: bool, rule: BasalRule = BasalRule.PER_PHASE) -> tuple[np.ndarray, Measurements]:
         found = measurer.segmenter.segment(values, case.pixel_spacing, normalised=True, alone=alone)
         grid = found.labels.reshape(slices, phases, rows, cols).copy()
-        return grid, measure_labels(grid, present, geometry, classes).measurements
+        return grid, measure_labels(grid, present, geometry, classes, rule).measurements
 
     assessed = measurer.assess(values, present, geometry)
     result = assessed.measured.measurements
@@ -90,3 +91,7 @@ def test_the_pair_segments_the_ed_and_es_phases_and_the_model_alone_the_others(
     to_pair = int((assessed.labels[:, key] != everywhere_labels[:, key]).sum())
     to_alone = int((assessed.labels[:, key] != alone_labels[:, key]).sum())
     assert to_pair < to_alone
+    # The every-phase rule judges each basal slice by all phases: there the pair segments every frame.
+    every = measurer.assess(values, present, geometry, basal_rule=BasalRule.EVERY_PHASE)
+    every_labels, _ = measured_by(alone=False, rule=BasalRule.EVERY_PHASE)
+    np.testing.assert_array_equal(every.labels, every_labels)
