@@ -26,8 +26,15 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     peer_end.close()
 
 
-def _connections() -> _Connections:
-    return _Connections(16, 4, request_deadline_s=DEADLINE_S, pdu_deadline_s=60.0)
+ADDRESS = ("127.0.0.4", 40000)
+
+
+def _tracking(node_end: socket.socket, association: threading.Thread) -> tuple[_Connections, float]:
+    """Connections that admitted ``node_end`` and attached ``association`` to it; when it opened."""
+    connections = _Connections(16, 4, request_deadline_s=DEADLINE_S, pdu_deadline_s=60.0)
+    assert connections.admit(node_end, ADDRESS)
+    connections.attach(ADDRESS, association, meter=None)  # type: ignore[arg-type]
+    return connections, connections._open[ADDRESS].opened
 
 
 def test_a_connection_whose_association_has_not_started_yet_is_still_held_to_the_deadline(
@@ -35,11 +42,7 @@ def test_a_connection_whose_association_has_not_started_yet_is_still_held_to_the
 ) -> None:
     """The association is attached before its thread starts; the watchdog must not forget it then."""
     node_end, peer_end = pair
-    connections = _connections()
-    address = ("127.0.0.4", 40000)
-    assert connections.admit(node_end, address)
-    connections.attach(address, Association(AE(), "acceptor"), meter=None)  # type: ignore[arg-type]
-    opened = connections._open[address].opened
+    connections, opened = _tracking(node_end, Association(AE(), "acceptor"))
 
     assert connections.enforce(opened + 0.5) == []  # within the deadline: kept, not forgotten
     overdue = connections.enforce(opened + DEADLINE_S + 0.1)
@@ -52,15 +55,12 @@ def test_a_connection_whose_association_has_ended_is_forgotten_not_closed(
 ) -> None:
     """An ended association's connection is no longer tracked: nothing is closed on its behalf."""
     node_end, peer_end = pair
-    connections = _connections()
-    address = ("127.0.0.4", 40001)
-    assert connections.admit(node_end, address)
     ended = threading.Thread(target=lambda: None)
     ended.start()
     ended.join()
-    connections.attach(address, ended, meter=None)  # type: ignore[arg-type]
+    connections, opened = _tracking(node_end, ended)
 
-    assert connections.enforce(connections._open[address].opened + DEADLINE_S + 0.1) == []
-    assert address not in connections._open
+    assert connections.enforce(opened + DEADLINE_S + 0.1) == []
+    assert ADDRESS not in connections._open
     node_end.sendall(b"x")
     assert peer_end.recv(1) == b"x"  # still open
