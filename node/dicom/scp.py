@@ -377,8 +377,15 @@ class _Connections:
 
 
 def _ended(thread: threading.Thread) -> bool:
-    """Whether ``thread`` has run and finished (not merely not started yet)."""
-    return thread.ident is not None and not thread.is_alive()
+    """Whether ``thread`` has run and finished (not merely not started yet).
+
+    ``is_alive`` is False before the thread starts too, and ``ident`` is set a moment before it counts
+    as started; ``join`` refuses a thread not started, and with no timeout to wait does not wait."""
+    try:
+        thread.join(timeout=0)
+    except RuntimeError:  # not started yet
+        return False
+    return not thread.is_alive()
 
 
 def _close(sock: socket.socket) -> None:

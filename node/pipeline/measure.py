@@ -292,13 +292,16 @@ class StackMeasurer:
         alone, which finds the ED and ES phases; those phases' frames are then segmented again by the
         pair (the mean of the two networks, which the volumes come from), and the stack measured
         again. Where the pair moves ED or ES to a phase it has not segmented, that phase is segmented
-        by the pair too, until both lie on phases it segmented: the ED and ES volumes, mass and QC
-        are the pair's, and the other phases (the volume curve between) the model's alone, for a
-        little over half the inference of the pair on every frame. On the three Sunnybrook series,
-        as stored and under the four synthetic shifts of the model evaluation, the volumes were the
-        pair's on every frame in 13 of 15 and 0.4 and 1.4 mL below in two (ED on the next phase).
-        The every-phase rule judges a basal slice by all phases, so there the pair segments every
-        frame (the model alone is less sure of a coarse basal slice in some phase than the pair).
+        by the pair too, until both lie on phases it segmented: the ED and ES frames, which the
+        volumes, mass and QC are read from, are the pair's (a frame missing there is interpolated
+        from its slice's other phases, as the measurement does, and those are the model's alone), and
+        the other phases (the volume curve between) the model's alone, for a little over half the
+        inference of the pair on every frame. On the three Sunnybrook series, as stored and under the
+        four synthetic shifts of the model evaluation, the volumes were the pair's on every frame in
+        13 of 15 and 0.4 and 1.4 mL below in two (ED on the next phase). Where the model alone finds
+        no ventricle, the pair segments every frame before the stack is given up. The every-phase
+        rule judges a basal slice by all phases, so there the pair segments every frame (the model
+        alone is less sure of a coarse basal slice in some phase than the pair).
         """
         refining = self.segmenter.companion is not None and basal_rule is not BasalRule.EVERY_PHASE
         spacing = geometry.pixel_spacing
@@ -316,9 +319,17 @@ class StackMeasurer:
             labels = grid.copy() if refining else grid
             measured = measure_labels(labels, present, geometry, self._classes, basal_rule)
             result = measured.measurements
-            phases = sorted({result.ed_phase, result.es_phase} - refined) if refining else []
+            key = {result.ed_phase, result.es_phase}
+            if result.edv_ml == 0.0:  # no ventricle yet: the pair looks at every phase
+                key = set(range(present.shape[1]))
+            phases = sorted(key - refined) if refining else []
             if not phases:
-                return _Segmented(labels, measured, uncertain_px, heart, companion)
+                # The companion's labels of the ED and ES frames only (copies: not the whole stack's).
+                ends = cells[:, sorted({result.ed_phase, result.es_phase})]
+                kept = {
+                    frame: companion[frame].copy() for frame in ends[ends >= 0].tolist() if frame in companion
+                }
+                return _Segmented(labels, measured, uncertain_px, heart, kept)
             where = np.zeros_like(present)
             where[:, phases] = present[:, phases]
             frames = cells[where]  # slice-major, as ``grid[where]`` is ordered

@@ -46,12 +46,15 @@ def end_to_end(threads: int) -> tuple[float, float]:
     return elapsed, peak_kib / 1024
 
 
-def inference_only(threads: int, repeat: int, heart_margin: int) -> tuple[dict[str, list[float]], str]:
+def inference_only(
+    threads: int, repeat: int, heart_margin: int, compare: bool = True
+) -> tuple[dict[str, list[float]], str]:
     """Seconds of the series' segmentation after one warm-up (margin 0: whole grid): ``node``, the
     segmentation calls of one ``StackMeasurer.measure`` (the model alone on the 240 frames, then the
     pair on the ED and ES phases' frames, again where the pair moves ED or ES), timed around each
-    call; ``pair``, for comparison, the pair on every frame."""
+    call; with ``compare``, ``pair``: the pair on every frame (normalised frames, as the node's)."""
     from node.config import InferenceSettings
+    from node.inference.preprocess import normalise
     from node.inference.runner import Segmentation, load_segmenter
     from node.pipeline.measure import StackMeasurer
     from node.pipeline.offline import collect
@@ -63,7 +66,8 @@ def inference_only(threads: int, repeat: int, heart_margin: int) -> tuple[dict[s
     segmenter = load_segmenter(settings)
     measurer = StackMeasurer(segmenter, settings.basal_rule)
     (plan,) = find_sax_stacks(collect([SERIES], [])).stacks
-    frames = load_pixels(plan, Path("/")).frames.reshape(-1, plan.rows, plan.columns)
+    stored = load_pixels(plan, Path("/")).frames.reshape(-1, plan.rows, plan.columns)
+    frames = normalise(stored, segmenter.card.input.normalisation)
     segment = segmenter.segment
     spent: list[float] = []
 
@@ -81,9 +85,10 @@ def inference_only(threads: int, repeat: int, heart_margin: int) -> tuple[dict[s
         spent.clear()
         measurer.measure(plan, Path("/"))
         timings["node"].append(sum(spent))
-        started = time.perf_counter()
-        segment(frames, plan.pixel_spacing)
-        timings["pair"].append(time.perf_counter() - started)
+        if compare:
+            started = time.perf_counter()
+            segment(frames, plan.pixel_spacing, normalised=True)
+            timings["pair"].append(time.perf_counter() - started)
     plan_text = (
         f"{segmenter.threading.parallel_batches} batch(es) of {segmenter.batch_size} frames at once, "
         f"{segmenter.threading.intra_op_threads or 'ORT-chosen'} thread(s) each; the node's measure "
@@ -157,7 +162,7 @@ def main() -> None:
         f"(the pair), {statistics.median(alone):.2f} s with the network alone "
         f"({_spread(paired)}; {_spread(alone)})"
     )
-    whole_found, _ = inference_only(args.threads, args.repeat, 0)
+    whole_found, _ = inference_only(args.threads, args.repeat, 0, compare=False)
     whole_timings = whole_found["node"]
     whole = statistics.median(whole_timings)
     print(f"inference, whole grid:        {whole:.2f} s (HEART_WINDOW_MARGIN=0; {_spread(whole_timings)})")

@@ -58,7 +58,10 @@ def test_a_companion_network_makes_a_deep_ensemble(tiny_model: ReleasedModel, tm
 
     torch.manual_seed(1)
     path = tmp_path / "tiny-0.0.1-companion.onnx"
-    export_onnx(UNet((4, 8, 16, 32, 64), len(OUTPUT.classes)), path, SPEC, OUTPUT)
+    network = UNet((4, 8, 16, 32, 64), len(OUTPUT.classes))
+    with torch.no_grad():  # a lean to one class: alone it labels these frames otherwise than the pair
+        network.head.bias.copy_(torch.tensor([0.0, 0.0, 0.2, 0.0]))
+    export_onnx(network, path, SPEC, OUTPUT)
     other = ReleasedModel(
         tiny_model.card.model_copy(update={"file": path.name, "sha256": sha256_of(path)}), path
     )
@@ -71,6 +74,14 @@ def test_a_companion_network_makes_a_deep_ensemble(tiny_model: ReleasedModel, tm
     np.testing.assert_allclose(pair.logits(batch), (first + second) / 2, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(pair.companion.logits(batch), second)
     np.testing.assert_array_equal(pair.logits(batch, alone=True), first)  # the model's network only
+    # A pair's segmentation keeps the companion's own labels of the same frames, on the same window.
+    frames = np.random.default_rng(4).random((3, ROWS, COLS)).astype(np.float32)
+    both = pair.segment(frames, SPACING, normalised=True)
+    assert both.companion_labels is not None
+    by_itself = companion.segment(frames, SPACING, normalised=True)
+    np.testing.assert_array_equal(both.companion_labels, by_itself.labels)
+    assert not np.array_equal(both.labels, both.companion_labels)  # not the pair's
+    assert pair.segment(frames, SPACING, normalised=True, alone=True).companion_labels is None
 
 
 @pytest.fixture(scope="module")

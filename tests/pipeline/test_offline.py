@@ -20,9 +20,10 @@ from typer.testing import CliRunner
 
 from node.cli import _stage_bars, app
 from node.config import InferenceSettings
+from node.inference.measurements import LabelGeometry
 from node.inference.qc import QcFeatures
 from node.inference.runner import load_segmenter
-from node.pipeline.measure import StackMeasurer
+from node.pipeline.measure import NoLeftVentricle, StackMeasurer
 from node.pipeline.offline import collect, measure_paths
 from tests.pipeline.test_odd_input import phantom_stack
 from tests.support import clear_dicomnode_env
@@ -158,6 +159,15 @@ def test_test_time_augmentation_runs_only_where_it_is_weighed_or_asked_for(
 
     measurer.segmenter.segment = counted  # type: ignore[method-assign]
     measurer._disagreements = marked  # type: ignore[method-assign]
+    companion_calls: list[int] = []
+    if measurer.segmenter.companion is not None:
+        alone = measurer.segmenter.companion.segment
+
+        def companion_counted(*args: Any, **kwargs: Any) -> Any:
+            companion_calls.append(1)
+            return alone(*args, **kwargs)
+
+        measurer.segmenter.companion.segment = companion_counted  # type: ignore[method-assign]
     (result,) = measure_paths([_stack(tmp_path / "stack")], measurer).results
     features = result.qc_features
     assert features is not None
@@ -166,8 +176,28 @@ def test_test_time_augmentation_runs_only_where_it_is_weighed_or_asked_for(
     # Per ED and ES phase a mirrored and two contrast variants; the companion's own labels come from
     # the pair's segmentation of those phases, not from another run.
     assert len(calls) == (2 * 3 if augmented else 0)
+    assert companion_calls == []
     stored = QcFeatures(**{"disagreement": None, **features})
     assert measurer.calibration.confidence(stored) == pytest.approx(result.confidence)
+
+
+def test_a_stack_without_a_ventricle_is_given_up_only_after_the_pair_looked_at_every_frame() -> None:
+    """Where the model alone finds no LV blood pool in any frame, the pair (model and companion)
+    segments every frame before the stack is refused as having no left ventricle."""
+    measurer = StackMeasurer(load_segmenter(InferenceSettings()))
+    assert measurer.segmenter.companion is not None
+    calls: list[tuple[int, bool]] = []
+    segment = measurer.segmenter.segment
+
+    def counted(frames: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append((len(frames), bool(kwargs.get("alone", False))))
+        return segment(frames, *args, **kwargs)
+
+    measurer.segmenter.segment = counted  # type: ignore[method-assign]
+    blank = np.zeros((12, 96, 96), dtype=np.float32)  # 3 slices x 4 phases, nothing to see
+    with pytest.raises(NoLeftVentricle):
+        measurer.assess(blank, np.ones((3, 4), dtype=bool), LabelGeometry((1.5, 1.5), 8.0, None))
+    assert calls == [(12, True), (12, False)]  # the model alone, then the pair on all 12 frames
 
 
 def test_files_are_read_only_once_known_to_be_dicom(tmp_path: Path) -> None:
