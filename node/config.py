@@ -117,9 +117,10 @@ class DicomSettings(BaseModel):
         description="connections that have not yet sent their A-ASSOCIATE-RQ; more are closed at once",
     )
     max_pending_per_address: int = Field(
-        default=4,
+        default=16,
         ge=1,
-        description="such connections from one address; more from it are closed at once",
+        description="such connections from one address; more from it are closed at once (keep it above "
+        "max_associations_per_caller: a PACS opens its associations at once)",
     )
     max_associations_per_caller: int = Field(
         default=8, ge=1, le=1000, description="concurrent associations one calling AE title may hold"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from node.config import DicomSettings
 from tests.support import ECHOSCU, NodeServer, free_port, receiver_only_env, run_echoscu, wait_for
 
 pytestmark = pytest.mark.integration
@@ -109,6 +110,33 @@ def test_a_flood_from_the_senders_own_address_keeps_it_out_no_longer_than_the_re
         waited = _echo_until_success(node.port, DEADLINE_S + 8)
     print(f"100 idle sockets from the sender's address: sender served after {waited:.2f} s")
     assert waited <= DEADLINE_S + 3
+
+
+def test_by_default_a_sender_whose_parallel_associations_are_all_still_negotiating_is_let_in(
+    tmp_path: Path,
+) -> None:
+    """A PACS opens its parallel associations at once, and each is pending until the node has read its
+    request. On the default settings, as many pending connections from the sender's address as one
+    caller may hold associations (a busy node not yet reading them) leave room for one more. One
+    receiver process, so that every connection meets in it."""
+    settings = DicomSettings()
+    defaults = NodeServer(
+        data_dir=tmp_path / "data",
+        log_path=tmp_path / "node.log",
+        port=free_port(),
+        extra_env={
+            **receiver_only_env(),
+            "DICOMNODE_WEB__ENABLED": "false",
+            "DICOMNODE_DICOM__RECEIVER_PROCESSES": "1",
+        },
+    ).start()
+    try:
+        with ExitStack() as stack:
+            _flood(stack, defaults.port, "127.0.0.1", settings.max_associations_per_caller)
+            outcome = run_echoscu(defaults.port)
+        assert outcome.returncode == 0, outcome.stdout + outcome.stderr
+    finally:
+        defaults.stop()
 
 
 def test_association_limits_count_negotiated_associations_only(node: NodeServer) -> None:

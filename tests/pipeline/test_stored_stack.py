@@ -32,10 +32,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.data]
 
 PHASES = 20
 PASSWORD = "a long and unguessable passphrase"
+DONE = ".done"
 
 
 class Pacs:
-    """DCMTK storescp on a free port, storing into a folder."""
+    """DCMTK storescp on a free port, storing into a folder. storescp writes each file under its final
+    name as it receives it, so it is told to mark every file it has finished (``<file>.done``, from
+    its exec-on-reception hook); only marked files are read."""
 
     def __init__(self, folder: Path) -> None:
         if not Path(STORESCP).exists():
@@ -44,7 +47,7 @@ class Pacs:
         self.folder.mkdir()
         self.port = free_port()
         self.process = subprocess.Popen(
-            [STORESCP, "-aet", "PACS", "-od", str(folder), str(self.port)],
+            [STORESCP, "-aet", "PACS", "-od", str(folder), "-xcr", f"touch '#p/#f{DONE}'", str(self.port)],
             env=dcmtk_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -56,7 +59,8 @@ class Pacs:
         return json.dumps([{"ae_title": "PACS", "host": "127.0.0.1", "port": self.port}])
 
     def received(self) -> list[pydicom.Dataset]:
-        return [pydicom.dcmread(path, stop_before_pixels=True) for path in sorted(self.folder.iterdir())]
+        finished = sorted(marker.with_suffix("") for marker in self.folder.glob(f"*{DONE}"))
+        return [pydicom.dcmread(path, stop_before_pixels=True) for path in finished]
 
     def stop(self) -> None:
         self.process.terminate()
