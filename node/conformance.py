@@ -269,7 +269,9 @@ def conformance_statement() -> str:
                     DRAFT_SR_SERIES_NUMBER,
                     "TID 1500 Measurement Report, one TID 1501 group per measured stack: LVEDV, LVESV, LVEF, "
                     "stroke volume, LV mass, AI confidence, each referencing the ED/ES images; QC status, QC "
-                    "flags and the review status as coded qualitative evaluations; statements in words. "
+                    "flags and the review status as coded qualitative evaluations; statements in words; the "
+                    "algorithm (TID 4019): the model's name and version, and as Algorithm Parameters "
+                    "`basal_rule=` the basal rule and `model_sha256=` the sha256 of the model file. "
                     "Completion PARTIAL, Verification UNVERIFIED",
                 ),
                 (

@@ -27,10 +27,12 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """Name and version of the model that produced a result (from its card)."""
+    """The model that produced a result (from its card): name, version and the sha256 of its ONNX file
+    (None on results measured before the node recorded it)."""
 
     name: str
     version: str
+    sha256: str | None = None
 
 
 class BasalRule(StrEnum):
@@ -82,6 +84,8 @@ class StackResult:
     #: results measured before QC 2.
     qc_features: dict[str, float] | None
     model: ModelIdentity
+    #: Which basal frames counted as ventricle; None on results measured before the node recorded it.
+    basal_rule: BasalRule | None
     #: SOP Instance UID per slice at the ED and ES phases (None where the cell is missing).
     ed_sop_instance_uids: tuple[str | None, ...]
     es_sop_instance_uids: tuple[str | None, ...]
@@ -108,7 +112,8 @@ class StackResult:
             "qc_status": str(self.qc_status),
             "qc_flags": list(self.qc_flags),
             "confidence": round(self.confidence, 3),
-            "model": {"name": self.model.name, "version": self.model.version},
+            "model": {"name": self.model.name, "version": self.model.version, "sha256": self.model.sha256},
+            "basal_rule": None if self.basal_rule is None else str(self.basal_rule),
         }
 
     def as_record(self) -> dict[str, Any]:
@@ -123,6 +128,8 @@ class StackResult:
         values["qc_status"] = QcStatus(values["qc_status"])
         values.pop("flip_disagreement_ml", None)  # recorded before QC 2, in mL: not the same measure
         values.setdefault("qc_features", None)
+        rule = values.get("basal_rule")
+        values["basal_rule"] = None if rule is None else BasalRule(rule)
         for name in ("series_instance_uids", "volume_curve_ml", "qc_flags", "ed_sop_instance_uids",
                      "es_sop_instance_uids", "pixel_spacing_mm"):  # fmt: skip
             values[name] = tuple(values[name])

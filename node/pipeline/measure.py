@@ -129,7 +129,7 @@ class StackMeasurer:
         self._myo = card.class_index(MYOCARDIUM)
         self._background = card.class_index(BACKGROUND)
         self._classes = LvClasses(self._blood, self._myo, self._background)
-        self.model = ModelIdentity(name=card.name, version=card.version)
+        self.model = ModelIdentity(name=card.name, version=card.version, sha256=card.sha256)
         self.calibration: Calibration = calibration_of(card)
         self.augment = "log_disagreement" in self.calibration.coefficients if augment is None else augment
 
@@ -194,6 +194,7 @@ class StackMeasurer:
             confidence=quality.confidence,
             qc_features=assessed.features.measured(),
             model=self.model,
+            basal_rule=self.basal_rule,
             ed_sop_instance_uids=uids(ed),
             es_sop_instance_uids=uids(es),
             blood_pool_mm2=tuple(tuple(float(v) for v in row * pixel_area) for row in blood_px),

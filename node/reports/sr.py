@@ -190,6 +190,20 @@ class ReportContent:
     statements: tuple[str, ...]
     ed_images: tuple[ImageReference, ...]
     es_images: tuple[ImageReference, ...]
+    #: TID 4019 Algorithm Parameters: how the volumes were measured (:func:`algorithm_parameters`);
+    #: empty in an SR a node wrote before it stated them.
+    algorithm_parameters: tuple[str, ...] = ()
+
+
+def algorithm_parameters(result: StackResult) -> tuple[str, ...]:
+    """The SR's Algorithm Parameters of a result: the basal rule, and the model file's sha256 (each
+    where the result records it), as ``name=value``."""
+    parameters = []
+    if result.basal_rule is not None:
+        parameters.append(f"basal_rule={result.basal_rule}")
+    if result.model.sha256 is not None:
+        parameters.append(f"model_sha256={result.model.sha256}")
+    return tuple(parameters)
 
 
 class _TextEvaluation(hd.sr.QualitativeEvaluation):
@@ -266,10 +280,10 @@ def _measurements(
     es_images: Sequence[ImageReference],
     *,
     amended: bool,
-    model: ModelIdentity,
+    algorithm_id: hd.sr.AlgorithmIdentification,
 ) -> list[hd.sr.Measurement]:
     """TID 300 measurements. Amended volumes (and EF/SV derived from them) carry no algorithm id."""
-    algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=model.version) if amended else None
+    algorithm = algorithm_id if amended else None
     both = _merged(ed_images, es_images)
 
     def num(
@@ -309,9 +323,14 @@ def _measurement_group(
     if not flags:
         evaluations.append(hd.sr.QualitativeEvaluation(name=QC_FLAG, value=QC_NONE))
     evaluations.extend(_TextEvaluation(text) for text in content.statements)
+    algorithm_id = hd.sr.AlgorithmIdentification(
+        name=content.model.name,
+        version=content.model.version,
+        parameters=content.algorithm_parameters or None,
+    )
     measurements = (
         _measurements(
-            content.values, content.ed_images, content.es_images, amended=amended, model=content.model
+            content.values, content.ed_images, content.es_images, amended=amended, algorithm_id=algorithm_id
         )
         if content.values is not None
         else None
@@ -321,9 +340,7 @@ def _measurement_group(
             uid=content.tracking_uid, identifier=TRACKING_IDENTIFIER
         ),
         finding_sites=[hd.sr.FindingSite(anatomic_location=LEFT_VENTRICLE)],
-        algorithm_id=None
-        if amended
-        else hd.sr.AlgorithmIdentification(name=content.model.name, version=content.model.version),
+        algorithm_id=None if amended else algorithm_id,
         measurements=measurements,
         qualitative_evaluations=evaluations,
     )
@@ -489,6 +506,7 @@ def build_draft_sr(
         ),
         ed_images=_references(result.ed_sop_instance_uids, ed_frame_numbers, by_uid, "end-diastolic"),
         es_images=_references(result.es_sop_instance_uids, es_frame_numbers, by_uid, "end-systolic"),
+        algorithm_parameters=algorithm_parameters(result),
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=[without_patient_name(evidence[0]), *evidence[1:]],
@@ -554,6 +572,7 @@ def read_report(dataset: Dataset) -> ReportContent:
         # Group-level TID 4019 in a draft; inside the AI's own measurements in an amended SR.
         names = _text_values(item, codes.DCM.AlgorithmName, recursive=True)
         versions = _text_values(item, codes.DCM.AlgorithmVersion, recursive=True)
+        parameters = _text_values(item, codes.DCM.AlgorithmParameters, recursive=True)
         review = _code_values(item, REVIEW_STATUS)
         status = _code_values(item, QC_STATUS)
         flags = _code_values(item, QC_FLAG)
@@ -590,6 +609,9 @@ def read_report(dataset: Dataset) -> ReportContent:
             statements=tuple(_text_values(item, QUALITATIVE_EVALUATIONS)),
             ed_images=images.get("edv_ml", ()),
             es_images=images.get("esv_ml", ()),
+            algorithm_parameters=tuple(
+                dict.fromkeys(parameters)
+            ),  # each AI measurement of an amended SR repeats them
         )
     except (AttributeError, KeyError, TypeError, ValueError, IndexError) as error:
         raise ReportError(f"not an SR of the node: {type(error).__name__}") from None
@@ -735,6 +757,7 @@ def build_verified_sr(
         statements=tuple(statements),
         ed_images=found.ed_images,
         es_images=found.es_images,
+        algorithm_parameters=found.algorithm_parameters,
     )
     evidence = _evidence_of(draft)
     if not evidence:

@@ -37,6 +37,10 @@ _COLUMN_FIELDS = frozenset(
 )
 
 
+#: The ``record`` key of the model file's sha256 (:class:`~node.domain.ModelIdentity`).
+MODEL_SHA256 = "model_sha256"
+
+
 class ResultColumns(TypedDict):
     """The ``results`` columns a measurement fills (the insert's values)."""
 
@@ -55,8 +59,10 @@ class ResultColumns(TypedDict):
 
 
 def result_columns(result: StackResult) -> ResultColumns:
-    """The ``results`` column values of a measured stack: its own columns, and ``record`` for the rest."""
+    """The ``results`` column values of a measured stack: its own columns, and ``record`` for the rest
+    (the model's name and version have columns, its sha256 is kept in ``record``)."""
     record = {key: value for key, value in result.as_record().items() if key not in _COLUMN_FIELDS}
+    record[MODEL_SHA256] = result.model.sha256
     return ResultColumns(
         series_instance_uids=list(result.series_instance_uids),
         edv_ml=result.edv_ml,
@@ -187,6 +193,7 @@ class ResultRecord:
         if not self.measured:
             raise ValueError(f"result {self.id} holds no measurement: {self.outcome}")
         values = dict(self.details)
+        sha256 = values.pop(MODEL_SHA256, None)
         values.update(
             study_instance_uid=self.study_instance_uid,
             series_instance_uids=list(self.series_instance_uids),
@@ -198,7 +205,7 @@ class ResultRecord:
             qc_status=self.qc_status,
             qc_flags=list(self.qc_flags),
             confidence=self.confidence,
-            model={"name": self.model_name, "version": self.model_version},
+            model={"name": self.model_name, "version": self.model_version, "sha256": sha256},
         )
         return StackResult.from_record(values)
 

@@ -17,6 +17,9 @@ import pydicom
 import pytest
 
 from models.data import SUNNYBROOK_IDS, load_sunnybrook, polygon_area
+from models.spec import MODEL_NAME
+from node.inference.card import sha256_of
+from node.inference.registry import DEFAULT_MODEL_DIR, find_model
 from tests.support import dicomnode_command
 
 #: Expert reference volumes from ../shared/data/README.md (sum over contoured slices).
@@ -93,10 +96,26 @@ def test_measure_finds_one_stack_per_sunnybrook_series(measured: dict[str, dict[
     expected_keys = {
         "study_instance_uid", "series_instance_uids", "edv_ml", "esv_ml", "ef_pct", "sv_ml", "lv_mass_g",
         "ed_phase", "es_phase", "slices", "phases", "qc_status", "qc_flags", "confidence", "model",
+        "basal_rule",
     }  # fmt: skip
     for patient in REFERENCE:
         assert set(measured[patient]) == expected_keys
         assert 0.0 <= float(measured[patient]["confidence"]) <= 1.0  # type: ignore[arg-type]
+
+
+def test_each_result_names_its_basal_rule_and_the_exact_model_file(
+    measured: dict[str, dict[str, object]], measured_by_default: dict[str, dict[str, object]]
+) -> None:
+    """The rule the volumes were measured by, and the sha256 of the shipped default model's ONNX file."""
+    released = find_model(DEFAULT_MODEL_DIR, MODEL_NAME, None)
+    for results, rule in ((measured, "every_phase"), (measured_by_default, "per_phase")):
+        for patient in REFERENCE:
+            assert results[patient]["basal_rule"] == rule
+            assert results[patient]["model"] == {
+                "name": released.card.name,
+                "version": released.card.version,
+                "sha256": sha256_of(released.path),
+            }
 
 
 def test_measure_matches_expert_volumes(measured: dict[str, dict[str, object]]) -> None:

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage
 
-from node.domain import ModelIdentity, StackResult
+from node.domain import BasalRule, ModelIdentity, StackResult
 from node.inference.measurements import measure
 from node.inference.qc import DEFAULT_CALIBRATION, QcFeatures, assess, qc_status
 from node.pipeline.offline import collect
@@ -33,7 +33,7 @@ CONTOUR_SERIES = "SC-HF-I-1"
 SUNNYBROOK_PHASES = 20
 #: Class indices of the released model card (background, RV, LV myocardium, LV blood pool).
 BACKGROUND, RIGHT_VENTRICLE, MYOCARDIUM, BLOOD_POOL = 0, 1, 2, 3
-MODEL = ModelIdentity(name="lvseg-unet", version="1.0.0")
+MODEL = ModelIdentity(name="lvseg-unet", version="1.0.0", sha256="5e" * 32)
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,7 @@ def build_case(sunnybrook: Path) -> Case:
         confidence=quality.confidence,
         qc_features=None,
         model=MODEL,
+        basal_rule=BasalRule.PER_PHASE,
         ed_sop_instance_uids=uids(numbers.ed_phase),
         es_sop_instance_uids=uids(numbers.es_phase),
         blood_pool_mm2=tuple(tuple(float(v) for v in row * pixel_area) for row in blood_px),
@@ -245,6 +246,7 @@ def build_synthetic(qc_flags: tuple[str, ...] = ("missing_phases",)) -> Syntheti
         confidence=0.6703,
         qc_features=None,
         model=MODEL,
+        basal_rule=BasalRule.PER_PHASE,
         ed_sop_instance_uids=uids(SYNTHETIC_ED),
         es_sop_instance_uids=uids(SYNTHETIC_ES),
         blood_pool_mm2=tuple((400.0, 300.0, 200.0, 350.0) for _ in range(SYNTHETIC_SLICES)),

@@ -20,7 +20,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
-from node.domain import QcStatus, StackResult
+from node.domain import BasalRule, QcStatus, StackResult
 from node.images.frames import SpooledFrame
 from node.pipeline.stacks import StackPlan, find_sax_stacks
 from node.reports.codes import LVEDV, LVEF_MR, LVESV, ReviewStatus
@@ -89,6 +89,7 @@ def _stack(plan: StackPlan) -> Stack:
         confidence=0.9,
         qc_features=None,
         model=MODEL,
+        basal_rule=BasalRule.PER_PHASE,
         ed_sop_instance_uids=uids(ED),
         es_sop_instance_uids=uids(ES),
         blood_pool_mm2=tuple((400.0, 300.0, 200.0, 350.0) for _ in range(plan.slices)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from node.reports.sr import (
     build_draft_sr,
     build_verified_sr,
     check_sign_off_flags,
+    read_report,
 )
 from tests.reports.conftest import Case, Synthetic, read_back
 from tests.validation import dciodvfy, uids_of
@@ -319,6 +321,39 @@ def test_synthetic_draft_builds_without_shared_data(synthetic: Synthetic, tmp_pa
 def synthetic_draft(synthetic: Synthetic) -> Dataset:
     """A draft SR of the synthetic stack."""
     return _draft(synthetic, synthetic.evidence)
+
+
+def _parameters(dataset: Dataset) -> list[str]:
+    return [str(item.TextValue) for item in _items(dataset, codes.DCM.AlgorithmParameters)]
+
+
+def test_the_basal_rule_and_the_model_files_sha256_travel_as_algorithm_parameters(
+    synthetic: Synthetic, synthetic_draft: Dataset
+) -> None:
+    """TID 4019 Algorithm Parameters of the draft say how the volumes were measured and with which
+    exact model file; a signed-off successor states them again, and an amended one with the AI's own
+    values only (the radiologist's values carry no algorithm)."""
+    model = synthetic.result.model
+    expected = ["basal_rule=per_phase", f"model_sha256={model.sha256}"]
+    assert model.sha256 is not None
+    assert _parameters(synthetic_draft) == expected
+    assert read_report(synthetic_draft).algorithm_parameters == tuple(expected)
+    signed = _verify(synthetic_draft, ReviewStatus.SIGNED_OFF)
+    assert _parameters(signed) == expected
+    amended = _verify(synthetic_draft, ReviewStatus.AMENDED)
+    assert set(_parameters(amended)) == set(expected)
+    assert read_report(amended).algorithm_parameters == tuple(expected)
+
+
+def test_a_result_measured_before_the_node_recorded_them_states_no_algorithm_parameters(
+    synthetic: Synthetic,
+) -> None:
+    unrecorded = replace(
+        synthetic.result, basal_rule=None, model=replace(synthetic.result.model, sha256=None)
+    )
+    draft = _draft(replace(synthetic, result=unrecorded), synthetic.evidence)
+    assert _parameters(draft) == []
+    assert read_report(draft).algorithm_parameters == ()
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from node.accounts.users import Role, User
 from node.clock import ManualClock
 from node.config import DeliverySettings, Destination, Settings, StorageSettings
 from node.dicom.instance import InstanceHeader
-from node.domain import ModelIdentity, OutboxKind, Outcome, StackResult
+from node.domain import BasalRule, ModelIdentity, OutboxKind, Outcome, StackResult
 from node.inference.qc import qc_status
 from node.metrics import NodeMetrics
 from node.reports.codes import ReviewStatus
@@ -218,7 +218,8 @@ def seed_result(
         qc_flags=qc_flags,
         confidence=confidence,
         qc_features=None,
-        model=ModelIdentity(name="lvseg-unet", version="1.0.0"),
+        model=ModelIdentity(name="lvseg-unet", version="1.0.0", sha256=MODEL_SHA256),
+        basal_rule=BasalRule.PER_PHASE,
         ed_sop_instance_uids=ed_uids,
         es_sop_instance_uids=es_uids,
         blood_pool_mm2=tuple(tuple(1000.0 for _ in range(PHASES)) for _ in range(SLICES)),
@@ -249,6 +250,10 @@ def seed_result(
         )
         seeded.outbox.add(item, encode(sc), [PACS], seeded.clock.now())
     return str(result_id)
+
+
+#: The sha256 the seeded results record for their model file.
+MODEL_SHA256 = "7a" * 32
 
 
 def publish_draft(seeded: Seeded, result_id: str, result: StackResult, evidence: list[Dataset]) -> str:

@@ -7,11 +7,11 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from sqlalchemy import text
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from node.accounts.users import Role
-from node.domain import Outcome, QcStatus
+from node.domain import BasalRule, Outcome, QcStatus
 from node.inference.qc import qc_statement
 from node.reports.codes import ReviewStatus
 from node.reports.sr import build_verified_sr, read_report
@@ -19,8 +19,11 @@ from node.review.errors import AlreadyReviewed, DraftNotAvailable, InvalidReview
 from node.review.service import ReviewService, person_name
 from node.store.audit import AuditAction
 from node.store.outbox import Outbox
+from node.store.results import MODEL_SHA256
 from node.store.reviews import WorklistFilter, WorklistStatus
+from node.store.schema import results
 from node.web.app import http_status
+from tests.review.seed import MODEL_SHA256 as SEEDED_SHA256
 from tests.review.seed import PACS, Seeded, new_version, seed_result
 
 
@@ -233,3 +236,23 @@ def test_audit_rows_cannot_be_changed_or_deleted(seeded: Seeded) -> None:
 def test_full_names_become_dicom_person_names(typed: str, expected: str) -> None:
     """A user's full name is written to the SR as a PN value, family name first."""
     assert person_name(typed) == expected
+
+
+def test_a_stored_result_keeps_its_basal_rule_and_the_sha256_of_its_model_file(seeded: Seeded) -> None:
+    """Both are read back from the index as measured; a row an older node wrote, which lacks them,
+    reads back with neither (None: not recorded), not with today's defaults."""
+    result_id = seed_result(seeded)
+    stored = seeded.parts.store.result(result_id)
+    assert stored is not None
+    measured = stored.stack_result()
+    assert (measured.basal_rule, measured.model.sha256) == (BasalRule.PER_PHASE, SEEDED_SHA256)
+    assert measured.to_json()["basal_rule"] == "per_phase"
+    with seeded.index.engine.begin() as connection:
+        record = connection.execute(select(results.c.record).where(results.c.id == result_id)).scalar_one()
+        older = {key: value for key, value in record.items() if key not in ("basal_rule", MODEL_SHA256)}
+        connection.execute(update(results).where(results.c.id == result_id).values(record=older))
+    stored = seeded.parts.store.result(result_id)
+    assert stored is not None
+    older_result = stored.stack_result()
+    assert (older_result.basal_rule, older_result.model.sha256) == (None, None)
+    assert older_result.model.version == "1.0.0"

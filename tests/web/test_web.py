@@ -243,7 +243,7 @@ def test_study_page_shows_values_flags_in_words_and_history(client: TestClient, 
     assert "150.0 mL" in page.text and "60.0 %" in page.text and "110.0 g" in page.text
     assert "Slices are missing from the stack (a gap in slice positions)." in page.text
     assert ">check</span> Quality control: check this result" in page.text
-    assert "lvseg-unet 1.0.0" in page.text
+    assert "lvseg-unet 1.0.0 · basal slices counted phase by phase (SCMR)" in page.text
     assert "<svg" in page.text and "ED 150 mL" in page.text and "ES 60 mL" in page.text
     assert "Draft SR (unverified)" in page.text and "Secondary capture" in page.text
     picture = client.get(f"/results/{result_id}/sc.png")
