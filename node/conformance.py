@@ -271,7 +271,8 @@ def conformance_statement() -> str:
                     "stroke volume, LV mass, AI confidence, each referencing the ED/ES images; QC status, QC "
                     "flags and the review status as coded qualitative evaluations; statements in words; the "
                     "algorithm (TID 4019): the model's name and version, and as Algorithm Parameters "
-                    "`basal_rule=` the basal rule and `model_sha256=` the sha256 of the model file. "
+                    "`basal_rule=` the basal rule, `model_sha256=` and `companion_sha256=` the sha256 of the "
+                    "model file and of its companion network's. "
                     "Completion PARTIAL, Verification UNVERIFIED",
                 ),
                 (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any
 
@@ -27,12 +27,14 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """The model that produced a result (from its card): name, version and the sha256 of its ONNX file
-    (None on results measured before the node recorded it)."""
+    """The model that produced a result (from its card): name, version, the sha256 of its ONNX file
+    and of its companion network's where one took part (both None on results measured before the
+    node recorded them)."""
 
     name: str
     version: str
     sha256: str | None = None
+    companion_sha256: str | None = None
 
 
 class BasalRule(StrEnum):
@@ -112,7 +114,7 @@ class StackResult:
             "qc_status": str(self.qc_status),
             "qc_flags": list(self.qc_flags),
             "confidence": round(self.confidence, 3),
-            "model": {"name": self.model.name, "version": self.model.version, "sha256": self.model.sha256},
+            "model": asdict(self.model),
             "basal_rule": None if self.basal_rule is None else str(self.basal_rule),
         }
 
@@ -122,11 +124,14 @@ class StackResult:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> StackResult:
-        """Rebuild a result from :meth:`as_record`'s output (as read back from the index)."""
-        values = dict(record)
-        values["model"] = ModelIdentity(**values["model"])
+        """Rebuild a result from :meth:`as_record`'s output (as read back from the index). Keys this
+        node does not know are left out: a newer node's (in an index several nodes share), and
+        ``flip_disagreement_ml``, which nodes before QC 2 recorded (in mL: not today's measure)."""
+        known = {field.name for field in fields(cls)}
+        values = {key: value for key, value in record.items() if key in known}
+        model_fields = {field.name for field in fields(ModelIdentity)}
+        values["model"] = ModelIdentity(**{k: v for k, v in values["model"].items() if k in model_fields})
         values["qc_status"] = QcStatus(values["qc_status"])
-        values.pop("flip_disagreement_ml", None)  # recorded before QC 2, in mL: not the same measure
         values.setdefault("qc_features", None)
         rule = values.get("basal_rule")
         values["basal_rule"] = None if rule is None else BasalRule(rule)

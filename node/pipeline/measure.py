@@ -129,7 +129,13 @@ class StackMeasurer:
         self._myo = card.class_index(MYOCARDIUM)
         self._background = card.class_index(BACKGROUND)
         self._classes = LvClasses(self._blood, self._myo, self._background)
-        self.model = ModelIdentity(name=card.name, version=card.version, sha256=card.sha256)
+        companion = segmenter.companion
+        self.model = ModelIdentity(
+            name=card.name,
+            version=card.version,
+            sha256=card.sha256,
+            companion_sha256=companion.card.sha256 if companion is not None else None,
+        )
         self.calibration: Calibration = calibration_of(card)
         self.augment = "log_disagreement" in self.calibration.coefficients if augment is None else augment
 

@@ -196,14 +196,14 @@ class ReportContent:
 
 
 def algorithm_parameters(result: StackResult) -> tuple[str, ...]:
-    """The SR's Algorithm Parameters of a result: the basal rule, and the model file's sha256 (each
-    where the result records it), as ``name=value``."""
-    parameters = []
-    if result.basal_rule is not None:
-        parameters.append(f"basal_rule={result.basal_rule}")
-    if result.model.sha256 is not None:
-        parameters.append(f"model_sha256={result.model.sha256}")
-    return tuple(parameters)
+    """The SR's Algorithm Parameters of a result, as ``name=value``: the basal rule, the sha256 of the
+    model file and of its companion network's (each where the result records it)."""
+    recorded = {
+        "basal_rule": result.basal_rule,
+        "model_sha256": result.model.sha256,
+        "companion_sha256": result.model.companion_sha256,
+    }
+    return tuple(f"{name}={value}" for name, value in recorded.items() if value is not None)
 
 
 class _TextEvaluation(hd.sr.QualitativeEvaluation):
@@ -573,6 +573,7 @@ def read_report(dataset: Dataset) -> ReportContent:
         names = _text_values(item, codes.DCM.AlgorithmName, recursive=True)
         versions = _text_values(item, codes.DCM.AlgorithmVersion, recursive=True)
         parameters = _text_values(item, codes.DCM.AlgorithmParameters, recursive=True)
+        stated = dict(parameter.partition("=")[::2] for parameter in parameters)
         review = _code_values(item, REVIEW_STATUS)
         status = _code_values(item, QC_STATUS)
         flags = _code_values(item, QC_FLAG)
@@ -600,7 +601,12 @@ def read_report(dataset: Dataset) -> ReportContent:
         if not names or not versions or len(review) != 1:
             raise ReportError("measurement group lacks the algorithm or the review status")
         return ReportContent(
-            model=ModelIdentity(name=names[0], version=versions[0]),
+            model=ModelIdentity(
+                name=names[0],
+                version=versions[0],
+                sha256=stated.get("model_sha256"),
+                companion_sha256=stated.get("companion_sha256"),
+            ),
             tracking_uid=str(group.tracking_uid),
             values=ReportedValues(**values) if len(values) == len(fields(ReportedValues)) else None,
             review=review_status_of(review[0]),

@@ -8,7 +8,7 @@ why nothing was measured). :meth:`ResultRecord.stack_result` puts the two togeth
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, TypedDict
 
@@ -37,8 +37,12 @@ _COLUMN_FIELDS = frozenset(
 )
 
 
-#: The ``record`` key of the model file's sha256 (:class:`~node.domain.ModelIdentity`).
-MODEL_SHA256 = "model_sha256"
+#: The ``record`` key of what identifies the model's files (:class:`~node.domain.ModelIdentity` less
+#: the name and version, which have columns).
+MODEL_FILES = "model_files"
+
+
+_MODEL_COLUMNS = ("name", "version")
 
 
 class ResultColumns(TypedDict):
@@ -60,9 +64,11 @@ class ResultColumns(TypedDict):
 
 def result_columns(result: StackResult) -> ResultColumns:
     """The ``results`` column values of a measured stack: its own columns, and ``record`` for the rest
-    (the model's name and version have columns, its sha256 is kept in ``record``)."""
+    (the model's name and version have columns, its files' sha256 are kept in ``record``)."""
     record = {key: value for key, value in result.as_record().items() if key not in _COLUMN_FIELDS}
-    record[MODEL_SHA256] = result.model.sha256
+    record[MODEL_FILES] = {
+        key: value for key, value in asdict(result.model).items() if key not in _MODEL_COLUMNS
+    }
     return ResultColumns(
         series_instance_uids=list(result.series_instance_uids),
         edv_ml=result.edv_ml,
@@ -193,7 +199,7 @@ class ResultRecord:
         if not self.measured:
             raise ValueError(f"result {self.id} holds no measurement: {self.outcome}")
         values = dict(self.details)
-        sha256 = values.pop(MODEL_SHA256, None)
+        files = values.pop(MODEL_FILES, {})
         values.update(
             study_instance_uid=self.study_instance_uid,
             series_instance_uids=list(self.series_instance_uids),
@@ -205,7 +211,7 @@ class ResultRecord:
             qc_status=self.qc_status,
             qc_flags=list(self.qc_flags),
             confidence=self.confidence,
-            model={"name": self.model_name, "version": self.model_version, "sha256": sha256},
+            model={**files, "name": self.model_name, "version": self.model_version},
         )
         return StackResult.from_record(values)
 

@@ -119,6 +119,8 @@ def test_by_default_a_sender_whose_parallel_associations_are_all_still_negotiati
     request. On the default settings, as many pending connections from the sender's address as one
     caller may hold associations (a busy node not yet reading them) leave room for one more. One
     receiver process, so that every connection meets in it."""
+    if not Path(ECHOSCU).exists():
+        pytest.skip("DCMTK echoscu is not installed (apt-get install dcmtk)")
     settings = DicomSettings()
     defaults = NodeServer(
         data_dir=tmp_path / "data",

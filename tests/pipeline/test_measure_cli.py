@@ -106,8 +106,10 @@ def test_measure_finds_one_stack_per_sunnybrook_series(measured: dict[str, dict[
 def test_each_result_names_its_basal_rule_and_the_exact_model_file(
     measured: dict[str, dict[str, object]], measured_by_default: dict[str, dict[str, object]]
 ) -> None:
-    """The rule the volumes were measured by, and the sha256 of the shipped default model's ONNX file."""
+    """The rule the volumes were measured by, and the sha256 of the shipped default model's ONNX file
+    and of its companion network's."""
     released = find_model(DEFAULT_MODEL_DIR, MODEL_NAME, None)
+    assert released.companion is not None, "the shipped default pairs its network with a companion"
     for results, rule in ((measured, "every_phase"), (measured_by_default, "per_phase")):
         for patient in REFERENCE:
             assert results[patient]["basal_rule"] == rule
@@ -115,6 +117,7 @@ def test_each_result_names_its_basal_rule_and_the_exact_model_file(
                 "name": released.card.name,
                 "version": released.card.version,
                 "sha256": sha256_of(released.path),
+                "companion_sha256": sha256_of(released.companion.path),
             }
 
 

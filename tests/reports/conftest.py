@@ -33,7 +33,7 @@ CONTOUR_SERIES = "SC-HF-I-1"
 SUNNYBROOK_PHASES = 20
 #: Class indices of the released model card (background, RV, LV myocardium, LV blood pool).
 BACKGROUND, RIGHT_VENTRICLE, MYOCARDIUM, BLOOD_POOL = 0, 1, 2, 3
-MODEL = ModelIdentity(name="lvseg-unet", version="1.0.0", sha256="5e" * 32)
+MODEL = ModelIdentity(name="lvseg-unet", version="1.0.0", sha256="5e" * 32, companion_sha256="c0" * 32)
 
 
 @dataclass(frozen=True)

@@ -331,15 +331,20 @@ def test_the_basal_rule_and_the_model_files_sha256_travel_as_algorithm_parameter
     synthetic: Synthetic, synthetic_draft: Dataset
 ) -> None:
     """TID 4019 Algorithm Parameters of the draft say how the volumes were measured and with which
-    exact model file; a signed-off successor states them again, and an amended one with the AI's own
-    values only (the radiologist's values carry no algorithm)."""
+    exact model files; a signed-off or rejected successor states them again, and an amended one with
+    the AI's own values only (the radiologist's values carry no algorithm)."""
     model = synthetic.result.model
-    expected = ["basal_rule=per_phase", f"model_sha256={model.sha256}"]
-    assert model.sha256 is not None
+    assert model.sha256 is not None and model.companion_sha256 is not None
+    expected = [
+        "basal_rule=per_phase",
+        f"model_sha256={model.sha256}",
+        f"companion_sha256={model.companion_sha256}",
+    ]
     assert _parameters(synthetic_draft) == expected
     assert read_report(synthetic_draft).algorithm_parameters == tuple(expected)
-    signed = _verify(synthetic_draft, ReviewStatus.SIGNED_OFF)
-    assert _parameters(signed) == expected
+    assert read_report(synthetic_draft).model == model
+    for review in (ReviewStatus.SIGNED_OFF, ReviewStatus.REJECTED):
+        assert _parameters(_verify(synthetic_draft, review)) == expected
     amended = _verify(synthetic_draft, ReviewStatus.AMENDED)
     assert set(_parameters(amended)) == set(expected)
     assert read_report(amended).algorithm_parameters == tuple(expected)
@@ -349,7 +354,9 @@ def test_a_result_measured_before_the_node_recorded_them_states_no_algorithm_par
     synthetic: Synthetic,
 ) -> None:
     unrecorded = replace(
-        synthetic.result, basal_rule=None, model=replace(synthetic.result.model, sha256=None)
+        synthetic.result,
+        basal_rule=None,
+        model=replace(synthetic.result.model, sha256=None, companion_sha256=None),
     )
     draft = _draft(replace(synthetic, result=unrecorded), synthetic.evidence)
     assert _parameters(draft) == []

@@ -218,7 +218,9 @@ def seed_result(
         qc_flags=qc_flags,
         confidence=confidence,
         qc_features=None,
-        model=ModelIdentity(name="lvseg-unet", version="1.0.0", sha256=MODEL_SHA256),
+        model=ModelIdentity(
+            name="lvseg-unet", version="1.0.0", sha256=MODEL_SHA256, companion_sha256=COMPANION_SHA256
+        ),
         basal_rule=BasalRule.PER_PHASE,
         ed_sop_instance_uids=ed_uids,
         es_sop_instance_uids=es_uids,
@@ -252,8 +254,8 @@ def seed_result(
     return str(result_id)
 
 
-#: The sha256 the seeded results record for their model file.
-MODEL_SHA256 = "7a" * 32
+#: The sha256 the seeded results record for their model file and its companion network's.
+MODEL_SHA256, COMPANION_SHA256 = "7a" * 32, "c0" * 32
 
 
 def publish_draft(seeded: Seeded, result_id: str, result: StackResult, evidence: list[Dataset]) -> str:

@@ -11,7 +11,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from node.accounts.users import Role
-from node.domain import BasalRule, Outcome, QcStatus
+from node.domain import BasalRule, Outcome, QcStatus, StackResult
 from node.inference.qc import qc_statement
 from node.reports.codes import ReviewStatus
 from node.reports.sr import build_verified_sr, read_report
@@ -19,12 +19,11 @@ from node.review.errors import AlreadyReviewed, DraftNotAvailable, InvalidReview
 from node.review.service import ReviewService, person_name
 from node.store.audit import AuditAction
 from node.store.outbox import Outbox
-from node.store.results import MODEL_SHA256
+from node.store.results import MODEL_FILES
 from node.store.reviews import WorklistFilter, WorklistStatus
 from node.store.schema import results
 from node.web.app import http_status
-from tests.review.seed import MODEL_SHA256 as SEEDED_SHA256
-from tests.review.seed import PACS, Seeded, new_version, seed_result
+from tests.review.seed import COMPANION_SHA256, MODEL_SHA256, PACS, Seeded, new_version, seed_result
 
 
 def _verified(seeded: Seeded, result_id: str) -> Dataset:
@@ -238,21 +237,53 @@ def test_full_names_become_dicom_person_names(typed: str, expected: str) -> None
     assert person_name(typed) == expected
 
 
-def test_a_stored_result_keeps_its_basal_rule_and_the_sha256_of_its_model_file(seeded: Seeded) -> None:
-    """Both are read back from the index as measured; a row an older node wrote, which lacks them,
-    reads back with neither (None: not recorded), not with today's defaults."""
+def _rewrite_record(seeded: Seeded, result_id: str, change: Any) -> StackResult:
+    """Rewrite a stored result's ``record`` column with ``change(record)``; return the result read back."""
+    with seeded.index.engine.begin() as connection:
+        record = connection.execute(select(results.c.record).where(results.c.id == result_id)).scalar_one()
+        connection.execute(update(results).where(results.c.id == result_id).values(record=change(record)))
+    stored = seeded.parts.store.result(result_id)
+    assert stored is not None
+    return stored.stack_result()
+
+
+def test_a_stored_result_keeps_its_basal_rule_and_the_sha256_of_its_model_files(seeded: Seeded) -> None:
+    """All three are read back from the index as measured; a row an older node wrote, which lacks them,
+    reads back with none (None: not recorded), not with today's defaults."""
     result_id = seed_result(seeded)
     stored = seeded.parts.store.result(result_id)
     assert stored is not None
     measured = stored.stack_result()
-    assert (measured.basal_rule, measured.model.sha256) == (BasalRule.PER_PHASE, SEEDED_SHA256)
+    assert measured.basal_rule == BasalRule.PER_PHASE
+    assert (measured.model.sha256, measured.model.companion_sha256) == (MODEL_SHA256, COMPANION_SHA256)
     assert measured.to_json()["basal_rule"] == "per_phase"
-    with seeded.index.engine.begin() as connection:
-        record = connection.execute(select(results.c.record).where(results.c.id == result_id)).scalar_one()
-        older = {key: value for key, value in record.items() if key not in ("basal_rule", MODEL_SHA256)}
-        connection.execute(update(results).where(results.c.id == result_id).values(record=older))
-    stored = seeded.parts.store.result(result_id)
-    assert stored is not None
-    older_result = stored.stack_result()
-    assert (older_result.basal_rule, older_result.model.sha256) == (None, None)
-    assert older_result.model.version == "1.0.0"
+    older = _rewrite_record(
+        seeded,
+        result_id,
+        lambda record: {
+            key: value for key, value in record.items() if key not in ("basal_rule", MODEL_FILES)
+        },
+    )
+    assert older.basal_rule is None
+    assert (older.model.name, older.model.version, older.model.sha256, older.model.companion_sha256) == (
+        "lvseg-unet",
+        "1.0.0",
+        None,
+        None,
+    )
+
+
+def test_a_result_a_newer_node_stored_with_fields_this_node_does_not_know_still_reads(seeded: Seeded) -> None:
+    """Nodes sharing one index (PostgreSQL) are upgraded one at a time: what a newer node adds to a
+    result, or to its model's identity, is left out here, and the rest reads as stored."""
+    result_id = seed_result(seeded)
+    newer = _rewrite_record(
+        seeded,
+        result_id,
+        lambda record: {
+            **record,
+            "a_later_measure": 1.5,
+            MODEL_FILES: {**record[MODEL_FILES], "a_later_file_sha256": "ff" * 32},
+        },
+    )
+    assert (newer.edv_ml, newer.basal_rule, newer.model.sha256) == (150.0, BasalRule.PER_PHASE, MODEL_SHA256)
