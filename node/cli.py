@@ -516,7 +516,8 @@ def worklist_show(
             "confidence": result.confidence,
             "qc_status": None if result.qc_status is None else str(result.qc_status),
             "qc_flags": list(result.qc_flags),
-            "model": {"name": result.model_name, "version": result.model_version},
+            "model": {"name": result.model_name, "version": result.model_version, **result.model_files},
+            "basal_rule": result.details.get("basal_rule") if result.measured else None,
             "review": None
             if review is None
             else {
@@ -554,6 +555,9 @@ def worklist_show(
             typer.echo(f"{'qc status':<14} {result.qc_status}: {qc_statement(result.qc_status)}")
         for flag in shown["qc_flags"]:
             typer.echo(f"{'qc':<14} {flag_text(flag)}")
+        if result.measured:
+            typer.echo(f"{'model':<14} {result.model_name} {result.model_version}")
+            typer.echo(f"{'basal rule':<14} {shown['basal_rule'] or 'not recorded'}")
         if review is not None:
             reviewer = readable_name(review.full_name)
             typer.echo(f"{'review':<14} {review.status} by {reviewer} at {review.reviewed_at.isoformat()}")

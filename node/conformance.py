@@ -291,7 +291,8 @@ def conformance_statement() -> str:
                 (
                     "Segmentation (optional)",
                     "—",
-                    "LV blood pool and myocardium, binary, one instance per phase",
+                    "LV blood pool and myocardium, binary, one instance per phase; each segment's "
+                    "algorithm identification names the model, with the same parameters as the SR's",
                 ),
             ],
         ),

@@ -51,6 +51,18 @@ class BasalRule(StrEnum):
     EVERY_PHASE = "every_phase"
 
 
+def algorithm_parameters(model: ModelIdentity, basal_rule: BasalRule | None) -> dict[str, str]:
+    """How a result was measured, as the parameters of its algorithm identification (the SR's TID 4019,
+    the SEG's segment descriptions): the basal rule, and the sha256 of the model file and of its
+    companion network's, each where recorded."""
+    recorded = {
+        "basal_rule": basal_rule,
+        "model_sha256": model.sha256,
+        "companion_sha256": model.companion_sha256,
+    }
+    return {name: str(value) for name, value in recorded.items() if value is not None}
+
+
 class QcStatus(StrEnum):
     """What QC asks of the reader: ``check`` this result first, or it looks ``ok`` (still unverified)."""
 

@@ -189,6 +189,7 @@ class Publisher:
                 stack.labels,
                 classes=self.classes,
                 model=stack.result.model,
+                basal_rule=stack.result.basal_rule,
                 series_instance_uid=derived_uid(result_id, "series", SEGMENTATION),
                 sop_instance_uids=[
                     derived_uid(result_id, SEGMENTATION, str(p)) for p in range(stack.result.phases)

@@ -35,7 +35,7 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import DA, TM
 
 from node import __version__
-from node.domain import ModelIdentity
+from node.domain import BasalRule, ModelIdentity, algorithm_parameters
 from node.reports.codes import (
     ANATOMICAL_STRUCTURE,
     ARTIFICIAL_INTELLIGENCE,
@@ -67,10 +67,18 @@ MYOCARDIUM_SEGMENT: Final = 2
 _FRAME_DIMENSIONS: Final = 3
 
 
-def segment_descriptions(model: ModelIdentity) -> list[hd.seg.SegmentDescription]:
-    """The two segments, numbered :data:`BLOOD_POOL_SEGMENT` and :data:`MYOCARDIUM_SEGMENT`."""
+def segment_descriptions(
+    model: ModelIdentity, basal_rule: BasalRule | None = None
+) -> list[hd.seg.SegmentDescription]:
+    """The two segments, numbered :data:`BLOOD_POOL_SEGMENT` and :data:`MYOCARDIUM_SEGMENT`; their
+    algorithm's parameters say how the masks were made (:func:`~node.domain.algorithm_parameters`:
+    the basal rule clears the LV labels of basal frames that are not ventricle)."""
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=model.name, family=ARTIFICIAL_INTELLIGENCE, version=model.version, source=MANUFACTURER
+        name=model.name,
+        family=ARTIFICIAL_INTELLIGENCE,
+        version=model.version,
+        source=MANUFACTURER,
+        parameters=algorithm_parameters(model, basal_rule) or None,
     )
     return [
         hd.seg.SegmentDescription(
@@ -227,6 +235,7 @@ def build_seg(
     sop_instance_uid: str,
     instance_number: int,
     now: datetime,
+    basal_rule: BasalRule | None = None,
     content_description: str | None = None,
     frame_numbers: Sequence[int | None] = (),
     series_number: int = SEG_SERIES_NUMBER,
@@ -244,6 +253,9 @@ def build_seg(
         Which label values are the blood pool and the myocardium.
     now
         Content and instance creation date/time.
+    basal_rule
+        The rule the labels were measured by (with the model's hashes, the algorithm's parameters);
+        None where it is not recorded.
     frame_numbers
         Per source image, its frame number when it is a frame of a multi-frame instance (None for a
         single-frame image; ``source_datasets`` then holds that instance once per frame); empty when
@@ -292,7 +304,7 @@ def build_seg(
             source_images=[without_patient_name(main[0]), *main[1:]],
             pixel_array=stacked,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=segment_descriptions(model),
+            segment_descriptions=segment_descriptions(model, basal_rule),
             series_instance_uid=series_instance_uid,
             series_number=series_number,
             sop_instance_uid=sop_instance_uid,
@@ -331,6 +343,7 @@ def build_seg_series(
     series_instance_uid: str,
     sop_instance_uids: Sequence[str],
     now: datetime,
+    basal_rule: BasalRule | None = None,
     frame_numbers_by_cell: Sequence[Sequence[int | None]] = (),
     series_number: int = SEG_SERIES_NUMBER,
 ) -> list[Dataset]:
@@ -377,6 +390,7 @@ def build_seg_series(
                 else (),
                 classes=classes,
                 model=model,
+                basal_rule=basal_rule,
                 series_instance_uid=series_instance_uid,
                 sop_instance_uid=sop_instance_uids[phase],
                 instance_number=phase + 1,

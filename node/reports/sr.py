@@ -34,7 +34,14 @@ from pydicom.sr.coding import Code
 from pydicom.valuerep import DA, DT, TM
 
 from node import __version__
-from node.domain import ModelIdentity, QcStatus, StackResult, ejection_fraction, stroke_volume
+from node.domain import (
+    ModelIdentity,
+    QcStatus,
+    StackResult,
+    algorithm_parameters,
+    ejection_fraction,
+    stroke_volume,
+)
 from node.inference.qc import flag_text, qc_statement
 from node.reports.codes import (
     AI_CONFIDENCE,
@@ -190,20 +197,16 @@ class ReportContent:
     statements: tuple[str, ...]
     ed_images: tuple[ImageReference, ...]
     es_images: tuple[ImageReference, ...]
-    #: TID 4019 Algorithm Parameters: how the volumes were measured (:func:`algorithm_parameters`);
+    #: TID 4019 Algorithm Parameters: how the volumes were measured (:func:`stated_parameters`);
     #: empty in an SR a node wrote before it stated them.
     algorithm_parameters: tuple[str, ...] = ()
 
 
-def algorithm_parameters(result: StackResult) -> tuple[str, ...]:
-    """The SR's Algorithm Parameters of a result, as ``name=value``: the basal rule, the sha256 of the
-    model file and of its companion network's (each where the result records it)."""
-    recorded = {
-        "basal_rule": result.basal_rule,
-        "model_sha256": result.model.sha256,
-        "companion_sha256": result.model.companion_sha256,
-    }
-    return tuple(f"{name}={value}" for name, value in recorded.items() if value is not None)
+def stated_parameters(result: StackResult) -> tuple[str, ...]:
+    """The SR's Algorithm Parameters of a result (:func:`~node.domain.algorithm_parameters`), each
+    as ``name=value``."""
+    parameters = algorithm_parameters(result.model, result.basal_rule)
+    return tuple(f"{name}={value}" for name, value in parameters.items())
 
 
 class _TextEvaluation(hd.sr.QualitativeEvaluation):
@@ -506,7 +509,7 @@ def build_draft_sr(
         ),
         ed_images=_references(result.ed_sop_instance_uids, ed_frame_numbers, by_uid, "end-diastolic"),
         es_images=_references(result.es_sop_instance_uids, es_frame_numbers, by_uid, "end-systolic"),
-        algorithm_parameters=algorithm_parameters(result),
+        algorithm_parameters=stated_parameters(result),
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=[without_patient_name(evidence[0]), *evidence[1:]],

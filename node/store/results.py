@@ -190,6 +190,12 @@ class ResultRecord:
         )
 
     @property
+    def model_files(self) -> dict[str, str]:
+        """The sha256 of the model's files as recorded (:class:`~node.domain.ModelIdentity`, less the
+        name and version); empty where nothing was measured or an older node did not record them."""
+        return dict(self.details.get(MODEL_FILES) or {}) if self.measured else {}
+
+    @property
     def measured(self) -> bool:
         """Whether this row holds measurements (and so can be reviewed, published and shown)."""
         return self.outcome == Outcome.MEASURED
@@ -199,7 +205,7 @@ class ResultRecord:
         if not self.measured:
             raise ValueError(f"result {self.id} holds no measurement: {self.outcome}")
         values = dict(self.details)
-        files = values.pop(MODEL_FILES, {})
+        values.pop(MODEL_FILES, None)
         values.update(
             study_instance_uid=self.study_instance_uid,
             series_instance_uids=list(self.series_instance_uids),
@@ -211,7 +217,7 @@ class ResultRecord:
             qc_status=self.qc_status,
             qc_flags=list(self.qc_flags),
             confidence=self.confidence,
-            model={**files, "name": self.model_name, "version": self.model_version},
+            model={**self.model_files, "name": self.model_name, "version": self.model_version},
         )
         return StackResult.from_record(values)
 

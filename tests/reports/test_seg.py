@@ -6,11 +6,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import SegmentationStorage
 
+from node.domain import BasalRule
 from node.reports.errors import ReportError
 from node.reports.labels import LabelClasses
 from node.reports.seg import (
@@ -52,6 +54,7 @@ def series(case: Case, tmp_path_factory: pytest.TempPathFactory) -> Iterator[lis
         series_instance_uid=SERIES_UID,
         sop_instance_uids=[_sop(phase) for phase in range(case.result.phases)],
         now=NOW,
+        basal_rule=BasalRule.EVERY_PHASE,
     )
     paths = []
     for instance in instances:
@@ -91,7 +94,8 @@ def test_every_seg_instance_passes_dciodvfy_except_for_the_sources_own_uids(
 
 
 def test_segments_are_coded_lv_blood_pool_and_myocardium_by_the_model(series: list[Path]) -> None:
-    """Segment 1 is blood in the left ventricle, segment 2 the LV myocardium; both AUTOMATIC by the model."""
+    """Segment 1 is blood in the left ventricle, segment 2 the LV myocardium; both AUTOMATIC by the model,
+    whose parameters say how the masks were made."""
     seg = read_back(series[0])
     blood, myocardium = seg.SegmentSequence
     assert (blood.SegmentNumber, blood.SegmentLabel) == (BLOOD_POOL_SEGMENT, "LV blood pool")
@@ -105,6 +109,14 @@ def test_segments_are_coded_lv_blood_pool_and_myocardium_by_the_model(series: li
         (algorithm,) = segment.SegmentationAlgorithmIdentificationSequence
         assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == (MODEL.name, MODEL.version)
         assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"
+        # How the masks were made: the basal rule cleared frames, and the exact model files.
+        assert MODEL.sha256 is not None and MODEL.companion_sha256 is not None
+        parameters = segment.SegmentationAlgorithmIdentificationSequence
+        assert hd.AlgorithmIdentificationSequence.from_sequence(parameters).parameters == {
+            "basal_rule": "every_phase",
+            "model_sha256": MODEL.sha256,
+            "companion_sha256": MODEL.companion_sha256,
+        }
 
 
 def test_each_frame_holds_its_source_images_mask(series: list[Path], case: Case) -> None:

@@ -15,7 +15,7 @@ from node.store.audit import AuditAction
 from node.store.results import backfill_qc_status
 from node.store.reviews import WorklistFilter
 from node.store.schema import results
-from tests.review.seed import PASSWORD, Seeded, seed_result
+from tests.review.seed import COMPANION_SHA256, MODEL_SHA256, PASSWORD, Seeded, seed_result
 
 runner = CliRunner()
 
@@ -77,10 +77,20 @@ def test_worklist_show_prints_flags_in_words_and_audits_the_view(seeded: Seeded)
     assert shown.exit_code == 0, shown.output
     assert "150.0 mL" in shown.output and "Slices are missing from the stack" in shown.output
     assert "confidence     0.90\n" in shown.output
+    assert "model          lvseg-unet 1.0.0\nbasal rule     per_phase\n" in shown.output
     (entry,) = seeded.parts.audit.entries(action=AuditAction.VIEW_STUDY)
     assert entry.target == result_id and entry.address == "cli"
     missing = runner.invoke(app, ["worklist", "show", "no-such-id"], env=_env(seeded))
     assert missing.exit_code == 1 and "error: no such result" in missing.output
+    shown_json = runner.invoke(app, ["worklist", "show", result_id, "--json"], env=_env(seeded))
+    as_json = json.loads(shown_json.output)
+    assert as_json["basal_rule"] == "per_phase"
+    assert as_json["model"] == {
+        "name": "lvseg-unet",
+        "version": "1.0.0",
+        "sha256": MODEL_SHA256,
+        "companion_sha256": COMPANION_SHA256,
+    }
 
 
 def test_worklist_sign_from_the_console(seeded: Seeded) -> None:
