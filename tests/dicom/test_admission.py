@@ -26,22 +26,23 @@ PER_ADDRESS = 4
 A_ASSOCIATE_RQ = 0x01
 
 
-def _node(root: Path, **extra: str) -> NodeServer:
+#: The admission settings of this module's nodes (the test of the defaults aside).
+ADMISSION = {
+    "DICOMNODE_DICOM__REQUEST_DEADLINE_S": str(DEADLINE_S),
+    "DICOMNODE_DICOM__MAX_ASSOCIATIONS": str(MAX_ASSOCIATIONS),
+    "DICOMNODE_DICOM__MAX_PENDING_PER_ADDRESS": str(PER_ADDRESS),
+    "DICOMNODE_DICOM__MAX_PENDING_CONNECTIONS": "16",
+}
+
+
+def _node(root: Path, admission: dict[str, str] = ADMISSION, **extra: str) -> NodeServer:
     if not Path(ECHOSCU).exists():
         pytest.skip("DCMTK echoscu is not installed (apt-get install dcmtk)")
     return NodeServer(
         data_dir=root / "data",
         log_path=root / "node.log",
         port=free_port(),
-        extra_env={
-            **receiver_only_env(),
-            "DICOMNODE_DICOM__REQUEST_DEADLINE_S": str(DEADLINE_S),
-            "DICOMNODE_DICOM__MAX_ASSOCIATIONS": str(MAX_ASSOCIATIONS),
-            "DICOMNODE_DICOM__MAX_PENDING_PER_ADDRESS": str(PER_ADDRESS),
-            "DICOMNODE_DICOM__MAX_PENDING_CONNECTIONS": "16",
-            "DICOMNODE_WEB__ENABLED": "false",
-            **extra,
-        },
+        extra_env={**receiver_only_env(), **admission, "DICOMNODE_WEB__ENABLED": "false", **extra},
     ).start()
 
 
@@ -119,19 +120,8 @@ def test_by_default_a_sender_whose_parallel_associations_are_all_still_negotiati
     request. On the default settings, as many pending connections from the sender's address as one
     caller may hold associations (a busy node not yet reading them) leave room for one more. One
     receiver process, so that every connection meets in it."""
-    if not Path(ECHOSCU).exists():
-        pytest.skip("DCMTK echoscu is not installed (apt-get install dcmtk)")
     settings = DicomSettings()
-    defaults = NodeServer(
-        data_dir=tmp_path / "data",
-        log_path=tmp_path / "node.log",
-        port=free_port(),
-        extra_env={
-            **receiver_only_env(),
-            "DICOMNODE_WEB__ENABLED": "false",
-            "DICOMNODE_DICOM__RECEIVER_PROCESSES": "1",
-        },
-    ).start()
+    defaults = _node(tmp_path, admission={}, DICOMNODE_DICOM__RECEIVER_PROCESSES="1")
     try:
         with ExitStack() as stack:
             _flood(stack, defaults.port, "127.0.0.1", settings.max_associations_per_caller)
