@@ -479,6 +479,7 @@ def worklist_show(
     config: ConfigOption = None,
 ) -> None:
     """Show one result: values, QC flags in plain words, review and deliveries (audited as a view)."""
+    from node.domain import basal_rule_words
     from node.inference.qc import flag_text, qc_statement
     from node.review.errors import ResultNotFound
     from node.store.audit import AuditAction, AuditEntry
@@ -557,7 +558,7 @@ def worklist_show(
             typer.echo(f"{'qc':<14} {flag_text(flag)}")
         if result.measured:
             typer.echo(f"{'model':<14} {result.model_name} {result.model_version}")
-            typer.echo(f"{'basal rule':<14} {shown['basal_rule'] or 'not recorded'}")
+            typer.echo(f"{'measured':<14} {basal_rule_words(shown['basal_rule'])}")
         if review is not None:
             reviewer = readable_name(review.full_name)
             typer.echo(f"{'review':<14} {review.status} by {reviewer} at {review.reviewed_at.isoformat()}")

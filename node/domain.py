@@ -50,6 +50,26 @@ class BasalRule(StrEnum):
     PER_PHASE = "per_phase"
     EVERY_PHASE = "every_phase"
 
+    @property
+    def counted(self) -> str:
+        """How a reader is told which basal slices counted (the worklist, the picture, the console)."""
+        return _BASAL_RULE_WORDS[self]
+
+
+_BASAL_RULE_WORDS = {
+    BasalRule.PER_PHASE: "basal slices judged per phase (SCMR)",
+    BasalRule.EVERY_PHASE: "basal slices only where ventricle in every phase",
+}
+
+
+def basal_rule_words(value: str | None) -> str:
+    """A recorded basal rule (a :class:`BasalRule` value, as the index holds it) in words; ``basal rule
+    not recorded`` for a result measured before the node recorded it."""
+    if not value:
+        return "basal rule not recorded"
+    known = BasalRule._value2member_map_.get(value)
+    return known.counted if isinstance(known, BasalRule) else value
+
 
 def algorithm_parameters(model: ModelIdentity, basal_rule: BasalRule | None) -> dict[str, str]:
     """How a result was measured, as the parameters of its algorithm identification (the SR's TID 4019,

@@ -54,6 +54,8 @@ VALUE_FONT: Final = 28
 BODY_FONT: Final = 19
 SMALL_FONT: Final = 16
 QC_WRAP_CHARS: Final = 30
+#: Characters per line of the basal rule under the model's name (the small font fits about 40).
+RULE_WRAP_CHARS: Final = 38
 
 UNVERIFIED_BANNER: Final = "AI RESULT - NOT VERIFIED BY A RADIOLOGIST"
 
@@ -216,6 +218,11 @@ def _values_column(draw: ImageDraw.ImageDraw, result: StackResult, mid_slice: in
     y += 12
     draw.text((left, y), f"Model {result.model.name} {result.model.version}", fill=DIM_TEXT, font=small)
     y += 21
+    if result.basal_rule is not None:
+        words = result.basal_rule.counted
+        for line in textwrap.wrap(words[0].upper() + words[1:], RULE_WRAP_CHARS):
+            draw.text((left, y), line, fill=DIM_TEXT, font=small)
+            y += 21
     draw.text(
         (left, y), f"Slice {mid_slice + 1} of {result.slices} (mid-ventricular)", fill=DIM_TEXT, font=small
     )

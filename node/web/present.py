@@ -8,7 +8,7 @@ from typing import Any
 
 from node.dicom.dates import date_of
 from node.dicom.names import readable_name
-from node.domain import DeliveryState, OutboxKind, QcStatus
+from node.domain import DeliveryState, OutboxKind, QcStatus, basal_rule_words
 from node.inference.qc import QcFlag, qc_statement, qc_status
 from node.inference.qc import flag_text as _flag_text
 
@@ -106,6 +106,7 @@ FILTERS: Mapping[str, Any] = {
     "person_name": person_name,
     "timestamp": timestamp,
     "flag_text": flag_text,
+    "basal_rule": basal_rule_words,
     "check_reasons": check_reasons,
     "kind_name": kind_name,
     "qc_statement": qc_statement,

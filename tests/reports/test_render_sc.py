@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy.typing as npt
 import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
 
+from node.domain import BasalRule
 from node.reports.codes import ReviewStatus
 from node.reports.errors import ReportError
 from node.reports.labels import LabelClasses
@@ -17,6 +19,7 @@ from node.reports.render import (
     BANNER_COLOURS,
     BANNER_HEIGHT,
     BLOOD_POOL_COLOUR,
+    COLUMN_LEFT,
     HEIGHT,
     MYOCARDIUM_COLOUR,
     PANEL_SIZE,
@@ -99,6 +102,23 @@ def test_verified_page_changes_only_the_banner(synthetic: Synthetic) -> None:
     signed = _synthetic_render(synthetic, Banner.verified("Smith^Jane", NOW, ReviewStatus.SIGNED_OFF))
     assert _banner_colour(signed) == BANNER_COLOURS[BannerKind.VERIFIED]
     assert np.array_equal(draft[BANNER_HEIGHT + 1 :], signed[BANNER_HEIGHT + 1 :])
+
+
+def test_the_page_states_the_basal_rule_under_the_model(synthetic: Synthetic) -> None:
+    """Each rule adds its own text to the values column (a result that records none adds nothing);
+    the frames and the curve, left of that column, are the same."""
+
+    def page(rule: BasalRule | None) -> npt.NDArray[np.uint8]:
+        ruled = replace(synthetic, result=replace(synthetic.result, basal_rule=rule))
+        return _synthetic_render(ruled, Banner.unverified())
+
+    pages = {rule: page(rule) for rule in (None, BasalRule.PER_PHASE, BasalRule.EVERY_PHASE)}
+    unrecorded = pages[None]
+    for rule in (BasalRule.PER_PHASE, BasalRule.EVERY_PHASE):
+        rows, columns = np.nonzero((pages[rule] != unrecorded).any(axis=-1))
+        assert rows.size, f"{rule} is not on the page"
+        assert columns.min() >= COLUMN_LEFT, "the frames or the curve changed"
+    assert not np.array_equal(pages[BasalRule.PER_PHASE], pages[BasalRule.EVERY_PHASE])
 
 
 def test_contours_of_blood_pool_and_myocardium_are_drawn_on_the_frames(case: Case) -> None:

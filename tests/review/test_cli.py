@@ -77,7 +77,8 @@ def test_worklist_show_prints_flags_in_words_and_audits_the_view(seeded: Seeded)
     assert shown.exit_code == 0, shown.output
     assert "150.0 mL" in shown.output and "Slices are missing from the stack" in shown.output
     assert "confidence     0.90\n" in shown.output
-    assert "model          lvseg-unet 1.0.0\nbasal rule     per_phase\n" in shown.output
+    assert "model          lvseg-unet 1.0.0\n" in shown.output
+    assert "measured       basal slices judged per phase (SCMR)\n" in shown.output
     (entry,) = seeded.parts.audit.entries(action=AuditAction.VIEW_STUDY)
     assert entry.target == result_id and entry.address == "cli"
     missing = runner.invoke(app, ["worklist", "show", "no-such-id"], env=_env(seeded))

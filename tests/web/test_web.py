@@ -13,7 +13,7 @@ from pydicom.uid import generate_uid
 
 from node.accounts.users import Role
 from node.config import AuthSettings, WebSettings
-from node.domain import OutboxKind, Outcome
+from node.domain import OutboxKind, Outcome, basal_rule_words
 from node.store.audit import AuditAction
 from node.store.outbox import OutgoingObject
 from node.web.auth import SESSION_COOKIE
@@ -234,6 +234,21 @@ def test_worklist_puts_results_to_check_first_and_says_why(client: TestClient, s
     assert ">ok</span>" in ok_row[: ok_row.index("</tr>")]
 
 
+@pytest.mark.parametrize(
+    ("recorded", "words"),
+    [
+        ("per_phase", "basal slices judged per phase (SCMR)"),
+        ("every_phase", "basal slices only where ventricle in every phase"),
+        (None, "basal rule not recorded"),
+        ("a_later_rule", "a_later_rule"),
+    ],
+)
+def test_the_recorded_basal_rule_reads_in_words(recorded: str | None, words: str) -> None:
+    """As the study page, the picture and ``worklist show`` say it: a result an older node measured
+    says it has none, and a rule only a newer node knows is shown as recorded."""
+    assert basal_rule_words(recorded) == words
+
+
 def test_study_page_shows_values_flags_in_words_and_history(client: TestClient, seeded: Seeded) -> None:
     """The study page shows values with units, QC flags in words, the curve, the SC and deliveries."""
     result_id = seed_result(seeded, qc_flags=("missing_slices",), secondary_capture=True)
@@ -243,7 +258,7 @@ def test_study_page_shows_values_flags_in_words_and_history(client: TestClient, 
     assert "150.0 mL" in page.text and "60.0 %" in page.text and "110.0 g" in page.text
     assert "Slices are missing from the stack (a gap in slice positions)." in page.text
     assert ">check</span> Quality control: check this result" in page.text
-    assert "lvseg-unet 1.0.0 · basal slices counted phase by phase (SCMR)" in page.text
+    assert "lvseg-unet 1.0.0 · basal slices judged per phase (SCMR)" in page.text
     assert "<svg" in page.text and "ED 150 mL" in page.text and "ES 60 mL" in page.text
     assert "Draft SR (unverified)" in page.text and "Secondary capture" in page.text
     picture = client.get(f"/results/{result_id}/sc.png")
