@@ -517,7 +517,7 @@ def worklist_show(
             "confidence": result.confidence,
             "qc_status": None if result.qc_status is None else str(result.qc_status),
             "qc_flags": list(result.qc_flags),
-            "model": {"name": result.model_name, "version": result.model_version, **result.model_files},
+            "model": result.model,
             "basal_rule": result.details.get("basal_rule") if result.measured else None,
             "review": None
             if review is None

@@ -165,8 +165,8 @@ class StackResult:
         values["model"] = ModelIdentity(**{k: v for k, v in values["model"].items() if k in model_fields})
         values["qc_status"] = QcStatus(values["qc_status"])
         values.setdefault("qc_features", None)
-        rule = values.get("basal_rule")
-        values["basal_rule"] = None if rule is None else BasalRule(rule)
+        # A rule only a newer node knows reads as not recorded here, rather than failing the result.
+        values["basal_rule"] = BasalRule._value2member_map_.get(values.get("basal_rule") or "")
         for name in ("series_instance_uids", "volume_curve_ml", "qc_flags", "ed_sop_instance_uids",
                      "es_sop_instance_uids", "pixel_spacing_mm"):  # fmt: skip
             values[name] = tuple(values[name])

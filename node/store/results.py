@@ -8,13 +8,13 @@ why nothing was measured). :meth:`ResultRecord.stack_result` puts the two togeth
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any, TypedDict
 
 from sqlalchemy import select, update
 
-from node.domain import Outcome, QcStatus, StackGrid, StackResult
+from node.domain import ModelIdentity, Outcome, QcStatus, StackGrid, StackResult
 from node.inference.qc import qc_status
 from node.store.index import Index
 from node.store.schema import results
@@ -190,10 +190,16 @@ class ResultRecord:
         )
 
     @property
-    def model_files(self) -> dict[str, str]:
-        """The sha256 of the model's files as recorded (:class:`~node.domain.ModelIdentity`, less the
-        name and version); empty where nothing was measured or an older node did not record them."""
-        return dict(self.details.get(MODEL_FILES) or {}) if self.measured else {}
+    def model(self) -> dict[str, str | None]:
+        """Every field of :class:`~node.domain.ModelIdentity` as recorded: the name and version from
+        their columns, the files' sha256 from ``record``; None where not recorded (nothing measured, or
+        measured by a node that did not record it)."""
+        files = dict(self.details.get(MODEL_FILES) or {}) if self.measured else {}
+        return {
+            **{field.name: files.get(field.name) for field in fields(ModelIdentity)},
+            "name": self.model_name,
+            "version": self.model_version,
+        }
 
     @property
     def measured(self) -> bool:
@@ -217,7 +223,7 @@ class ResultRecord:
             qc_status=self.qc_status,
             qc_flags=list(self.qc_flags),
             confidence=self.confidence,
-            model={**self.model_files, "name": self.model_name, "version": self.model_version},
+            model=self.model,
         )
         return StackResult.from_record(values)
 

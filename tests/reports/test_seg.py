@@ -12,7 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import SegmentationStorage
 
-from node.domain import BasalRule
+from node.domain import BasalRule, ModelIdentity
 from node.reports.errors import ReportError
 from node.reports.labels import LabelClasses
 from node.reports.seg import (
@@ -21,6 +21,7 @@ from node.reports.seg import (
     SERIES_DESCRIPTION,
     build_seg,
     build_seg_series,
+    segment_descriptions,
 )
 from tests.reports.conftest import (
     BLOOD_POOL,
@@ -117,6 +118,15 @@ def test_segments_are_coded_lv_blood_pool_and_myocardium_by_the_model(series: li
             "model_sha256": MODEL.sha256,
             "companion_sha256": MODEL.companion_sha256,
         }
+
+
+def test_a_result_that_records_no_rule_or_hashes_gives_its_segments_no_algorithm_parameters() -> None:
+    """A result an older node measured: the segments name the model and leave the parameters out
+    (Algorithm Parameters is type 3: absent, not empty)."""
+    for segment in segment_descriptions(ModelIdentity(name=MODEL.name, version=MODEL.version)):
+        (algorithm,) = segment.SegmentationAlgorithmIdentificationSequence
+        assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == (MODEL.name, MODEL.version)
+        assert "AlgorithmParameters" not in algorithm
 
 
 def test_each_frame_holds_its_source_images_mask(series: list[Path], case: Case) -> None:

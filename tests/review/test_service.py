@@ -287,3 +287,6 @@ def test_a_result_a_newer_node_stored_with_fields_this_node_does_not_know_still_
         },
     )
     assert (newer.edv_ml, newer.basal_rule, newer.model.sha256) == (150.0, BasalRule.PER_PHASE, MODEL_SHA256)
+    later_rule = _rewrite_record(seeded, result_id, lambda record: {**record, "basal_rule": "a_later_rule"})
+    assert later_rule.basal_rule is None, "a rule this node does not know reads as not recorded"
+    assert later_rule.edv_ml == 150.0
