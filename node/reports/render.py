@@ -56,6 +56,9 @@ SMALL_FONT: Final = 16
 QC_WRAP_CHARS: Final = 30
 #: Characters per line of the basal rule under the model's name (the small font fits about 40).
 RULE_WRAP_CHARS: Final = 38
+#: Height of a line of the small font in the values column, and the gap above the model's name.
+LINE_HEIGHT: Final = 21
+FOOTER_GAP: Final = 12
 
 UNVERIFIED_BANNER: Final = "AI RESULT - NOT VERIFIED BY A RADIOLOGIST"
 
@@ -205,34 +208,42 @@ def _values_column(draw: ImageDraw.ImageDraw, result: StackResult, mid_slice: in
         anchor="ra",
     )
     y += 26
-    flags = [qc_flag_code(flag).meaning for flag in result.qc_flags] or ["No flag raised"]
-    for flag in flags:
-        for number, line in enumerate(textwrap.wrap(flag, QC_WRAP_CHARS)):
-            draw.text(
-                (left + (0 if number == 0 else 14), y),
-                ("- " if number == 0 else "") + line,
-                fill=TEXT,
-                font=small,
-            )
-            y += 21
-    y += 12
-    draw.text((left, y), f"Model {result.model.name} {result.model.version}", fill=DIM_TEXT, font=small)
-    y += 21
-    if result.basal_rule is not None:
-        words = result.basal_rule.counted
-        for line in textwrap.wrap(words[0].upper() + words[1:], RULE_WRAP_CHARS):
-            draw.text((left, y), line, fill=DIM_TEXT, font=small)
-            y += 21
-    draw.text(
-        (left, y), f"Slice {mid_slice + 1} of {result.slices} (mid-ventricular)", fill=DIM_TEXT, font=small
-    )
-    y += 21
-    draw.text(
-        (left, y),
+    rule = result.basal_rule.counted if result.basal_rule is not None else None
+    footer = [
+        f"Model {result.model.name} {result.model.version}",
+        *(textwrap.wrap(rule[0].upper() + rule[1:], RULE_WRAP_CHARS) if rule else []),
+        f"Slice {mid_slice + 1} of {result.slices} (mid-ventricular)",
         f"{result.phases} phases, slice spacing {result.slice_spacing_mm:.1f} mm",
-        fill=DIM_TEXT,
-        font=small,
-    )
+    ]
+    room = (HEIGHT - MARGIN - y - FOOTER_GAP - LINE_HEIGHT * len(footer)) // LINE_HEIGHT
+    flags = [qc_flag_code(flag).meaning for flag in result.qc_flags] or ["No flag raised"]
+    for number, line in _flag_lines(flags, room):
+        draw.text(
+            (left + (0 if number == 0 else 14), y),
+            ("- " if number == 0 else "") + line,
+            fill=TEXT,
+            font=small,
+        )
+        y += LINE_HEIGHT
+    y += FOOTER_GAP
+    for line in footer:
+        draw.text((left, y), line, fill=DIM_TEXT, font=small)
+        y += LINE_HEIGHT
+
+
+def _flag_lines(flags: list[str], room: int) -> list[tuple[int, str]]:
+    """The QC flags' lines (each flag wrapped, with the number of the line within its flag), at most
+    ``room`` of them: where they do not all fit, the last line says how many flags are not shown (the
+    SR lists every one)."""
+    wrapped = [textwrap.wrap(flag, QC_WRAP_CHARS) for flag in flags]
+    if sum(len(lines) for lines in wrapped) > room:
+        kept: list[list[str]] = []
+        for lines in wrapped:
+            if sum(len(k) for k in kept) + len(lines) > room - 1:
+                break
+            kept.append(lines)
+        wrapped = [*kept, [f"{len(flags) - len(kept)} more: see the report (SR)"]]
+    return [(number, line) for lines in wrapped for number, line in enumerate(lines)]
 
 
 def render_summary(

@@ -12,15 +12,18 @@ import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from node.domain import BasalRule
+from node.inference.qc import QcFlag
 from node.reports.codes import ReviewStatus
 from node.reports.errors import ReportError
 from node.reports.labels import LabelClasses
 from node.reports.render import (
+    BACKGROUND,
     BANNER_COLOURS,
     BANNER_HEIGHT,
     BLOOD_POOL_COLOUR,
     COLUMN_LEFT,
     HEIGHT,
+    MARGIN,
     MYOCARDIUM_COLOUR,
     PANEL_SIZE,
     PANEL_TOP,
@@ -28,6 +31,7 @@ from node.reports.render import (
     Banner,
     BannerKind,
     Frame,
+    _flag_lines,
     render_summary,
 )
 from node.reports.sc import SERIES_DESCRIPTIONS, build_sc, patient_orientation
@@ -119,6 +123,24 @@ def test_the_page_states_the_basal_rule_under_the_model(synthetic: Synthetic) ->
         assert rows.size, f"{rule} is not on the page"
         assert columns.min() >= COLUMN_LEFT, "the frames or the curve changed"
     assert not np.array_equal(pages[BasalRule.PER_PHASE], pages[BasalRule.EVERY_PHASE])
+
+
+def test_more_flags_than_the_page_holds_leave_the_model_and_the_rule_on_the_page(
+    synthetic: Synthetic,
+) -> None:
+    """Every QC flag at once, and the rule that takes two lines: the flags that fit are listed, the
+    last line says how many more the SR lists, and nothing is drawn in the page's bottom margin."""
+    every_flag = tuple(str(flag) for flag in QcFlag)
+    crowded = replace(
+        synthetic, result=replace(synthetic.result, qc_flags=every_flag, basal_rule=BasalRule.EVERY_PHASE)
+    )
+    column = _synthetic_render(crowded, Banner.unverified())[:, COLUMN_LEFT:]
+    drawn = np.nonzero((column != BACKGROUND).any(axis=(1, 2)))[0]
+    assert drawn.max() < HEIGHT - MARGIN, "text runs into the bottom margin or off the page"
+    lines = _flag_lines([QcFlag(flag).info.meaning for flag in every_flag], room=6)
+    assert len(lines) <= 6 and lines[-1][1].endswith("more: see the report (SR)")
+    shown = sum(number == 0 for number, _ in lines[:-1])
+    assert lines[-1] == (0, f"{len(every_flag) - shown} more: see the report (SR)")
 
 
 def test_contours_of_blood_pool_and_myocardium_are_drawn_on_the_frames(case: Case) -> None:
