@@ -55,6 +55,12 @@ class BasalRule(StrEnum):
         """How a reader is told which basal slices counted (the worklist, the picture, the console)."""
         return _BASAL_RULE_WORDS[self]
 
+    @classmethod
+    def recorded(cls, value: str | None) -> BasalRule | None:
+        """The rule a result records (its value, as the index holds it); None where it records none or
+        one this node does not know (a newer node's, in an index several nodes share)."""
+        return cls._value2member_map_.get(value or "")  # type: ignore[return-value]
+
 
 _BASAL_RULE_WORDS = {
     BasalRule.PER_PHASE: "basal slices judged per phase (SCMR)",
@@ -67,8 +73,8 @@ def basal_rule_words(value: str | None) -> str:
     not recorded`` for a result measured before the node recorded it."""
     if not value:
         return "basal rule not recorded"
-    known = BasalRule._value2member_map_.get(value)
-    return known.counted if isinstance(known, BasalRule) else value
+    known = BasalRule.recorded(value)
+    return known.counted if known is not None else value
 
 
 def algorithm_parameters(model: ModelIdentity, basal_rule: BasalRule | None) -> dict[str, str]:
@@ -166,7 +172,7 @@ class StackResult:
         values["qc_status"] = QcStatus(values["qc_status"])
         values.setdefault("qc_features", None)
         # A rule only a newer node knows reads as not recorded here, rather than failing the result.
-        values["basal_rule"] = BasalRule._value2member_map_.get(values.get("basal_rule") or "")
+        values["basal_rule"] = BasalRule.recorded(values.get("basal_rule"))
         for name in ("series_instance_uids", "volume_curve_ml", "qc_flags", "ed_sop_instance_uids",
                      "es_sop_instance_uids", "pixel_spacing_mm"):  # fmt: skip
             values[name] = tuple(values[name])

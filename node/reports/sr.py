@@ -575,7 +575,8 @@ def read_report(dataset: Dataset) -> ReportContent:
         # Group-level TID 4019 in a draft; inside the AI's own measurements in an amended SR.
         names = _text_values(item, codes.DCM.AlgorithmName, recursive=True)
         versions = _text_values(item, codes.DCM.AlgorithmVersion, recursive=True)
-        parameters = _text_values(item, codes.DCM.AlgorithmParameters, recursive=True)
+        # Each AI measurement of an amended SR repeats the parameters: each is kept once, in order.
+        parameters = tuple(dict.fromkeys(_text_values(item, codes.DCM.AlgorithmParameters, recursive=True)))
         stated = dict(parameter.partition("=")[::2] for parameter in parameters)
         review = _code_values(item, REVIEW_STATUS)
         status = _code_values(item, QC_STATUS)
@@ -618,9 +619,7 @@ def read_report(dataset: Dataset) -> ReportContent:
             statements=tuple(_text_values(item, QUALITATIVE_EVALUATIONS)),
             ed_images=images.get("edv_ml", ()),
             es_images=images.get("esv_ml", ()),
-            algorithm_parameters=tuple(
-                dict.fromkeys(parameters)
-            ),  # each AI measurement of an amended SR repeats them
+            algorithm_parameters=parameters,
         )
     except (AttributeError, KeyError, TypeError, ValueError, IndexError) as error:
         raise ReportError(f"not an SR of the node: {type(error).__name__}") from None
