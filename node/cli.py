@@ -206,6 +206,8 @@ def _series_text(series: Sequence[str]) -> str:
 
 
 def _print_table(rows: list[dict[str, object]]) -> None:
+    from node.domain import basal_rule_words
+
     header = (
         f"{'stack':>5} {'slices x phases':>15} {'EDV mL':>7} {'ESV mL':>7} {'EF %':>5} {'SV mL':>6} "
         f"{'mass g':>6} {'ED':>3} {'ES':>3} {'conf':>5} {'QC':<5}  QC flags"
@@ -219,11 +221,20 @@ def _print_table(rows: list[dict[str, object]]) -> None:
             f"{row['ed_phase']:>3} {row['es_phase']:>3} {row['confidence']:>5} {row['qc_status']!s:<5}  "
             f"{', '.join(flags) if isinstance(flags, list) and flags else '-'}"
         )
-    for number, row in enumerate(rows, start=1):  # which study and series each row measured
+    for number, row in enumerate(rows, start=1):  # which study and series each row measured, and how
         series = row["series_instance_uids"]
         typer.echo(
             f"{number:>5} study {row['study_instance_uid']}, series "
             f"{_series_text(series if isinstance(series, list) else [str(series)])}"
+        )
+        model = row["model"] if isinstance(row["model"], dict) else {}
+        files = [f"sha256 {model['sha256']!s:.12}"]  # the first 12 hex digits; --json gives all 64
+        if model.get("companion_sha256"):
+            files.append(f"companion sha256 {model['companion_sha256']!s:.12}")
+        rule = row["basal_rule"]
+        typer.echo(
+            f"{'':>5} {model['name']} {model['version']} ({', '.join(files)}), "
+            f"{basal_rule_words(None if rule is None else str(rule))}"
         )
 
 

@@ -18,10 +18,10 @@ from sqlalchemy import and_, case, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
-from node.domain import Outcome, QcStatus
+from node.domain import BasalRule, Outcome, QcStatus
 from node.store.audit import AuditEntry, audit_insert
 from node.store.index import Index
-from node.store.results import ResultRecord, StudyRecord, stored_qc_status
+from node.store.results import MODEL_FILES, ResultRecord, StudyRecord, stored_qc_status
 from node.store.schema import deliveries, outbox, results, reviews, studies
 
 
@@ -107,6 +107,11 @@ class WorklistRow:
     confidence: float | None
     model_name: str | None
     model_version: str | None
+    #: The sha256 of the model's ONNX file and of its companion's; None where not recorded.
+    model_sha256: str | None
+    companion_sha256: str | None
+    #: The basal rule the volumes were measured by; None where not recorded.
+    basal_rule: BasalRule | None
     created_at: datetime
     reviewer: str | None
     reviewed_at: datetime | None
@@ -130,7 +135,13 @@ class WorklistRow:
             "qc_status": None if self.qc_status is None else str(self.qc_status),
             "qc_flags": list(self.qc_flags),
             "confidence": None if self.confidence is None else round(self.confidence, 3),
-            "model": {"name": self.model_name, "version": self.model_version},
+            "model": {
+                "name": self.model_name,
+                "version": self.model_version,
+                "sha256": self.model_sha256,
+                "companion_sha256": self.companion_sha256,
+            },
+            "basal_rule": None if self.basal_rule is None else str(self.basal_rule),
             "reviewer": self.reviewer,
             "reviewed_at": self.reviewed_at.isoformat() if self.reviewed_at else None,
             "deliveries": dict(self.deliveries),
@@ -297,6 +308,11 @@ class ReviewStore:
                 results.c.confidence,
                 results.c.model_name,
                 results.c.model_version,
+                # Provenance kept in ``record`` (a measured stack's; absent for the others): read as
+                # single values, never the whole record with its images.
+                results.c.record[(MODEL_FILES, "sha256")].as_string().label("model_sha256"),
+                results.c.record[(MODEL_FILES, "companion_sha256")].as_string().label("companion_sha256"),
+                results.c.record["basal_rule"].as_string().label("basal_rule"),
                 results.c.created_at,
                 studies.c.patient_name,
                 studies.c.patient_id,
@@ -371,6 +387,9 @@ class ReviewStore:
                 confidence=row["confidence"],
                 model_name=row["model_name"],
                 model_version=row["model_version"],
+                model_sha256=row["model_sha256"],
+                companion_sha256=row["companion_sha256"],
+                basal_rule=BasalRule.recorded(row["basal_rule"]),
                 created_at=row["created_at"],
                 reviewer=row["full_name"],
                 reviewed_at=row["reviewed_at"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -22,6 +23,7 @@ from tests.support import (
     SUNNYBROOK_SERIES,
     NodeServer,
     dcmtk_env,
+    dicomnode_command,
     free_port,
     storescu_command,
     wait_for,
@@ -191,6 +193,21 @@ def test_two_nodes_on_one_postgres_index_measure_each_study_once(
         assert indexed == sum(SUNNYBROOK_SERIES.values())
         measured = [event for node in nodes for event in node.log_events("stack measured")]
         assert len(measured) == 3, [node.log_tail() for node in nodes]
+        # The worklist reads each result's provenance out of PostgreSQL's JSON column.
+        listed = subprocess.run(
+            [*dicomnode_command(), "worklist", "list", "--json"],
+            env={**os.environ, **env, "DICOMNODE_STORAGE__DATA_DIR": str(data_dir)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        rows = json.loads(listed.stdout)
+        assert len(rows) == 3, rows
+        for row in rows:
+            assert row["basal_rule"] == "per_phase", row
+            assert re.fullmatch("[0-9a-f]{64}", row["model"]["sha256"] or ""), row
+            assert re.fullmatch("[0-9a-f]{64}", row["model"]["companion_sha256"] or ""), row
     finally:
         for node in nodes:
             node.stop()

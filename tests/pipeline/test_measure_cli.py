@@ -121,6 +121,26 @@ def test_each_result_names_its_basal_rule_and_the_exact_model_file(
             }
 
 
+def test_the_table_names_the_model_its_files_and_the_basal_rule(sunnybrook: Path) -> None:
+    """Without ``--json``, each stack's lines name the model, the start of its files' sha256 and the
+    basal rule in words (the node's default rule here)."""
+    env = {key: value for key, value in os.environ.items() if key != "DICOMNODE_INFERENCE__BASAL_RULE"}
+    completed = subprocess.run(
+        [*dicomnode_command(), "measure", str(sunnybrook / "SCD0000101")],
+        capture_output=True, text=True, timeout=600, check=False, env=env,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    released = find_model(DEFAULT_MODEL_DIR, MODEL_NAME, None)
+    assert released.companion is not None
+    provenance = (
+        f"{released.card.name} {released.card.version} (sha256 {sha256_of(released.path)[:12]}, "
+        f"companion sha256 {sha256_of(released.companion.path)[:12]}), basal slices judged per phase (SCMR)"
+    )
+    lines = completed.stdout.splitlines()
+    assert lines[0].split()[:3] == ["stack", "slices", "x"]
+    assert [line.strip() for line in lines].count(provenance) == 1, completed.stdout
+
+
 def test_measure_matches_expert_volumes(measured: dict[str, dict[str, object]]) -> None:
     """EDV and ESV mean absolute error is <= 15 mL and every EF is within 5 points of the expert."""
     edv_errors = [abs(float(measured[p]["edv_ml"]) - ref["edv"]) for p, ref in REFERENCE.items()]  # type: ignore[arg-type]

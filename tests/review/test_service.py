@@ -273,6 +273,30 @@ def test_a_stored_result_keeps_its_basal_rule_and_the_sha256_of_its_model_files(
     )
 
 
+def test_the_worklist_row_names_the_basal_rule_and_the_sha256_of_the_model_files(seeded: Seeded) -> None:
+    """``worklist list --json`` gives the same provenance as the result; a row an older node wrote reads
+    with none of it."""
+    result_id = seed_result(seeded)
+    (row,) = seeded.parts.store.worklist(WorklistFilter())
+    assert row.to_json()["model"] == {
+        "name": "lvseg-unet",
+        "version": "1.0.0",
+        "sha256": MODEL_SHA256,
+        "companion_sha256": COMPANION_SHA256,
+    }
+    assert (row.basal_rule, row.to_json()["basal_rule"]) == (BasalRule.PER_PHASE, "per_phase")
+    _rewrite_record(
+        seeded,
+        result_id,
+        lambda record: {
+            key: value for key, value in record.items() if key not in ("basal_rule", MODEL_FILES)
+        },
+    )
+    (older,) = seeded.parts.store.worklist(WorklistFilter())
+    assert (older.basal_rule, older.model_sha256, older.companion_sha256) == (None, None, None)
+    assert older.to_json()["model"]["version"] == "1.0.0"
+
+
 def test_a_result_a_newer_node_stored_with_fields_this_node_does_not_know_still_reads(seeded: Seeded) -> None:
     """Nodes sharing one index (PostgreSQL) are upgraded one at a time: what a newer node adds to a
     result, or to its model's identity, is left out here, and the rest reads as stored."""
