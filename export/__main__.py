@@ -176,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                     "model: 56 epochs and a 40-epoch restart); the node measures the ED and ES volumes "
                     "with the mean of the two networks' logits (averaged logits rather than the paper's "
                     "averaged probabilities) on the ED and ES phases, which the model alone finds on "
-                    "every frame (under the every-phase basal rule, the pair segments every frame), and "
-                    "how far the companion alone lies from the pair on the ED and ES frames is a term "
-                    "of the QC confidence."
+                    "every frame (under the every-phase basal rule, the pair segments every frame); "
+                    "how far the companion alone lies from the pair on the ED and ES frames is offered "
+                    "to the QC calibration as a term, which weighs it only where it tells off results "
+                    "apart on patients held out (qc_calibration, metrics.qc_held_out)."
                 ),
                 "train": COMPANION_COMMAND,
                 "best_epoch": int(companion.get("epoch", 0)),

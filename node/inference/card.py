@@ -52,7 +52,7 @@ class OutputSpec(BaseModel):
 
 
 class QcCalibrationSpec(BaseModel):
-    """How this model's QC features (test-time augmentation, companion disagreement) map to a confidence
+    """How this model's QC features (:data:`node.inference.qc.CALIBRATION_TERMS`) map to a confidence
     (:class:`node.inference.qc.Calibration`), fitted on validation data by ``python -m models.evaluate``."""
 
     model_config = ConfigDict(frozen=True, extra="allow")

@@ -9,10 +9,10 @@ expert's: a logistic function of how much the ED and ES volumes change when the 
 frames mirrored and with their contrast changed (test-time augmentation), and how far the model's
 companion network alone (the same network from another seed; the node measures with the mean of
 the two) lies from the pair (both on the ED and ES frames only), and of a few other measured terms
-(:data:`CALIBRATION_TERMS`); each card weighs the terms its fit kept (2.0.0: the companion,
-uncertain pixels, ESV and ejection fraction). Its coefficients
-and the level below which a result is flagged are fitted for each model on validation data
-(``python -m models.evaluate --fit``) and recorded in the model card.
+(:data:`CALIBRATION_TERMS`); each card weighs the terms its fit chose by how well they tell off
+results apart on patients left out of the fit (2.0.0: the share of uncertain pixels alone). Its
+coefficients and the level below which a result is flagged are fitted for each model on validation
+data (``python -m models.evaluate --fit``) and recorded in the model card.
 """
 
 from __future__ import annotations
@@ -147,10 +147,10 @@ _FLAGS: dict[QcFlag, FlagInfo] = {
     ),
     QcFlag.UNSTABLE_SEGMENTATION: FlagInfo(
         True,
-        "The calibrated confidence is low: the model is unsure of this study (its companion network"
-        " disagrees, the images are hard to read, or the segmentation changes when they are mirrored"
-        " or shown with another contrast, as the model's card weighs them), and the volumes may be off"
-        " by more than 15 %.",
+        "The calibrated confidence is low: the model is unsure of this study (many pixels it cannot"
+        " place with confidence, its companion network disagreeing, or a segmentation that changes when"
+        " the images are mirrored or shown with another contrast, as the model's card weighs them), and"
+        " the volumes may be off by more than 15 %.",
         "QC-UNSTABLE",
         "Low calibrated confidence in the segmentation",
     ),
