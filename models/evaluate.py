@@ -372,9 +372,11 @@ class HeldOut:
         Leave-patient-pair-out AUC (Airola et al., Comput. Stat. Data Anal. 2011, by patient): each
         pair of an off and a good result is ranked by a fit of the chosen terms without either's
         patient. The terms were chosen on all patients, so this is slightly optimistic.
+        With a single term, no fit can change its ranking: its AUC is the same held out or not.
     off_checked, good_checked
         Leave-one-patient-out: each patient's results judged by a fit, and a ``check_below``, found
-        without that patient; the share of off results that are ``check``, and of the others.
+        without that patient; the share of off results that are ``check``, and of the others (of the
+        results the fit can use: a result without a ventricle has no terms and is always ``check``).
     """
 
     patients: int
@@ -384,6 +386,7 @@ class HeldOut:
 
 
 def _patients(cases: Sequence[Case]) -> list[tuple[str, str]]:
+    """Each result's patient: its dataset and case, the same under every shift."""
     return [(case.dataset, case.case) for case in cases]
 
 
@@ -391,7 +394,7 @@ def _pair_out_auc(
     design: npt.NDArray[np.float64],
     y: npt.NDArray[np.float64],
     patients: list[tuple[str, str]],
-    names: list[str],
+    names: Sequence[str],
 ) -> float:
     """Leave-patient-pair-out AUC of a fit of ``names`` (:class:`HeldOut`); NaN without off and good."""
     fits: dict[frozenset[tuple[str, str]], tuple[list[str], npt.NDArray[np.float64]]] = {}
@@ -413,8 +416,7 @@ def _choose_terms(
     design: npt.NDArray[np.float64], y: npt.NDArray[np.float64], patients: list[tuple[str, str]]
 ) -> list[str]:
     """Forward selection by held-out AUC: start with no term, add the term that raises the
-    leave-patient-pair-out AUC most, while it rises by :data:`MIN_AUC_GAIN` or more. Without both off
-    and good results there is nothing to rank: every term is offered to the fit."""
+    leave-patient-pair-out AUC most, while it rises by :data:`MIN_AUC_GAIN` or more."""
     chosen: list[str] = []
     best = 0.5
     while len(chosen) < len(CALIBRATION_TERMS):
@@ -423,8 +425,6 @@ def _choose_terms(
             for name in CALIBRATION_TERMS
             if name not in chosen
         }
-        if any(math.isnan(value) for value in trials.values()):
-            return list(CALIBRATION_TERMS)
         name, value = max(trials.items(), key=lambda item: item[1])
         if value < best + MIN_AUC_GAIN:
             break
@@ -447,6 +447,7 @@ def _check_level(scores: Sequence[float], cases: Sequence[Case]) -> float:
 def _held_out(
     usable: list[Case], design: npt.NDArray[np.float64], y: npt.NDArray[np.float64], names: list[str]
 ) -> HeldOut:
+    """How a calibration over ``names`` does on patients left out of its fit (:class:`HeldOut`)."""
     patients = _patients(usable)
     off_checked: list[bool] = []
     good_checked: list[bool] = []
@@ -471,18 +472,37 @@ def fit_calibration(cases: list[Case]) -> tuple[Calibration, HeldOut]:
     """Logistic regression of "within 15 %" on the :data:`CALIBRATION_TERMS` that the held-out AUC
     chooses (:func:`_choose_terms`; a term fitted against its direction is left out,
     :data:`TERM_DIRECTIONS`), and ``check_below`` the lowest level that marks every off result the
-    other flags leave ``ok``; with how that calibration does on patients it was not fitted on."""
+    other flags leave ``ok``; with how that calibration does on patients it was not fitted on.
+
+    Raises
+    ------
+    ValueError
+        Off results from fewer than 2 patients, or none within 15 %: nothing can be judged on held-out
+        patients. Or no term tells off results apart there: the card would mark every result ``check``.
+    """
     usable = [c for c in cases if all(math.isfinite(v) for v in c.features.terms().values())]
+    failing = {(c.dataset, c.case) for c in usable if c.off}
+    if len(failing) < 2 or all(c.off for c in usable):
+        raise ValueError(
+            f"results off by more than 15 % from {len(failing)} patient(s), and "
+            f"{sum(not c.off for c in usable)} within it: choosing terms on held-out patients needs off "
+            "results from at least 2 patients, and results within 15 %"
+        )
     design = _design(usable, CALIBRATION_TERMS)
     y = np.array([0.0 if c.off else 1.0 for c in usable])
     chosen = _choose_terms(design, y, _patients(usable))
+    if not chosen:
+        raise ValueError(
+            "no term tells off results apart on held-out patients: the confidence would be one value, "
+            "and every result check"
+        )
     names, beta = _fit_terms(design, y, chosen)
     coefficients = {name: round(float(b), 4) for name, b in zip(names, beta[1:], strict=True)}
     calibration = Calibration(round(float(beta[0]), 4), coefficients, check_below=0.0)
     level = _check_level([calibration.confidence(c.features) for c in usable], usable)
     check_below = min(1.0, level + 1e-3) if math.isfinite(level) else 0.0
     return Calibration(calibration.intercept, coefficients, round(check_below, 3)), _held_out(
-        usable, design, y, chosen
+        usable, design, y, names
     )
 
 

@@ -7,7 +7,7 @@ import errno
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -227,7 +227,7 @@ def _print_table(rows: list[dict[str, object]]) -> None:
             f"{number:>5} study {row['study_instance_uid']}, series "
             f"{_series_text(series if isinstance(series, list) else [str(series)])}"
         )
-        model = row["model"] if isinstance(row["model"], dict) else {}
+        model = cast(dict[str, str | None], row["model"])  # StackResult.to_json: every ModelIdentity field
         files = [f"sha256 {model['sha256']!s:.12}"]  # the first 12 hex digits; --json gives all 64
         if model.get("companion_sha256"):
             files.append(f"companion sha256 {model['companion_sha256']!s:.12}")

@@ -70,9 +70,9 @@ class CompanionSpec(BaseModel):
     The node averages the two networks' logits on the ED and ES phases, which the model alone finds
     on every frame (a deep ensemble after Lakshminarayanan et al., NeurIPS 2017, who average
     probabilities: steadier volumes on scanners unlike the training data;
-    :meth:`node.pipeline.measure.StackMeasurer.assess`), and how far the companion alone lies from
-    the pair on the ED and ES frames is a term of the confidence. Same input, output and
-    preprocessing as the model.
+    :meth:`node.pipeline.measure.StackMeasurer.assess`). How far the companion alone lies from the
+    pair on the ED and ES frames is measured for QC and weighed where the card's calibration chose it
+    (2.0.0's did not). Same input, output and preprocessing as the model.
     """
 
     model_config = ConfigDict(frozen=True, extra="allow")

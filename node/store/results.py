@@ -43,6 +43,8 @@ MODEL_FILES = "model_files"
 
 
 _MODEL_COLUMNS = ("name", "version")
+#: The :class:`~node.domain.ModelIdentity` fields kept under ``record[MODEL_FILES]``.
+MODEL_FILE_FIELDS = tuple(field.name for field in fields(ModelIdentity) if field.name not in _MODEL_COLUMNS)
 
 
 class ResultColumns(TypedDict):

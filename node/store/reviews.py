@@ -9,7 +9,7 @@ published, so a crash in between leaves a review that :meth:`ReviewStore.unpubli
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -18,10 +18,10 @@ from sqlalchemy import and_, case, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
-from node.domain import BasalRule, Outcome, QcStatus
+from node.domain import BasalRule, ModelIdentity, Outcome, QcStatus
 from node.store.audit import AuditEntry, audit_insert
 from node.store.index import Index
-from node.store.results import MODEL_FILES, ResultRecord, StudyRecord, stored_qc_status
+from node.store.results import MODEL_FILE_FIELDS, MODEL_FILES, ResultRecord, StudyRecord, stored_qc_status
 from node.store.schema import deliveries, outbox, results, reviews, studies
 
 
@@ -105,12 +105,10 @@ class WorklistRow:
     qc_status: QcStatus | None
     qc_flags: tuple[str, ...]
     confidence: float | None
-    model_name: str | None
-    model_version: str | None
-    #: The sha256 of the model's ONNX file and of its companion's; None where not recorded.
-    model_sha256: str | None
-    companion_sha256: str | None
-    #: The basal rule the volumes were measured by; None where not recorded.
+    #: The model that measured it (its files' sha256 None where not recorded); None where nothing was.
+    model: ModelIdentity | None
+    #: The basal rule the volumes were measured by; None where not recorded, or one this node does not
+    #: know (:meth:`~node.domain.BasalRule.recorded`).
     basal_rule: BasalRule | None
     created_at: datetime
     reviewer: str | None
@@ -135,12 +133,7 @@ class WorklistRow:
             "qc_status": None if self.qc_status is None else str(self.qc_status),
             "qc_flags": list(self.qc_flags),
             "confidence": None if self.confidence is None else round(self.confidence, 3),
-            "model": {
-                "name": self.model_name,
-                "version": self.model_version,
-                "sha256": self.model_sha256,
-                "companion_sha256": self.companion_sha256,
-            },
+            "model": None if self.model is None else asdict(self.model),
             "basal_rule": None if self.basal_rule is None else str(self.basal_rule),
             "reviewer": self.reviewer,
             "reviewed_at": self.reviewed_at.isoformat() if self.reviewed_at else None,
@@ -309,9 +302,11 @@ class ReviewStore:
                 results.c.model_name,
                 results.c.model_version,
                 # Provenance kept in ``record`` (a measured stack's; absent for the others): read as
-                # single values, never the whole record with its images.
-                results.c.record[(MODEL_FILES, "sha256")].as_string().label("model_sha256"),
-                results.c.record[(MODEL_FILES, "companion_sha256")].as_string().label("companion_sha256"),
+                # single values, never the whole record (volume curve, per-slice areas).
+                *(
+                    results.c.record[(MODEL_FILES, name)].as_string().label(f"{MODEL_FILES}.{name}")
+                    for name in MODEL_FILE_FIELDS
+                ),
                 results.c.record["basal_rule"].as_string().label("basal_rule"),
                 results.c.created_at,
                 studies.c.patient_name,
@@ -385,10 +380,13 @@ class ReviewStore:
                 qc_status=stored_qc_status(row["qc_status"], row["outcome"], row["qc_flags"]),
                 qc_flags=tuple(row["qc_flags"] or ()),
                 confidence=row["confidence"],
-                model_name=row["model_name"],
-                model_version=row["model_version"],
-                model_sha256=row["model_sha256"],
-                companion_sha256=row["companion_sha256"],
+                model=None
+                if row["model_name"] is None
+                else ModelIdentity(
+                    name=row["model_name"],
+                    version=row["model_version"],
+                    **{name: row[f"{MODEL_FILES}.{name}"] for name in MODEL_FILE_FIELDS},
+                ),
                 basal_rule=BasalRule.recorded(row["basal_rule"]),
                 created_at=row["created_at"],
                 reviewer=row["full_name"],

@@ -22,12 +22,14 @@ from models.evaluate import (
 from node.inference.qc import CALIBRATION_TERMS, QcFeatures, QcFlag
 
 
-def _case(index: int, off: bool, companion: float, augmented: float, esv: float = 60.0) -> Case:
+def _case(
+    index: int, off: bool, companion: float, augmented: float, esv: float = 60.0, uncertain: float = 0.05
+) -> Case:
     """A result whose EDV is 3 % (good) or 25 % (off) above its reference, with the given disagreements
     and ESV; good and off results measure the same volumes, so only the disagreements tell them apart."""
     edv = 150.0
     ref_edv = edv / (1.25 if off else 1.03)
-    features = QcFeatures(augmented, 0.05, 0.1, esv, edv, companion_disagreement=companion)
+    features = QcFeatures(augmented, uncertain, 0.1, esv, edv, companion_disagreement=companion)
     return Case(
         "synthetic", "none", f"case{index}", ref_edv, esv, edv, esv, 0.9, 0.9, "ok", (), 0.5, features
     )
@@ -99,6 +101,45 @@ def test_a_term_that_singles_out_one_failing_patient_is_left_out() -> None:
     assert held_out.patients == 23
     assert set(calibration.coefficients) == set(companion)
     assert calibration.coefficients["log_companion_disagreement"] < 0
+
+
+def test_a_second_term_joins_where_it_catches_failures_the_first_misses() -> None:
+    """Four failing patients under three shifts each: two fail where the companion disagrees, two where
+    many pixels are uncertain. Each term alone catches half; held out by patient, each kind still has
+    one patient left to learn from, so both terms join and every off result is ``check``."""
+    rng = np.random.default_rng(3)
+    good = [
+        _case(i, False, float(rng.uniform(0.003, 0.05)), 0.02, uncertain=float(rng.uniform(0.02, 0.08)))
+        for i in range(24)
+    ]
+    bad = [
+        _case(24, True, 0.2, 0.02, uncertain=0.05),
+        _case(25, True, 0.25, 0.02, uncertain=0.04),
+        _case(26, True, 0.02, 0.02, uncertain=0.3),
+        _case(27, True, 0.03, 0.02, uncertain=0.4),
+    ]
+    cases = _shifted(good + bad, 3)
+    calibration, held_out = fit_calibration(cases)
+    assert set(calibration.coefficients) == {"log_uncertain", "log_companion_disagreement"}
+    assert held_out.auc > 0.95
+    assert _summary(recalibrated(cases, calibration))["off_checked"] == 1.0
+
+
+def test_off_results_from_a_single_patient_are_refused() -> None:
+    """With one failing patient, every held-out fit has no failure to learn from: no term could be
+    judged, and the card would mark every result ``check``. The fit says so instead."""
+    good = [_case(i, False, 0.01 + 0.001 * i, 0.02) for i in range(20)]
+    cases = _shifted([*good, _case(20, True, 0.2, 0.02)], 5)
+    with pytest.raises(ValueError, match="from 1 patient"):
+        fit_calibration(cases)
+
+
+def test_terms_that_tell_nothing_apart_are_refused() -> None:
+    """Off and good results with the same features: no term earns a place, and a card whose confidence
+    is one value would mark every result ``check``; the fit refuses."""
+    cases = [_case(i, i % 4 == 0, 0.02, 0.02) for i in range(40)]
+    with pytest.raises(ValueError, match="no term tells off results apart"):
+        fit_calibration(cases)
 
 
 def test_a_result_without_ventricle_is_left_out_of_the_fit_and_stays_check() -> None:

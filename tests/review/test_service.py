@@ -247,6 +247,11 @@ def _rewrite_record(seeded: Seeded, result_id: str, change: Any) -> StackResult:
     return stored.stack_result()
 
 
+def _without_provenance(record: dict[str, Any]) -> dict[str, Any]:
+    """A result's ``record`` as a node that did not record provenance wrote it."""
+    return {key: value for key, value in record.items() if key not in ("basal_rule", MODEL_FILES)}
+
+
 def test_a_stored_result_keeps_its_basal_rule_and_the_sha256_of_its_model_files(seeded: Seeded) -> None:
     """All three are read back from the index as measured; a row an older node wrote, which lacks them,
     reads back with none (None: not recorded), not with today's defaults."""
@@ -260,9 +265,7 @@ def test_a_stored_result_keeps_its_basal_rule_and_the_sha256_of_its_model_files(
     older = _rewrite_record(
         seeded,
         result_id,
-        lambda record: {
-            key: value for key, value in record.items() if key not in ("basal_rule", MODEL_FILES)
-        },
+        _without_provenance,
     )
     assert older.basal_rule is None
     assert (older.model.name, older.model.version, older.model.sha256, older.model.companion_sha256) == (
@@ -274,8 +277,8 @@ def test_a_stored_result_keeps_its_basal_rule_and_the_sha256_of_its_model_files(
 
 
 def test_the_worklist_row_names_the_basal_rule_and_the_sha256_of_the_model_files(seeded: Seeded) -> None:
-    """``worklist list --json`` gives the same provenance as the result; a row an older node wrote reads
-    with none of it."""
+    """``worklist list --json`` gives the rule and the model files' sha256 the result recorded; a row an
+    older node wrote reads with none of them, and a rule only a newer node knows reads as none."""
     result_id = seed_result(seeded)
     (row,) = seeded.parts.store.worklist(WorklistFilter())
     assert row.to_json()["model"] == {
@@ -288,13 +291,14 @@ def test_the_worklist_row_names_the_basal_rule_and_the_sha256_of_the_model_files
     _rewrite_record(
         seeded,
         result_id,
-        lambda record: {
-            key: value for key, value in record.items() if key not in ("basal_rule", MODEL_FILES)
-        },
+        _without_provenance,
     )
     (older,) = seeded.parts.store.worklist(WorklistFilter())
-    assert (older.basal_rule, older.model_sha256, older.companion_sha256) == (None, None, None)
-    assert older.to_json()["model"]["version"] == "1.0.0"
+    assert older.basal_rule is None and older.model is not None
+    assert (older.model.version, older.model.sha256, older.model.companion_sha256) == ("1.0.0", None, None)
+    _rewrite_record(seeded, result_id, lambda record: {**record, "basal_rule": "a_later_rule"})
+    (newer,) = seeded.parts.store.worklist(WorklistFilter())
+    assert newer.basal_rule is None and newer.to_json()["basal_rule"] is None
 
 
 def test_a_result_a_newer_node_stored_with_fields_this_node_does_not_know_still_reads(seeded: Seeded) -> None:
