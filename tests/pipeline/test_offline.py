@@ -383,9 +383,9 @@ def test_a_truncated_dicomdir_or_a_listed_link_loop_is_reported(tmp_path: Path) 
 def test_the_table_and_messages_name_each_stack_and_study(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Table rows are followed by which study and series each measured; a study without a stack,
-    an empty input and a --config file that is not there are each named (the rows were numbered only,
-    and the messages counted studies without naming them)."""
+    """Table rows are followed by which study and series each measured, and how (model and basal
+    rule); a study without a stack, an empty input and a --config file that is not there are each
+    named (the rows were numbered only, and the messages counted studies without naming them)."""
     clear_dicomnode_env(monkeypatch)
     first, second = _stack(tmp_path / "first"), _stack(tmp_path / "second")
     lone = tmp_path / "lone"
@@ -394,11 +394,13 @@ def test_the_table_and_messages_name_each_stack_and_study(
     result = runner.invoke(app, ["measure", str(first), str(second), str(lone)])
     assert result.exit_code == 0, result.output
     rows = result.stdout.splitlines()
-    assert rows[0].split()[:2] == ["stack", "slices"] and len(rows) == 5
+    assert rows[0].split()[:2] == ["stack", "slices"] and len(rows) == 7
+    named = [row.strip() for row in rows[3:]]
     for number, folder in enumerate([first, second], start=1):
         dataset = pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True)
         expected = f"{number} study {dataset.StudyInstanceUID}, series {dataset.SeriesInstanceUID}"
-        assert expected in [row.strip() for row in rows[3:]]
+        assert named[2 * number - 2] == expected
+        assert named[2 * number - 1].endswith("basal slices judged per phase (SCMR)"), named
     lone_study = pydicom.dcmread(next(lone.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
     assert f"study {lone_study}: no short-axis cine found" in result.stderr
 
