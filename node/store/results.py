@@ -8,7 +8,7 @@ why nothing was measured). :meth:`ResultRecord.stack_result` puts the two togeth
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, TypedDict
 
@@ -68,9 +68,7 @@ def result_columns(result: StackResult) -> ResultColumns:
     """The ``results`` column values of a measured stack: its own columns, and ``record`` for the rest
     (the model's name and version have columns, its files' sha256 are kept in ``record``)."""
     record = {key: value for key, value in result.as_record().items() if key not in _COLUMN_FIELDS}
-    record[MODEL_FILES] = {
-        key: value for key, value in asdict(result.model).items() if key not in _MODEL_COLUMNS
-    }
+    record[MODEL_FILES] = {name: getattr(result.model, name) for name in MODEL_FILE_FIELDS}
     return ResultColumns(
         series_instance_uids=list(result.series_instance_uids),
         edv_ml=result.edv_ml,
@@ -198,9 +196,9 @@ class ResultRecord:
         measured by a node that did not record it)."""
         files = dict(self.details.get(MODEL_FILES) or {}) if self.measured else {}
         return {
-            **{field.name: files.get(field.name) for field in fields(ModelIdentity)},
             "name": self.model_name,
             "version": self.model_version,
+            **{name: files.get(name) for name in MODEL_FILE_FIELDS},
         }
 
     @property
