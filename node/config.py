@@ -239,7 +239,7 @@ class InferenceSettings(BaseModel):
         description="threads per ONNX Runtime run; 0: cores / parallel batches, or ORT's choice for one",
     )
     parallel_batches: int = Field(
-        default=0, ge=0, le=64, description="batches of a stack run at once; 0: one per core (1 on CUDA)"
+        default=0, ge=0, le=64, description="batches of a stack run at once; 0: one per core (on CUDA too)"
     )
     batch_size: int = Field(default=8, ge=1, le=512)
     basal_rule: BasalRule = Field(

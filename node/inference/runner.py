@@ -5,6 +5,8 @@ The runtime imports no torch. Preprocessing is driven entirely by the model card
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -85,6 +87,34 @@ def resolve_providers(requested: list[str] | None) -> list[str]:
     return offered
 
 
+_cuda_preloaded = False
+
+
+def preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries the CUDA provider needs, once per process.
+
+    onnxruntime-gpu's CUDA provider links CUDA and cuDNN by name; installed from PyPI with its
+    ``cuda`` and ``cudnn`` extras (``pip install "dicomnode[gpu]"``), they lie in NVIDIA's packages
+    beside it, which the system's loader does not search. ``onnxruntime.preload_dlls`` loads them
+    from there, else from the loader's own path (a system CUDA install). It reports a library it could
+    not load by printing; that text goes to the log, not to standard output (``measure --json``). A
+    session whose provider still cannot start falls back to CPU with a warning (:class:`Segmenter`).
+    """
+    global _cuda_preloaded
+    preload = getattr(ort, "preload_dlls", None)
+    if _cuda_preloaded or preload is None:
+        return
+    _cuda_preloaded = True
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        try:
+            preload()
+        except (OSError, RuntimeError) as exc:  # a directory it was pointed at is missing
+            print(exc)
+    if printed.getvalue().strip():
+        log.warning("cuda libraries not all loaded", detail=printed.getvalue().strip()[-2000:])
+
+
 def limit_blas_threads() -> None:
     """Keep NumPy's BLAS (OpenBLAS) to ``BLAS_THREADS`` threads for the rest of the process.
 
@@ -118,14 +148,22 @@ def plan_threading(
     the resampling back then overlap, and single-threaded runs have no synchronisation between
     threads inside each small convolution. Measured on SCD0000101 (240 frames, 2 cores, 6 interleaved
     runs, identical labels): 2.03 s median against 2.46 s for one batch at a time on both cores
-    (``tests/benchmarks/measure_benchmark.py`` prints the figures of a run). With CUDA first, batches
-    run one at a time and ONNX Runtime keeps its own defaults.
+    (``tests/benchmarks/measure_benchmark.py`` prints the figures of a run).
+
+    With CUDA first the network runs on the GPU, and what is left on the CPU (resampling each batch to
+    the model grid and back, the probabilities quality control counts) is most of a stack's time;
+    NumPy releases the GIL for it, so by default each core works on its own batch here too, and the
+    session's CPU-side threads (for the few operators CUDA leaves to the CPU) are one per batch.
+    Measured on an H200 with 16 cores (``tests/benchmarks/cuda_benchmark.py``): see that benchmark's
+    figures in the README.
     """
-    if providers and providers[0] == CUDA:
-        return Threading(parallel_batches=parallel_batches or 1, intra_op_threads=intra_op_threads)
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     available = max(1, cores or 1)
+    if providers and providers[0] == CUDA:
+        return Threading(
+            parallel_batches=parallel_batches or available, intra_op_threads=intra_op_threads or 1
+        )
     if parallel_batches == 0:
         parallel_batches = max(1, available // intra_op_threads) if intra_op_threads else available
     if intra_op_threads == 0 and parallel_batches > 1:
@@ -205,6 +243,8 @@ class Segmenter:
     ) -> None:
         limit_blas_threads()
         requested = resolve_providers(providers)
+        if CUDA in requested:
+            preload_cuda_libraries()
         self.threading = plan_threading(requested, intra_op_threads, parallel_batches, cores)
         self._session = _open_session(model, requested, self.threading)
         actual = self._session.get_providers()
