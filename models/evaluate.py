@@ -149,7 +149,9 @@ class Case:
 
 def _failed(dataset: str, shift: str, case: str, ref_edv: float, ref_esv: float) -> Case:
     """No LV found: a result nobody may trust (counted as off and ``check``)."""
-    nothing = QcFeatures(math.inf, math.inf, 1.0, 0.0, 0.0, companion_disagreement=math.inf)
+    nothing = QcFeatures(
+        math.inf, math.inf, 1.0, 0.0, 0.0, companion_disagreement=math.inf, scale_sensitivity=math.inf
+    )
     return Case(dataset, shift, case, ref_edv, ref_esv, 0.0, 0.0, 0.0, 0.0, "check", ("no_lv",), 0.0, nothing)
 
 
@@ -315,8 +317,9 @@ def _logistic(
 
 
 FIT_RIDGE = 1.0
-#: The direction each term may move the confidence: a disagreement, uncertain pixels or a large basal
-#: share may only lower it, a larger ESV only raise it (the same border error is a smaller share of
+#: The direction each term may move the confidence: a disagreement (under test-time augmentation of
+#: mirror, contrast or scale, or with the companion), uncertain pixels or a large basal share may only
+#: lower it, a larger ESV only raise it (the same border error is a smaller share of
 #: it); the ejection fraction either way. A term fitted against its direction is left out and the
 #: rest fitted again: with a handful of failures in the validation data such a weight is chance, and
 #: it would let a less stable segmentation raise the confidence.
@@ -326,6 +329,7 @@ TERM_DIRECTIONS = {
     "basal_share": -1,
     "log_esv": 1,
     "log_companion_disagreement": -1,
+    "scale_sensitivity": -1,
 }
 
 

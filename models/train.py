@@ -73,7 +73,7 @@ def validate(model: torch.nn.Module, cases: list[AcdcCase]) -> dict[str, float]:
     return {key: float(np.mean(values)) for key, values in scores.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=56)
     parser.add_argument("--steps", type=int, default=120, help="optimiser steps per epoch")
@@ -92,13 +92,24 @@ def main() -> None:
         help="after the first cycle, a warm restart of EPOCHS epochs peaking at a third of the "
         "previous cycle's learning rate (repeatable)",
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        metavar="PATIENT",
+        help="leave this training patient out (repeatable; models.heldout's check of QC terms)",
+    )
+    args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     root = data_root()
     train_ids, val_ids = split_patients(root)
+    unknown = sorted(set(args.without) - set(train_ids))
+    if unknown:
+        parser.error(f"--without names no training patient: {', '.join(unknown)}")
+    train_ids = [patient for patient in train_ids if patient not in set(args.without)]
     train_cases = [load_acdc(root, p, INPUT.normalisation) for p in train_ids]
     val_cases = [load_acdc(root, p, INPUT.normalisation) for p in val_ids]
     # (frame, label, an adjacent slice for the thick-slice transform, the frame's pixel spacing)

@@ -6,7 +6,8 @@ reference regrouped) explain what was done and do not by themselves make a resul
 
 The confidence is a calibrated estimate of the chance that EDV and ESV are both within 15 % of an
 expert's: a logistic function of how much the ED and ES volumes change when the model sees the same
-frames mirrored and with their contrast changed (test-time augmentation), and how far the model's
+frames mirrored, with their contrast changed, or with the heart smaller and larger on its grid
+(test-time augmentation), and how far the model's
 companion network alone (the same network from another seed; the node measures with the mean of
 the two) lies from the pair (both on the ED and ES frames only), and of a few other measured terms
 (:data:`CALIBRATION_TERMS`); each card weighs the terms its fit chose by how well they tell off
@@ -268,6 +269,12 @@ class QcFeatures:
         The largest relative difference of the ED or ES blood-pool volume between the companion
         network alone and the pair it forms with the model (:class:`~node.inference.card.CompanionSpec`);
         0 for a model without one.
+    scale_sensitivity
+        How much the ED or ES blood-pool volume changes when the model sees the same frames with the
+        heart smaller and larger on its grid (:data:`~node.pipeline.measure.TTA_SCALES`), relative to
+        the measured volume; the larger of the two phases. A border the model places where the image
+        shows it moves little with the heart's apparent size; one it guesses moves with it. None
+        where it was not run (a card whose calibration does not weigh it).
     """
 
     disagreement: float | None
@@ -276,6 +283,7 @@ class QcFeatures:
     esv_ml: float
     edv_ml: float
     companion_disagreement: float = 0.0
+    scale_sensitivity: float | None = None
 
     def terms(self) -> dict[str, float]:
         """The named terms :class:`Calibration` weighs (logarithms where the effect is relative), in
@@ -290,6 +298,7 @@ class QcFeatures:
             "log_esv": math.log(max(self.esv_ml, 1.0)),
             "ejection_fraction": 1.0 - self.esv_ml / self.edv_ml if self.edv_ml > 0 else 0.0,
             "log_companion_disagreement": math.log(max(self.companion_disagreement, DISAGREEMENT_FLOOR)),
+            "scale_sensitivity": self.scale_sensitivity,
         }
         return {name: value for name, value in terms.items() if value is not None}
 
@@ -306,6 +315,7 @@ CALIBRATION_TERMS: tuple[str, ...] = (
     "log_esv",
     "ejection_fraction",
     "log_companion_disagreement",
+    "scale_sensitivity",
 )
 
 

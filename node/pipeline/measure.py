@@ -40,6 +40,11 @@ MAX_FIELD_OF_VIEW_MM = 1000.0
 #: Contrast changes of the test-time augmentation: gamma on the normalised [0, 1] values, brighter and
 #: darker mid-tones, as another scanner's sequence or coil would show them.
 TTA_GAMMAS = (0.6, 1.6)
+#: Apparent sizes of the test-time augmentation of scale: the ED and ES frames are segmented as if
+#: their pixels were this many times their size, so the heart is this much smaller and larger on the
+#: model grid (just beyond the training's scale augmentation, 0.85-1.18); labels come back on the
+#: frames' own grid, where a border the image shows stays put (:attr:`QcFeatures.scale_sensitivity`).
+TTA_SCALES = (0.8, 1.25)
 
 
 class UnmeasurableStack(NodeError):
@@ -118,10 +123,11 @@ class StackMeasurer:
         basal_rule: BasalRule = BasalRule.PER_PHASE,
         augment: bool | None = None,
     ) -> None:
-        """``augment``: run the test-time augmentation of the ED and ES frames
-        (:attr:`QcFeatures.disagreement`); by default only where the card's calibration weighs it, since
-        its variants run through the model (and its companion) again. The model evaluation, which fits
-        the calibration over every term, always runs it."""
+        """``augment``: run the test-time augmentations of the ED and ES frames, of mirror and
+        contrast (:attr:`QcFeatures.disagreement`) and of scale (:attr:`QcFeatures.scale_sensitivity`);
+        by default each only where the card's calibration weighs it, since its variants run through the
+        model (and its companion) again. The model evaluation, which fits the calibration over every
+        term, always runs both."""
         self.segmenter = segmenter
         self.basal_rule = basal_rule
         card = segmenter.card
@@ -137,7 +143,9 @@ class StackMeasurer:
             companion_sha256=companion.card.sha256 if companion is not None else None,
         )
         self.calibration: Calibration = calibration_of(card)
-        self.augment = "log_disagreement" in self.calibration.coefficients if augment is None else augment
+        weighs = self.calibration.coefficients
+        self.augment = "log_disagreement" in weighs if augment is None else augment
+        self.rescale = "scale_sensitivity" in weighs if augment is None else augment
 
     def measure(self, plan: StackPlan, root: Path) -> MeasuredStack:
         """Segment every frame of the stack and derive measurements and QC.
@@ -261,7 +269,9 @@ class StackMeasurer:
             basal_share = max(
                 float(blood_ml[measured.base_slice, p] / max(blood_ml[:, p].sum(), 1e-9)) for p in (ed, es)
             )
-        augmented, companion = self._disagreements(values, cells, geometry, pixel_ml, (ed, es), segmented)
+        augmented, companion, scale = self._disagreements(
+            values, cells, geometry, pixel_ml, (ed, es), segmented
+        )
         features = QcFeatures(
             disagreement=augmented,
             uncertain=sum(int(uncertain_px[cells[s, p]]) for s, p in key) / max(total_blood, 1),
@@ -269,6 +279,7 @@ class StackMeasurer:
             esv_ml=result.esv_ml,
             edv_ml=result.edv_ml,
             companion_disagreement=companion,
+            scale_sensitivity=scale,
         )
         quality = assess(
             edv_ml=result.edv_ml,
@@ -355,16 +366,20 @@ class StackMeasurer:
         pixel_ml: npt.NDArray[np.float64],
         phases: tuple[int, int],
         segmented: _Segmented,
-    ) -> tuple[float | None, float]:
-        """The largest relative change of the ED or ES blood-pool volume under test-time augmentation
-        (None where :attr:`augment` is off), and between the measured volume (with a companion: of the
-        pair) and the companion alone (0 without one).
+    ) -> tuple[float | None, float, float | None]:
+        """Relative changes of the ED or ES blood-pool volume, the larger of the two phases: under the
+        test-time augmentation of mirror and contrast (None where :attr:`augment` is off); between
+        the measured volume (with a companion: of the pair) and the companion alone (0 without one);
+        and between the smallest and largest apparent size of the heart (None where :attr:`rescale`
+        is off).
 
-        The ED and ES frames (the basal frames the measurement left out count in neither) run again
+        The ED and ES frames (the basal frames the measurement left out count in none) run again
         mirrored (on the mirror image of the window the prediction ran on, if any) and with their
-        contrast changed (:data:`TTA_GAMMAS`) where :attr:`augment` is on; the companion's own labels
-        of them come from the pair's run (:attr:`_Segmented.companion`). Each variant's volume is
-        compared with the measured one (``pixel_ml``: mL per blood-pool pixel on each slice).
+        contrast changed (:data:`TTA_GAMMAS`) where :attr:`augment` is on, and by the model alone (half
+        the cost of the pair: the two sizes are compared with each other) with their pixels taken as
+        :data:`TTA_SCALES` times their size where :attr:`rescale` is on; the companion's own
+        labels of them come from the pair's run (:attr:`_Segmented.companion`). Each change is
+        relative to the measured volume (``pixel_ml``: mL per blood-pool pixel on each slice).
         """
         measured, heart = segmented.measured, segmented.heart
         present = (cells >= 0) & ~measured.basal_cells
@@ -372,6 +387,7 @@ class StackMeasurer:
         columns = values.shape[2]
         mirrored_heart = heart.mirrored(columns) if heart is not None else None
         augmented: float | None = 0.0 if self.augment else None
+        scale: float | None = 0.0 if self.rescale else None
         companion = 0.0
         for phase in dict.fromkeys(phases):
             kept = present[:, phase]
@@ -391,24 +407,40 @@ class StackMeasurer:
                 ]
                 for pixels, window, mirrored in variants:
                     found = self.segmenter.segment(pixels, spacing, normalised=True, heart=window).labels
-                    change = self._change(found, mirrored, slice_ml, measured_ml, spacing)
-                    augmented = max(augmented, change)
+                    variant_ml = self._volume(found, mirrored, slice_ml, spacing)
+                    augmented = max(augmented, abs(variant_ml - measured_ml) / measured_ml)
+            if scale is not None:
+                sized = [
+                    self._volume(
+                        self.segmenter.segment(
+                            frames,
+                            (spacing[0] * factor, spacing[1] * factor),
+                            normalised=True,
+                            heart=heart,
+                            alone=True,
+                        ).labels,
+                        False,
+                        slice_ml,
+                        spacing,
+                    )
+                    for factor in TTA_SCALES
+                ]
+                scale = max(scale, (max(sized) - min(sized)) / measured_ml)
             if segmented.companion:
                 found = np.stack([segmented.companion[frame] for frame in cells[kept, phase].tolist()])
-                companion = max(companion, self._change(found, False, slice_ml, measured_ml, spacing))
-        return augmented, companion
+                variant_ml = self._volume(found, False, slice_ml, spacing)
+                companion = max(companion, abs(variant_ml - measured_ml) / measured_ml)
+        return augmented, companion, scale
 
-    def _change(
+    def _volume(
         self,
         found: npt.NDArray[np.uint8],
         mirrored: bool,
         slice_ml: npt.NDArray[np.float64],
-        measured_ml: float,
         spacing: tuple[float, float],
     ) -> float:
-        """The relative change of the blood-pool volume of one variant's labels (``slice_ml``: mL per
-        blood-pool pixel on each of its frames) against ``measured_ml``."""
+        """The blood-pool volume of one variant's labels (``slice_ml``: mL per blood-pool pixel on each
+        of its frames), after the same removal of detached labels as the measurement."""
         stacked = np.ascontiguousarray((found[:, :, ::-1] if mirrored else found)[:, None])
         remove_detached_lv(stacked, self._blood, self._myo, self._background, spacing)
-        variant_ml = float(((stacked[:, 0] == self._blood).sum(axis=(1, 2)) * slice_ml).sum())
-        return abs(variant_ml - measured_ml) / measured_ml
+        return float(((stacked[:, 0] == self._blood).sum(axis=(1, 2)) * slice_ml).sum())

@@ -228,7 +228,7 @@ def test_ejection_fraction_term() -> None:
     more against ESV); a result without EDV gives 0, never a division by zero."""
     assert QcFeatures(0.01, 0.05, 0.1, 60.0, 150.0).terms()["ejection_fraction"] == pytest.approx(0.6)
     assert QcFeatures(0.01, 0.05, 0.1, 0.0, 0.0).terms()["ejection_fraction"] == 0.0
-    assert tuple(QcFeatures(0.01, 0.05, 0.1, 60.0, 150.0).terms()) == CALIBRATION_TERMS
+    assert tuple(QcFeatures(0.01, 0.05, 0.1, 60.0, 150.0, 0.0, 0.05).terms()) == CALIBRATION_TERMS
 
 
 def test_companion_disagreement_term() -> None:
@@ -246,6 +246,24 @@ def test_companion_disagreement_term() -> None:
     assert CALIBRATION.confidence(QcFeatures(0.01, 0.05, 0.1, 60.0, 150.0, 0.3)) == CALIBRATION.confidence(
         STEADY
     )
+
+
+def test_scale_sensitivity_term() -> None:
+    """How much the volume moves with the heart's apparent size is a term as measured; where the
+    calibration weighs it, the confidence falls as the volume moves more, and a result where it was
+    not run stores no such feature."""
+    assert QcFeatures(0.01, 0.05, 0.1, 60.0, 150.0, scale_sensitivity=0.2).terms()["scale_sensitivity"] == 0.2
+    unmeasured = QcFeatures(0.01, 0.05, 0.1, 60.0, 150.0)
+    assert "scale_sensitivity" not in unmeasured.terms()
+    assert "scale_sensitivity" not in unmeasured.measured()
+    weighted = Calibration(4.0, {"scale_sensitivity": -15.0}, 0.5)
+    values = [
+        weighted.confidence(QcFeatures(None, 0.05, 0.1, 60.0, 150.0, scale_sensitivity=s))
+        for s in (0.0, 0.1, 0.3, 0.5)
+    ]
+    assert values == sorted(values, reverse=True) and values[0] > 0.95 and values[-1] < 0.05
+    with pytest.raises(ValueError, match="not measured: scale_sensitivity"):
+        weighted.confidence(unmeasured)
 
 
 def test_an_augmentation_that_did_not_run_gives_no_term() -> None:

@@ -26,10 +26,11 @@ def _case(
     index: int, off: bool, companion: float, augmented: float, esv: float = 60.0, uncertain: float = 0.05
 ) -> Case:
     """A result whose EDV is 3 % (good) or 25 % (off) above its reference, with the given disagreements
-    and ESV; good and off results measure the same volumes, so only the disagreements tell them apart."""
+    and ESV; good and off results measure the same volumes, so only the disagreements tell them apart.
+    The scale sensitivity is the same for every result: it tells nothing."""
     edv = 150.0
     ref_edv = edv / (1.25 if off else 1.03)
-    features = QcFeatures(augmented, uncertain, 0.1, esv, edv, companion_disagreement=companion)
+    features = QcFeatures(augmented, uncertain, 0.1, esv, edv, companion, scale_sensitivity=0.05)
     return Case(
         "synthetic", "none", f"case{index}", ref_edv, esv, edv, esv, 0.9, 0.9, "ok", (), 0.5, features
     )
