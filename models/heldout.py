@@ -57,7 +57,9 @@ def measured(checkpoint: Path) -> list[Case]:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         onnx_path = folder / "heldout.onnx"
-        export_checked(checkpoint, onnx_path, root)
+        trained, _ = export_checked(checkpoint, onnx_path, root)
+        if sorted(trained.get("without", [])) != sorted(HELD_OUT):
+            raise SystemExit(f"{checkpoint} was not trained without HELD_OUT (models.heldout train)")
         card = template.model_dump(mode="json", by_alias=True) | {
             "version": "0.0.0-heldout",
             "file": onnx_path.name,
@@ -79,7 +81,7 @@ def term_aucs(cases: list[Case]) -> dict[str, float]:
         values = [case.features.terms().get(name) for case in cases]
         if name not in TERM_DIRECTIONS or any(value is None for value in values):
             continue
-        found[name] = auc([-TERM_DIRECTIONS[name] * value for value in values if value is not None], off)
+        found[name] = auc([-TERM_DIRECTIONS[name] * float(value or 0.0) for value in values], off)
     return found
 
 

@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         history, best, first = state["history"], state["best"], state["epoch"]
+        if sorted(state.get("without", [])) != sorted(args.without):
+            parser.error("--resume with other --without patients than the run was started with")
     started = time.monotonic()
     for epoch in range(first, sum(cycles)):
         cycle, cycle_start = cycle_of(epoch, cycles)
@@ -182,7 +184,12 @@ def main(argv: list[str] | None = None) -> None:
         marker = ""
         if score > best:
             best = score
-            checkpoint = {"state_dict": model.state_dict(), "epoch": epoch + 1, "metrics": metrics}
+            checkpoint = {
+                "state_dict": model.state_dict(),
+                "epoch": epoch + 1,
+                "metrics": metrics,
+                "without": sorted(args.without),
+            }
             torch.save(checkpoint, args.out / "best.pt")
             marker = " *best*"
         print(
@@ -202,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
             "history": history,
             "best": best,
             "epoch": epoch + 1,
+            "without": sorted(args.without),
         }
         torch.save(last, args.out / "last.pt.tmp")
         (args.out / "last.pt.tmp").replace(args.out / "last.pt")

@@ -236,7 +236,7 @@ class InferenceSettings(BaseModel):
     intra_op_threads: int = Field(
         default=0,
         ge=0,
-        description="threads per ONNX Runtime run; 0: cores / parallel batches, or ORT's choice for one",
+        description="threads per ONNX Runtime run; 0: cores / parallel batches (CPU, one batch: ORT's)",
     )
     parallel_batches: int = Field(
         default=0, ge=0, le=64, description="batches of a stack run at once; 0: one per core (on CUDA too)"

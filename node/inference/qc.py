@@ -274,7 +274,9 @@ class QcFeatures:
         heart smaller and larger on its grid (:data:`~node.pipeline.measure.TTA_SCALES`), relative to
         the measured volume; the larger of the two phases. A border the model places where the image
         shows it moves little with the heart's apparent size; one it guesses moves with it. None
-        where it was not run (a card whose calibration does not weigh it).
+        where it was not run (a card whose calibration does not weigh it). Weighed as it is, not as a
+        logarithm like the other relative changes: it was offered to the fit in this form, and
+        ``python -m models.heldout`` judged it in this form (ranks, which a logarithm keeps).
     """
 
     disagreement: float | None

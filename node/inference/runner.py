@@ -88,6 +88,7 @@ def resolve_providers(requested: list[str] | None) -> list[str]:
 
 
 _cuda_preloaded = False
+_cuda_preload_lock = threading.Lock()
 
 
 def preload_cuda_libraries() -> None:
@@ -102,15 +103,19 @@ def preload_cuda_libraries() -> None:
     """
     global _cuda_preloaded
     preload = getattr(ort, "preload_dlls", None)
-    if _cuda_preloaded or preload is None:
+    if preload is None:
         return
-    _cuda_preloaded = True
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        try:
-            preload()
-        except (OSError, RuntimeError) as exc:  # a directory it was pointed at is missing
-            print(exc)
+    with _cuda_preload_lock:  # a second session waits until the libraries are loaded
+        if _cuda_preloaded:
+            return
+        _cuda_preloaded = True
+        printed = io.StringIO()
+        # Segmenters are built before the node's threads start, so no other thread's output is caught.
+        with contextlib.redirect_stdout(printed):
+            try:
+                preload()
+            except Exception as exc:  # noqa: BLE001 - whatever it raises, the session falls back to CPU
+                print(f"{type(exc).__name__}: {exc}")
     if printed.getvalue().strip():
         log.warning("cuda libraries not all loaded", detail=printed.getvalue().strip()[-2000:])
 
@@ -153,20 +158,17 @@ def plan_threading(
     With CUDA first the network runs on the GPU, and what is left on the CPU (resampling each batch to
     the model grid and back, the probabilities quality control counts) is most of a stack's time;
     NumPy releases the GIL for it, so by default each core works on its own batch here too, and the
-    session's CPU-side threads (for the few operators CUDA leaves to the CPU) are one per batch.
+    session's CPU-side threads (for the few operators CUDA leaves to the CPU) are the cores shared out
+    as on CPU.
     Measured on an H200 with 16 cores (``tests/benchmarks/cuda_benchmark.py``): see that benchmark's
     figures in the README.
     """
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     available = max(1, cores or 1)
-    if providers and providers[0] == CUDA:
-        return Threading(
-            parallel_batches=parallel_batches or available, intra_op_threads=intra_op_threads or 1
-        )
     if parallel_batches == 0:
         parallel_batches = max(1, available // intra_op_threads) if intra_op_threads else available
-    if intra_op_threads == 0 and parallel_batches > 1:
+    if intra_op_threads == 0 and (parallel_batches > 1 or (providers and providers[0] == CUDA)):
         intra_op_threads = max(1, available // parallel_batches)
     return Threading(parallel_batches=parallel_batches, intra_op_threads=intra_op_threads)
 

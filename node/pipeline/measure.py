@@ -408,7 +408,7 @@ class StackMeasurer:
                 for pixels, window, mirrored in variants:
                     found = self.segmenter.segment(pixels, spacing, normalised=True, heart=window).labels
                     variant_ml = self._volume(found, mirrored, slice_ml, spacing)
-                    augmented = max(augmented, abs(variant_ml - measured_ml) / measured_ml)
+                    augmented = max(augmented, _relative_change(variant_ml, measured_ml, measured_ml))
             if scale is not None:
                 sized = [
                     self._volume(
@@ -425,11 +425,11 @@ class StackMeasurer:
                     )
                     for factor in TTA_SCALES
                 ]
-                scale = max(scale, (max(sized) - min(sized)) / measured_ml)
+                scale = max(scale, _relative_change(max(sized), min(sized), measured_ml))
             if segmented.companion:
                 found = np.stack([segmented.companion[frame] for frame in cells[kept, phase].tolist()])
                 variant_ml = self._volume(found, False, slice_ml, spacing)
-                companion = max(companion, abs(variant_ml - measured_ml) / measured_ml)
+                companion = max(companion, _relative_change(variant_ml, measured_ml, measured_ml))
         return augmented, companion, scale
 
     def _volume(
@@ -444,3 +444,8 @@ class StackMeasurer:
         stacked = np.ascontiguousarray((found[:, :, ::-1] if mirrored else found)[:, None])
         remove_detached_lv(stacked, self._blood, self._myo, self._background, spacing)
         return float(((stacked[:, 0] == self._blood).sum(axis=(1, 2)) * slice_ml).sum())
+
+
+def _relative_change(volume_ml: float, other_ml: float, measured_ml: float) -> float:
+    """How far two volumes lie apart, relative to the measured volume."""
+    return abs(volume_ml - other_ml) / measured_ml

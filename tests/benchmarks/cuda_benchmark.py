@@ -197,8 +197,11 @@ def main() -> None:
     del probe
     found: dict[str, Any] = {"onnxruntime": ort.__version__, "series": args.series.name}
     found["parity"] = checked = parity(plan)
-    pixels = sum(call["pixels"] for call in checked["calls"])
+    pixels = sum(call["pixels"] for call in checked["calls"] if call["differing_pixels"] is not None)
     differing = sum(call["differing_pixels"] or 0 for call in checked["calls"])
+    unlike = sum(call["differing_pixels"] is None for call in checked["calls"])
+    if unlike or checked["segmentation_calls"]["cpu"] != checked["segmentation_calls"]["cuda"]:
+        print(f"the runs segmented differently: {unlike} call(s) on frames of another shape")
     print(f"segmentation calls per measure: {checked['segmentation_calls']}")
     print(
         f"labels, every call: {differing} of {pixels} pixels differ ({100 * differing / pixels:.4f} %); "

@@ -12,6 +12,8 @@ import pytest
 
 pytest.importorskip("torch", reason="models.train needs torch (the train extra)")
 
+import torch
+
 import models.train
 from models.data import split_patients
 from models.evaluate import Case, _failed
@@ -40,10 +42,15 @@ def test_training_leaves_the_held_out_patients_out(
     def network(*args: object) -> None:
         raise _Stop
 
+    monkeypatch.setenv("DICOMNODE_DATA_ROOT", str(shared_data))  # the folder split above
     monkeypatch.setattr(models.train, "load_acdc", load)
     monkeypatch.setattr(models.train, "UNet", network)
-    with pytest.raises(_Stop):
-        train([])
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(_Stop):
+            train([])
+    finally:
+        torch.set_num_threads(threads)  # models.train sets its own for the process
     assert sorted(loaded) == sorted([p for p in train_ids if p not in HELD_OUT] + validation)
     assert "--seed" in RECIPE and RECIPE[RECIPE.index("--epochs") + 1] == "40"
     with pytest.raises(SystemExit):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
 from node.domain import QcStatus
+from node.inference.card import QcCalibrationSpec
 from node.inference.qc import (
     CALIBRATION_TERMS,
     DISAGREEMENT_FLOOR,
@@ -27,6 +29,8 @@ from node.inference.qc import (
     fragmented_fraction,
     qc_status,
 )
+from node.inference.registry import DEFAULT_MODEL_DIR, find_model
+from node.pipeline.measure import StackMeasurer
 
 PHASES = 20
 #: A smooth cycle between ESV 60 mL and EDV 150 mL.
@@ -277,3 +281,30 @@ def test_an_augmentation_that_did_not_run_gives_no_term() -> None:
     assert without.confidence(features) == pytest.approx(1 / (1 + math.exp(-(2.0 - 0.5 * math.log(0.03)))))
     with pytest.raises(ValueError, match="not measured: log_disagreement"):
         Calibration(2.0, {"log_disagreement": -1.0}, 0.5).confidence(features)
+
+
+@pytest.mark.parametrize(
+    ("weighs", "augment", "rescale"),
+    [
+        ({"log_uncertain": -2.0}, False, False),
+        ({"log_disagreement": -2.0}, True, False),
+        ({"scale_sensitivity": -2.0}, False, True),
+        ({"log_disagreement": -1.0, "scale_sensitivity": -1.0}, True, True),
+    ],
+)
+def test_a_measurer_runs_only_the_augmentations_its_card_weighs(
+    weighs: dict[str, float], augment: bool, rescale: bool
+) -> None:
+    """Each test-time augmentation runs the network again, so by default a measurer runs mirror and
+    contrast only for a card that weighs their disagreement, and scale only for one that weighs the
+    scale sensitivity; ``augment`` set either way runs both or neither (the evaluation runs both)."""
+    card = find_model(DEFAULT_MODEL_DIR, "lvseg-unet").card
+    weighted = card.model_copy(
+        update={"qc_calibration": QcCalibrationSpec(intercept=1.0, coefficients=weighs, check_below=0.5)}
+    )
+    segmenter = SimpleNamespace(card=weighted, companion=None)
+    measurer = StackMeasurer(segmenter)  # type: ignore[arg-type]
+    assert (measurer.augment, measurer.rescale) == (augment, rescale)
+    for forced in (True, False):
+        chosen = StackMeasurer(segmenter, augment=forced)  # type: ignore[arg-type]
+        assert (chosen.augment, chosen.rescale) == (forced, forced)

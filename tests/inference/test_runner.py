@@ -235,7 +235,8 @@ def test_a_segmenter_keeps_numpys_blas_to_one_thread(tiny_model: ReleasedModel) 
         ([CPU], 0, 1, Threading(parallel_batches=1, intra_op_threads=0)),  # ORT chooses for one run
         ([CPU], 3, 5, Threading(parallel_batches=5, intra_op_threads=3)),  # explicit values are kept
         ([CUDA, CPU], 0, 0, Threading(parallel_batches=4, intra_op_threads=1)),  # CPU work overlaps
-        ([CUDA, CPU], 0, 1, Threading(parallel_batches=1, intra_op_threads=1)),
+        ([CUDA, CPU], 0, 1, Threading(parallel_batches=1, intra_op_threads=4)),
+        ([CUDA, CPU], 2, 0, Threading(parallel_batches=2, intra_op_threads=2)),
     ],
 )
 def test_threading_plan_shares_the_cores_out(
@@ -300,8 +301,9 @@ def test_cuda_libraries_are_preloaded_once_and_their_failures_logged_not_printed
     monkeypatch.setattr(ort, "preload_dlls", preload_dlls, raising=False)
     monkeypatch.setattr(runner, "_cuda_preloaded", False)
     with capture_logs() as logs:
-        Segmenter(released, cores=4)
         Segmenter(released, providers=[CPU], cores=4)
+        assert calls == []
+        Segmenter(released, cores=4)
         Segmenter(released, cores=4)
     assert calls == [1]
     assert "libcudnn" not in capsys.readouterr().out
