@@ -129,17 +129,18 @@ def test_an_unexpected_error_in_one_stack_loses_no_other_result(
 
 
 @pytest.mark.parametrize(
-    ("version", "augment", "augmented"),
-    [("2.0.0", None, False), ("2.0.0", True, True), ("1.0.0", None, True)],
+    ("version", "augment", "augmented", "rescaled"),
+    [("2.0.0", None, False, False), ("2.0.0", True, True, True), ("1.0.0", None, True, False)],
     ids=["default_model_unweighted", "asked_for", "weighed_by_the_card"],
 )
 def test_test_time_augmentation_runs_only_where_it_is_weighed_or_asked_for(
-    tmp_path: Path, version: str, augment: bool | None, augmented: bool
+    tmp_path: Path, version: str, augment: bool | None, augmented: bool, rescaled: bool
 ) -> None:
     """2.0.0's calibration does not weigh the test-time-augmentation disagreement, so the node no longer
     runs its variants through both networks (a third of the QC's network time); the result stores what
-    was measured, and its confidence is the calibration's. 1.0.0's card weighs it, and the model
-    evaluation asks for it (it fits the calibration over every term)."""
+    was measured, and its confidence is the calibration's. 1.0.0's card weighs mirror and contrast (not
+    scale, which no card weighs), and the model evaluation asks for all of them (it fits the
+    calibration over every term)."""
     measurer = StackMeasurer(load_segmenter(InferenceSettings(model_version=version)), augment=augment)
     calls: list[int] = []
     in_qc: list[bool] = [False]
@@ -172,10 +173,11 @@ def test_test_time_augmentation_runs_only_where_it_is_weighed_or_asked_for(
     features = result.qc_features
     assert features is not None
     assert ("disagreement" in features) is augmented
+    assert (features.get("scale_sensitivity") is not None) is rescaled
     assert {"uncertain", "esv_ml", "edv_ml", "companion_disagreement"} <= features.keys()
-    # Per ED and ES phase a mirrored and two contrast variants; the companion's own labels come from
-    # the pair's segmentation of those phases, not from another run.
-    assert len(calls) == (2 * 3 if augmented else 0)
+    # Per ED and ES phase a mirrored and two contrast variants, and two scales by the model alone; the
+    # companion's own labels come from the pair's segmentation of those phases, not from another run.
+    assert len(calls) == 2 * (3 * augmented + 2 * rescaled)
     assert companion_calls == []
     stored = QcFeatures(**{"disagreement": None, **features})
     assert measurer.calibration.confidence(stored) == pytest.approx(result.confidence)
