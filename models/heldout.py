@@ -28,7 +28,7 @@ from models.train import RUNS
 from models.train import main as train_main
 from node.inference.card import sha256_of
 from node.inference.qc import CALIBRATION_TERMS
-from node.inference.registry import DEFAULT_MODEL_DIR, find_model
+from node.inference.registry import DEFAULT_MODEL_DIR, ReleasedModel, find_model
 from node.inference.runner import CPU, Segmenter
 from node.pipeline.measure import StackMeasurer
 
@@ -60,14 +60,9 @@ def measured(checkpoint: Path) -> list[Case]:
         trained, _ = export_checked(checkpoint, onnx_path, root)
         if sorted(trained.get("without", [])) != sorted(HELD_OUT):
             raise SystemExit(f"{checkpoint} was not trained without HELD_OUT (models.heldout train)")
-        card = template.model_dump(mode="json", by_alias=True) | {
-            "version": "0.0.0-heldout",
-            "file": onnx_path.name,
-            "sha256": sha256_of(onnx_path),
-            "companion": None,
-        }
-        (folder / "heldout.json").write_text(json.dumps(card))
-        segmenter = Segmenter(find_model(folder, template.name, "0.0.0-heldout"), providers=[CPU])
+        identity = {"version": "0.0.0-heldout", "file": onnx_path.name, "sha256": sha256_of(onnx_path)}
+        card = template.model_copy(update={**identity, "companion": None})
+        segmenter = Segmenter(ReleasedModel(card=card, path=onnx_path), providers=[CPU])
         measurer = StackMeasurer(segmenter, augment=True)
         return [acdc_case(measurer, root, patient, shift)[0] for patient in HELD_OUT for shift in SHIFTS]
 
@@ -76,12 +71,12 @@ def term_aucs(cases: list[Case]) -> dict[str, float]:
     """Each term's AUC for the off results, scored in the direction the term may lower the
     confidence; terms without a direction (the ejection fraction) or not measured are left out."""
     off = [case.off for case in cases]
+    terms = [case.features.terms() for case in cases]
     found = {}
     for name in CALIBRATION_TERMS:
-        values = [case.features.terms().get(name) for case in cases]
-        if name not in TERM_DIRECTIONS or any(value is None for value in values):
+        if name not in TERM_DIRECTIONS or any(name not in measured for measured in terms):
             continue
-        found[name] = auc([-TERM_DIRECTIONS[name] * float(value or 0.0) for value in values], off)
+        found[name] = auc([-TERM_DIRECTIONS[name] * measured[name] for measured in terms], off)
     return found
 
 

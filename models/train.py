@@ -106,10 +106,10 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     root = data_root()
     train_ids, val_ids = split_patients(root)
-    unknown = sorted(set(args.without) - set(train_ids))
-    if unknown:
+    left_out = set(args.without)
+    if unknown := sorted(left_out - set(train_ids)):
         parser.error(f"--without names no training patient: {', '.join(unknown)}")
-    train_ids = [patient for patient in train_ids if patient not in set(args.without)]
+    train_ids = [patient for patient in train_ids if patient not in left_out]
     train_cases = [load_acdc(root, p, INPUT.normalisation) for p in train_ids]
     val_cases = [load_acdc(root, p, INPUT.normalisation) for p in val_ids]
     # (frame, label, an adjacent slice for the thick-slice transform, the frame's pixel spacing)

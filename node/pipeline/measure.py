@@ -410,21 +410,13 @@ class StackMeasurer:
                     variant_ml = self._volume(found, mirrored, slice_ml, spacing)
                     augmented = max(augmented, _relative_change(variant_ml, measured_ml, measured_ml))
             if scale is not None:
-                sized = [
-                    self._volume(
-                        self.segmenter.segment(
-                            frames,
-                            (spacing[0] * factor, spacing[1] * factor),
-                            normalised=True,
-                            heart=heart,
-                            alone=True,
-                        ).labels,
-                        False,
-                        slice_ml,
-                        spacing,
-                    )
-                    for factor in TTA_SCALES
-                ]
+                sized = []
+                for factor in TTA_SCALES:
+                    seen_as = (spacing[0] * factor, spacing[1] * factor)
+                    found = self.segmenter.segment(
+                        frames, seen_as, normalised=True, heart=heart, alone=True
+                    ).labels
+                    sized.append(self._volume(found, False, slice_ml, spacing))
                 scale = max(scale, _relative_change(max(sized), min(sized), measured_ml))
             if segmented.companion:
                 found = np.stack([segmented.companion[frame] for frame in cells[kept, phase].tolist()])
