@@ -472,6 +472,26 @@ def _held_out(
     )
 
 
+def _fit_data(cases: list[Case]) -> tuple[list[Case], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The results a fit can use (a result without a ventricle has no terms), their design matrix over
+    :data:`CALIBRATION_TERMS` and whether each is within 15 % (1) or off (0)."""
+    usable = [c for c in cases if all(math.isfinite(v) for v in c.features.terms().values())]
+    design = _design(usable, CALIBRATION_TERMS)
+    return usable, design, np.array([0.0 if c.off else 1.0 for c in usable])
+
+
+def held_out_figures(cases: list[Case], names: list[str]) -> HeldOut:
+    """How a calibration over the terms ``names`` does on patients left out of its fit."""
+    usable, design, y = _fit_data(cases)
+    return _held_out(usable, design, y, names)
+
+
+def chosen_terms(cases: list[Case]) -> list[str]:
+    """The terms the forward selection of :func:`fit_calibration` picks on ``cases``."""
+    usable, design, y = _fit_data(cases)
+    return _choose_terms(design, y, _patients(usable))
+
+
 def fit_calibration(cases: list[Case]) -> tuple[Calibration, HeldOut]:
     """Logistic regression of "within 15 %" on the :data:`CALIBRATION_TERMS` that the held-out AUC
     chooses (:func:`_choose_terms`; a term fitted against its direction is left out,
@@ -484,7 +504,7 @@ def fit_calibration(cases: list[Case]) -> tuple[Calibration, HeldOut]:
         Off results from fewer than 2 patients, or none within 15 %: nothing can be judged on held-out
         patients. Or no term tells off results apart there: the card would mark every result ``check``.
     """
-    usable = [c for c in cases if all(math.isfinite(v) for v in c.features.terms().values())]
+    usable, design, y = _fit_data(cases)
     failing = {(c.dataset, c.case) for c in usable if c.off}
     if len(failing) < 2 or all(c.off for c in usable):
         raise ValueError(
@@ -492,8 +512,6 @@ def fit_calibration(cases: list[Case]) -> tuple[Calibration, HeldOut]:
             f"{sum(not c.off for c in usable)} within it: choosing terms on held-out patients needs off "
             "results from at least 2 patients, and results within 15 %"
         )
-    design = _design(usable, CALIBRATION_TERMS)
-    y = np.array([0.0 if c.off else 1.0 for c in usable])
     chosen = _choose_terms(design, y, _patients(usable))
     if not chosen:
         raise ValueError(
