@@ -474,8 +474,22 @@ def _held_out(
 
 def _fit_data(cases: list[Case]) -> tuple[list[Case], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """The results a fit can use (a result without a ventricle has no terms), their design matrix over
-    :data:`CALIBRATION_TERMS` and whether each is within 15 % (1) or off (0)."""
+    :data:`CALIBRATION_TERMS` and whether each is within 15 % (1) or off (0).
+
+    Raises
+    ------
+    ValueError
+        Off results from fewer than 2 patients, or none within 15 %: nothing can be judged on held-out
+        patients.
+    """
     usable = [c for c in cases if all(math.isfinite(v) for v in c.features.terms().values())]
+    failing = {(c.dataset, c.case) for c in usable if c.off}
+    if len(failing) < 2 or all(c.off for c in usable):
+        raise ValueError(
+            f"results off by more than 15 % from {len(failing)} patient(s), and "
+            f"{sum(not c.off for c in usable)} within it: choosing terms on held-out patients needs off "
+            "results from at least 2 patients, and results within 15 %"
+        )
     design = _design(usable, CALIBRATION_TERMS)
     return usable, design, np.array([0.0 if c.off else 1.0 for c in usable])
 
@@ -505,13 +519,6 @@ def fit_calibration(cases: list[Case]) -> tuple[Calibration, HeldOut]:
         patients. Or no term tells off results apart there: the card would mark every result ``check``.
     """
     usable, design, y = _fit_data(cases)
-    failing = {(c.dataset, c.case) for c in usable if c.off}
-    if len(failing) < 2 or all(c.off for c in usable):
-        raise ValueError(
-            f"results off by more than 15 % from {len(failing)} patient(s), and "
-            f"{sum(not c.off for c in usable)} within it: choosing terms on held-out patients needs off "
-            "results from at least 2 patients, and results within 15 %"
-        )
     chosen = _choose_terms(design, y, _patients(usable))
     if not chosen:
         raise ValueError(

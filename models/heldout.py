@@ -12,9 +12,9 @@ the direction it may move the confidence, :data:`models.evaluate.TERM_DIRECTIONS
 ``models/runs/heldout-N`` (about 40 minutes on 2 cores; ``--resume`` and the other options of
 ``models.train`` pass through); ``python -m models.heldout evaluate --fold N`` exports the fold's best
 checkpoint to a scratch folder, measures (about 4 minutes) and writes the results beside it;
-``python -m models.heldout compare`` pools the folds measured so far and prints how calibrations over
-candidate term sets do there, each patient judged by a fit without it (AUC, and the share of off and
-of good results ``check`` at the level that marks every off result of the others).
+``python -m models.heldout compare`` pools the folds (or takes one: ``--fold N``) and prints how
+calibrations over candidate term sets do there, each patient judged by a fit without it (AUC, and the
+share of off and of good results ``check`` at the level that marks every off result of the others).
 """
 
 from __future__ import annotations
@@ -115,19 +115,46 @@ def cases_path(fold: int) -> Path:
     return run_folder(fold) / "cases.json"
 
 
-def write_cases(path: Path, cases: list[Case]) -> None:
-    """Write ``cases`` (with whether each is off, and its terms) for :func:`load_cases`."""
+def write_cases(path: Path, cases: list[Case], checkpoint_sha256: str) -> None:
+    """Write ``cases`` (with whether each is off, and its terms), measured by the checkpoint of that
+    sha256, for :func:`load_cases`."""
     rows = [{**asdict(case), "off": case.off, "terms": case.features.terms()} for case in cases]
-    path.write_text(json.dumps(rows, indent=1, default=float))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"checkpoint_sha256": checkpoint_sha256, "results": rows}, indent=1, default=float)
+    )
 
 
-def load_cases(path: Path) -> list[Case]:
-    """The results ``evaluate`` wrote to ``path``."""
+def load_cases(path: Path) -> tuple[list[Case], str]:
+    """The results ``evaluate`` wrote to ``path``, and the sha256 of the checkpoint that measured them."""
+    written = json.loads(path.read_text())
     found = []
-    for row in json.loads(path.read_text()):
+    for row in written["results"]:
         fields = {k: v for k, v in row.items() if k not in ("off", "terms", "features", "flags")}
         found.append(Case(**fields, flags=tuple(row["flags"]), features=QcFeatures(**row["features"])))
-    return found
+    return found, written["checkpoint_sha256"]
+
+
+def fold_cases(fold: int) -> list[Case]:
+    """Fold ``fold``'s results, as ``evaluate`` wrote them from the fold's ``best.pt``.
+
+    Raises
+    ------
+    SystemExit
+        The fold was not measured, or its results come from another checkpoint than its ``best.pt``
+        (trained again since, or measured with ``--checkpoint``).
+    """
+    path, checkpoint = cases_path(fold), run_folder(fold) / "best.pt"
+    if not path.exists() or not checkpoint.exists():
+        raise SystemExit(
+            f"fold {fold} not trained and measured (python -m models.heldout train, evaluate --fold {fold})"
+        )
+    cases, measured_by = load_cases(path)
+    if measured_by != sha256_of(checkpoint):
+        raise SystemExit(
+            f"{path} was measured by another checkpoint than {checkpoint}: evaluate --fold {fold} again"
+        )
+    return cases
 
 
 #: Term sets ``compare`` scores besides each term alone and the forward selection's choice.
@@ -137,7 +164,8 @@ COMPARED_SETS = (("log_uncertain", "log_disagreement"),)
 def compare(cases: list[Case]) -> list[tuple[str, HeldOut]]:
     """How calibrations over candidate term sets do on these patients, each patient left out of the
     fit that judges it (:func:`models.evaluate.held_out_figures`): each term alone (of those with a
-    direction and measured), :data:`COMPARED_SETS`, and the forward selection of ``--fit``'s pick."""
+    direction and measured), :data:`COMPARED_SETS`, and the terms the forward selection of
+    ``models.evaluate --fit`` picks (:func:`models.evaluate.chosen_terms`)."""
     sets: list[tuple[str, ...]] = [(name,) for name in term_aucs(cases)]
     sets += [names for names in COMPARED_SETS if names not in sets]
     labels = [" + ".join(names) for names in sets]
@@ -151,11 +179,11 @@ def compare(cases: list[Case]) -> list[tuple[str, HeldOut]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("step", choices=("train", "evaluate", "compare"))
-    folds_help = "train, evaluate (default 0); compare: this fold only (default: all measured)"
+    folds_help = "train, evaluate (default 0); compare: this fold only (default: every fold)"
     parser.add_argument("--fold", type=int, choices=range(len(FOLDS)), help=folds_help)
     parser.add_argument("--checkpoint", type=Path, help="evaluate (default: the fold's best.pt)")
     args, extra = parser.parse_known_args()
-    fold = args.fold or 0
+    fold = 0 if args.fold is None else args.fold
     if args.step == "train":
         train(extra, fold)
         return
@@ -163,14 +191,11 @@ def main() -> None:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     if args.step == "compare":
         folds = range(len(FOLDS)) if args.fold is None else [args.fold]
-        paths = [cases_path(each) for each in folds if cases_path(each).exists()]
-        if not paths:
-            raise SystemExit("no fold evaluated yet (python -m models.heldout evaluate --fold N)")
-        cases = [case for path in paths for case in load_cases(path)]
+        cases = [case for each in folds for case in fold_cases(each)]
         patients = len({case.case for case in cases})
         off = sum(case.off for case in cases)
         print(
-            f"{len(cases)} results of {patients} patients ({len(paths)} folds), {off} off by more than 15 %"
+            f"{len(cases)} results of {patients} patients ({len(folds)} folds), {off} off by more than 15 %"
         )
         print(
             "term set: AUC (leave-patient-pair-out); off results check, others check (leave-one-patient-out)"
@@ -178,12 +203,13 @@ def main() -> None:
         for label, held in compare(cases):
             print(f"  {label}: {held.auc:.3f}; {held.off_checked:.0%}, {held.good_checked:.0%}")
         return
-    cases = measured(args.checkpoint or run_folder(fold) / "best.pt", fold)
+    checkpoint = args.checkpoint or run_folder(fold) / "best.pt"
+    cases = measured(checkpoint, fold)
     off = sum(case.off for case in cases)
     print(f"{len(cases)} results of {len(FOLDS[fold])} held-out patients, {off} off by more than 15 %")
     for name, value in term_aucs(cases).items():
         print(f"AUC {name}: {value:.3f}")
-    write_cases(cases_path(fold), cases)
+    write_cases(cases_path(fold), cases, sha256_of(checkpoint))
     print(f"results written to {cases_path(fold)}")
 
 

@@ -5,6 +5,7 @@ compared on patients left out of the fit that judges them."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,10 +16,22 @@ pytest.importorskip("torch", reason="models.train needs torch (the train extra)"
 
 import torch
 
+import models.heldout
 import models.train
 from models.data import split_patients
 from models.evaluate import Case, _failed
-from models.heldout import FOLDS, RECIPE, compare, load_cases, term_aucs, train, write_cases
+from models.heldout import (
+    FOLDS,
+    RECIPE,
+    cases_path,
+    compare,
+    fold_cases,
+    load_cases,
+    term_aucs,
+    train,
+    write_cases,
+)
+from node.inference.card import sha256_of
 from node.inference.qc import QcFeatures
 
 
@@ -94,12 +107,12 @@ def _patient_case(patient: int, shift: str, off: bool, uncertain: float, disagre
     )
 
 
-def test_term_sets_are_compared_on_patients_left_out_of_the_fit(tmp_path: Path) -> None:
+def test_term_sets_are_compared_on_patients_left_out_of_the_fit() -> None:
     """Uncertain pixels that set the off patients apart, and a disagreement that tells nothing. The
     uncertain pixels alone rank every off result first on patients left out, and mark no good one;
     the off patient least uncertain, left out, lies beyond the level the other three set, so its two
     results are missed (6 of 8 marked). The disagreement alone ranks at chance; the forward selection
-    picks the uncertain pixels. The results survive the file ``evaluate`` writes and ``compare`` reads."""
+    picks the uncertain pixels."""
     rng = np.random.default_rng(0)
     cases = [
         _patient_case(patient, shift, off, uncertain, float(rng.uniform(0.01, 0.1)))
@@ -108,12 +121,30 @@ def test_term_sets_are_compared_on_patients_left_out_of_the_fit(tmp_path: Path) 
         for off in [patient < 4]
         for uncertain in [0.2 + 0.01 * patient if off else float(rng.uniform(0.01, 0.1))]
     ]
-    write_cases(tmp_path / "cases.json", cases)
-    assert load_cases(tmp_path / "cases.json") == cases
-
     found = dict(compare(cases))
     alone = found["log_uncertain"]
     assert (alone.patients, alone.auc, alone.off_checked, alone.good_checked) == (12, 1.0, 0.75, 0.0)
     assert 0.2 < found["log_disagreement"].auc < 0.8
-    assert "log_uncertain + log_disagreement" in found
+    assert found["log_uncertain + log_disagreement"].auc > found["log_disagreement"].auc
     assert found["forward selection: log_uncertain"] == alone
+
+
+def test_compare_reads_each_fold_as_its_best_checkpoint_measured_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A result without the augmentations' disagreement and one with flags survive the file; a fold
+    trained again since it was measured, or never measured, is refused rather than pooled."""
+    plain = _patient_case(0, "none", False, 0.05, 0.05)
+    flagged = replace(plain, flags=("apex_missing", "unstable_segmentation"), status="check")
+    unmeasured = replace(plain, features=replace(plain.features, disagreement=None, scale_sensitivity=None))
+    monkeypatch.setattr(models.heldout, "run_folder", lambda fold: tmp_path / f"fold{fold}")
+    checkpoint = tmp_path / "fold0" / "best.pt"
+    with pytest.raises(SystemExit, match="not trained and measured"):
+        fold_cases(0)
+    write_cases(cases_path(0), [plain, flagged, unmeasured], "0" * 64)
+    checkpoint.write_bytes(b"weights")
+    with pytest.raises(SystemExit, match="another checkpoint"):
+        fold_cases(0)
+    write_cases(cases_path(0), [plain, flagged, unmeasured], sha256_of(checkpoint))
+    assert fold_cases(0) == [plain, flagged, unmeasured]
+    assert load_cases(cases_path(0)) == ([plain, flagged, unmeasured], sha256_of(checkpoint))
