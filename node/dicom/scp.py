@@ -16,6 +16,8 @@ import select
 import socket
 import ssl
 import threading
+import time
+import types
 import uuid
 import weakref
 from collections.abc import Callable
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Protocol, cast
 
+import pynetdicom.association
 import structlog
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
@@ -480,12 +483,79 @@ class _PromptSocket(AssociationSocket):
         return data
 
 
+#: The pause pynetdicom's association reactor takes between its turns (``time.sleep(0.001)``).
+_PYNETDICOM_REACTOR_PAUSE_S = 0.001
+#: How long a receiving association's reactor waits for a decoded message (or a release, an abort, the
+#: end of its DUL thread) before it looks at its stop flag and timers again (:class:`_ReactorTime`).
+_REACTOR_WAIT_S = 0.01
+
+
+class _SignallingQueue(queue.Queue[Any]):
+    """A queue that sets ``arrived`` whenever an item is put: wakes the association's reactor."""
+
+    def __init__(self, arrived: threading.Event) -> None:
+        super().__init__()
+        self.arrived = arrived
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self.arrived.set()
+
+
+class _PromptReactor(Association):
+    """A receiving association whose reactor waits for what it looks for instead of polling
+    (:class:`_ReactorTime`). Only the class of an association :func:`_prompt` prepared; it adds state,
+    no behaviour."""
+
+    #: Set when a decoded message, a primitive from the peer, or the end of the DUL thread arrives.
+    arrived: threading.Event
+
+
+class _ReactorTime(types.ModuleType):
+    """``time`` as pynetdicom's association module sees it, with a reactor that waits rather than polls.
+
+    The reactor of each association (its own thread) sleeps 1 ms between turns, in each of which it
+    looks for a decoded message, a release or abort from the peer, the end of its DUL thread and its
+    timers: a C-STORE waited up to a millisecond (on average half of one) before its handler ran, a
+    good part of the round trip. On an association :func:`_prompt` prepared, that pause is instead a
+    wait for any of those to arrive (a :class:`_SignallingQueue` on each path), at most
+    :data:`_REACTOR_WAIT_S` so the stop flag and timers are still looked at; every other sleep, on
+    every other thread (a requestor's association among them), is ``time.sleep``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("time")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        thread = threading.current_thread()
+        if not isinstance(thread, _PromptReactor) or seconds != _PYNETDICOM_REACTOR_PAUSE_S:
+            time.sleep(seconds)
+            return
+        if not thread.dimse.msg_queue.empty():
+            return  # a second message came in while the first was served: the set flag was cleared
+        thread.arrived.wait(_REACTOR_WAIT_S)
+        thread.arrived.clear()  # whatever set it is looked at in the turn that follows
+
+
 def _prompt(association: Association) -> None:
-    """Have the association's DUL thread wait on its socket rather than poll it (:class:`_PromptSocket`);
-    before the association starts. The eventfd is closed when the DUL thread ends. Where the platform
-    has no eventfd (not Linux), pynetdicom's polling stays."""
+    """Have the association's DUL thread wait on its socket rather than poll it (:class:`_PromptSocket`),
+    and its reactor wait for messages rather than poll for them (:class:`_ReactorTime`); before the
+    association starts. The eventfd is closed when the DUL thread ends. Where the platform has no
+    eventfd (not Linux), pynetdicom's polling stays."""
     if not hasattr(os, "eventfd"):
         return
+    namespace = vars(pynetdicom.association)  # its ``time``; set twice by two first callers at once: harmless
+    if not isinstance(namespace["time"], _ReactorTime):
+        namespace["time"] = _ReactorTime()
+    arrived = threading.Event()
+    association.dimse.msg_queue = _SignallingQueue(arrived)
+    association.dul.to_user_queue = _SignallingQueue(arrived)
+    association.__class__ = _PromptReactor
+    cast(_PromptReactor, association).arrived = arrived
     dul = association.dul
     sending = _WakingQueue()
     transport = cast(AssociationSocket, dul.socket)
@@ -500,6 +570,7 @@ def _prompt(association: Association) -> None:
             run()
         finally:
             sending.close()
+            arrived.set()
 
     dul.run = run_then_close  # type: ignore[method-assign]
 

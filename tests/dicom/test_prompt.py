@@ -1,15 +1,18 @@
-"""The listener's association threads wait on their socket instead of polling it (in process, pynetdicom
-as the peer): data split over many PDUs arrives whole, and an idle association stays idle."""
+"""The listener's association threads wait on their socket, and their reactors on their messages, instead
+of polling them (in process, pynetdicom as the peer): data split over many PDUs arrives whole, an idle
+association stays idle, and every other thread's sleeps are left as they are."""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
 import pydicom
+import pynetdicom.association
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE
@@ -96,6 +99,60 @@ def test_an_idle_association_waits_instead_of_polling(
     finally:
         association.release()
     assert 0 < idle <= 60, f"{idle} looks at the socket in 0.5 s"
+
+
+def test_an_idle_association_reactor_waits_for_messages_instead_of_polling(
+    listener: tuple[StorageSCP, Spool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynetdicom's association reactor looks for a decoded message a thousand times a second; the
+    listener's waits for one (or for a release, an abort, the end of the network thread), so an idle
+    association's reactor turns a hundred times a second at most, and messages are still served at
+    once, release included."""
+    server, _ = listener
+    turns: list[float] = []
+    sleep = scp._ReactorTime.sleep
+
+    def counted(seconds: float) -> None:
+        if isinstance(threading.current_thread(), scp._PromptReactor):
+            turns.append(time.monotonic())
+        sleep(seconds)
+
+    monkeypatch.setattr(scp._ReactorTime, "sleep", staticmethod(counted))
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(Verification)
+    association = ae.associate("127.0.0.1", server.port, ae_title="DICOMNODE")
+    assert association.is_established
+    try:
+        assert association.send_c_echo().Status == 0x0000
+        turns.clear()
+        time.sleep(0.5)
+        idle = len(turns)
+        for _ in range(20):
+            assert association.send_c_echo().Status == 0x0000
+    finally:
+        association.release()
+    assert association.is_released
+    assert 0 < idle <= 60, f"{idle} reactor turns in 0.5 s"
+
+
+def test_sleeps_outside_a_receiving_reactor_are_plain_sleeps(listener: tuple[StorageSCP, Spool]) -> None:
+    """Once the listener has taken pynetdicom's ``time``, a sleep on any other thread (a requestor's
+    association, the node's own) sleeps as long as asked, whatever its length."""
+    server, _ = listener
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(Verification)
+    association = ae.associate("127.0.0.1", server.port, ae_title="DICOMNODE")
+    try:
+        assert association.send_c_echo().Status == 0x0000
+    finally:
+        association.release()
+    patched = vars(pynetdicom.association)["time"]
+    assert isinstance(patched, scp._ReactorTime)
+    for seconds in (scp._PYNETDICOM_REACTOR_PAUSE_S, 0.02):
+        started = time.monotonic()
+        patched.sleep(seconds)
+        assert time.monotonic() - started >= seconds
+    assert patched.monotonic is time.monotonic
 
 
 def _eventfds() -> int:
