@@ -86,19 +86,28 @@ def test_an_idle_association_waits_instead_of_polling(
         return bool(ready.fget(transport))  # type: ignore[attr-defined]
 
     monkeypatch.setattr(scp._PromptSocket, "ready", property(counted))
+    idle = _idle_between_echoes(server, looks, echoes=1)
+    assert 0 < idle <= 60, f"{idle} looks at the socket in 0.5 s"
+
+
+def _idle_between_echoes(server: StorageSCP, seen: list[float], echoes: int) -> int:
+    """Open an association, echo, and count what lands in ``seen`` over half a second of silence; then
+    echo ``echoes`` times more and release. Every echo and the release must succeed."""
     ae = AE(ae_title="SENDER")
     ae.add_requested_context(Verification)
     association = ae.associate("127.0.0.1", server.port, ae_title="DICOMNODE")
     assert association.is_established
     try:
         assert association.send_c_echo().Status == 0x0000
-        looks.clear()
+        seen.clear()
         time.sleep(0.5)
-        idle = len(looks)
-        assert association.send_c_echo().Status == 0x0000
+        idle = len(seen)
+        for _ in range(echoes):
+            assert association.send_c_echo().Status == 0x0000
     finally:
         association.release()
-    assert 0 < idle <= 60, f"{idle} looks at the socket in 0.5 s"
+    assert association.is_released
+    return idle
 
 
 def test_an_idle_association_reactor_waits_for_messages_instead_of_polling(
@@ -118,20 +127,7 @@ def test_an_idle_association_reactor_waits_for_messages_instead_of_polling(
         sleep(seconds)
 
     monkeypatch.setattr(scp._ReactorTime, "sleep", staticmethod(counted))
-    ae = AE(ae_title="SENDER")
-    ae.add_requested_context(Verification)
-    association = ae.associate("127.0.0.1", server.port, ae_title="DICOMNODE")
-    assert association.is_established
-    try:
-        assert association.send_c_echo().Status == 0x0000
-        turns.clear()
-        time.sleep(0.5)
-        idle = len(turns)
-        for _ in range(20):
-            assert association.send_c_echo().Status == 0x0000
-    finally:
-        association.release()
-    assert association.is_released
+    idle = _idle_between_echoes(server, turns, echoes=20)
     assert 0 < idle <= 60, f"{idle} reactor turns in 0.5 s"
 
 
@@ -142,10 +138,7 @@ def test_sleeps_outside_a_receiving_reactor_are_plain_sleeps(listener: tuple[Sto
     ae = AE(ae_title="SENDER")
     ae.add_requested_context(Verification)
     association = ae.associate("127.0.0.1", server.port, ae_title="DICOMNODE")
-    try:
-        assert association.send_c_echo().Status == 0x0000
-    finally:
-        association.release()
+    association.release()  # the listener has prepared an association: pynetdicom's time is taken
     patched = vars(pynetdicom.association)["time"]
     assert isinstance(patched, scp._ReactorTime)
     for seconds in (scp._PYNETDICOM_REACTOR_PAUSE_S, 0.02):
