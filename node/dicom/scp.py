@@ -972,10 +972,11 @@ class StorageSCP:
             log.exception("instance failed", status=f"0x{int(Status.PROCESSING_FAILURE):04X}")
             return int(Status.PROCESSING_FAILURE)
         self._count(counts, "duplicate" if stored.duplicate else "stored")
-        log.debug(
-            "instance stored",
-            study=self._pseudonymise(stored.header.study_instance_uid),
-            patient=self._pseudonymise(stored.header.patient_id or ""),
-            duplicate=stored.duplicate,
-        )
+        if log.isEnabledFor(logging.DEBUG):  # no keyed hashes or processors per instance for nothing
+            log.debug(
+                "instance stored",
+                study=self._pseudonymise(stored.header.study_instance_uid),
+                patient=self._pseudonymise(stored.header.patient_id or ""),
+                duplicate=stored.duplicate,
+            )
         return int(Status.SUCCESS)
