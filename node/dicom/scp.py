@@ -45,6 +45,9 @@ from node.logging import Pseudonymiser, get_logger
 from node.metrics import NodeMetrics
 
 log = get_logger(__name__)
+#: The standard logger behind ``log``, asked whether a debug line would be written at all (structlog's
+#: own logger answers that only once :func:`node.logging.configure_logging` has run).
+_stdlib_log = logging.getLogger(__name__)
 
 #: Returned as the only allowed AE title when no rule admits the caller's host; it cannot match a
 #: real calling AE title because AE titles never contain a backslash (PS3.5 Table 6.2-1).
@@ -504,11 +507,19 @@ class _SignallingQueue(queue.Queue[Any]):
 
 class _PromptReactor(Association):
     """A receiving association whose reactor waits for what it looks for instead of polling
-    (:class:`_ReactorTime`). Only the class of an association :func:`_prompt` prepared; it adds state,
-    no behaviour."""
+    (:class:`_ReactorTime`). Only the class of an association :func:`_prompt` prepared; it adds the
+    event it waits on, and wakes it when the association is stopped from another thread."""
 
-    #: Set when a decoded message, a primitive from the peer, or the end of the DUL thread arrives.
+    #: Set when a decoded message, a primitive from the peer, the end of the DUL thread, or a stop
+    #: (:meth:`kill`) arrives.
     arrived: threading.Event
+
+    def kill(self) -> None:
+        """pynetdicom's stop (abort and release from another thread end in it), with the reactor woken
+        to see it at once rather than at the end of its wait."""
+        self._kill = True  # what the woken reactor reads first
+        self.arrived.set()
+        super().kill()
 
 
 class _ReactorTime(types.ModuleType):
@@ -972,7 +983,7 @@ class StorageSCP:
             log.exception("instance failed", status=f"0x{int(Status.PROCESSING_FAILURE):04X}")
             return int(Status.PROCESSING_FAILURE)
         self._count(counts, "duplicate" if stored.duplicate else "stored")
-        if log.isEnabledFor(logging.DEBUG):  # no keyed hashes or processors per instance for nothing
+        if _stdlib_log.isEnabledFor(logging.DEBUG):  # no keyed hashes or processors for nothing
             log.debug(
                 "instance stored",
                 study=self._pseudonymise(stored.header.study_instance_uid),

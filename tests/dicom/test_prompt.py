@@ -4,20 +4,24 @@ association stays idle, and every other thread's sleeps are left as they are."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
+from typing import cast
 
 import pydicom
 import pynetdicom.association
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification
+from structlog.testing import capture_logs
 
 from node.clock import SystemClock
 from node.config import Settings
@@ -129,6 +133,100 @@ def test_an_idle_association_reactor_waits_for_messages_instead_of_polling(
     monkeypatch.setattr(scp._ReactorTime, "sleep", staticmethod(counted))
     idle = _idle_between_echoes(server, turns, echoes=20)
     assert 0 < idle <= 60, f"{idle} reactor turns in 0.5 s"
+
+
+@pytest.fixture
+def reactor_waits(monkeypatch: pytest.MonkeyPatch) -> list[tuple[scp._PromptReactor, bool]]:
+    """What each wait of a receiving association's reactor ended with: True when something woke it,
+    False when it waited its whole time out; with the association it belongs to."""
+    waits: list[tuple[scp._PromptReactor, bool]] = []
+    prepare = scp._prompt
+
+    def recording(association: Association) -> None:
+        prepare(association)
+        prepared = cast(scp._PromptReactor, association)
+        wait = prepared.arrived.wait
+
+        def recorded(timeout: float | None = None) -> bool:
+            woken = wait(timeout)
+            waits.append((prepared, woken))
+            return woken
+
+        prepared.arrived.wait = recorded  # type: ignore[method-assign]
+
+    monkeypatch.setattr(scp, "_prompt", recording)
+    return waits
+
+
+def test_each_message_wakes_the_reactor(
+    listener: tuple[StorageSCP, Spool], reactor_waits: list[tuple[scp._PromptReactor, bool]]
+) -> None:
+    """The reactor is woken by the message itself (its queue signals), not served when its wait runs
+    out: of the waits that end while twenty echoes are answered one after another, most end woken."""
+    server, _ = listener
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(Verification)
+    association = ae.associate("127.0.0.1", server.port, ae_title="DICOMNODE")
+    assert association.is_established
+    try:
+        reactor_waits.clear()
+        for _ in range(20):
+            assert association.send_c_echo().Status == 0x0000
+        woken = sum(1 for _, ended_woken in reactor_waits if ended_woken)
+    finally:
+        association.release()
+    assert woken >= 10, f"{woken} of {len(reactor_waits)} waits ended by a wake-up"
+
+
+def test_a_stopped_association_wakes_its_reactor(
+    listener: tuple[StorageSCP, Spool], reactor_waits: list[tuple[scp._PromptReactor, bool]]
+) -> None:
+    """Stopping a receiving association from another thread (as the listener's shutdown does) wakes its
+    reactor, which then ends."""
+    server, _ = listener
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(Verification)
+    association = ae.associate("127.0.0.1", server.port, ae_title="DICOMNODE")
+    assert association.is_established
+    assert association.send_c_echo().Status == 0x0000
+    (receiving,) = {prepared for prepared, _ in reactor_waits}
+    time.sleep(0.05)  # the reactor is back in its wait
+    reactor_waits.clear()
+    receiving.kill()
+    receiving.join(timeout=5)
+    assert not receiving.is_alive()
+    assert reactor_waits and reactor_waits[0][1], "the reactor's wait ran out instead of being woken"
+    association.abort()
+
+
+def test_the_stored_debug_line_is_built_only_when_debug_is_on(listener: tuple[StorageSCP, Spool]) -> None:
+    """Each stored instance is logged at debug level, with its study pseudonymised; with debug off, the
+    line is not built at all, and the instance is stored and answered Success either way."""
+    server, spool = listener
+    logger = logging.getLogger(scp.__name__)
+    level = logger.level
+    events = []
+    try:
+        for debug in (False, True):
+            logger.setLevel(logging.DEBUG if debug else logging.INFO)
+            dataset = pydicom.dcmread(BytesIO(synthetic_mr()))
+            ae = AE(ae_title="SENDER")
+            ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+            association = ae.associate("127.0.0.1", server.port, ae_title="DICOMNODE")
+            assert association.is_established
+            with capture_logs() as captured:
+                try:
+                    assert association.send_c_store(dataset).Status == 0x0000
+                finally:
+                    association.release()
+            events.append([event for event in captured if event["event"] == "instance stored"])
+    finally:
+        logger.setLevel(level)
+    assert len(list(spool.files())) == 2
+    assert events[0] == []
+    (stored,) = events[1]
+    assert stored["duplicate"] is False
+    assert stored["study"] != dataset.StudyInstanceUID and len(stored["study"]) == 16
 
 
 def test_sleeps_outside_a_receiving_reactor_are_plain_sleeps(listener: tuple[StorageSCP, Spool]) -> None:
