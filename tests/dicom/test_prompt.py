@@ -94,13 +94,19 @@ def test_an_idle_association_waits_instead_of_polling(
     assert 0 < idle <= 60, f"{idle} looks at the socket in 0.5 s"
 
 
-def _idle_between_echoes(server: StorageSCP, seen: list[float], echoes: int) -> int:
-    """Open an association, echo, and count what lands in ``seen`` over half a second of silence; then
-    echo ``echoes`` times more and release. Every echo and the release must succeed."""
+def _verification_association(server: StorageSCP) -> Association:
+    """An established Verification association from a pynetdicom sender to the listener."""
     ae = AE(ae_title="SENDER")
     ae.add_requested_context(Verification)
     association = ae.associate("127.0.0.1", server.port, ae_title="DICOMNODE")
     assert association.is_established
+    return association
+
+
+def _idle_between_echoes(server: StorageSCP, seen: list[float], echoes: int) -> int:
+    """Open an association, echo, and count what lands in ``seen`` over half a second of silence; then
+    echo ``echoes`` times more and release. Every echo and the release must succeed."""
+    association = _verification_association(server)
     try:
         assert association.send_c_echo().Status == 0x0000
         seen.clear()
@@ -164,10 +170,7 @@ def test_each_message_wakes_the_reactor(
     """The reactor is woken by the message itself (its queue signals), not served when its wait runs
     out: of the waits that end while twenty echoes are answered one after another, most end woken."""
     server, _ = listener
-    ae = AE(ae_title="SENDER")
-    ae.add_requested_context(Verification)
-    association = ae.associate("127.0.0.1", server.port, ae_title="DICOMNODE")
-    assert association.is_established
+    association = _verification_association(server)
     try:
         reactor_waits.clear()
         for _ in range(20):
@@ -184,10 +187,7 @@ def test_a_stopped_association_wakes_its_reactor(
     """Stopping a receiving association from another thread (as the listener's shutdown does) wakes its
     reactor, which then ends."""
     server, _ = listener
-    ae = AE(ae_title="SENDER")
-    ae.add_requested_context(Verification)
-    association = ae.associate("127.0.0.1", server.port, ae_title="DICOMNODE")
-    assert association.is_established
+    association = _verification_association(server)
     assert association.send_c_echo().Status == 0x0000
     (receiving,) = {prepared for prepared, _ in reactor_waits}
     time.sleep(0.05)  # the reactor is back in its wait
@@ -233,10 +233,8 @@ def test_sleeps_outside_a_receiving_reactor_are_plain_sleeps(listener: tuple[Sto
     """Once the listener has taken pynetdicom's ``time``, a sleep on any other thread (a requestor's
     association, the node's own) sleeps as long as asked, whatever its length."""
     server, _ = listener
-    ae = AE(ae_title="SENDER")
-    ae.add_requested_context(Verification)
-    association = ae.associate("127.0.0.1", server.port, ae_title="DICOMNODE")
-    association.release()  # the listener has prepared an association: pynetdicom's time is taken
+    # Once the listener has prepared an association, pynetdicom's time is taken.
+    _verification_association(server).release()
     patched = vars(pynetdicom.association)["time"]
     assert isinstance(patched, scp._ReactorTime)
     for seconds in (scp._PYNETDICOM_REACTOR_PAUSE_S, 0.02):
@@ -263,11 +261,8 @@ def test_each_association_releases_its_eventfd_when_it_ends(listener: tuple[Stor
     garbage collector gets to it: associations that come and go do not pile descriptors up."""
     server, _ = listener
     before = _eventfds()
-    ae = AE(ae_title="SENDER")
-    ae.add_requested_context(Verification)
     for _ in range(10):
-        association = ae.associate("127.0.0.1", server.port, ae_title="DICOMNODE")
-        assert association.is_established
+        association = _verification_association(server)
         assert association.send_c_echo().Status == 0x0000
         association.release()
     deadline = time.monotonic() + 5
