@@ -20,6 +20,7 @@ from typing import Any
 
 import pydicom.config
 import structlog
+from pynetdicom import _config as pynetdicom_config
 
 from node.config import LoggingSettings
 
@@ -132,6 +133,12 @@ def configure_logging(settings: LoggingSettings) -> None:
     root.setLevel(settings.level)
     # pynetdicom logs dataset contents at DEBUG; keep it at its own, higher level by default.
     logging.getLogger("pynetdicom").setLevel(settings.pynetdicom_level)
+    # pynetdicom's standard event handlers write every PDU and DIMSE message out for its INFO and
+    # DEBUG lines, whatever the level (and copy each received data set to say that it is present);
+    # they are bound to associations made from here on, and only where those lines are kept.
+    pynetdicom_config.LOG_HANDLER_LEVEL = (
+        "standard" if logging.getLogger("pynetdicom").isEnabledFor(logging.INFO) else "none"
+    )
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     # highdicom narrates every module it copies into a report at INFO: detail, not news.
     logging.getLogger("highdicom").setLevel(logging.DEBUG if settings.level == "DEBUG" else logging.WARNING)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -73,3 +76,40 @@ def test_index_errors_never_carry_their_parameters(tmp_path: Path) -> None:
     finally:
         index.close()
     assert "ACQUIRED-AT-0815" not in text and "parameters hidden" in text
+
+
+#: Configures logging with pynetdicom at the given level, makes an association and prints the names
+#: of the handlers pynetdicom bound to its DIMSE and PDU events.
+_BOUND_HANDLERS = """
+import sys
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from node.config import LoggingSettings
+from node.logging import configure_logging
+
+configure_logging(LoggingSettings(pynetdicom_level=sys.argv[1], format="json"))
+association = Association(AE(), mode="requestor")
+for event in (evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT, evt.EVT_PDU_RECV, evt.EVT_PDU_SENT):
+    for handler, _ in association.get_handlers(event):
+        print(handler.__name__)
+"""
+
+
+@pytest.mark.parametrize(
+    ("level", "bound"),
+    [
+        ("WARNING", set()),
+        ("ERROR", set()),
+        ("INFO", {"standard_dimse_recv_handler", "standard_pdu_sent_handler"}),
+        ("DEBUG", {"standard_dimse_recv_handler", "standard_pdu_sent_handler"}),
+    ],
+)
+def test_pynetdicom_writes_messages_out_only_where_its_lines_are_kept(level: str, bound: set[str]) -> None:
+    """pynetdicom's standard handlers (which format every PDU and DIMSE message, whatever the level)
+    are bound only when pynetdicom logs at INFO or DEBUG."""
+    done = subprocess.run(
+        [sys.executable, "-c", _BOUND_HANDLERS, level], capture_output=True, text=True, timeout=60, check=True
+    )
+    handlers = set(done.stdout.split())
+    assert handlers >= bound
+    assert bool(handlers) == bool(bound)

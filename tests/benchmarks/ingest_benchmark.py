@@ -12,11 +12,16 @@ The comparison is not like for like on durability: the node fsyncs every file an
 before answering (its index commit is not fsync'd: the spool is the record, re-indexed at start-up);
 storescp writes without fsync.
 
-Two more receivers put the figures in context:
+Three more receivers put the figures in context:
 
 - ``pynetdicom, no-op handler``: pynetdicom's own SCP (the library the node's listener is built on),
-  TCP_NODELAY and the node's maximum PDU, whose C-STORE handler answers Success without looking at
+  TCP_NODELAY, the node's maximum PDU and, as the node below pynetdicom's INFO level, none of
+  pynetdicom's standard logging handlers, whose C-STORE handler answers Success without looking at
   the data: the ceiling of any handler on that listener.
+- ``the node's listener, no-op sink``: the node's own listener, configured and logging as
+  ``dicomnode serve`` runs it (its reactors woken by each message rather than polling), whose sink
+  answers Success without storing anything: what the node costs beside its durable work (header
+  parse and structural check, spool write and fsyncs, index).
 - ``Orthanc``: Debian's Orthanc (``/usr/sbin/Orthanc``), which fsyncs its storage area and its
   SQLite index, when installed (``--no-orthanc`` leaves it out).
 """
@@ -170,10 +175,12 @@ def _into_storescp(work: Path, files: list[Path], parallel: int) -> float:
     return _serve_and_send(command, port, files, parallel, work, before_stop=all_written)
 
 
-#: pynetdicom's SCP with a C-STORE handler that answers Success at once (argv: port, max PDU).
+#: pynetdicom's SCP with a C-STORE handler that answers Success at once (argv: port, max PDU),
+#: without pynetdicom's standard logging handlers, as the node runs it by default.
 _NOOP_SCP = """
 import socket, sys
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+import pydicom.config
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -183,6 +190,8 @@ class NoDelay(ThreadedAssociationServer):
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
 
+_config.LOG_HANDLER_LEVEL = "none"
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE  # no warning per UID
 ae = AE(ae_title="DICOMNODE")
 ae.maximum_pdu_size = int(sys.argv[2])
 for context in AllStoragePresentationContexts:
@@ -192,6 +201,26 @@ ae.maximum_associations = 32
 server = ae.make_server(("127.0.0.1", int(sys.argv[1])),
                         evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)], server_class=NoDelay)
 server.serve_forever()
+"""
+
+#: The node's own listener (:class:`~node.dicom.scp.StorageSCP`, as ``dicomnode serve`` configures it,
+#: logging included) with a sink that stores nothing and answers Success (argv: port).
+_NOOP_NODE_LISTENER = """
+import sys, threading, types
+from node.config import Settings
+from node.dicom.scp import StorageSCP
+from node.logging import configure_logging
+
+class Sink:
+    def store(self, data, **_):
+        return types.SimpleNamespace(duplicate=False)
+
+settings = Settings()
+configure_logging(settings.logging)
+listening = {"host": "127.0.0.1", "port": int(sys.argv[1]), "max_associations": 32}
+dicom = settings.dicom.model_copy(update=listening)
+StorageSCP(dicom, Sink(), pseudonymise=str).start()
+threading.Event().wait()
 """
 
 #: Debian's Orthanc, else one on PATH (None: not installed).
@@ -242,6 +271,12 @@ def _into_noop_pynetdicom(work: Path, files: list[Path], parallel: int) -> float
     return _serve_and_send(command, port, files, parallel, work)
 
 
+def _into_noop_node_listener(work: Path, files: list[Path], parallel: int) -> float:
+    port = free_port()
+    command = [sys.executable, "-c", _NOOP_NODE_LISTENER, str(port)]
+    return _serve_and_send(command, port, files, parallel, work)
+
+
 def _into_orthanc(work: Path, files: list[Path], parallel: int) -> float:
     assert ORTHANC is not None
     port = free_port()
@@ -278,6 +313,10 @@ def _median(runs: list[Run]) -> Run:
     return Run(seconds, runs[0].instances, runs[0].megabytes)
 
 
+#: What the node's rows are compared with, in the order the ratios are printed.
+REFERENCES = ("Orthanc", "pynetdicom, no-op handler", "the node's listener, no-op sink", "storescp -od")
+
+
 def main() -> None:
     """Run the benchmark and print the medians."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -303,6 +342,7 @@ def main() -> None:
         (node, functools.partial(_into_node, processes=args.processes)),
         ("storescp -od", _into_storescp),
         ("pynetdicom, no-op handler", _into_noop_pynetdicom),
+        ("the node's listener, no-op sink", _into_noop_node_listener),
     ]
     if ORTHANC is not None and not args.no_orthanc:
         receivers.append(("Orthanc", _into_orthanc))
@@ -316,13 +356,11 @@ def main() -> None:
                 f"{label:<58} {median.seconds:>8.2f} {median.instances_per_s:>8.1f} "
                 f"{median.mb_per_s:>7.2f}   {', '.join(f'{run.seconds:.2f}' for run in runs)}"
             )
-        references = [
-            name for name in ("Orthanc", "pynetdicom, no-op handler", "storescp -od") if name in medians
-        ]
+        references = [name for name in REFERENCES if name in medians]
         for name in [name for name in medians if name.startswith("dicomnode")]:
             for reference in references:
                 ratio = medians[name].instances_per_s / medians[reference].instances_per_s
-                print(f"{'  ' + name + ' / ' + reference:<58} {ratio:>8.2f}")
+                print(f"{'  ' + name + ' / ' + reference:<78} {ratio:>5.2f}")
     for processes, rss in sorted(PEAK_RSS_MB.items()):
         print(
             f"peak RSS of dicomnode serve with {processes} receiver process(es) while receiving: {rss:.0f} MB"
