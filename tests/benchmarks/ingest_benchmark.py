@@ -213,7 +213,8 @@ from node.logging import configure_logging
 
 class Sink:
     def store(self, data, **_):
-        return types.SimpleNamespace(duplicate=False)
+        header = types.SimpleNamespace(study_instance_uid="", patient_id="")  # read at DEBUG
+        return types.SimpleNamespace(duplicate=False, header=header)
 
 settings = Settings()
 configure_logging(settings.logging)
