@@ -15,9 +15,9 @@ storescp writes without fsync.
 Three more receivers put the figures in context:
 
 - ``pynetdicom, no-op handler``: pynetdicom's own SCP (the library the node's listener is built on),
-  TCP_NODELAY, the node's maximum PDU and, as the node below pynetdicom's INFO level, none of
-  pynetdicom's standard logging handlers, whose C-STORE handler answers Success without looking at
-  the data: the ceiling of any handler on that listener.
+  TCP_NODELAY, the node's maximum PDU and, as the node runs pynetdicom by default, neither its
+  standard logging handlers nor pydicom's warning per non-conformant UID, whose C-STORE handler
+  answers Success without looking at the data: the ceiling of any handler on that listener.
 - ``the node's listener, no-op sink``: the node's own listener, configured and logging as
   ``dicomnode serve`` runs it (its reactors woken by each message rather than polling), whose sink
   answers Success without storing anything: what the node costs beside its durable work (header
