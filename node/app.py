@@ -329,6 +329,7 @@ class Node:
         self.loops.stop(max(0.0, deadline - monotonic()))
         if self.web is not None:
             self.web.stop(max(0.0, deadline - monotonic()))
+        self.ingest.close()
         self.index.close()
         self.ingest_index.close()
         log.info("stopped")

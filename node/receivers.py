@@ -128,6 +128,7 @@ def receiver_main(
         scp.stop(settings.dicom.shutdown_grace_s)
         stopped.set()
         relay.join(timeout=5)
+        ingest.close()
         index.close()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from node.dicom.instance import InstanceHeader, Stored, parse_instance
 from node.errors import ConflictingInstance, NodeError, OutOfResources, StudyMismatch
 from node.failpoints import failpoint
 from node.store.index import Index
-from node.store.spool import Spool
+from node.store.spool import Spool, Staged
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,13 @@ class Ingest:
         self._locks = _KeyedLocks()
         self._admission = _Admission(index, limits, clock)
         self._space = _FreeSpace(spool, limits.min_free_bytes)
+        # Headers are parsed here while the storing thread waits on its fsync. A few threads: a parse
+        # holds the GIL, so more would only queue for it.
+        self._parser = ThreadPoolExecutor(max_workers=4, thread_name_prefix="header-parse")
+
+    def close(self) -> None:
+        """Stop the header-parsing threads (after the listener has stopped)."""
+        self._parser.shutdown(wait=True)
 
     def store(
         self,
@@ -207,9 +215,39 @@ class Ingest:
         limits = self._limits
         if len(data) > limits.max_instance_bytes:
             raise OutOfResources("instance larger than the configured maximum")
-        header = parse_instance(data, expected_sop_class, expected_sop_instance)
-        if expected_study is not None and header.study_instance_uid != expected_study:
-            raise StudyMismatch("instance of another study than the request names")
+        # Before anything is written, even a temporary file. An instance refused later keeps its
+        # share counted down until the next sample, which is exact near the floor.
+        self._space.reserve(len(data))
+        with self._spool.staged(data) as staged:
+            header = self._parse_while_syncing(staged, data, expected_sop_class, expected_sop_instance)
+            if expected_study is not None and header.study_instance_uid != expected_study:
+                raise StudyMismatch("instance of another study than the request names")
+            return self._place(staged, header, data, calling_ae)
+
+    def _parse_while_syncing(
+        self,
+        staged: Staged,
+        data: bytes,
+        expected_sop_class: str | None,
+        expected_sop_instance: str | None,
+    ) -> InstanceHeader:
+        """The instance's header, parsed on a worker thread while this one fsyncs the staged bytes.
+
+        The fsync releases the GIL and the parse holds it, so the two overlap instead of adding up
+        (each takes about a third of a millisecond per instance on a small machine). Nothing is
+        placed or indexed before both are done. A malformed instance is refused as such, whatever
+        the disk; the staged file is removed by the caller.
+        """
+        parsing = self._parser.submit(parse_instance, data, expected_sop_class, expected_sop_instance)
+        try:
+            staged.sync()
+        except OSError as error:
+            parsing.result()
+            raise OutOfResources(f"spool not writable: {error.strerror or type(error).__name__}") from None
+        return parsing.result()
+
+    def _place(self, staged: Staged, header: InstanceHeader, data: bytes, calling_ae: str | None) -> Stored:
+        """Link the synced instance into the spool and index it, unless it is held already."""
         relative = self._spool.relative_path(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )
@@ -221,10 +259,9 @@ class Ingest:
                     self._check_same(Path(held), data)
                     return Stored(header=header, duplicate=True)
             self._admission.admit(header.study_instance_uid)
-            self._space.reserve(len(data))
             try:
                 # Exclusive: another receiver process may be storing the same instance right now.
-                self._spool.write(relative, data, exclusive=True)
+                self._spool.place(staged, relative, exclusive=True)
             except FileExistsError:
                 return self._written_elsewhere(header, relative, data, calling_ae)
             except OSError as error:

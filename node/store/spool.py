@@ -14,6 +14,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _SAFE_UID = re.compile(r"^[0-9][0-9.]{0,63}$")
@@ -32,6 +33,50 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class Staged:
+    """Bytes written to a temporary file of the spool: durable after :meth:`sync`, in place after
+    :meth:`Spool.place`. The write happens here; an error of it is kept for :meth:`sync` to raise."""
+
+    def __init__(self, path: Path, data: bytes) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._error: OSError | None = None
+        self._created = False
+        #: True once the bytes are on disk: :meth:`Spool.place` takes nothing less.
+        self.synced = False
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            self._created = True
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as error:
+            self._error = error
+            self._close()
+
+    def sync(self) -> None:
+        """fsync the file (the GIL is released meanwhile); OSError when it could not be written."""
+        if self._error is not None:
+            raise self._error
+        assert self._fd is not None
+        os.fsync(self._fd)
+        self._close()
+        self.synced = True
+
+    def discard(self) -> None:
+        """Close and remove the temporary file (a placed file keeps its other name)."""
+        self._close()
+        if self._created:  # else nothing to remove, and unlink would fail on a read-only spool
+            self._created = False
+            self.path.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
 
 class Spool:
@@ -56,33 +101,43 @@ class Spool:
     def write(self, relative: Path, data: bytes, exclusive: bool = False) -> Path:
         """Write ``data`` to ``relative`` atomically and durably; return the absolute path.
 
-        The bytes go to a temporary file that is fsync'd, renamed over the target and the directory
-        is fsync'd, so after return the file survives a crash or power loss with either the old or
-        the new content, never a torn one. ``exclusive``: never replace a file that is there (another
-        process may have just written it); FileExistsError then, and nothing is written.
+        The bytes go to a temporary file that is fsync'd, linked or renamed to the target and the
+        directory is fsync'd, so after return the file survives a crash or power loss with either
+        the old or the new content, never a torn one. ``exclusive``: never replace a file that is
+        there (another process may have just written it); FileExistsError then, and nothing is
+        written.
         """
+        with self.staged(data) as staged:
+            staged.sync()
+            return self.place(staged, relative, exclusive)
+
+    @contextmanager
+    def staged(self, data: bytes) -> Iterator[Staged]:
+        """Write ``data`` to a temporary file, not yet fsync'd: :meth:`Staged.sync`, then :meth:`place`.
+
+        The temporary file is removed when the block ends, whatever happened; a placed file stays
+        under its target name. A failed write is raised by :meth:`Staged.sync`, so the caller
+        decides what comes first (the ingest refuses a malformed instance as such, whatever the disk).
+        """
+        staged = Staged(self._tmp / f"{uuid.uuid4().hex}.part", data)
+        try:
+            yield staged
+        finally:
+            staged.discard()
+
+    def place(self, staged: Staged, relative: Path, exclusive: bool = False) -> Path:
+        """Put a synced staged file at ``relative`` and fsync its directory; return the absolute path.
+
+        ``exclusive``: link, failing with FileExistsError where a file is there; else rename over it.
+        """
+        if not staged.synced:
+            raise ValueError("a staged file is placed only once it is fsync'd")
         target = self.root / relative
         self._ensure_dir(target.parent)
-        temporary = self._tmp / f"{uuid.uuid4().hex}.part"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            temporary.unlink(missing_ok=True)
-            raise
-        os.close(fd)
         if exclusive:
-            try:
-                os.link(temporary, target)  # atomic, and fails where the target exists
-            finally:
-                temporary.unlink(missing_ok=True)
+            os.link(staged.path, target)  # atomic, and fails where the target exists
         else:
-            os.replace(temporary, target)
+            os.replace(staged.path, target)
         _fsync_dir(target.parent)
         return target
 

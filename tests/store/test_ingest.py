@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import threading
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
 from node.clock import ManualClock
+from node.dicom.instance import InstanceHeader
 from node.dicom.status import Status, dimse_status
 from node.domain import Outcome
 from node.errors import MalformedInstance, OutOfResources
+from node.store import ingest as ingest_module
 from node.store.index import Index
 from node.store.ingest import Ingest, IngestLimits
 from node.store.jobs import JobQueue
@@ -83,7 +89,60 @@ def test_malformed_data_is_refused_without_writing(tmp_path: Path) -> None:
     with pytest.raises(MalformedInstance):
         ingest.store(synthetic_mr()[:-10])
     assert _spooled(spool) == []
+    assert list((spool.root / ".incoming").iterdir()) == []  # its staged bytes went too
     assert index.instance_paths() == {}
+    index.close()
+
+
+def test_malformed_data_is_refused_as_such_when_the_spool_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender learns what is wrong with the instance (0xC000), not that the disk is (0xA700)."""
+    ingest, spool, index = _ingest(tmp_path)
+
+    def read_only(*_args: object, **_kwargs: object) -> int:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("node.store.spool.os.open", read_only)
+    with pytest.raises(MalformedInstance):
+        ingest.store(synthetic_mr()[:-10])
+    monkeypatch.undo()
+    assert _spooled(spool) == [] and list((spool.root / ".incoming").iterdir()) == []
+    index.close()
+
+
+def test_the_header_is_parsed_while_the_bytes_are_fsyncd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parse runs on another thread during the fsync of the staged file, and the file is still
+    fsync'd before the instance is linked into the spool and indexed."""
+    ingest, spool, index = _ingest(tmp_path)
+    parsed, events = threading.Event(), []
+    real_fsync, real_parse = os.fsync, ingest_module.parse_instance
+
+    def slow_fsync(fd: int) -> None:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)  # the staged file, not a folder
+        if regular:
+            events.append(("fsync starts", _spooled(spool)))
+            parsed.wait(10)  # never set when the parse waits for the fsync: the test then fails
+        real_fsync(fd)
+        if regular:
+            events.append(("fsync ends", _spooled(spool)))
+
+    def parse(*args: Any) -> InstanceHeader:
+        header = real_parse(*args)
+        events.append(("parsed", _spooled(spool)))
+        parsed.set()
+        return header
+
+    monkeypatch.setattr("node.store.spool.os.fsync", slow_fsync)
+    monkeypatch.setattr(ingest_module, "parse_instance", parse)
+    stored = ingest.store(synthetic_mr())
+    monkeypatch.undo()
+    assert events == [("fsync starts", []), ("parsed", []), ("fsync ends", [])]
+    assert index.instance_paths() == {
+        stored.header.sop_instance_uid: _spooled(spool)[0].relative_to(spool.root).as_posix()
+    }
     index.close()
 
 

@@ -120,3 +120,33 @@ def test_clear_incoming_removes_leftovers_of_a_crash(tmp_path: Path) -> None:
         (spool.root / ".incoming" / name).write_bytes(b"torn")
     assert Spool(tmp_path / "spool").clear_incoming() == 2
     assert list((spool.root / ".incoming").iterdir()) == []
+
+
+def test_a_staged_file_is_placed_only_once_fsyncd(tmp_path: Path) -> None:
+    """``place`` refuses bytes that were not fsync'd; once synced they are placed and nothing else stays."""
+    spool = Spool(tmp_path / "spool")
+    relative = spool.relative_path("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    with spool.staged(b"payload") as staged:
+        with pytest.raises(ValueError, match="fsync"):
+            spool.place(staged, relative, exclusive=True)
+        assert not (spool.root / relative).exists()
+        staged.sync()
+        spool.place(staged, relative, exclusive=True)
+    assert (spool.root / relative).read_bytes() == b"payload"
+    assert list((spool.root / ".incoming").iterdir()) == []
+
+
+def test_a_failed_staged_write_is_raised_by_sync_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write's error waits for ``sync`` (the caller decides what to report first); no file remains."""
+    spool = Spool(tmp_path / "spool")
+
+    def full_disk(_fd: int, _data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("node.store.spool.os.write", full_disk)
+    with spool.staged(b"payload") as staged, pytest.raises(OSError, match="No space left"):
+        staged.sync()
+    monkeypatch.undo()
+    assert list((spool.root / ".incoming").iterdir()) == []
