@@ -44,7 +44,7 @@ SENT_SOP_CLASSES: tuple[tuple[UID, str], ...] = (
 SENT_TRANSFER_SYNTAXES: tuple[UID, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 _STATUS_MEANING = {
-    Status.SUCCESS: "Stored durably (file and folder fsync'd) and indexed; or held already, same bytes",
+    Status.SUCCESS: "Stored durably (file and folder on disk) and indexed; or held already, same bytes",
     Status.OUT_OF_RESOURCES: "Refused: disk under its floor, instance or in-flight memory over its limit, "
     "the spool or index unavailable; nothing kept. Send again later",
     Status.DATASET_DOES_NOT_MATCH_SOP_CLASS: "Refused: the data set's SOP Class UID is not the one the "

@@ -180,7 +180,7 @@ class Ingest:
         self._locks = _KeyedLocks()
         self._admission = _Admission(index, limits, clock)
         self._space = _FreeSpace(spool, limits.min_free_bytes)
-        # Headers are parsed here while the storing thread waits on its fsync. A few threads: a parse
+        # Headers are parsed here while the storing thread waits on its durable write. A few threads: a parse
         # holds the GIL, so more would only queue for it.
         self._parser = ThreadPoolExecutor(max_workers=4, thread_name_prefix="header-parse")
 
@@ -218,29 +218,29 @@ class Ingest:
         # Before anything is written, even a temporary file. An instance refused later keeps its
         # share counted down until the next sample, which is exact near the floor.
         self._space.reserve(len(data))
-        with self._spool.staged(data) as staged:
-            header = self._parse_while_syncing(staged, data, expected_sop_class, expected_sop_instance)
+        with self._spool.staged() as staged:
+            header = self._parse_while_writing(staged, data, expected_sop_class, expected_sop_instance)
             if expected_study is not None and header.study_instance_uid != expected_study:
                 raise StudyMismatch("instance of another study than the request names")
             return self._place(staged, header, data, calling_ae)
 
-    def _parse_while_syncing(
+    def _parse_while_writing(
         self,
         staged: Staged,
         data: bytes,
         expected_sop_class: str | None,
         expected_sop_instance: str | None,
     ) -> InstanceHeader:
-        """The instance's header, parsed on a worker thread while this one fsyncs the staged bytes.
+        """The instance's header, parsed on a worker thread while this one writes the bytes durably.
 
-        The fsync releases the GIL and the parse holds it, so the two overlap instead of adding up
-        (each takes about a third of a millisecond per instance on a small machine). Nothing is
-        placed or indexed before both are done. A malformed instance is refused as such, whatever
-        the disk; the staged file is removed by the caller.
+        The durable write is one system call that releases the GIL and the parse holds it, so the
+        two overlap instead of adding up (each takes about a third of a millisecond per instance on
+        a small machine). Nothing is placed or indexed before both are done. A malformed instance is
+        refused as such, whatever the disk; the staged file is removed by the caller.
         """
         parsing = self._parser.submit(parse_instance, data, expected_sop_class, expected_sop_instance)
         try:
-            staged.sync()
+            staged.write(data)
         except OSError as error:
             parsing.result()
             raise OutOfResources(f"spool not writable: {error.strerror or type(error).__name__}") from None
@@ -260,8 +260,8 @@ class Ingest:
                     return Stored(header=header, duplicate=True)
             self._admission.admit(header.study_instance_uid)
             try:
-                # Exclusive: another receiver process may be storing the same instance right now.
-                self._spool.place(staged, relative, exclusive=True)
+                # Never over a file that is there: another receiver process may be storing it now.
+                self._spool.place(staged, relative)
             except FileExistsError:
                 return self._written_elsewhere(header, relative, data, calling_ae)
             except OSError as error:

@@ -36,47 +36,82 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Staged:
-    """Bytes written to a temporary file of the spool: durable after :meth:`sync`, in place after
-    :meth:`Spool.place`. The write happens here; an error of it is kept for :meth:`sync` to raise."""
+    """A temporary file of the spool that bytes are written to durably, then linked to their name.
 
-    def __init__(self, path: Path, data: bytes) -> None:
-        self.path = path
+    Unnamed (``O_TMPFILE``) where the file system allows: nothing to remove afterwards, and nothing
+    left behind by a crash; else ``.incoming/<random>.part``. The file is opened ``O_SYNC``, so
+    :meth:`write` returns only once the bytes are on disk, in one system call that releases the GIL
+    throughout. An error opening the file is kept for :meth:`write` to raise, so the caller decides
+    what comes first (the ingest refuses a malformed instance as such, whatever the disk).
+    """
+
+    def __init__(self, folder: Path, unnamed: bool) -> None:
+        #: The temporary file's name; None while it has none (``O_TMPFILE``).
+        self.path: Path | None = None
+        #: True once the bytes are on disk: :meth:`Spool.place` takes nothing less.
+        self.written = False
         self._fd: int | None = None
         self._error: OSError | None = None
-        self._created = False
-        #: True once the bytes are on disk: :meth:`Spool.place` takes nothing less.
-        self.synced = False
         try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            self._created = True
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            if unnamed:
+                self._fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY | os.O_SYNC, 0o640)
+            else:
+                path = folder / f"{uuid.uuid4().hex}.part"
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_SYNC, 0o640)
+                self.path = path
         except OSError as error:
             self._error = error
-            self._close()
 
-    def sync(self) -> None:
-        """fsync the file (the GIL is released meanwhile); OSError when it could not be written."""
+    def write(self, data: bytes) -> None:
+        """Write ``data``; on return it is on disk. OSError when the file could not be made or written."""
         if self._error is not None:
             raise self._error
         assert self._fd is not None
-        os.fsync(self._fd)
-        self._close()
-        self.synced = True
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self.written = True
+
+    def link(self, folder: int, name: str) -> None:
+        """Give the written file ``name`` in the folder open as ``folder`` (atomic; FileExistsError
+        where the name is taken)."""
+        if not self.written:
+            raise ValueError("a staged file is placed only once its bytes are on disk")
+        if self.path is not None:
+            os.link(self.path, name, dst_dir_fd=folder)
+        else:  # open(2): an O_TMPFILE file is named by linking its /proc/self/fd entry, followed
+            os.link(f"/proc/self/fd/{self._fd}", name, dst_dir_fd=folder, follow_symlinks=True)
 
     def discard(self) -> None:
-        """Close and remove the temporary file (a placed file keeps its other name)."""
-        self._close()
-        if self._created:  # else nothing to remove, and unlink would fail on a read-only spool
-            self._created = False
-            self.path.unlink(missing_ok=True)
-
-    def _close(self) -> None:
+        """Close the file and remove its temporary name, if it has one (a linked file keeps its other)."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
+        if self.path is not None:
+            path, self.path = self.path, None
+            path.unlink(missing_ok=True)
+
+
+def _supports_unnamed(folder: Path) -> bool:
+    """Whether unnamed (``O_TMPFILE``) files can be made in ``folder`` and linked to a name: on Linux,
+    on most local file systems (not on some network or older overlay ones); tried as it is used."""
+    if not hasattr(os, "O_TMPFILE"):
+        return False
+    name = f"probe-{uuid.uuid4().hex}.part"
+    staged = Staged(folder, unnamed=True)
+    try:
+        staged.write(b"")
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            staged.link(descriptor, name)
+        finally:
+            os.close(descriptor)
+    except OSError:
+        return False
+    finally:
+        staged.discard()
+    (folder / name).unlink()
+    return True
 
 
 class Spool:
@@ -89,6 +124,7 @@ class Spool:
         self._lock = threading.Lock()
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._ensure_dir(self._tmp)
+        self._unnamed = _supports_unnamed(self._tmp)
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """Where an instance lives, relative to the spool root."""
@@ -98,47 +134,47 @@ class Spool:
         """Free space on the spool's filesystem."""
         return shutil.disk_usage(self.root).free
 
-    def write(self, relative: Path, data: bytes, exclusive: bool = False) -> Path:
+    def write(self, relative: Path, data: bytes) -> Path:
         """Write ``data`` to ``relative`` atomically and durably; return the absolute path.
 
-        The bytes go to a temporary file that is fsync'd, linked or renamed to the target and the
+        The bytes go to a temporary file that is written durably, renamed over the target and the
         directory is fsync'd, so after return the file survives a crash or power loss with either
-        the old or the new content, never a torn one. ``exclusive``: never replace a file that is
-        there (another process may have just written it); FileExistsError then, and nothing is
-        written.
+        the old or the new content, never a torn one.
         """
-        with self.staged(data) as staged:
-            staged.sync()
-            return self.place(staged, relative, exclusive)
+        target = self.root / relative
+        self._ensure_dir(target.parent)
+        with self.staged(named=True) as staged:
+            staged.write(data)
+            assert staged.path is not None
+            os.replace(staged.path, target)
+        _fsync_dir(target.parent)
+        return target
 
     @contextmanager
-    def staged(self, data: bytes) -> Iterator[Staged]:
-        """Write ``data`` to a temporary file, not yet fsync'd: :meth:`Staged.sync`, then :meth:`place`.
-
-        The temporary file is removed when the block ends, whatever happened; a placed file stays
-        under its target name. A failed write is raised by :meth:`Staged.sync`, so the caller
-        decides what comes first (the ingest refuses a malformed instance as such, whatever the disk).
-        """
-        staged = Staged(self._tmp / f"{uuid.uuid4().hex}.part", data)
+    def staged(self, named: bool = False) -> Iterator[Staged]:
+        """A temporary file to write to (:meth:`Staged.write`), then to :meth:`place`; closed and its
+        temporary name removed when the block ends, whatever happened. ``named``: a named one even
+        where unnamed ones can be made (to be renamed)."""
+        staged = Staged(self._tmp, unnamed=self._unnamed and not named)
         try:
             yield staged
         finally:
             staged.discard()
 
-    def place(self, staged: Staged, relative: Path, exclusive: bool = False) -> Path:
-        """Put a synced staged file at ``relative`` and fsync its directory; return the absolute path.
+    def place(self, staged: Staged, relative: Path) -> Path:
+        """Give a written staged file its name ``relative`` and fsync the folder; return the absolute path.
 
-        ``exclusive``: link, failing with FileExistsError where a file is there; else rename over it.
+        Atomic, and never replaces a file that is there (another process may have just written it):
+        FileExistsError then, and nothing changes.
         """
-        if not staged.synced:
-            raise ValueError("a staged file is placed only once it is fsync'd")
         target = self.root / relative
         self._ensure_dir(target.parent)
-        if exclusive:
-            os.link(staged.path, target)  # atomic, and fails where the target exists
-        else:
-            os.replace(staged.path, target)
-        _fsync_dir(target.parent)
+        folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            staged.link(folder, target.name)
+            os.fsync(folder)
+        finally:
+            os.close(folder)
         return target
 
     def _ensure_dir(self, directory: Path) -> None:

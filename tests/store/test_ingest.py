@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 import threading
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
@@ -111,23 +110,21 @@ def test_malformed_data_is_refused_as_such_when_the_spool_cannot_be_written(
     index.close()
 
 
-def test_the_header_is_parsed_while_the_bytes_are_fsyncd(
+def test_the_header_is_parsed_while_the_bytes_are_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The parse runs on another thread during the fsync of the staged file, and the file is still
-    fsync'd before the instance is linked into the spool and indexed."""
+    """The parse runs on another thread during the durable write of the staged file, and the instance
+    is linked into the spool and indexed only once both are done."""
     ingest, spool, index = _ingest(tmp_path)
     parsed, events = threading.Event(), []
-    real_fsync, real_parse = os.fsync, ingest_module.parse_instance
+    real_write, real_parse = os.write, ingest_module.parse_instance
 
-    def slow_fsync(fd: int) -> None:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)  # the staged file, not a folder
-        if regular:
-            events.append(("fsync starts", _spooled(spool)))
-            parsed.wait(10)  # never set when the parse waits for the fsync: the test then fails
-        real_fsync(fd)
-        if regular:
-            events.append(("fsync ends", _spooled(spool)))
+    def slow_write(fd: int, data: Any) -> int:
+        events.append(("write starts", _spooled(spool)))
+        parsed.wait(10)  # never set when the parse waits for the write: the test then fails
+        written = real_write(fd, data)
+        events.append(("write ends", _spooled(spool)))
+        return written
 
     def parse(*args: Any) -> InstanceHeader:
         header = real_parse(*args)
@@ -135,11 +132,11 @@ def test_the_header_is_parsed_while_the_bytes_are_fsyncd(
         parsed.set()
         return header
 
-    monkeypatch.setattr("node.store.spool.os.fsync", slow_fsync)
+    monkeypatch.setattr("node.store.spool.os.write", slow_write)
     monkeypatch.setattr(ingest_module, "parse_instance", parse)
     stored = ingest.store(synthetic_mr())
     monkeypatch.undo()
-    assert events == [("fsync starts", []), ("parsed", []), ("fsync ends", [])]
+    assert events == [("write starts", []), ("parsed", []), ("write ends", [])]
     assert index.instance_paths() == {
         stored.header.sop_instance_uid: _spooled(spool)[0].relative_to(spool.root).as_posix()
     }

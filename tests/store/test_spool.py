@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,16 +104,16 @@ def test_failed_write_leaves_neither_target_nor_part_file(
     spool = Spool(tmp_path / "spool")
     spool.write(spool.relative_path("1.2.3", "1.2.3.4", "1.2.3.4.1"), b"sibling")  # series dir exists
     relative = spool.relative_path("1.2.3", "1.2.3.4", "1.2.3.4.5")
-
-    def failing_fsync(_fd: int) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr("node.store.spool.os.fsync", failing_fsync)
+    monkeypatch.setattr("node.store.spool.os.write", _full_disk)
     with pytest.raises(OSError, match="No space left"):
         spool.write(relative, b"payload")
     monkeypatch.undo()
     assert not (spool.root / relative).exists()
     assert list(spool.root.rglob("*.part")) == []
+
+
+def _full_disk(_fd: int, _data: object) -> int:
+    raise OSError(28, "No space left on device")
 
 
 def test_clear_incoming_removes_leftovers_of_a_crash(tmp_path: Path) -> None:
@@ -122,31 +125,83 @@ def test_clear_incoming_removes_leftovers_of_a_crash(tmp_path: Path) -> None:
     assert list((spool.root / ".incoming").iterdir()) == []
 
 
-def test_a_staged_file_is_placed_only_once_fsyncd(tmp_path: Path) -> None:
-    """``place`` refuses bytes that were not fsync'd; once synced they are placed and nothing else stays."""
+@pytest.fixture(params=["unnamed", "named"])
+def staging_spool(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Spool:
+    """A spool staging into unnamed (O_TMPFILE) files, as on this machine, or named ones, as where the
+    file system has no O_TMPFILE."""
+    if request.param == "named":
+        monkeypatch.setattr("node.store.spool._supports_unnamed", lambda _folder: False)
+    return Spool(tmp_path / "spool")
+
+
+def test_this_machine_stages_into_unnamed_files(tmp_path: Path) -> None:
+    """Where the file system allows (Linux, a local file system), nothing staged ever has a name."""
+    if not hasattr(os, "O_TMPFILE"):
+        pytest.skip("no O_TMPFILE on this platform")
     spool = Spool(tmp_path / "spool")
+    with spool.staged() as staged:
+        assert staged.path is None
+        assert list((spool.root / ".incoming").iterdir()) == []
+
+
+def test_a_staged_file_is_written_synchronously_and_placed_only_once_written(staging_spool: Spool) -> None:
+    """The staged file is opened O_SYNC (each write returns once on disk); ``place`` refuses a file not
+    yet written, and leaves nothing but the placed file."""
+    spool = staging_spool
     relative = spool.relative_path("1.2.3", "1.2.3.4", "1.2.3.4.5")
-    with spool.staged(b"payload") as staged:
-        with pytest.raises(ValueError, match="fsync"):
-            spool.place(staged, relative, exclusive=True)
+    with spool.staged() as staged:
+        assert staged._fd is not None and fcntl.fcntl(staged._fd, fcntl.F_GETFL) & os.O_SYNC == os.O_SYNC
+        with pytest.raises(ValueError, match="on disk"):
+            spool.place(staged, relative)
         assert not (spool.root / relative).exists()
-        staged.sync()
-        spool.place(staged, relative, exclusive=True)
+        staged.write(b"payload")
+        spool.place(staged, relative)
     assert (spool.root / relative).read_bytes() == b"payload"
     assert list((spool.root / ".incoming").iterdir()) == []
 
 
-def test_a_failed_staged_write_is_raised_by_sync_and_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_place_never_replaces_a_file_that_is_there(staging_spool: Spool) -> None:
+    """A second file for the same name raises FileExistsError; the first keeps its bytes."""
+    spool = staging_spool
+    relative = spool.relative_path("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    for payload in (b"first", b"second"):
+        with spool.staged() as staged:
+            staged.write(payload)
+            if payload == b"first":
+                spool.place(staged, relative)
+            else:
+                with pytest.raises(FileExistsError):
+                    spool.place(staged, relative)
+    assert (spool.root / relative).read_bytes() == b"first"
+    assert list((spool.root / ".incoming").iterdir()) == []
+
+
+def test_a_failed_staged_write_raises_and_leaves_nothing(
+    staging_spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The write's error waits for ``sync`` (the caller decides what to report first); no file remains."""
-    spool = Spool(tmp_path / "spool")
-
-    def full_disk(_fd: int, _data: object) -> int:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr("node.store.spool.os.write", full_disk)
-    with spool.staged(b"payload") as staged, pytest.raises(OSError, match="No space left"):
-        staged.sync()
+    """A write that fails raises its OSError; no temporary file remains."""
+    spool = staging_spool
+    monkeypatch.setattr("node.store.spool.os.write", _full_disk)
+    with spool.staged() as staged, pytest.raises(OSError, match="No space left"):
+        staged.write(b"payload")
     monkeypatch.undo()
     assert list((spool.root / ".incoming").iterdir()) == []
+
+
+def test_a_process_killed_while_staging_leaves_no_unnamed_file_behind(tmp_path: Path) -> None:
+    """An unnamed staged file vanishes with the process that wrote it (a named one waits for the next
+    start's clear-up)."""
+    if not hasattr(os, "O_TMPFILE"):
+        pytest.skip("no O_TMPFILE on this platform")
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from node.store.spool import Spool\n"
+        "spool = Spool(Path(sys.argv[1]))\n"
+        "with spool.staged() as staged:\n"
+        "    staged.write(b'x' * 100000)\n"
+        "    os.kill(os.getpid(), 9)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script, str(tmp_path / "spool")], check=False, timeout=60)
+    assert killed.returncode == -9
+    assert list((tmp_path / "spool" / ".incoming").iterdir()) == []
