@@ -46,8 +46,8 @@ def create_index_engine(url: str, durable_commits: bool = True) -> Engine:
 
     ``durable_commits=False`` (SQLite synchronous=NORMAL) is for the ingest's own engine only: a
     commit then survives the process being killed but may be lost with the last ones on a power
-    loss. The spool is the source of truth for received instances (each file is fsync'd, with its
-    folder, before it is acknowledged) and the node indexes every spool file the index lacks at
+    loss. The spool is the source of truth for received instances (each file is on disk, its folder
+    fsync'd, before it is acknowledged) and the node indexes every spool file the index lacks at
     start-up, so no acknowledged instance is lost with such a commit. Reviews, results, the outbox
     and the audit keep fsync'd commits.
     """

@@ -1,4 +1,4 @@
-"""Ingest: the durable half of C-STORE. Check, write the bytes as received, fsync, index.
+"""Ingest: the durable half of C-STORE. Check while the bytes as received go to disk, then index.
 
 The DICOM layer calls :meth:`Ingest.store` and answers Success only when it returns; every failure
 is a :class:`~node.errors.NodeError` carrying the status to answer.
@@ -215,39 +215,64 @@ class Ingest:
         limits = self._limits
         if len(data) > limits.max_instance_bytes:
             raise OutOfResources("instance larger than the configured maximum")
-        # Before anything is written, even a temporary file. An instance refused later keeps its
-        # share counted down until the next sample, which is exact near the floor.
-        self._space.reserve(len(data))
+        # Checked before anything is written; a refusal waits until the instance would be placed, so
+        # that what is wrong with the instance itself, or a resend of one held, is answered as such.
+        # An instance refused later keeps its share counted down until the next sample, which is
+        # exact near the floor.
+        refusal: OutOfResources | None = None
+        try:
+            self._space.reserve(len(data))
+        except OutOfResources as error:
+            refusal = error
         with self._spool.staged() as staged:
-            header = self._parse_while_writing(staged, data, expected_sop_class, expected_sop_instance)
+            header, failed = self._parse_while_writing(
+                None if refusal else staged, data, expected_sop_class, expected_sop_instance
+            )
+            if failed is not None:
+                refusal = OutOfResources(f"spool not writable: {failed.strerror or type(failed).__name__}")
             if expected_study is not None and header.study_instance_uid != expected_study:
                 raise StudyMismatch("instance of another study than the request names")
-            return self._place(staged, header, data, calling_ae)
+            return self._place(staged, header, data, calling_ae, refusal)
 
     def _parse_while_writing(
         self,
-        staged: Staged,
+        staged: Staged | None,
         data: bytes,
         expected_sop_class: str | None,
         expected_sop_instance: str | None,
-    ) -> InstanceHeader:
-        """The instance's header, parsed on a worker thread while this one writes the bytes durably.
+    ) -> tuple[InstanceHeader, OSError | None]:
+        """The instance's header, parsed on a worker thread while this one writes the bytes durably
+        to ``staged`` (None: nothing to write), and the error of that write, if any.
 
         The durable write is one system call that releases the GIL and the parse holds it, so the
         two overlap instead of adding up (each takes about a third of a millisecond per instance on
-        a small machine). Nothing is placed or indexed before both are done. A malformed instance is
-        refused as such, whatever the disk; the staged file is removed by the caller.
+        a small machine). Nothing is placed or indexed before both are done.
         """
-        parsing = self._parser.submit(parse_instance, data, expected_sop_class, expected_sop_instance)
+        if staged is None:
+            return parse_instance(data, expected_sop_class, expected_sop_instance), None
+        try:
+            parsing = self._parser.submit(parse_instance, data, expected_sop_class, expected_sop_instance)
+        except RuntimeError:  # closed: the node is stopping; this thread parses after the write
+            parsing = None
+        failed: OSError | None = None
         try:
             staged.write(data)
         except OSError as error:
-            parsing.result()
-            raise OutOfResources(f"spool not writable: {error.strerror or type(error).__name__}") from None
-        return parsing.result()
+            failed = error
+        if parsing is None:
+            return parse_instance(data, expected_sop_class, expected_sop_instance), failed
+        return parsing.result(), failed
 
-    def _place(self, staged: Staged, header: InstanceHeader, data: bytes, calling_ae: str | None) -> Stored:
-        """Link the synced instance into the spool and index it, unless it is held already."""
+    def _place(
+        self,
+        staged: Staged,
+        header: InstanceHeader,
+        data: bytes,
+        calling_ae: str | None,
+        refusal: OutOfResources | None,
+    ) -> Stored:
+        """Link the written instance into the spool and index it, unless it is held already;
+        ``refusal`` (the disk) is raised where a new instance would be placed."""
         relative = self._spool.relative_path(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )
@@ -259,6 +284,8 @@ class Ingest:
                     self._check_same(Path(held), data)
                     return Stored(header=header, duplicate=True)
             self._admission.admit(header.study_instance_uid)
+            if refusal is not None:
+                raise refusal
             try:
                 # Never over a file that is there: another receiver process may be storing it now.
                 self._spool.place(staged, relative)

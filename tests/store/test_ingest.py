@@ -17,7 +17,7 @@ from node.clock import ManualClock
 from node.dicom.instance import InstanceHeader
 from node.dicom.status import Status, dimse_status
 from node.domain import Outcome
-from node.errors import MalformedInstance, OutOfResources
+from node.errors import ConflictingInstance, MalformedInstance, OutOfResources
 from node.store import ingest as ingest_module
 from node.store.index import Index
 from node.store.ingest import Ingest, IngestLimits
@@ -93,50 +93,95 @@ def test_malformed_data_is_refused_without_writing(tmp_path: Path) -> None:
     index.close()
 
 
-def test_malformed_data_is_refused_as_such_when_the_spool_cannot_be_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _other_content(data: bytes) -> bytes:
+    """The same instance (same UIDs) with another value in it."""
+    dataset = pydicom.dcmread(BytesIO(data))
+    dataset.SeriesDescription = "another content"
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("disk", ["under the floor", "not writable"])
+def test_what_is_wrong_with_an_instance_or_a_resend_is_answered_as_such_whatever_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, disk: str
 ) -> None:
-    """The sender learns what is wrong with the instance (0xC000), not that the disk is (0xA700)."""
+    """With the disk under its floor or failing writes, a malformed instance is still refused as
+    malformed (0xC000), other content under a held UID as a conflict (0x0111), a byte-identical
+    resend still acknowledged; only a new instance gets Out of Resources (0xA700). Nothing is written."""
+    held = synthetic_mr()
     ingest, spool, index = _ingest(tmp_path)
+    ingest.store(held)
+    if disk == "under the floor":
+        ingest = Ingest(spool, index, ManualClock(), IngestLimits(min_free_bytes=2**62))
+    else:
 
-    def read_only(*_args: object, **_kwargs: object) -> int:
-        raise OSError(30, "Read-only file system")
+        def full_disk(_fd: int, _data: object) -> int:
+            raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("node.store.spool.os.open", read_only)
+        monkeypatch.setattr("node.store.spool.os.write", full_disk)
     with pytest.raises(MalformedInstance):
-        ingest.store(synthetic_mr()[:-10])
+        ingest.store(held[:-10])
+    with pytest.raises(ConflictingInstance):
+        ingest.store(_other_content(held))
+    assert ingest.store(held).duplicate
+    with pytest.raises(OutOfResources) as refused:
+        ingest.store(_instance_of("1.2.826.0.1.3680043.10.509"))
     monkeypatch.undo()
-    assert _spooled(spool) == [] and list((spool.root / ".incoming").iterdir()) == []
+    reason = "free disk below the configured floor" if disk == "under the floor" else "spool not writable"
+    assert str(refused.value).startswith(reason)
+    assert len(_spooled(spool)) == 1 and list((spool.root / ".incoming").iterdir()) == []
+    assert len(index.instance_paths()) == 1
+    index.close()
+
+
+def test_a_stopped_ingest_still_stores_what_reaches_it(tmp_path: Path) -> None:
+    """After close (the listener stopping), an instance still in flight is parsed on its own thread
+    and stored, not failed."""
+    ingest, spool, index = _ingest(tmp_path)
+    ingest.close()
+    assert not ingest.store(synthetic_mr()).duplicate
+    assert len(_spooled(spool)) == 1
     index.close()
 
 
 def test_the_header_is_parsed_while_the_bytes_are_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The parse runs on another thread during the durable write of the staged file, and the instance
-    is linked into the spool and indexed only once both are done."""
+    """The parse runs on another thread than the caller's and need not wait for the durable write of
+    the staged file to end; the instance is linked into the spool and indexed only once both are done.
+
+    The write is held until the parse is done: a parse that waited for the write would leave it held
+    (and the write end first); a parse on the caller's thread before the write is told by its thread."""
     ingest, spool, index = _ingest(tmp_path)
-    parsed, events = threading.Event(), []
+    instance = synthetic_mr()
+    parsed, order, listings, parsers = threading.Event(), [], [], []
     real_write, real_parse = os.write, ingest_module.parse_instance
 
-    def slow_write(fd: int, data: Any) -> int:
-        events.append(("write starts", _spooled(spool)))
-        parsed.wait(10)  # never set when the parse waits for the write: the test then fails
+    def held_write(fd: int, data: Any) -> int:
+        if len(data) != len(instance):  # not the instance's write (os is patched for every caller)
+            return real_write(fd, data)
+        parsed.wait(10)
         written = real_write(fd, data)
-        events.append(("write ends", _spooled(spool)))
+        order.append("write ends")
+        listings.append(_spooled(spool))
         return written
 
     def parse(*args: Any) -> InstanceHeader:
         header = real_parse(*args)
-        events.append(("parsed", _spooled(spool)))
+        parsers.append(threading.get_ident())
+        order.append("parsed")
+        listings.append(_spooled(spool))
         parsed.set()
         return header
 
-    monkeypatch.setattr("node.store.spool.os.write", slow_write)
+    monkeypatch.setattr("node.store.spool.os.write", held_write)
     monkeypatch.setattr(ingest_module, "parse_instance", parse)
-    stored = ingest.store(synthetic_mr())
+    stored = ingest.store(instance)
     monkeypatch.undo()
-    assert events == [("write starts", []), ("parsed", []), ("write ends", [])]
+    assert order == ["parsed", "write ends"]
+    assert parsers != [threading.get_ident()]
+    assert listings == [[], []]  # nothing placed before both were done
     assert index.instance_paths() == {
         stored.header.sop_instance_uid: _spooled(spool)[0].relative_to(spool.root).as_posix()
     }

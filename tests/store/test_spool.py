@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,14 +136,45 @@ def staging_spool(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: p
     return Spool(tmp_path / "spool")
 
 
+def _unnamed_spool(root: Path) -> Spool:
+    spool = Spool(root)
+    if not spool._unnamed:
+        pytest.skip("this file system makes no O_TMPFILE files (the spool stages into named ones)")
+    return spool
+
+
 def test_this_machine_stages_into_unnamed_files(tmp_path: Path) -> None:
     """Where the file system allows (Linux, a local file system), nothing staged ever has a name."""
-    if not hasattr(os, "O_TMPFILE"):
-        pytest.skip("no O_TMPFILE on this platform")
-    spool = Spool(tmp_path / "spool")
+    spool = _unnamed_spool(tmp_path / "spool")
     with spool.staged() as staged:
         assert staged.path is None
         assert list((spool.root / ".incoming").iterdir()) == []
+
+
+def test_a_file_system_without_unnamed_files_stages_into_named_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where O_TMPFILE is refused (some network and overlay file systems), the spool finds out at start
+    and stages into named files in .incoming, removed once placed."""
+    if not hasattr(os, "O_TMPFILE"):
+        pytest.skip("no O_TMPFILE on this platform: the fallback is all there is")
+    real_open = os.open
+
+    def no_tmpfile(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr("node.store.spool.os.open", no_tmpfile)
+    spool = Spool(tmp_path / "spool")
+    relative = spool.relative_path("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    with spool.staged() as staged:
+        assert staged.path is not None and staged.path.parent == spool.root / ".incoming"
+        staged.write(b"payload")
+        spool.place(staged, relative)
+    monkeypatch.undo()
+    assert (spool.root / relative).read_bytes() == b"payload"
+    assert list((spool.root / ".incoming").iterdir()) == []
 
 
 def test_a_staged_file_is_written_synchronously_and_placed_only_once_written(staging_spool: Spool) -> None:
@@ -191,8 +224,7 @@ def test_a_failed_staged_write_raises_and_leaves_nothing(
 def test_a_process_killed_while_staging_leaves_no_unnamed_file_behind(tmp_path: Path) -> None:
     """An unnamed staged file vanishes with the process that wrote it (a named one waits for the next
     start's clear-up)."""
-    if not hasattr(os, "O_TMPFILE"):
-        pytest.skip("no O_TMPFILE on this platform")
+    _unnamed_spool(tmp_path / "spool")
     script = (
         "import os, sys\n"
         "from pathlib import Path\n"
