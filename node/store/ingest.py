@@ -163,6 +163,11 @@ class _FreeSpace:
             self._since += size
 
 
+def _unwritable(error: OSError) -> OutOfResources:
+    """The refusal for a spool write that failed (read-only, full, failing disk): send again later."""
+    return OutOfResources(f"spool not writable: {error.strerror or type(error).__name__}")
+
+
 class Ingest:
     """Durable receipt of instances into the spool and the index.
 
@@ -180,8 +185,8 @@ class Ingest:
         self._locks = _KeyedLocks()
         self._admission = _Admission(index, limits, clock)
         self._space = _FreeSpace(spool, limits.min_free_bytes)
-        # Headers are parsed here while the storing thread waits on its durable write. A few threads: a parse
-        # holds the GIL, so more would only queue for it.
+        # Headers are parsed here while the storing thread waits on its durable write. A few
+        # threads: a parse holds the GIL, so more would only queue for it.
         self._parser = ThreadPoolExecutor(max_workers=4, thread_name_prefix="header-parse")
 
     def close(self) -> None:
@@ -229,7 +234,7 @@ class Ingest:
                 None if refusal else staged, data, expected_sop_class, expected_sop_instance
             )
             if failed is not None:
-                refusal = OutOfResources(f"spool not writable: {failed.strerror or type(failed).__name__}")
+                refusal = _unwritable(failed)
             if expected_study is not None and header.study_instance_uid != expected_study:
                 raise StudyMismatch("instance of another study than the request names")
             return self._place(staged, header, data, calling_ae, refusal)
@@ -292,9 +297,7 @@ class Ingest:
             except FileExistsError:
                 return self._written_elsewhere(header, relative, data, calling_ae)
             except OSError as error:
-                raise OutOfResources(
-                    f"spool not writable: {error.strerror or type(error).__name__}"
-                ) from None
+                raise _unwritable(error) from None
             failpoint("ingest:written")
             try:
                 added = self._index.add_instance(

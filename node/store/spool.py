@@ -27,12 +27,19 @@ def safe_component(uid: str) -> str:
     return "h-" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
-def _fsync_dir(path: Path) -> None:
+@contextmanager
+def _opened_folder(path: Path) -> Iterator[int]:
+    """A folder's descriptor, to fsync it or link into it; closed when the block ends."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        yield fd
     finally:
         os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    with _opened_folder(path) as fd:
+        os.fsync(fd)
 
 
 class Staged:
@@ -101,11 +108,8 @@ def _supports_unnamed(folder: Path) -> bool:
     staged = Staged(folder, unnamed=True)
     try:
         staged.write(b"")
-        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
+        with _opened_folder(folder) as descriptor:
             staged.link(descriptor, name)
-        finally:
-            os.close(descriptor)
     except OSError:
         return False
     finally:
@@ -169,12 +173,9 @@ class Spool:
         """
         target = self.root / relative
         self._ensure_dir(target.parent)
-        folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
+        with _opened_folder(target.parent) as folder:
             staged.link(folder, target.name)
             os.fsync(folder)
-        finally:
-            os.close(folder)
         return target
 
     def _ensure_dir(self, directory: Path) -> None:
